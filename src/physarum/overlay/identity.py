@@ -1,0 +1,302 @@
+"""Node identities: Ed25519 key pairs, libp2p's key protobufs, peer ids and identity key files.
+
+A peer id is the multihash of the protobuf-encoded public key: the identity multihash when that
+encoding is at most 42 bytes (Ed25519, giving ``12D3KooW...``), SHA-256 otherwise (RSA ``Qm...``).
+physarum signs only with Ed25519; ids of other key types parse, but their signatures cannot be
+checked, so such peers fail the handshake with a clear error.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from pathlib import Path
+
+import base58
+import nacl.exceptions
+import nacl.signing
+
+from physarum.errors import DecodeError, PhysarumError
+from physarum.overlay import pb, varint
+
+KEY_RSA = 0
+KEY_ED25519 = 1
+KEY_SECP256K1 = 2
+KEY_ECDSA = 3
+_KEY_NAMES = {KEY_RSA: "RSA", KEY_ED25519: "Ed25519", KEY_SECP256K1: "Secp256k1", KEY_ECDSA: "ECDSA"}
+
+_MH_IDENTITY = 0x00
+_MH_SHA256 = 0x12
+_CODEC_LIBP2P_KEY = 0x72
+_MAX_INLINE_KEY = 42
+
+
+class IdentityKeyError(PhysarumError, ValueError):
+    """A key or identity key file that cannot be used; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class PublicKey:
+    """A libp2p public key: its type and raw bytes. Only Ed25519 keys can verify here."""
+
+    __slots__ = ("data", "key_type")
+
+    def __init__(self, key_type: int, data: bytes) -> None:
+        self.key_type = key_type
+        self.data = bytes(data)
+
+    def to_protobuf(self) -> bytes:
+        """libp2p's deterministic ``PublicKey{Type=1, Data=2}`` encoding."""
+        return pb.encode([(1, self.key_type), (2, self.data)])
+
+    @classmethod
+    def from_protobuf(cls, data: bytes) -> PublicKey:
+        """Parse ``PublicKey{Type, Data}``.
+
+        Raises:
+            DecodeError: malformed protobuf, missing fields, or a wrong-length Ed25519 key.
+        """
+        fields = pb.decode(data)
+        key_type = pb.get_int(fields, 1)
+        raw = pb.get_bytes(fields, 2)
+        if key_type is None or raw is None:
+            raise DecodeError("public key protobuf lacks Type or Data")
+        if key_type == KEY_ED25519 and len(raw) != 32:
+            raise DecodeError(f"Ed25519 public key of {len(raw)} bytes, want 32")
+        return cls(key_type, raw)
+
+    def verify(self, message: bytes, signature: bytes) -> bool:
+        """True when ``signature`` is this key's signature of ``message``.
+
+        Raises:
+            IdentityKeyError: the key type is not Ed25519 (physarum cannot check other types).
+        """
+        if self.key_type != KEY_ED25519:
+            raise IdentityKeyError(f"cannot verify {_KEY_NAMES.get(self.key_type, self.key_type)} signatures")
+        try:
+            nacl.signing.VerifyKey(self.data).verify(message, signature)
+        except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
+            return False
+        return True
+
+    def peer_id(self) -> PeerId:
+        return PeerId.from_public_key(self)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PublicKey) and (self.key_type, self.data) == (other.key_type, other.data)
+
+    def __hash__(self) -> int:
+        return hash((self.key_type, self.data))
+
+    def __repr__(self) -> str:
+        return f"PublicKey({_KEY_NAMES.get(self.key_type, self.key_type)}, {self.data.hex()})"
+
+
+class PeerId:
+    """A peer id: a multihash, shown as base58btc text. Hashable, ordered by bytes."""
+
+    __slots__ = ("_text", "multihash")
+
+    def __init__(self, multihash: bytes) -> None:
+        _check_multihash(multihash)
+        self.multihash = bytes(multihash)
+        self._text: str | None = None
+
+    @classmethod
+    def from_public_key(cls, key: PublicKey) -> PeerId:
+        encoded = key.to_protobuf()
+        if len(encoded) <= _MAX_INLINE_KEY:
+            return cls(bytes((_MH_IDENTITY, len(encoded))) + encoded)
+        return cls(bytes((_MH_SHA256, 32)) + hashlib.sha256(encoded).digest())
+
+    @classmethod
+    def from_string(cls, text: str) -> PeerId:
+        """Parse base58btc (``12D3KooW...``, ``Qm...``, ``16Uiu2...``) or a CIDv1 ``b...`` peer id.
+
+        Raises:
+            DecodeError: not a peer id, with the reason.
+        """
+        text = text.strip()
+        if not text:
+            raise DecodeError("empty peer id")
+        if text[0] == "b" and len(text) > 50 and text.islower():
+            return cls._from_cid(text)
+        try:
+            raw = base58.b58decode(text)
+        except ValueError as e:
+            raise DecodeError(f"peer id {text!r} is not base58btc: {e}") from None
+        return cls(raw)
+
+    @classmethod
+    def _from_cid(cls, text: str) -> PeerId:
+        body = text[1:].upper()
+        try:
+            raw = base64.b32decode(body + "=" * (-len(body) % 8))
+        except ValueError as e:
+            raise DecodeError(f"peer id {text!r} is not a base32 CID: {e}") from None
+        try:
+            version, pos = varint.decode(raw)
+            codec, pos = varint.decode(raw, pos)
+        except PhysarumError as e:
+            raise DecodeError(f"peer id {text!r}: bad CID prefix") from e
+        if version != 1 or codec != _CODEC_LIBP2P_KEY:
+            raise DecodeError(f"peer id {text!r}: CID is not a libp2p-key CIDv1")
+        return cls(raw[pos:])
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> PeerId:
+        """Parse a binary peer id (a multihash), as carried in protobufs.
+
+        Raises:
+            DecodeError: not a well-formed multihash.
+        """
+        return cls(data)
+
+    def to_bytes(self) -> bytes:
+        return self.multihash
+
+    def public_key(self) -> PublicKey | None:
+        """The public key inlined in an identity-multihash id, else None."""
+        if self.multihash[0] != _MH_IDENTITY:
+            return None
+        return PublicKey.from_protobuf(self.multihash[2:])
+
+    def matches(self, key: PublicKey) -> bool:
+        return PeerId.from_public_key(key) == self
+
+    def __str__(self) -> str:
+        if self._text is None:
+            self._text = base58.b58encode(self.multihash).decode()
+        return self._text
+
+    def __repr__(self) -> str:
+        return f"PeerId({self!s})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PeerId) and self.multihash == other.multihash
+
+    def __lt__(self, other: PeerId) -> bool:
+        return self.multihash < other.multihash
+
+    def __hash__(self) -> int:
+        return hash(self.multihash)
+
+
+def _check_multihash(data: bytes) -> None:
+    try:
+        code, pos = varint.decode(data)
+        length, pos = varint.decode(data, pos)
+    except PhysarumError as e:
+        raise DecodeError("peer id is not a multihash") from e
+    if len(data) - pos != length:
+        raise DecodeError(f"peer id multihash says {length} bytes of digest but has {len(data) - pos}")
+    if code == _MH_IDENTITY:
+        if length > _MAX_INLINE_KEY:
+            raise DecodeError("identity-multihash peer id too long")
+    elif code == _MH_SHA256:
+        if length != 32:
+            raise DecodeError("sha2-256 peer id with a digest that is not 32 bytes")
+    else:
+        raise DecodeError(f"peer id uses unsupported multihash code {code:#x}")
+
+
+class KeyPair:
+    """An Ed25519 identity: signs, and names its peer id."""
+
+    __slots__ = ("_signing", "peer_id", "public_key")
+
+    def __init__(self, seed: bytes) -> None:
+        if len(seed) != 32:
+            raise IdentityKeyError(f"Ed25519 seed must be 32 bytes, got {len(seed)}")
+        self._signing = nacl.signing.SigningKey(seed)
+        self.public_key = PublicKey(KEY_ED25519, bytes(self._signing.verify_key))
+        self.peer_id = PeerId.from_public_key(self.public_key)
+
+    @classmethod
+    def generate(cls) -> KeyPair:
+        return cls(os.urandom(32))
+
+    @property
+    def seed(self) -> bytes:
+        return bytes(self._signing)
+
+    def sign(self, message: bytes) -> bytes:
+        return self._signing.sign(message).signature
+
+    def private_key_protobuf(self) -> bytes:
+        """``PrivateKey{Type=Ed25519, Data=seed||public}``: what go-libp2p's MarshalPrivateKey writes."""
+        return pb.encode([(1, KEY_ED25519), (2, self.seed + self.public_key.data)])
+
+    @classmethod
+    def from_private_key_protobuf(cls, data: bytes) -> KeyPair:
+        """Parse a marshalled libp2p private key (Ed25519 only).
+
+        Raises:
+            IdentityKeyError: not an Ed25519 private key, or its halves disagree.
+        """
+        try:
+            fields = pb.decode(data)
+            key_type = pb.get_int(fields, 1)
+            raw = pb.get_bytes(fields, 2)
+        except DecodeError as e:
+            raise IdentityKeyError(f"not a libp2p private key: {e.reason}") from e
+        if key_type != KEY_ED25519 or raw is None:
+            name = _KEY_NAMES.get(key_type or 0, key_type) if key_type is not None else "missing"
+            raise IdentityKeyError(f"private key type {name} is not supported; physarum uses Ed25519")
+        if len(raw) not in (32, 64):
+            raise IdentityKeyError(f"Ed25519 private key of {len(raw)} bytes, want 64 (or a 32-byte seed)")
+        pair = cls(raw[:32])
+        if len(raw) == 64 and raw[32:] != pair.public_key.data:
+            raise IdentityKeyError("Ed25519 private key's public half does not match its seed")
+        return pair
+
+
+def save_key_pair(path: str | os.PathLike[str], pair: KeyPair) -> None:
+    """Write ``pair`` as a marshalled libp2p private key, readable by its owner only (0600).
+
+    Raises:
+        OSError: the file cannot be written.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, pair.private_key_protobuf())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def load_key_pair(path: str | os.PathLike[str]) -> KeyPair:
+    """Read an identity key file written by :func:`save_key_pair` (or go-libp2p).
+
+    Raises:
+        IdentityKeyError: unreadable, or not an Ed25519 libp2p private key; the message names the path.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise IdentityKeyError(f"cannot read key file {path}: {e.strerror or e}") from e
+    try:
+        return KeyPair.from_private_key_protobuf(data)
+    except IdentityKeyError as e:
+        raise IdentityKeyError(f"key file {path}: {e.reason}") from e
+
+
+def load_or_create_key_pair(path: str | os.PathLike[str]) -> KeyPair:
+    """Load the identity at ``path``, creating it (0600) when the file does not exist.
+
+    Raises:
+        IdentityKeyError: the file exists but is not a usable key.
+        OSError: the new file cannot be written.
+    """
+    if not Path(path).exists():
+        pair = KeyPair.generate()
+        save_key_pair(path, pair)
+        return pair
+    return load_key_pair(path)

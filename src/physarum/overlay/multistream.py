@@ -1,0 +1,116 @@
+"""multistream-select 1.0.0: agree on a protocol for a connection or stream.
+
+Each message is a uvarint length (counting the trailing newline), the text, and ``\\n``.
+The codec functions are pure; :func:`select` (the dialer's side) and :func:`handle` (the
+listener's side) run the exchange over a :class:`BufferedStream`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from physarum.errors import DecodeError, IncompleteError, NegotiationError
+from physarum.overlay import varint
+from physarum.overlay.streamio import BufferedStream
+
+PROTOCOL_ID = "/multistream/1.0.0"
+NA = "na"
+LS = "ls"
+#: The spec bounds a message at 64 KiB; protocol ids are tiny, `ls` answers may be longer.
+MAX_MESSAGE = 65535
+
+
+def encode(text: str) -> bytes:
+    """Frame one message.
+
+    Raises:
+        ValueError: the text contains a newline or is too long.
+    """
+    if "\n" in text:
+        raise ValueError("multistream messages cannot contain a newline")
+    body = text.encode() + b"\n"
+    if len(body) > MAX_MESSAGE:
+        raise ValueError("multistream message too long")
+    return varint.encode(len(body)) + body
+
+
+def decode(buf: bytes | bytearray, pos: int = 0) -> tuple[str, int]:
+    """Parse one message at ``buf[pos:]``: ``(text, next position)``.
+
+    Raises:
+        IncompleteError: more bytes are needed.
+        DecodeError: bad length, missing newline, or not UTF-8.
+    """
+    body, end = varint.split_length_prefixed(buf, MAX_MESSAGE, pos)
+    return _text(body), end
+
+
+def _text(body: bytes) -> str:
+    if not body.endswith(b"\n"):
+        raise DecodeError("multistream message does not end in a newline")
+    try:
+        return body[:-1].decode()
+    except UnicodeDecodeError:
+        raise DecodeError("multistream message is not UTF-8") from None
+
+
+async def _read(stream: BufferedStream) -> str:
+    return _text(await stream.receive_length_prefixed(MAX_MESSAGE))
+
+
+async def _read_header(stream: BufferedStream) -> None:
+    header = await _read(stream)
+    if header != PROTOCOL_ID:
+        raise NegotiationError(f"peer speaks {header[:64]!r}, not {PROTOCOL_ID}")
+
+
+async def select(stream: BufferedStream, protocols: Iterable[str]) -> str:
+    """Propose ``protocols`` in order; return the first the listener accepts.
+
+    The header and the first proposal go out in one write, so a successful negotiation costs
+    the dialer one round trip.
+
+    Raises:
+        NegotiationError: the listener accepts none of them or does not speak multistream.
+        DecodeError: the listener sent garbage (with a PSK, typically a different key).
+        trio.BrokenResourceError: the stream broke.
+    """
+    candidates = list(protocols)
+    if not candidates:
+        raise ValueError("no protocols to propose")
+    await stream.send_all(encode(PROTOCOL_ID) + encode(candidates[0]))
+    await _read_header(stream)
+    for i, proto in enumerate(candidates):
+        if i:
+            await stream.send_all(encode(proto))
+        answer = await _read(stream)
+        if answer == proto:
+            return proto
+        if answer != NA:
+            raise NegotiationError(f"listener answered {answer[:64]!r} to {proto!r}")
+    raise NegotiationError(f"listener supports none of {candidates}")
+
+
+async def handle(stream: BufferedStream, supports: Callable[[str], bool], listing: Callable[[], list[str]]) -> str:
+    """Answer proposals until one is supported; return it.
+
+    Raises:
+        NegotiationError: the dialer does not speak multistream or gave up.
+        DecodeError: garbage from the dialer.
+        trio.BrokenResourceError: the stream broke (also when the dialer gives up and closes).
+    """
+    await stream.send_all(encode(PROTOCOL_ID))
+    await _read_header(stream)
+    while True:
+        proposal = await _read(stream)
+        if proposal == LS:
+            body = b"".join(encode(p) for p in listing()) + b"\n"
+            await stream.send_all(varint.encode(len(body)) + body)
+        elif supports(proposal):
+            await stream.send_all(encode(proposal))
+            return proposal
+        else:
+            await stream.send_all(encode(NA))
+
+
+__all__ = ["LS", "MAX_MESSAGE", "NA", "PROTOCOL_ID", "IncompleteError", "decode", "encode", "handle", "select"]

@@ -1,0 +1,352 @@
+"""Noise ``XX_25519_ChaChaPoly_SHA256`` with libp2p's handshake payload, and the encrypted stream.
+
+Wire: every Noise message carries a 2-byte big-endian length. The responder's payload rides in
+message 2 and the initiator's in message 3; each is ``NoiseHandshakePayload{identity_key=1,
+identity_sig=2, extensions=4}`` whose signature covers ``"noise-libp2p-static-key:" + static key``.
+The handshake state machine is pure (:class:`HandshakeState`); :func:`handshake` drives it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import struct
+
+import nacl.bindings as sodium
+import nacl.exceptions
+import trio
+
+from physarum.errors import DecodeError, HandshakeError, PeerIdMismatchError, PhysarumError
+from physarum.overlay import pb
+from physarum.overlay.identity import KeyPair, PeerId, PublicKey
+from physarum.overlay.streamio import BufferedStream
+
+PROTOCOL_ID = "/noise"
+_NAME = b"Noise_XX_25519_ChaChaPoly_SHA256"
+_SIG_PREFIX = b"noise-libp2p-static-key:"
+MAX_NOISE_MESSAGE = 65535
+_TAG = 16
+MAX_PLAINTEXT = MAX_NOISE_MESSAGE - _TAG
+_NONCE_PREFIX = b"\x00\x00\x00\x00"
+_ZERO_DH = bytes(32)
+_MAX_NONCE = (1 << 64) - 1
+_aead_encrypt = sodium.crypto_aead_chacha20poly1305_ietf_encrypt
+_aead_decrypt = sodium.crypto_aead_chacha20poly1305_ietf_decrypt
+
+
+def _hkdf2(ck: bytes, ikm: bytes) -> tuple[bytes, bytes]:
+    temp = hmac.digest(ck, ikm, "sha256")
+    out1 = hmac.digest(temp, b"\x01", "sha256")
+    out2 = hmac.digest(temp, out1 + b"\x02", "sha256")
+    return out1, out2
+
+
+def _dh(private: bytes, public: bytes) -> bytes:
+    try:
+        shared = sodium.crypto_scalarmult(private, public)
+    except (nacl.exceptions.RuntimeError, nacl.exceptions.CryptoError, ValueError) as e:
+        raise HandshakeError("peer sent an invalid X25519 key") from e
+    if shared == _ZERO_DH:
+        raise HandshakeError("peer sent a low-order X25519 key")
+    return shared
+
+
+class CipherState:
+    """One direction of ChaChaPoly with Noise's 64-bit counter nonce."""
+
+    __slots__ = ("key", "n")
+
+    def __init__(self, key: bytes | None = None) -> None:
+        self.key = key
+        self.n = 0
+
+    def _nonce(self) -> bytes:
+        if self.n >= _MAX_NONCE:
+            raise HandshakeError("Noise nonce exhausted")
+        nonce = _NONCE_PREFIX + self.n.to_bytes(8, "little")
+        self.n += 1
+        return nonce
+
+    def encrypt(self, ad: bytes | None, plaintext: bytes) -> bytes:
+        if self.key is None:
+            return plaintext
+        return _aead_encrypt(plaintext, ad, self._nonce(), self.key)
+
+    def decrypt(self, ad: bytes | None, ciphertext: bytes) -> bytes:
+        """Raises: DecodeError when authentication fails."""
+        if self.key is None:
+            return ciphertext
+        try:
+            return _aead_decrypt(ciphertext, ad, self._nonce(), self.key)
+        except (nacl.exceptions.CryptoError, ValueError, TypeError):
+            raise DecodeError("Noise message failed authentication") from None
+
+
+def encode_payload(key_pair: KeyPair, static_public: bytes) -> bytes:
+    """The libp2p handshake payload proving ``key_pair`` owns the Noise static key."""
+    return pb.encode([(1, key_pair.public_key.to_protobuf()), (2, key_pair.sign(_SIG_PREFIX + static_public))])
+
+
+def verify_payload(payload: bytes, remote_static: bytes) -> PeerId:
+    """Check a peer's handshake payload against its Noise static key; return its peer id.
+
+    Raises:
+        HandshakeError: malformed payload, unsupported key type, or a bad signature.
+    """
+    try:
+        fields = pb.decode(payload)
+        key_bytes = pb.get_bytes(fields, 1)
+        signature = pb.get_bytes(fields, 2)
+        if key_bytes is None or signature is None:
+            raise HandshakeError("handshake payload lacks identity key or signature")
+        key = PublicKey.from_protobuf(key_bytes)
+        ok = key.verify(_SIG_PREFIX + remote_static, signature)
+    except DecodeError as e:
+        raise HandshakeError(f"malformed handshake payload: {e.reason}") from e
+    except PhysarumError as e:
+        if isinstance(e, HandshakeError):
+            raise
+        raise HandshakeError(str(e)) from e
+    if not ok:
+        raise HandshakeError("identity signature over the Noise static key is invalid")
+    return key.peer_id()
+
+
+class HandshakeState:
+    """The XX pattern, sans-IO: ``write_message``/``read_message`` in turn; then :meth:`split`."""
+
+    def __init__(self, initiator: bool, key_pair: KeyPair, *, prologue: bytes = b"") -> None:
+        self.initiator = initiator
+        self.key_pair = key_pair
+        self.s_priv = os.urandom(32)
+        self.s_pub = sodium.crypto_scalarmult_base(self.s_priv)
+        self.e_priv = os.urandom(32)
+        self.e_pub = sodium.crypto_scalarmult_base(self.e_priv)
+        self.re: bytes | None = None
+        self.rs: bytes | None = None
+        self.remote_peer: PeerId | None = None
+        self.h = _NAME  # exactly HASHLEN bytes, so used as is
+        self.ck = self.h
+        self.cipher = CipherState()
+        self.step = 0
+        self._mix_hash(prologue)
+
+    def _mix_hash(self, data: bytes) -> None:
+        self.h = hashlib.sha256(self.h + data).digest()
+
+    def _mix_key(self, ikm: bytes) -> None:
+        self.ck, temp = _hkdf2(self.ck, ikm)
+        self.cipher = CipherState(temp)
+
+    def _encrypt_and_hash(self, plaintext: bytes) -> bytes:
+        ct = self.cipher.encrypt(self.h, plaintext)
+        self._mix_hash(ct)
+        return ct
+
+    def _decrypt_and_hash(self, ciphertext: bytes) -> bytes:
+        pt = self.cipher.decrypt(self.h, ciphertext)
+        self._mix_hash(ciphertext)
+        return pt
+
+    @property
+    def finished(self) -> bool:
+        return self.step == 3
+
+    def write_message(self) -> bytes:
+        """The next message we send (1 and 3 for the initiator, 2 for the responder)."""
+        step = self.step
+        if step == 0 and self.initiator:
+            self._mix_hash(self.e_pub)
+            out = self.e_pub + self._encrypt_and_hash(b"")
+        elif step == 1 and not self.initiator:
+            assert self.re is not None
+            self._mix_hash(self.e_pub)
+            self._mix_key(_dh(self.e_priv, self.re))
+            enc_s = self._encrypt_and_hash(self.s_pub)
+            self._mix_key(_dh(self.s_priv, self.re))
+            out = self.e_pub + enc_s + self._encrypt_and_hash(encode_payload(self.key_pair, self.s_pub))
+        elif step == 2 and self.initiator:
+            assert self.re is not None
+            enc_s = self._encrypt_and_hash(self.s_pub)
+            self._mix_key(_dh(self.s_priv, self.re))
+            out = enc_s + self._encrypt_and_hash(encode_payload(self.key_pair, self.s_pub))
+        else:
+            raise RuntimeError("not our turn to write")
+        self.step += 1
+        return out
+
+    def read_message(self, message: bytes) -> None:
+        """Consume the peer's next message.
+
+        Raises:
+            HandshakeError: short, unauthenticated or unverifiable message.
+        """
+        step = self.step
+        try:
+            if step == 0 and not self.initiator:
+                if len(message) < 32:
+                    raise HandshakeError("Noise message 1 too short")
+                self.re = message[:32]
+                self._mix_hash(self.re)
+                self._decrypt_and_hash(message[32:])
+            elif step == 1 and self.initiator:
+                if len(message) < 32 + 48 + _TAG:
+                    raise HandshakeError("Noise message 2 too short")
+                self.re = message[:32]
+                self._mix_hash(self.re)
+                self._mix_key(_dh(self.e_priv, self.re))
+                self.rs = self._decrypt_and_hash(message[32:80])
+                self._mix_key(_dh(self.e_priv, self.rs))
+                self.remote_peer = verify_payload(self._decrypt_and_hash(message[80:]), self.rs)
+            elif step == 2 and not self.initiator:
+                if len(message) < 48 + _TAG:
+                    raise HandshakeError("Noise message 3 too short")
+                assert self.re is not None
+                self.rs = self._decrypt_and_hash(message[:48])
+                self._mix_key(_dh(self.e_priv, self.rs))
+                self.remote_peer = verify_payload(self._decrypt_and_hash(message[48:]), self.rs)
+            else:
+                raise RuntimeError("not our turn to read")
+        except DecodeError as e:
+            raise HandshakeError(e.reason) from e
+        self.step += 1
+
+    def split(self) -> tuple[CipherState, CipherState]:
+        """(send cipher, receive cipher) for the transport phase."""
+        if not self.finished:
+            raise RuntimeError("handshake not finished")
+        k1, k2 = _hkdf2(self.ck, b"")
+        c1, c2 = CipherState(k1), CipherState(k2)
+        return (c1, c2) if self.initiator else (c2, c1)
+
+
+def frame(message: bytes) -> bytes:
+    return struct.pack(">H", len(message)) + message
+
+
+async def _read_frame(stream: BufferedStream) -> bytes:
+    (length,) = struct.unpack(">H", await stream.receive_exactly(2))
+    return await stream.receive_exactly(length)
+
+
+async def handshake(
+    stream: BufferedStream, key_pair: KeyPair, *, initiator: bool, expected_peer: PeerId | None = None
+) -> NoiseStream:
+    """Run the XX handshake over ``stream`` and return the encrypted stream.
+
+    Raises:
+        HandshakeError: the peer failed to prove its identity or sent garbage.
+        PeerIdMismatchError: ``expected_peer`` was given and the remote is someone else.
+        trio.BrokenResourceError: the stream broke.
+    """
+    hs = HandshakeState(initiator, key_pair)
+    if initiator:
+        await stream.send_all(frame(hs.write_message()))
+        hs.read_message(await _read_frame(stream))
+        assert hs.remote_peer is not None
+        if expected_peer is not None and hs.remote_peer != expected_peer:
+            # Before message 3: the impostor never learns who we are.
+            raise PeerIdMismatchError(expected_peer, hs.remote_peer)
+        await stream.send_all(frame(hs.write_message()))
+    else:
+        hs.read_message(await _read_frame(stream))
+        await stream.send_all(frame(hs.write_message()))
+        hs.read_message(await _read_frame(stream))
+    assert hs.remote_peer is not None
+    send, recv = hs.split()
+    return NoiseStream(stream, send, recv, hs.remote_peer)
+
+
+class NoiseStream(trio.abc.HalfCloseableStream):
+    """The transport phase: length-prefixed ChaChaPoly messages over ``transport_stream``."""
+
+    def __init__(
+        self, transport_stream: BufferedStream, send: CipherState, recv: CipherState, remote_peer: PeerId
+    ) -> None:
+        self.transport_stream = transport_stream
+        self.remote_peer = remote_peer
+        self._send = send
+        self._recv = recv
+        self._raw = bytearray(transport_stream.take_buffer())
+        self._plain = bytearray()
+        self._sending = False
+        self._receiving = False
+        self._eof = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        self._sending = True
+        try:
+            view = memoryview(data)
+            if not view:
+                return
+            encrypt = self._send.encrypt
+            if len(view) <= MAX_PLAINTEXT:
+                ct = encrypt(None, bytes(view))
+                out: bytes = struct.pack(">H", len(ct)) + ct
+            else:
+                parts = []
+                for start in range(0, len(view), MAX_PLAINTEXT):
+                    ct = encrypt(None, bytes(view[start : start + MAX_PLAINTEXT]))
+                    parts.append(struct.pack(">H", len(ct)))
+                    parts.append(ct)
+                out = b"".join(parts)
+            await self.transport_stream.send_all(out)
+        finally:
+            self._sending = False
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport_stream.wait_send_all_might_not_block()
+
+    def _decrypt_available(self) -> None:
+        raw = self._raw
+        pos = 0
+        end = len(raw)
+        decrypt = self._recv.decrypt
+        plain = self._plain
+        while end - pos >= 2:
+            length = raw[pos] << 8 | raw[pos + 1]
+            if end - pos - 2 < length:
+                break
+            plain += decrypt(None, bytes(raw[pos + 2 : pos + 2 + length]))
+            pos += 2 + length
+        if pos:
+            del raw[:pos]
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._receiving:
+            raise trio.BusyResourceError("another task is receiving on this stream")
+        self._receiving = True
+        try:
+            while not self._plain:
+                if self._eof:
+                    return b""
+                data = await self.transport_stream.receive_some(262144)
+                if not data:
+                    self._eof = True
+                    if self._raw:
+                        raise trio.BrokenResourceError("connection ended inside a Noise message")
+                    return b""
+                self._raw += data
+                try:
+                    self._decrypt_available()
+                except DecodeError as e:
+                    raise trio.BrokenResourceError("Noise message failed authentication") from e
+            plain = self._plain
+            if max_bytes is None or max_bytes >= len(plain):
+                out = bytes(plain)
+                plain.clear()
+            else:
+                out = bytes(plain[:max_bytes])
+                del plain[:max_bytes]
+            return out
+        finally:
+            self._receiving = False
+
+    async def send_eof(self) -> None:
+        await self.transport_stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self.transport_stream.aclose()

@@ -1,0 +1,91 @@
+"""A read-ahead buffer in front of a trio stream, for codecs that need whole messages.
+
+Handshake layers (multistream, Noise) read a few framed messages and then hand the stream on; any
+bytes read past their last message must reach the next layer, so the buffer *is* the stream the
+next layer wraps. Once the buffer is drained, calls go straight through to the transport.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from physarum.errors import DecodeError, IncompleteError
+from physarum.overlay import varint
+
+_READ_SIZE = 65536
+
+
+class BufferedStream(trio.abc.HalfCloseableStream):
+    """``transport_stream`` with a read-ahead buffer and exact-size reads."""
+
+    def __init__(self, transport_stream: trio.abc.Stream, initial: bytes = b"") -> None:
+        self.transport_stream = transport_stream
+        self._buf = bytearray(initial)
+
+    async def _fill(self) -> None:
+        data = await self.transport_stream.receive_some(_READ_SIZE)
+        if not data:
+            raise trio.BrokenResourceError("peer closed the connection mid-message")
+        self._buf += data
+
+    async def receive_exactly(self, n: int) -> bytes:
+        """Exactly ``n`` bytes.
+
+        Raises:
+            trio.BrokenResourceError: the stream ended first.
+        """
+        while len(self._buf) < n:
+            await self._fill()
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
+
+    async def receive_length_prefixed(self, max_size: int) -> bytes:
+        """One uvarint-length-prefixed message of at most ``max_size`` bytes.
+
+        Raises:
+            DecodeError: a malformed or over-long length prefix.
+            trio.BrokenResourceError: the stream ended first.
+        """
+        while True:
+            try:
+                length, pos = varint.decode(self._buf)
+            except IncompleteError:
+                if len(self._buf) >= varint.MAX_VARINT_BYTES:
+                    raise DecodeError("length prefix longer than a varint") from None
+                await self._fill()
+                continue
+            break
+        if length > max_size:
+            raise DecodeError(f"message of {length} bytes exceeds the limit of {max_size}")
+        del self._buf[:pos]
+        return await self.receive_exactly(length)
+
+    def take_buffer(self) -> bytes:
+        """Remove and return whatever has been read ahead."""
+        out = bytes(self._buf)
+        self._buf.clear()
+        return out
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._buf:
+            n = len(self._buf) if max_bytes is None else min(max_bytes, len(self._buf))
+            out = bytes(self._buf[:n])
+            del self._buf[:n]
+            return out
+        return await self.transport_stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.transport_stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport_stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        if isinstance(self.transport_stream, trio.abc.HalfCloseableStream):
+            await self.transport_stream.send_eof()
+        else:
+            raise trio.ClosedResourceError("transport stream cannot half-close")
+
+    async def aclose(self) -> None:
+        await self.transport_stream.aclose()

@@ -1,0 +1,484 @@
+"""yamux 1.0.0: many flow-controlled streams over one secured connection.
+
+Frames are a 12-byte header ``version(0) type flags stream-id length`` (big-endian) and, for data
+frames, ``length`` bytes. Each stream starts with a 256 KiB window each way; the receiver grants
+more with window-update frames as its application reads, so a slow reader never makes the
+connection buffer more than a window per stream.
+
+One reader task per session parses frames (:func:`decode_header` is the pure codec); writes go
+straight to the transport under a lock, with control frames (window updates, FIN, RST, pong)
+queued and written ahead of the next frame so no caller blocks on them and order is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import struct
+from collections.abc import Callable
+from typing import NamedTuple
+
+import trio
+
+from physarum.errors import DecodeError, LimitError, ProtocolError
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_ID = "/yamux/1.0.0"
+
+TYPE_DATA = 0
+TYPE_WINDOW_UPDATE = 1
+TYPE_PING = 2
+TYPE_GO_AWAY = 3
+
+FLAG_SYN = 1
+FLAG_ACK = 2
+FLAG_FIN = 4
+FLAG_RST = 8
+
+GO_AWAY_NORMAL = 0
+GO_AWAY_PROTOCOL_ERROR = 1
+GO_AWAY_INTERNAL_ERROR = 2
+
+HEADER_SIZE = 12
+INITIAL_WINDOW = 256 * 1024
+#: Data frames we write carry at most this much; bigger sends are split.
+MAX_DATA_FRAME = 256 * 1024
+
+_HEADER = struct.Struct(">BBHII")
+
+
+class Header(NamedTuple):
+    type: int
+    flags: int
+    stream_id: int
+    length: int
+
+
+def encode_header(type_: int, flags: int, stream_id: int, length: int) -> bytes:
+    return _HEADER.pack(0, type_, flags, stream_id, length)
+
+
+def decode_header(buf: bytes | bytearray, pos: int = 0) -> Header:
+    """Parse the 12-byte header at ``buf[pos:]`` (the caller checks there are 12 bytes).
+
+    Raises:
+        DecodeError: unknown version or frame type.
+    """
+    version, type_, flags, stream_id, length = _HEADER.unpack_from(buf, pos)
+    if version != 0:
+        raise DecodeError(f"yamux version {version}, want 0")
+    if type_ > TYPE_GO_AWAY:
+        raise DecodeError(f"unknown yamux frame type {type_}")
+    return Header(type_, flags, stream_id, length)
+
+
+class YamuxStream(trio.abc.HalfCloseableStream):
+    """One multiplexed stream. ``protocol`` and ``peer_id`` are filled in by the host."""
+
+    def __init__(self, session: YamuxSession, stream_id: int) -> None:
+        self.session = session
+        self.stream_id = stream_id
+        self.protocol: str | None = None
+        self._buf = bytearray()
+        self._recv_window = INITIAL_WINDOW  # bytes the peer may still send us
+        self._consumed = 0  # read by the app since our last window update
+        self._send_window = INITIAL_WINDOW
+        self._recv_lot = trio.lowlevel.ParkingLot()
+        self._send_lot = trio.lowlevel.ParkingLot()
+        self._fin_sent = False
+        self._fin_received = False
+        self._reset = False
+        self._closed = False
+        self._sending = False
+        self._receiving = False
+
+    @property
+    def peer_id(self) -> object:
+        return self.session.peer_id
+
+    def __repr__(self) -> str:
+        return f"<YamuxStream {self.stream_id} {self.protocol or ''} peer={self.session.peer_id}>"
+
+    # -- called by the session's reader (synchronous) --
+
+    def _on_data(self, data: bytes) -> None:
+        if self._closed:
+            return
+        self._buf += data
+        self._recv_lot.unpark_all()
+
+    def _on_fin(self) -> None:
+        self._fin_received = True
+        self._recv_lot.unpark_all()
+
+    def _on_reset(self) -> None:
+        self._reset = True
+        self._recv_lot.unpark_all()
+        self._send_lot.unpark_all()
+
+    def _on_window(self, delta: int) -> None:
+        self._send_window += delta
+        self._send_lot.unpark_all()
+
+    # -- the trio.abc.Stream interface --
+
+    def _broken(self) -> trio.BrokenResourceError:
+        if self._reset:
+            return trio.BrokenResourceError(f"stream {self.stream_id} was reset by the peer")
+        return trio.BrokenResourceError(f"connection to {self.session.peer_id} is broken")
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        self._sending = True
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            view = memoryview(data)
+            if not view:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            pos = 0
+            while True:
+                if self._closed:
+                    raise trio.ClosedResourceError("stream is closed")
+                if self._fin_sent:
+                    raise trio.ClosedResourceError("send_eof was called on this stream")
+                if self._reset or self.session.broken:
+                    raise self._broken()
+                if pos >= len(view):
+                    return
+                if self._send_window <= 0:
+                    await self._send_lot.park()
+                    continue
+                n = min(len(view) - pos, self._send_window, MAX_DATA_FRAME)
+                self._send_window -= n
+                frame = encode_header(TYPE_DATA, 0, self.stream_id, n) + view[pos : pos + n]
+                pos += n
+                await self.session._write(frame)
+        finally:
+            self._sending = False
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+        while self._send_window <= 0 and not (self._reset or self._closed or self.session.broken):
+            await self._send_lot.park()
+        if self._closed:
+            raise trio.ClosedResourceError("stream is closed")
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._receiving:
+            raise trio.BusyResourceError("another task is receiving on this stream")
+        if max_bytes is not None:
+            max_bytes = operator.index(max_bytes)
+            if max_bytes < 1:
+                raise ValueError("max_bytes must be >= 1")
+        self._receiving = True
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            yielded = False
+            while not self._buf:
+                if self._closed:
+                    raise trio.ClosedResourceError("stream is closed")
+                if self._fin_received:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    return b""
+                if self._reset or self.session.broken:
+                    raise self._broken()
+                await self._recv_lot.park()
+                yielded = True
+            if not yielded:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            buf = self._buf
+            if max_bytes is None or max_bytes >= len(buf):
+                out = bytes(buf)
+                buf.clear()
+            else:
+                out = bytes(buf[:max_bytes])
+                del buf[:max_bytes]
+            self._consumed += len(out)
+            if self._consumed >= INITIAL_WINDOW // 2 and not self._fin_received:
+                self._recv_window += self._consumed
+                self.session._queue(encode_header(TYPE_WINDOW_UPDATE, 0, self.stream_id, self._consumed))
+                self._consumed = 0
+            return out
+        finally:
+            self._receiving = False
+
+    async def send_eof(self) -> None:
+        await trio.lowlevel.checkpoint()
+        if self._closed:
+            raise trio.ClosedResourceError("stream is closed")
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        if self._fin_sent:
+            return
+        if self._reset or self.session.broken:
+            raise self._broken()
+        self._fin_sent = True
+        self.session._queue(encode_header(TYPE_WINDOW_UPDATE, FLAG_FIN, self.stream_id, 0))
+        self.session._maybe_forget(self)
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if not (self._reset or self._fin_sent or self.session.broken):
+                self._fin_sent = True
+                self.session._queue(encode_header(TYPE_WINDOW_UPDATE, FLAG_FIN, self.stream_id, 0))
+            self._buf.clear()
+            self._recv_lot.unpark_all()
+            self._send_lot.unpark_all()
+            self.session._maybe_forget(self)
+        await trio.lowlevel.checkpoint()
+
+    def reset(self) -> None:
+        """Abort the stream both ways (RST): the peer's reads and writes fail."""
+        if not (self._reset or self.session.broken):
+            self.session._queue(encode_header(TYPE_WINDOW_UPDATE, FLAG_RST, self.stream_id, 0))
+        self._closed = True
+        self._on_reset()
+        self.session._forget(self)
+
+
+class YamuxSession:
+    """A yamux connection. ``run()`` reads frames until the transport ends.
+
+    Inbound streams are handed to ``on_stream`` (synchronously, from the reader task); the
+    callback must not block (start a task). ``max_streams`` bounds open streams per session:
+    beyond it, a peer's new streams are reset and our :meth:`open_stream` raises LimitError.
+    """
+
+    def __init__(
+        self,
+        transport: trio.abc.Stream,
+        *,
+        is_client: bool,
+        on_stream: Callable[[YamuxStream], None] | None = None,
+        max_streams: int = 512,
+        peer_id: object = None,
+    ) -> None:
+        self.transport = transport
+        self.is_client = is_client
+        self.on_stream = on_stream
+        self.max_streams = max_streams
+        self.peer_id = peer_id
+        self.streams: dict[int, YamuxStream] = {}
+        self._next_id = 1 if is_client else 2
+        self._pending = bytearray()
+        self._pending_event = trio.Event()
+        self._send_lock = trio.Lock()
+        self.broken = False
+        self.go_away_received = False
+        self.closed = trio.Event()
+        self.close_reason: BaseException | str | None = None
+
+    # -- writing --
+
+    def _queue(self, frame: bytes) -> None:
+        if self.broken:
+            return
+        self._pending += frame
+        self._pending_event.set()
+
+    async def _write(self, frame: bytes | bytearray) -> None:
+        if self.broken:
+            raise trio.BrokenResourceError(f"connection to {self.peer_id} is broken")
+        async with self._send_lock:
+            if self._pending:
+                frame = self._pending + frame
+                self._pending = bytearray()
+            try:
+                await self.transport.send_all(frame)
+                while self._pending:
+                    chunk, self._pending = self._pending, bytearray()
+                    await self.transport.send_all(chunk)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+                self._break(e)
+                raise trio.BrokenResourceError(f"connection to {self.peer_id} is broken") from e
+            except trio.Cancelled:
+                # A write cut short leaves half a frame on the wire: the session is unusable.
+                self._break("a write was cancelled mid-frame")
+                raise
+
+    async def _flusher(self) -> None:
+        while True:
+            await self._pending_event.wait()
+            self._pending_event = trio.Event()
+            if self._pending and not self.broken:
+                try:
+                    await self._write(b"")
+                except trio.BrokenResourceError:
+                    return
+
+    # -- opening --
+
+    async def open_stream(self) -> YamuxStream:
+        """Open a new outbound stream (its SYN rides ahead of the first write).
+
+        Raises:
+            LimitError: ``max_streams`` streams are already open.
+            trio.BrokenResourceError: the session is closed or the peer sent GoAway.
+        """
+        await trio.lowlevel.checkpoint()
+        if self.broken or self.go_away_received:
+            raise trio.BrokenResourceError(f"connection to {self.peer_id} is closing")
+        if len(self.streams) >= self.max_streams:
+            raise LimitError(f"{self.max_streams} streams already open to {self.peer_id}", limit=self.max_streams)
+        stream_id = self._next_id
+        if stream_id >= 1 << 32:
+            raise trio.BrokenResourceError("yamux stream ids exhausted")
+        self._next_id += 2
+        stream = YamuxStream(self, stream_id)
+        self.streams[stream_id] = stream
+        self._queue(encode_header(TYPE_WINDOW_UPDATE, FLAG_SYN, stream_id, 0))
+        return stream
+
+    def _forget(self, stream: YamuxStream) -> None:
+        if self.streams.get(stream.stream_id) is stream:
+            del self.streams[stream.stream_id]
+
+    def _maybe_forget(self, stream: YamuxStream) -> None:
+        if stream._fin_sent and stream._fin_received:
+            self._forget(stream)
+
+    # -- reading --
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Read and dispatch frames until the connection ends; then every stream is broken.
+
+        Protocol violations send GoAway(protocol error) and end the session; they are logged,
+        never raised, since they are the peer's fault.
+        """
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._flusher)
+            task_status.started()
+            try:
+                await self._read_loop()
+            except ProtocolError as e:
+                log.info("yamux: closing connection to %s: %s", self.peer_id, e.reason)
+                self._queue(encode_header(TYPE_GO_AWAY, 0, 0, GO_AWAY_PROTOCOL_ERROR))
+                with trio.move_on_after(1) as scope:
+                    scope.shield = True
+                    try:
+                        await self._write(b"")
+                    except trio.BrokenResourceError:
+                        pass
+                self._break(e)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+                self._break(e)
+            else:
+                self._break("the peer closed the connection")
+            finally:
+                nursery.cancel_scope.cancel()
+                self._break("the session ended")
+                with trio.CancelScope(shield=True):
+                    await trio.aclose_forcefully(self.transport)
+
+    def _break(self, reason: BaseException | str) -> None:
+        if self.broken:
+            return
+        self.broken = True
+        self.close_reason = reason
+        for stream in list(self.streams.values()):
+            stream._recv_lot.unpark_all()
+            stream._send_lot.unpark_all()
+        self.streams.clear()
+        self._pending.clear()
+        self._pending_event.set()
+        self.closed.set()
+
+    async def _read_loop(self) -> None:
+        buf = bytearray()
+        receive = self.transport.receive_some
+        while True:
+            data = await receive(MAX_DATA_FRAME + HEADER_SIZE)
+            if not data:
+                return
+            buf += data
+            pos = 0
+            end = len(buf)
+            while end - pos >= HEADER_SIZE:
+                try:
+                    header = decode_header(buf, pos)
+                except DecodeError as e:
+                    raise ProtocolError(e.reason, peer_id=self.peer_id) from e
+                if header.type == TYPE_DATA:
+                    if end - pos - HEADER_SIZE < header.length:
+                        if header.length > INITIAL_WINDOW:
+                            # No window we grant is ever larger: refuse before buffering it.
+                            raise ProtocolError(f"data frame of {header.length} bytes", peer_id=self.peer_id)
+                        break
+                    body = bytes(buf[pos + HEADER_SIZE : pos + HEADER_SIZE + header.length])
+                    pos += HEADER_SIZE + header.length
+                    self._handle(header, body)
+                else:
+                    pos += HEADER_SIZE
+                    self._handle(header, b"")
+            if pos:
+                del buf[:pos]
+
+    def _handle(self, header: Header, body: bytes) -> None:
+        type_, flags, stream_id, length = header
+        if type_ == TYPE_PING:
+            if flags & FLAG_SYN:
+                self._queue(encode_header(TYPE_PING, FLAG_ACK, 0, length))
+            return
+        if type_ == TYPE_GO_AWAY:
+            self.go_away_received = True
+            if length != GO_AWAY_NORMAL:
+                log.info("yamux: %s sent GoAway with error code %d", self.peer_id, length)
+            return
+        if stream_id == 0:
+            raise ProtocolError("data or window frame on stream 0", peer_id=self.peer_id)
+        stream = self.streams.get(stream_id)
+        if flags & FLAG_SYN:
+            if stream is not None:
+                raise ProtocolError(f"SYN for open stream {stream_id}", peer_id=self.peer_id)
+            if (stream_id % 2 == 1) == self.is_client:
+                raise ProtocolError(f"peer opened stream {stream_id} with our parity", peer_id=self.peer_id)
+            if len(self.streams) >= self.max_streams or self.go_away_received or self.on_stream is None:
+                self._queue(encode_header(TYPE_WINDOW_UPDATE, FLAG_RST, stream_id, 0))
+                return
+            stream = YamuxStream(self, stream_id)
+            self.streams[stream_id] = stream
+            self._queue(encode_header(TYPE_WINDOW_UPDATE, FLAG_ACK, stream_id, 0))
+            self.on_stream(stream)
+        if stream is None:
+            # A stream we already forgot (closed, reset): late frames are harmless.
+            return
+        if type_ == TYPE_WINDOW_UPDATE:
+            if length:
+                stream._on_window(length)
+        else:
+            if length > stream._recv_window:
+                raise ProtocolError(
+                    f"stream {stream_id} sent {length} bytes past its window of {stream._recv_window}",
+                    peer_id=self.peer_id,
+                )
+            stream._recv_window -= length
+            if stream._closed:
+                # We closed it for reading: say so once rather than buffer what nobody will read.
+                if length and not flags & FLAG_FIN:
+                    stream.reset()
+                    return
+            elif body:
+                stream._on_data(body)
+        if flags & FLAG_RST:
+            stream._on_reset()
+            self._forget(stream)
+            return
+        if flags & FLAG_FIN:
+            stream._on_fin()
+            self._maybe_forget(stream)
+
+    async def aclose(self) -> None:
+        """Say GoAway and close the connection; every stream breaks."""
+        if not self.broken:
+            self._queue(encode_header(TYPE_GO_AWAY, 0, 0, GO_AWAY_NORMAL))
+            with trio.move_on_after(1) as scope:
+                scope.shield = True
+                try:
+                    await self._write(b"")
+                except trio.BrokenResourceError:
+                    pass
+            self._break("closed locally")
+        await trio.aclose_forcefully(self.transport)
