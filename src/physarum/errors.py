@@ -39,6 +39,11 @@ class NegotiationError(ProtocolError):
     """multistream-select found no protocol both sides speak."""
 
 
+class NotMultistreamError(NegotiationError):
+    """The first bytes were not the multistream-select header: with a pre-shared key, the usual
+    sign that the peer uses another key or none."""
+
+
 class HandshakeError(ProtocolError):
     """The secure-channel handshake failed (bad signature, wrong peer, garbage)."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from physarum.errors import DecodeError, IncompleteError, NegotiationError
+from physarum.errors import DecodeError, IncompleteError, NegotiationError, NotMultistreamError
 from physarum.overlay import varint
 from physarum.overlay.streamio import BufferedStream
 
@@ -58,10 +58,16 @@ async def _read(stream: BufferedStream) -> str:
     return _text(await stream.receive_length_prefixed(MAX_MESSAGE))
 
 
+_HEADER = encode(PROTOCOL_ID)
+
+
 async def _read_header(stream: BufferedStream) -> None:
-    header = await _read(stream)
-    if header != PROTOCOL_ID:
-        raise NegotiationError(f"peer speaks {header[:64]!r}, not {PROTOCOL_ID}")
+    # The header has a fixed encoding, so compare bytes instead of parsing a length: garbage
+    # (a peer with another pre-shared key) fails after 20 bytes instead of waiting for a
+    # length that random bytes announce and never deliver.
+    header = await stream.receive_exactly(len(_HEADER))
+    if header != _HEADER:
+        raise NotMultistreamError(f"peer does not speak {PROTOCOL_ID} (got {header[:20].hex()})")
 
 
 async def select(stream: BufferedStream, protocols: Iterable[str]) -> str:

@@ -67,7 +67,7 @@ class BufferedStream(trio.abc.HalfCloseableStream):
         self._buf.clear()
         return out
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self._buf:
             n = len(self._buf) if max_bytes is None else min(max_bytes, len(self._buf))
             out = bytes(self._buf[:n])

@@ -21,6 +21,7 @@ from typing import NamedTuple
 import trio
 
 from physarum.errors import DecodeError, LimitError, ProtocolError
+from physarum.overlay.identity import PeerId
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +95,16 @@ class YamuxStream(trio.abc.HalfCloseableStream):
         self._receiving = False
 
     @property
-    def peer_id(self) -> object:
+    def peer_id(self) -> PeerId | None:
         return self.session.peer_id
 
     def __repr__(self) -> str:
         return f"<YamuxStream {self.stream_id} {self.protocol or ''} peer={self.session.peer_id}>"
+
+    def unread(self, data: bytes) -> None:
+        """Put bytes a negotiation layer read ahead back in front of the stream."""
+        if data:
+            self._buf[:0] = data
 
     # -- called by the session's reader (synchronous) --
 
@@ -254,7 +260,7 @@ class YamuxSession:
         is_client: bool,
         on_stream: Callable[[YamuxStream], None] | None = None,
         max_streams: int = 512,
-        peer_id: object = None,
+        peer_id: PeerId | None = None,
     ) -> None:
         self.transport = transport
         self.is_client = is_client

@@ -235,7 +235,8 @@ function makeCommands (node, opts) {
   // contact before adding it to the routing table and the connection monitor
   // pings every 10 s, so a ping command can collide with those and fail with
   // TooManyOutboundProtocolStreamsError. Retry that case briefly; only the
-  // attempt that succeeds is timed. Returns [ms reported by js, us measured].
+  // attempt that succeeds is timed; "retries" in the reply counts the
+  // collisions. Returns [ms reported by js, us measured, retries].
   async function pingOnce (target, args) {
     const signal = signalFor(args)
     for (let attempt = 0; ; attempt++) {
@@ -248,7 +249,7 @@ function makeCommands (node, opts) {
         const t0 = process.hrtime.bigint()
         const ms = await node.services.ping.ping(target, { signal })
         const t1 = process.hrtime.bigint()
-        return [ms, Number(t1 - t0) / 1000]
+        return [ms, Number(t1 - t0) / 1000, attempt]
       } catch (err) {
         if (err?.name !== 'TooManyOutboundProtocolStreamsError' || attempt >= 50 || signal.aborted) throw err
         log('ping collided with another outbound ping stream, retrying')
@@ -271,19 +272,25 @@ function makeCommands (node, opts) {
     async ping (args) {
       const target = dialTarget(args.peer)
       const rtts = []
+      let retries = 0
       for (let i = 0; i < Number(args.count ?? 1); i++) {
-        rtts.push((await pingOnce(target, args))[0])
+        const [ms, , tries] = await pingOnce(target, args)
+        rtts.push(ms)
+        retries += tries
       }
-      return { rtts_ms: rtts }
+      return { rtts_ms: rtts, retries }
     },
 
     async bench_ping (args) {
       const target = dialTarget(args.peer)
       const rtts = []
+      let retries = 0
       for (let i = 0; i < Number(args.count ?? 1); i++) {
-        rtts.push((await pingOnce(target, args))[1])
+        const [, us, tries] = await pingOnce(target, args)
+        rtts.push(us)
+        retries += tries
       }
-      return { rtts_us: rtts }
+      return { rtts_us: rtts, retries }
     },
 
     async bench_connect (args) {

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs, then run it: the project in .venv, the js-libp2p
+# interop peer (npm ci), the py-libp2p interop peer (its own venv), then lint, types and pytest.
+# Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2> >(grep -v '^WARNING: Location' >&2)
+# multiaddr's metadata pulls in trio-typing, whose old stubs shadow trio's own type hints.
+.venv/bin/python -m pip uninstall -q -y trio-typing >/dev/null 2>&1 || true
+
+# js-libp2p interop peer: reinstall only when the lock file changed.
+lock_hash=$(sha256sum tests/interop/js/package-lock.json | cut -d' ' -f1)
+if [ "$(cat tests/interop/js/node_modules/.physarum-lock 2>/dev/null || true)" != "$lock_hash" ]; then
+  (cd tests/interop/js && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  echo "$lock_hash" > tests/interop/js/node_modules/.physarum-lock
+fi
+
+# py-libp2p interop peer, in a virtualenv of its own so its pins never constrain ours.
+bash tests/interop/py/setup.sh
+
+.venv/bin/python -m ruff check src tests bench
+.venv/bin/python -m mypy
+.venv/bin/python -m pytest -q "$@"

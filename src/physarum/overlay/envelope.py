@@ -1,0 +1,112 @@
+"""libp2p signed envelopes (RFC 0002) and peer records (RFC 0003).
+
+``Envelope{public_key=1, payload_type=2, payload=3, signature=5}``; the signature covers
+``varint-prefixed(domain) || varint-prefixed(payload_type) || varint-prefixed(payload)``, so a
+record signed for one purpose cannot be replayed as another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from multiaddr import Multiaddr
+
+from physarum.errors import DecodeError, PhysarumError
+from physarum.overlay import pb, varint
+from physarum.overlay.identity import KeyPair, PeerId, PublicKey
+
+PEER_RECORD_DOMAIN = b"libp2p-peer-record"
+PEER_RECORD_TYPE = b"\x03\x01"
+
+
+class EnvelopeError(DecodeError):
+    """An envelope that is malformed, signed for another domain, or badly signed."""
+
+
+@dataclass(frozen=True)
+class Envelope:
+    public_key: PublicKey
+    payload_type: bytes
+    payload: bytes
+    signature: bytes
+
+    @property
+    def signer(self) -> PeerId:
+        return self.public_key.peer_id()
+
+
+def _signing_bytes(domain: bytes, payload_type: bytes, payload: bytes) -> bytes:
+    return b"".join(varint.encode(len(p)) + p for p in (domain, payload_type, payload))
+
+
+def seal(key_pair: KeyPair, domain: bytes, payload_type: bytes, payload: bytes) -> bytes:
+    """Sign ``payload`` and return the encoded envelope."""
+    signature = key_pair.sign(_signing_bytes(domain, payload_type, payload))
+    return pb.encode(
+        [(1, key_pair.public_key.to_protobuf()), (2, payload_type), (3, payload), (5, signature)]
+    )
+
+
+def open_envelope(data: bytes, domain: bytes, payload_type: bytes | None = None) -> Envelope:
+    """Decode and verify an envelope signed for ``domain``.
+
+    Raises:
+        EnvelopeError: malformed, wrong payload type, unverifiable key type or bad signature.
+    """
+    try:
+        fields = pb.decode(data)
+        key = PublicKey.from_protobuf(pb.get_bytes(fields, 1) or b"")
+        ptype = pb.get_bytes(fields, 2) or b""
+        payload = pb.get_bytes(fields, 3) or b""
+        signature = pb.get_bytes(fields, 5) or b""
+    except DecodeError as e:
+        raise EnvelopeError(f"malformed envelope: {e.reason}") from e
+    if payload_type is not None and ptype != payload_type:
+        raise EnvelopeError(f"envelope payload type {ptype.hex()} is not {payload_type.hex()}")
+    try:
+        ok = key.verify(_signing_bytes(domain, ptype, payload), signature)
+    except PhysarumError as e:
+        raise EnvelopeError(str(e)) from e
+    if not ok:
+        raise EnvelopeError("envelope signature is invalid")
+    return Envelope(key, ptype, payload, signature)
+
+
+def seal_peer_record(key_pair: KeyPair, seq: int, addrs: list[Multiaddr]) -> bytes:
+    """A signed ``PeerRecord{peer_id=1, seq=2, addresses=3 {multiaddr=1}}`` envelope."""
+    fields: list[tuple[int, int | bytes | str | None]] = [(1, key_pair.peer_id.to_bytes()), (2, seq)]
+    fields += [(3, pb.encode([(1, a.to_bytes())])) for a in addrs]
+    return seal(key_pair, PEER_RECORD_DOMAIN, PEER_RECORD_TYPE, pb.encode(fields))
+
+
+@dataclass(frozen=True)
+class PeerRecord:
+    peer_id: PeerId
+    seq: int
+    addrs: list[Multiaddr]
+
+
+def open_peer_record(data: bytes) -> PeerRecord:
+    """Verify a signed peer record; its signer must be the peer it names.
+
+    Raises:
+        EnvelopeError: malformed, badly signed, or signed by someone else.
+    """
+    env = open_envelope(data, PEER_RECORD_DOMAIN, PEER_RECORD_TYPE)
+    try:
+        fields = pb.decode(env.payload)
+        peer = PeerId.from_bytes(pb.get_bytes(fields, 1) or b"")
+        seq = pb.get_int(fields, 2, 0) or 0
+        addrs = []
+        for info in pb.get_repeated_bytes(fields, 3):
+            raw = pb.get_bytes(pb.decode(info), 1)
+            if raw:
+                try:
+                    addrs.append(Multiaddr(raw))
+                except Exception:  # one bad address must not void the record
+                    continue
+    except DecodeError as e:
+        raise EnvelopeError(f"malformed peer record: {e.reason}") from e
+    if peer != env.signer:
+        raise EnvelopeError(f"peer record for {peer} is signed by {env.signer}")
+    return PeerRecord(peer, seq, addrs)
