@@ -116,6 +116,21 @@ def js_peer_argv(*extra: str) -> list[str]:
     return [node, str(JS_PEER), *extra]
 
 
+PY_DIR = Path(__file__).resolve().parent / "py"
+
+
+def py_peer_argv(*extra: str) -> list[str]:
+    """Return the command line that starts the py-libp2p partner (its own virtualenv).
+
+    Raises:
+        PartnerSetupError: the virtualenv is missing (run ``bash tests/interop/py/setup.sh``).
+    """
+    python = PY_DIR / ".venv" / "bin" / "python"
+    if not python.exists():
+        raise PartnerSetupError(f"py-libp2p is not installed: run bash tests/interop/py/setup.sh ({python})")
+    return [str(python), str(PY_DIR / "peer.py"), *extra]
+
+
 def write_psk_key_file(path: Path, key: bytes | None = None) -> bytes:
     """Write a libp2p v1 swarm key file (``/key/swarm/psk/1.0.0/``, ``/base16/``, lowercase hex).
 

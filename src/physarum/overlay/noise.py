@@ -315,11 +315,20 @@ class NoiseStream(trio.abc.HalfCloseableStream):
         if pos:
             del raw[:pos]
 
+    def _decrypt_or_break(self) -> None:
+        try:
+            self._decrypt_available()
+        except DecodeError as e:
+            raise trio.BrokenResourceError("Noise message failed authentication") from e
+
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._receiving:
             raise trio.BusyResourceError("another task is receiving on this stream")
         self._receiving = True
         try:
+            if self._raw and not self._plain:
+                # Bytes that arrived with the last handshake message.
+                self._decrypt_or_break()
             while not self._plain:
                 if self._eof:
                     return b""
@@ -330,10 +339,7 @@ class NoiseStream(trio.abc.HalfCloseableStream):
                         raise trio.BrokenResourceError("connection ended inside a Noise message")
                     return b""
                 self._raw += data
-                try:
-                    self._decrypt_available()
-                except DecodeError as e:
-                    raise trio.BrokenResourceError("Noise message failed authentication") from e
+                self._decrypt_or_break()
             plain = self._plain
             if max_bytes is None or max_bytes >= len(plain):
                 out = bytes(plain)

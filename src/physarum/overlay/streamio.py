@@ -21,6 +21,11 @@ class BufferedStream(trio.abc.HalfCloseableStream):
     def __init__(self, transport_stream: trio.abc.Stream, initial: bytes = b"") -> None:
         self.transport_stream = transport_stream
         self._buf = bytearray(initial)
+        self._closed = False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("stream was closed")
 
     async def _fill(self) -> None:
         data = await self.transport_stream.receive_some(_READ_SIZE)
@@ -34,6 +39,7 @@ class BufferedStream(trio.abc.HalfCloseableStream):
         Raises:
             trio.BrokenResourceError: the stream ended first.
         """
+        self._check_open()
         while len(self._buf) < n:
             await self._fill()
         out = bytes(self._buf[:n])
@@ -47,6 +53,7 @@ class BufferedStream(trio.abc.HalfCloseableStream):
             DecodeError: a malformed or over-long length prefix.
             trio.BrokenResourceError: the stream ended first.
         """
+        self._check_open()
         while True:
             try:
                 length, pos = varint.decode(self._buf)
@@ -69,10 +76,17 @@ class BufferedStream(trio.abc.HalfCloseableStream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self._buf:
-            n = len(self._buf) if max_bytes is None else min(max_bytes, len(self._buf))
-            out = bytes(self._buf[:n])
-            del self._buf[:n]
-            return out
+            # Serve read-ahead bytes under the same rules as the transport: valid max_bytes,
+            # ClosedResourceError once closed, and always a checkpoint.
+            if max_bytes is not None and max_bytes < 1:
+                raise ValueError("max_bytes must be >= 1")
+            self._check_open()
+            await trio.lowlevel.checkpoint()
+            if self._buf:
+                n = len(self._buf) if max_bytes is None else min(max_bytes, len(self._buf))
+                out = bytes(self._buf[:n])
+                del self._buf[:n]
+                return out
         return await self.transport_stream.receive_some(max_bytes)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -88,4 +102,5 @@ class BufferedStream(trio.abc.HalfCloseableStream):
             raise trio.ClosedResourceError("transport stream cannot half-close")
 
     async def aclose(self) -> None:
+        self._closed = True
         await self.transport_stream.aclose()
