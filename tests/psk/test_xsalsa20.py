@@ -144,3 +144,21 @@ def test_hsalsa20_rejects_bad_sizes() -> None:
         hsalsa20(bytes(16), bytes(16))
     with pytest.raises(ValueError):
         hsalsa20(bytes(32), bytes(24))
+
+
+@given(
+    key=st.binary(min_size=32, max_size=32),
+    nonce=st.binary(min_size=24, max_size=24),
+    sizes=st.lists(st.sampled_from([0, 1, 31, 32, 33, 1023, 1024, 1025, 4095, 4096, 4097, 9000]), max_size=12),
+)
+def test_mixed_small_and_large_calls_match_one_call(key: bytes, nonce: bytes, sizes: list[int]) -> None:
+    """Small calls use keystream generated ahead, large ones the cipher: any mix must line up."""
+    data = bytes(range(256)) * (sum(sizes) // 256 + 1)
+    data = data[: sum(sizes)]
+    split = XSalsa20(key, nonce)
+    out = b""
+    pos = 0
+    for n in sizes:
+        out += split.process(data[pos : pos + n])
+        pos += n
+    assert out == XSalsa20(key, nonce).process(data)

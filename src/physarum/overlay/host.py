@@ -154,17 +154,25 @@ class Host:
             AddressError: a listen address is malformed or not TCP.
             OSError: a listen address cannot be bound (port in use, no such interface).
         """
+        listeners: list[list[trio.SocketListener]] = []
         try:
+            # Bind before opening the nursery, so a bad address raises AddressError or OSError
+            # itself rather than wrapped in an ExceptionGroup.
+            for a in self._listen_requests:
+                listeners.append(await self._bind(a))
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                for a in self._listen_requests:
-                    await self.listen(a)
+                for group in listeners:
+                    await self._serve(nursery, group)
                 task_status.started()
                 await trio.sleep_forever()
         finally:
             self._closed = True
             self._nursery = None
             with trio.CancelScope(shield=True):
+                for group in listeners:  # closed by serve_listeners once it started; closing twice is fine
+                    for lst in group:
+                        await trio.aclose_forcefully(lst)
                 for conns in list(self.connections.values()):
                     for conn in conns:
                         await trio.aclose_forcefully(conn.session.transport)
@@ -182,9 +190,14 @@ class Host:
             OSError: cannot bind.
         """
         nursery = self._require_running()
+        return await self._serve(nursery, await self._bind(address))
+
+    async def _bind(self, address: str | Multiaddr) -> list[trio.SocketListener]:
         ma = addrs_.parse(address)
         ep = addrs_.tcp_endpoint(ma)
-        listeners = await trio.open_tcp_listeners(ep.port, host=ep.host)
+        return await trio.open_tcp_listeners(ep.port, host=ep.host)
+
+    async def _serve(self, nursery: trio.Nursery, listeners: list[trio.SocketListener]) -> list[Multiaddr]:
         bound = [addrs_.from_sockaddr(lst.socket.getsockname()) for lst in listeners]
         await nursery.start(trio.serve_listeners, self._handle_inbound, listeners)
         self.listen_addrs += bound
@@ -353,6 +366,15 @@ class Host:
             # that hangs up on our garbled one.
             if self.psk is not None:
                 raise PskMismatchError(peer_id=expected, address=str(remote)) from e
+            if isinstance(e, NotMultistreamError):
+                # The mirror image: we have no key and the peer's first bytes are garbage, which
+                # is what a peer in a private network sends us (its nonce, then ciphertext).
+                raise PskMismatchError(
+                    "the peer does not speak multistream-select in the clear: it is probably in a"
+                    " private network (uses a pre-shared key) and we are not",
+                    peer_id=expected,
+                    address=str(remote),
+                ) from e
             raise
         secure = await noise.handshake(buf, self.key_pair, initiator=initiator, expected_peer=expected)
         peer_id = secure.remote_peer
@@ -364,7 +386,11 @@ class Host:
         else:
             await multistream.handle(buf2, yamux.PROTOCOL_ID.__eq__, lambda: [yamux.PROTOCOL_ID])
         session = YamuxSession(
-            buf2, is_client=initiator, max_streams=self.max_streams_per_connection, peer_id=peer_id
+            secure,
+            is_client=initiator,
+            max_streams=self.max_streams_per_connection,
+            peer_id=peer_id,
+            initial=buf2.take_buffer(),
         )
         conn = Connection(self, session, peer_id, remote, local, direction)
         session.on_stream = lambda stream: self._on_stream(conn, stream)
@@ -591,13 +617,21 @@ async def open_host(
         AddressError, OSError: a listen address is malformed or cannot be bound.
     """
     host = Host(key_pair, listen=listen, **kwargs)  # type: ignore[arg-type]
+    failed: Exception | None = None
     async with trio.open_nursery() as nursery:
-        await nursery.start(host.run)
         try:
-            yield host
-        finally:
-            await host.aclose()
-            nursery.cancel_scope.cancel()
+            await nursery.start(host.run)
+        except Exception as e:
+            # Raised below, outside the nursery, so the caller sees it rather than an ExceptionGroup.
+            failed = e
+        else:
+            try:
+                yield host
+            finally:
+                await host.aclose()
+                nursery.cancel_scope.cancel()
+    if failed is not None:
+        raise failed
 
 
 __all__ = ["INBOUND", "OUTBOUND", "Connection", "Handler", "Host", "open_host"]

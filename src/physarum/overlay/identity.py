@@ -244,8 +244,10 @@ class KeyPair:
             raw = pb.get_bytes(fields, 2)
         except DecodeError as e:
             raise IdentityKeyError(f"not a libp2p private key: {e.reason}") from e
-        if key_type != KEY_ED25519 or raw is None:
-            name = _KEY_NAMES.get(key_type or 0, key_type) if key_type is not None else "missing"
+        if key_type is None or raw is None:
+            raise IdentityKeyError("private key protobuf lacks Type or Data")
+        if key_type != KEY_ED25519:
+            name = _KEY_NAMES.get(key_type, key_type)
             raise IdentityKeyError(f"private key type {name} is not supported; physarum uses Ed25519")
         if len(raw) not in (32, 64):
             raise IdentityKeyError(f"Ed25519 private key of {len(raw)} bytes, want 64 (or a 32-byte seed)")
@@ -265,6 +267,8 @@ def save_key_pair(path: str | os.PathLike[str], pair: KeyPair) -> None:
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
+        # O_CREAT's mode only applies to a new file: a stale temp file keeps its old mode.
+        os.fchmod(fd, 0o600)
         os.write(fd, pair.private_key_protobuf())
         os.fsync(fd)
     finally:

@@ -31,8 +31,39 @@ MAX_PLAINTEXT = MAX_NOISE_MESSAGE - _TAG
 _NONCE_PREFIX = b"\x00\x00\x00\x00"
 _ZERO_DH = bytes(32)
 _MAX_NONCE = (1 << 64) - 1
-_aead_encrypt = sodium.crypto_aead_chacha20poly1305_ietf_encrypt
-_aead_decrypt = sodium.crypto_aead_chacha20poly1305_ietf_decrypt
+
+try:
+    # PyNaCl's wrappers spend ~4 us a call on argument checks and zeroed buffers; every
+    # Noise message pays it twice, so call libsodium through PyNaCl's own cffi module.
+    from nacl._sodium import ffi as _ffi
+    from nacl._sodium import lib as _lib
+
+    _alloc = _ffi.new_allocator(should_clear_after_alloc=False)
+    _NULL = _ffi.NULL
+
+    def _aead_encrypt(message: bytes, aad: bytes | None, nonce: bytes, key: bytes) -> bytes:
+        n = len(message) + _TAG
+        out = _alloc("unsigned char[]", n)
+        _lib.crypto_aead_chacha20poly1305_ietf_encrypt(
+            out, _NULL, message, len(message), aad or _NULL, len(aad or b""), _NULL, nonce, key
+        )
+        return _ffi.buffer(out, n)[:]  # type: ignore[no-any-return]
+
+    def _aead_decrypt(ciphertext: bytes, aad: bytes | None, nonce: bytes, key: bytes) -> bytes:
+        n = len(ciphertext) - _TAG
+        if n < 0:
+            raise nacl.exceptions.CryptoError("ciphertext shorter than its tag")
+        out = _alloc("unsigned char[]", max(n, 1))
+        rc = _lib.crypto_aead_chacha20poly1305_ietf_decrypt(
+            out, _NULL, _NULL, ciphertext, len(ciphertext), aad or _NULL, len(aad or b""), nonce, key
+        )
+        if rc != 0:
+            raise nacl.exceptions.CryptoError("decryption failed")
+        return _ffi.buffer(out, n)[:]  # type: ignore[no-any-return]
+
+except ImportError:  # pragma: no cover - a PyNaCl without its cffi module
+    _aead_encrypt = sodium.crypto_aead_chacha20poly1305_ietf_encrypt
+    _aead_decrypt = sodium.crypto_aead_chacha20poly1305_ietf_decrypt
 
 
 def _hkdf2(ck: bytes, ikm: bytes) -> tuple[bytes, bytes]:
@@ -255,20 +286,28 @@ async def handshake(
         hs.read_message(await _read_frame(stream))
     assert hs.remote_peer is not None
     send, recv = hs.split()
-    return NoiseStream(stream, send, recv, hs.remote_peer)
+    # Wrap the layer below the read-ahead buffer, handing over what it read ahead: one less
+    # hop for every read and write of the connection's life.
+    return NoiseStream(stream.transport_stream, send, recv, hs.remote_peer, initial=stream.take_buffer())
 
 
 class NoiseStream(trio.abc.HalfCloseableStream):
     """The transport phase: length-prefixed ChaChaPoly messages over ``transport_stream``."""
 
     def __init__(
-        self, transport_stream: BufferedStream, send: CipherState, recv: CipherState, remote_peer: PeerId
+        self,
+        transport_stream: trio.abc.Stream,
+        send: CipherState,
+        recv: CipherState,
+        remote_peer: PeerId,
+        *,
+        initial: bytes = b"",
     ) -> None:
         self.transport_stream = transport_stream
         self.remote_peer = remote_peer
         self._send = send
         self._recv = recv
-        self._raw = bytearray(transport_stream.take_buffer())
+        self._raw = bytearray(initial)
         self._plain = bytearray()
         self._sending = False
         self._receiving = False
@@ -352,6 +391,8 @@ class NoiseStream(trio.abc.HalfCloseableStream):
             self._receiving = False
 
     async def send_eof(self) -> None:
+        if not isinstance(self.transport_stream, trio.abc.HalfCloseableStream):
+            raise trio.ClosedResourceError("transport stream cannot half-close")
         await self.transport_stream.send_eof()
 
     async def aclose(self) -> None:

@@ -261,8 +261,10 @@ class YamuxSession:
         on_stream: Callable[[YamuxStream], None] | None = None,
         max_streams: int = 512,
         peer_id: PeerId | None = None,
+        initial: bytes = b"",
     ) -> None:
         self.transport = transport
+        self._initial = initial
         self.is_client = is_client
         self.on_stream = on_stream
         self.max_streams = max_streams
@@ -395,11 +397,15 @@ class YamuxSession:
     async def _read_loop(self) -> None:
         buf = bytearray()
         receive = self.transport.receive_some
+        data: bytes | bytearray = self._initial  # read ahead by the negotiation before us
+        self._initial = b""
         while True:
-            data = await receive(MAX_DATA_FRAME + HEADER_SIZE)
             if not data:
-                return
+                data = await receive(MAX_DATA_FRAME + HEADER_SIZE)
+                if not data:
+                    return
             buf += data
+            data = b""
             pos = 0
             end = len(buf)
             while end - pos >= HEADER_SIZE:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-from Crypto.Cipher import Salsa20
 
 __all__ = ["KEY_SIZE", "NONCE_SIZE", "XSalsa20", "hsalsa20"]
 
@@ -66,6 +65,10 @@ def hsalsa20(key: bytes, nonce: bytes) -> bytes:
     return struct.pack("<8I", x[0], x[5], x[10], x[15], x[6], x[7], x[8], x[9])
 
 
+_SMALL: Final = 1024
+_ZEROS: Final = bytes(4096)
+
+
 class XSalsa20:
     """An XSalsa20 keystream, XORed into successive data: ``process`` both encrypts and decrypts.
 
@@ -73,7 +76,7 @@ class XSalsa20:
     instance serves one direction of one connection; a (key, nonce) pair must never encrypt twice.
     """
 
-    __slots__ = ("_cipher",)
+    __slots__ = ("_cipher", "_ks", "_pos")
 
     def __init__(self, key: bytes, nonce: bytes) -> None:
         """Start the keystream at its first byte.
@@ -84,7 +87,14 @@ class XSalsa20:
         if len(nonce) != NONCE_SIZE:
             raise ValueError(f"XSalsa20 nonce must be {NONCE_SIZE} bytes, got {len(nonce)}")
         nonce = bytes(nonce)
+        # Imported here: pycryptodome's loader costs ~30 ms, which hosts without a PSK never pay.
+        from Crypto.Cipher import Salsa20
+
         self._cipher = Salsa20.new(key=hsalsa20(key, nonce[:16]), nonce=nonce[16:])
+        # Keystream generated ahead for small messages: pycryptodome costs ~3 us a call whatever the
+        # size, an int XOR on a slice of ready keystream well under 1 us, and pings are small.
+        self._ks = b""
+        self._pos = 0
 
     def process(self, data: bytes | bytearray | memoryview) -> bytes:
         """Return ``data`` XORed with the next ``len(data)`` keystream bytes, and move past them.
@@ -93,4 +103,25 @@ class XSalsa20:
             OverflowError: once 2**70 bytes have gone through (pycryptodome's ``MessageTooLongError``);
                 no connection lives that long.
         """
-        return self._cipher.encrypt(data)
+        n = len(data)
+        pos = self._pos
+        ks = self._ks
+        if n <= _SMALL or n <= len(ks) - pos:
+            if len(ks) - pos < n:
+                ks = self._ks = ks[pos:] + self._cipher.encrypt(_ZEROS)
+                pos = 0
+            self._pos = pos + n
+            return (int.from_bytes(data, "little") ^ int.from_bytes(ks[pos : pos + n], "little")).to_bytes(
+                n, "little"
+            )
+        ahead = len(ks) - pos
+        if not ahead:
+            return self._cipher.encrypt(data)
+        # Use up the keystream made ahead so the cipher's own position lines up with the data again.
+        self._ks = b""
+        self._pos = 0
+        view = memoryview(data)
+        head = (int.from_bytes(view[:ahead], "little") ^ int.from_bytes(ks[pos:], "little")).to_bytes(
+            ahead, "little"
+        )
+        return head + self._cipher.encrypt(view[ahead:])
