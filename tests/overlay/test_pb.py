@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -14,7 +16,7 @@ VALUES = st.one_of(st.integers(min_value=0, max_value=2**64 - 1), st.binary(max_
 FIELDS = st.lists(st.tuples(FIELD_NUMBERS, VALUES), max_size=12)
 
 
-def _expected(pairs: list[tuple[int, int | bytes | str | None]]) -> pb.Fields:
+def _expected(pairs: Sequence[tuple[int, int | bytes | str | None]]) -> pb.Fields:
     out: pb.Fields = {}
     for number, value in pairs:
         if value is None:
@@ -83,7 +85,9 @@ def test_roundtrip(pairs: list[tuple[int, int | bytes]]) -> None:
     assert pb.decode(memoryview(encoded)) == _expected(list(pairs))
 
 
-@given(st.lists(st.tuples(st.integers(1, 20), st.one_of(st.none(), st.text(max_size=30), VALUES)), max_size=12))
+@given(
+    st.lists(st.tuples(st.integers(1, 20), st.one_of(st.none(), st.text(max_size=30), VALUES)), max_size=12)
+)
 def test_roundtrip_str_and_none(pairs: list[tuple[int, int | bytes | str | None]]) -> None:
     encoded = pb.encode(pairs)
     assert pb.decode(encoded) == _expected(pairs)
@@ -193,7 +197,7 @@ def test_malformed_varints_inside_messages() -> None:
 
 def _boundaries(pairs: list[tuple[int, int | bytes]]) -> dict[int, pb.Fields]:
     """Cut position -> expected decoding, for the cuts that fall between two fields."""
-    out = {0: {}}
+    out: dict[int, pb.Fields] = {0: {}}
     pos = 0
     for i, pair in enumerate(pairs):
         pos += len(pb.encode([pair]))

@@ -108,7 +108,7 @@ async def test_many_streams_and_bulk() -> None:
 
 
 async def test_stream_limit() -> None:
-    async with session_pair(max_streams=2) as (client, _server, inbound):
+    async with session_pair(max_streams=2) as (client, _server, _inbound):
         a = await client.open_stream()
         await client.open_stream()
         with pytest.raises(LimitError):

@@ -1,47 +1,209 @@
-"""``physarum-demo``: a two-node private network on loopback that pings once a second.
+"""``physarum-demo``: a local private network with a ping-monitor and 3 peers, metrics on :9100.
 
-A listener and a dialer share a freshly generated pre-shared key; the dialer connects over
-pnet + Noise + yamux, identifies the listener and prints each ping RTT until interrupted.
+Everything runs in this one process, on loopback: a ping-monitor node (the same code as the
+``ping-monitor`` binary) and three peers that join it with ``-bootstrap`` and a pre-shared key derived
+from a random passphrase. The demo waits for the first pings, prints the metrics URL and the
+``ping_rtt`` lines it serves, and then stays up for curl or Prometheus until Ctrl-C. It also prints the
+command that joins one more peer from another terminal.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import logging
+import secrets
+import signal
+import socket
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 
 import trio
+from multiaddr import Multiaddr
 
-from physarum.overlay.host import open_host
-from physarum.psk import generate_psk
+from physarum.cli.flags import FlagParser, NodeOptions, UsageError, flag, positive_float
+from physarum.cli.node import MonitorOptions, RunningNode, find_usage_error, run_main, run_node
+from physarum.overlay.identity import KeyPair
+from physarum.psk import psk_from_passphrase
 
-
-async def _demo(count: int | None, interval: float) -> None:
-    psk = generate_psk()
-    async with open_host(psk=psk) as listener, open_host(psk=psk, listen=()) as dialer:
-        print("listener:", *listener.addrs, flush=True)
-        conn = await dialer.connect(listener.addrs[0])
-        await conn.identified.wait()
-        info = dialer.peerstore.get(listener.peer_id)
-        protocols = ", ".join(info.protocols) if info else "?"
-        print(f"dialer {dialer.peer_id} connected; listener speaks: {protocols}", flush=True)
-        n = 0
-        while count is None or n < count:
-            (rtt,) = await dialer.ping(listener.peer_id)
-            n += 1
-            print(f"ping {n}: {rtt * 1e6:.0f} us", flush=True)
-            await trio.sleep(interval)
+PROG = "physarum-demo"
+LOOPBACK = Multiaddr("/ip4/127.0.0.1/tcp/0")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="physarum-demo", description=__doc__)
-    parser.add_argument("--count", type=int, default=None, help="stop after this many pings")
-    parser.add_argument("--interval", type=float, default=1.0, help="seconds between pings")
-    args = parser.parse_args(argv)
-    try:
-        trio.run(_demo, args.count, args.interval)
-    except KeyboardInterrupt:
-        return 0
+def build_parser() -> FlagParser:
+    parser = FlagParser(prog=PROG, description=__doc__)
+    flag(
+        parser,
+        "prom-port",
+        type=int,
+        default=9100,
+        metavar="PORT",
+        help="metrics port (default 9100; 0: any free)",
+    )
+    flag(parser, "peers", type=int, default=3, metavar="N", help="peers besides the monitor (default 3)")
+    flag(
+        parser,
+        "interval",
+        type=positive_float,
+        default=1.0,
+        metavar="S",
+        help="seconds between pings (default 1)",
+    )
+    flag(parser, "once", action="store_true", help="exit after printing the first sample")
+    flag(
+        parser,
+        "timeout",
+        type=positive_float,
+        default=15.0,
+        metavar="S",
+        help="wait this long for the first pings",
+    )
+    return parser
+
+
+def _options(key_pair: KeyPair, psk: bytes, bootstrap: list[Multiaddr]) -> NodeOptions:
+    return NodeOptions(
+        listen=[LOOPBACK],
+        bootstrap=bootstrap,
+        psk=psk,
+        key_pair=key_pair,
+        hostname=socket.gethostname(),
+        debug=False,
+        psk_source="passphrase",
+    )
+
+
+async def http_get(host: str, port: int, path: str, *, timeout: float = 5.0) -> tuple[int, bytes]:
+    """A minimal HTTP/1.1 GET: (status, body). Enough for our own metrics server.
+
+    Raises:
+        OSError, trio.TooSlowError, ValueError (not an HTTP response).
+    """
+    with trio.fail_after(timeout):
+        stream = await trio.open_tcp_stream(host, port)
+        async with stream:
+            await stream.send_all(
+                f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode()
+            )
+            data = bytearray()
+            while chunk := await stream.receive_some(65536):
+                data += chunk
+    head, _, body = bytes(data).partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].split(b" ")
+    if len(status_line) < 2 or not status_line[0].startswith(b"HTTP/"):
+        raise ValueError("not an HTTP response")
+    return int(status_line[1]), body
+
+
+async def demo(args: argparse.Namespace) -> int:
+    passphrase = secrets.token_urlsafe(12)
+    psk = psk_from_passphrase(passphrase)
+    if not 0 <= args.prom_port <= 65535:
+        raise UsageError(f"--prom-port {args.prom_port} is out of range")
+    if not 1 <= args.peers <= 100:
+        raise UsageError("--peers must be between 1 and 100")
+    async with trio.open_nursery() as nursery:
+        stop = nursery.cancel_scope
+
+        async def watch_signals(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                task_status.started()
+                async for _ in signals:
+                    stop.cancel()
+                    return
+
+        await nursery.start(watch_signals)
+        monitor_opts = MonitorOptions(prom_host="127.0.0.1", prom_port=args.prom_port, interval=args.interval)
+        try:
+            monitor: RunningNode = await nursery.start(
+                lambda task_status: run_node(
+                    _options(KeyPair.generate(), psk, []),
+                    monitor=monitor_opts,
+                    out=io.StringIO(),
+                    handle_signals=False,
+                    task_status=task_status,
+                )
+            )
+        except (UsageError, BaseExceptionGroup) as e:
+            usage = find_usage_error(e)
+            if usage is None:
+                raise
+            message = str(usage)
+            if "metrics" in message:
+                message += " (pick another port with --prom-port PORT, or 0 for any free port)"
+            raise UsageError(message) from None
+        assert monitor.metrics_server is not None and monitor.monitor is not None
+        host, port = monitor.metrics_server.addresses[0]
+        monitor_addr = monitor.host.addrs[0]
+        print(
+            f"physarum demo: a ping-monitor and {args.peers} peers on loopback, in a private network",
+            flush=True,
+        )
+        print(f"ping-monitor  {monitor_addr}", flush=True)
+        for i in range(1, args.peers + 1):
+            peer: RunningNode = await nursery.start(
+                lambda task_status: run_node(
+                    _options(KeyPair.generate(), psk, [monitor_addr]),
+                    out=io.StringIO(),
+                    handle_signals=False,
+                    task_status=task_status,
+                )
+            )
+            print(f"peer {i}        {peer.host.addrs[0]}", flush=True)
+        url = f"http://{host}:{port}/metrics"
+        print(f"metrics       {url}", flush=True)
+
+        stats = monitor.monitor.peers
+        try:
+            with trio.fail_after(args.timeout):
+                # the second sample: the first one shares the new connection with identify
+                while sum(1 for s in stats.values() if s.successes >= 2) < args.peers:
+                    await trio.sleep(0.05)
+        except trio.TooSlowError:
+            print(f"{PROG}: the peers did not answer pings within {args.timeout:g} s", file=sys.stderr)
+            return 1
+        _, body = await http_get(host, port, "/metrics")
+        lines = [line for line in body.decode().splitlines() if line.startswith("ping_rtt{")]
+        print(f"\n$ curl -s {url} | grep ^ping_rtt", flush=True)
+        for line in lines:
+            print(line, flush=True)
+        if args.once:
+            stop.cancel()
+            return 0
+        print(
+            "\nJoin one more peer from another terminal (it shows up in the metrics within a second):\n"
+            f"  {_peer_command()} -psk {passphrase} -bootstrap {monitor_addr}\n"
+            f"Watch the RTTs:  watch -n1 'curl -s {url} | grep ^ping_'\n"
+            "Ctrl-C stops the demo.",
+            flush=True,
+        )
+        await trio.sleep_forever()
     return 0
+
+
+def _peer_command() -> str:
+    """How to run the peer binary installed beside this interpreter (a venv's bin/), else from PATH."""
+    beside = Path(sys.executable).parent / "peer"
+    if beside.exists():
+        try:
+            return str(beside.relative_to(Path.cwd()))
+        except ValueError:
+            return str(beside)
+    return "peer"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point: ``physarum-demo [--prom-port PORT] [--peers N] [--once]``."""
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+    )
+
+    async def start() -> int:
+        return await demo(build_parser().parse_args(list(argv)))
+
+    return run_main(PROG, start)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ compare distances in Python.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Iterable
 from random import Random
@@ -27,8 +28,13 @@ def kad_key(data: bytes) -> int:
     return int.from_bytes(hashlib.sha256(data).digest(), "big")
 
 
+@functools.lru_cache(maxsize=65536)
 def peer_key(peer_id: PeerId) -> int:
-    """The Kademlia key of a peer: SHA-256 of its peer id's multihash bytes."""
+    """The Kademlia key of a peer: SHA-256 of its peer id's multihash bytes.
+
+    Cached: every response names up to k peers, mostly ones seen before, and a lookup needs each
+    one's key.
+    """
     return kad_key(peer_id.to_bytes())
 
 
@@ -86,7 +92,7 @@ def random_key_in_bucket(self_key: int, index: int, rng: Random) -> int:
     shift = KEY_BITS - 1 - index
     # keep self's first `index` bits, flip the next one, randomise the rest
     prefix = (self_key >> shift) ^ 1
-    return (prefix << shift) | rng.getrandbits(shift) if shift else prefix
+    return (prefix << shift) | rng.getrandbits(shift)
 
 
 #: Deepest bucket :func:`random_preimage_in_bucket` searches: bucket ``i`` costs about 2**(i+1) hashes.
@@ -95,7 +101,9 @@ MAX_PREIMAGE_INDEX = 20
 _SHA256_MULTIHASH_PREFIX = b"\x12\x20"
 
 
-def random_preimage_in_bucket(self_key: int, index: int, rng: Random, *, max_tries: int | None = None) -> bytes:
+def random_preimage_in_bucket(
+    self_key: int, index: int, rng: Random, *, max_tries: int | None = None
+) -> bytes:
     """Random wire key bytes whose Kademlia key falls in bucket ``index``: a FIND_NODE target.
 
     Remote nodes hash whatever key they are sent, so a refresh lookup for one bucket must send a

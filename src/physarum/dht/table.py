@@ -210,7 +210,7 @@ class RoutingTable:
         k: int = K,
         now: float = 0.0,
         replacement_size: int | None = None,
-        diversity: DiversityLimits | None = DiversityLimits(),  # noqa: B008 (frozen, so sharing is safe)
+        diversity: DiversityLimits | None = DiversityLimits(),
     ) -> None:
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
@@ -280,23 +280,30 @@ class RoutingTable:
     def closest(self, key: int, count: int | None = None, exclude: Collection[PeerId] = ()) -> list[Contact]:
         """Up to ``count`` (default ``k``) contacts nearest to ``key`` by XOR distance, nearest first.
 
-        Exact. Rather than sorting the table it walks buckets outward: with ``c`` the bucket ``key``
-        falls in, every contact of bucket ``c`` is nearer than any contact of buckets above ``c``,
-        which are all nearer than bucket ``c-1``, then ``c-2``, ... down to 0. So only the buckets
-        that contribute results get sorted.
+        Exact, and it never sorts more than one bucket at a time. With ``d = self_key ^ key`` and
+        ``c`` the bucket ``key`` falls in (the number of leading zero bits of ``d``), XOR distance
+        orders whole buckets: bucket ``c`` is nearest; then each bucket ``i > c`` comes before
+        every deeper bucket when bit ``i`` of ``d`` is 1 and after all of them when it is 0; then
+        buckets ``c-1``, ``c-2``, ... 0. So it visits buckets in that order, sorts each, and
+        stops once it has ``count``. ``exclude`` contacts are skipped. Never raises.
         """
         n = self.k if count is None else count
         if n <= 0 or not self._contacts:
             return []
         buckets = self._buckets
         top = self._top
-        c = keyspace.KEY_BITS - (self.self_key ^ key).bit_length()
+        d = self.self_key ^ key
+        c = keyspace.KEY_BITS - d.bit_length()
         out: list[Contact] = []
 
         def dist(contact: Contact) -> int:
             return contact.key ^ key
 
-        def take(candidates: list[Contact]) -> bool:
+        def take(index: int) -> bool:
+            b = buckets[index]
+            if b is None or not b.contacts:
+                return False
+            candidates = list(b.contacts.values())
             if exclude:
                 candidates = [x for x in candidates if x.peer_id not in exclude]
             if len(candidates) > 1:
@@ -304,20 +311,21 @@ class RoutingTable:
             out.extend(candidates[: n - len(out)])
             return len(out) >= n
 
-        if c <= top:
-            b = buckets[c]
-            if b is not None and b.contacts and take(list(b.contacts.values())):
-                return out
+        if c <= top and take(c):
+            return out
         if c < top:
-            deeper: list[Contact] = []
-            for b in buckets[c + 1 : top + 1]:
-                if b is not None and b.contacts:
-                    deeper.extend(b.contacts.values())
-            if deeper and take(deeper):
-                return out
+            deferred = []
+            for i in range(c + 1, top + 1):
+                if (d >> (keyspace.KEY_BITS - 1 - i)) & 1:
+                    if take(i):
+                        return out
+                else:
+                    deferred.append(i)
+            for i in reversed(deferred):
+                if take(i):
+                    return out
         for i in range(min(c, top + 1) - 1, -1, -1):
-            b = buckets[i]
-            if b is not None and b.contacts and take(list(b.contacts.values())):
+            if take(i):
                 return out
         return out
 
@@ -498,13 +506,17 @@ class RoutingTable:
         self_id: PeerId | None = None,
         k: int = K,
         replacement_size: int | None = None,
-        diversity: DiversityLimits | None = DiversityLimits(),  # noqa: B008 (frozen)
+        diversity: DiversityLimits | None = DiversityLimits(),
+        keep_last_seen: bool = False,
     ) -> RoutingTable:
         """Load a table saved by :meth:`to_json` (a parsed dict, or the JSON text itself).
 
-        Contacts are added in ``last_seen`` order as :meth:`add` would (our own id and contacts
-        over the diversity limits are dropped; overflow goes to the replacement caches), so a
-        bucket's refresh clock starts at its newest contact's ``last_seen``.
+        Contacts are added oldest ``last_seen`` first, as :meth:`add` would add them (our own id
+        and contacts over the diversity limits are dropped; overflow goes to the replacement
+        caches), so each bucket keeps its least-recently-seen order. Saved times come from the
+        clock of the process that saved them (``trio.current_time()`` restarts with each process),
+        so by default every loaded contact is stamped ``now``; pass ``keep_last_seen=True`` when
+        the table is fed a clock that survives restarts. Bucket refresh clocks start at ``now``.
 
         Raises:
             TableFormatError: not JSON, an unknown version, a missing or ill-typed field, a bad peer
@@ -520,7 +532,9 @@ class RoutingTable:
             raise TableFormatError("routing table JSON is not an object")
         version = data.get("version")
         if version != TABLE_JSON_VERSION or isinstance(version, bool):
-            raise TableFormatError(f"unsupported routing table version {version!r}, want {TABLE_JSON_VERSION}")
+            raise TableFormatError(
+                f"unsupported routing table version {version!r}, want {TABLE_JSON_VERSION}"
+            )
         saved_self = data.get("self")
         if not isinstance(saved_self, str):
             raise TableFormatError("routing table lacks 'self' (a peer id string)")
@@ -536,7 +550,7 @@ class RoutingTable:
         contacts = [_contact_from_json(i, entry) for i, entry in enumerate(raw_contacts)]
         table = cls(saved_id, k=k, now=now, replacement_size=replacement_size, diversity=diversity)
         for contact in sorted(contacts, key=lambda c: c.last_seen):
-            table.add(contact, contact.last_seen)
+            table.add(contact, contact.last_seen if keep_last_seen else now)
         return table
 
     # -- internals -----------------------------------------------------------------------------

@@ -139,6 +139,7 @@ class Host:
         self._handlers: dict[str, Handler] = {}
         self._nursery: trio.Nursery | None = None
         self._pending_inbound = 0
+        self._pending_outbound = 0
         self._record: tuple[tuple[Multiaddr, ...], bytes] | None = None
         self._closed = False
         self.set_handler(ping.PROTOCOL_ID, self._handle_ping)
@@ -173,9 +174,8 @@ class Host:
                 for group in listeners:  # closed by serve_listeners once it started; closing twice is fine
                     for lst in group:
                         await trio.aclose_forcefully(lst)
-                for conns in list(self.connections.values()):
-                    for conn in conns:
-                        await trio.aclose_forcefully(conn.session.transport)
+                for conn in [c for conns in self.connections.values() for c in conns]:
+                    await trio.aclose_forcefully(conn.session.transport)
 
     def _require_running(self) -> trio.Nursery:
         if self._nursery is None:
@@ -225,9 +225,9 @@ class Host:
     async def aclose(self) -> None:
         """Close every connection and stop listening."""
         self._closed = True
-        for conns in list(self.connections.values()):
-            for conn in conns:
-                await conn.aclose()
+        # Copies: each connection's task removes it from these lists as it closes.
+        for conn in [c for conns in self.connections.values() for c in conns]:
+            await conn.aclose()
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
@@ -258,6 +258,10 @@ class Host:
 
     def _connection_count(self) -> int:
         return sum(len(c) for c in self.connections.values())
+
+    def _slots_in_use(self) -> int:
+        """Open connections plus handshakes in progress, either way: what max_connections bounds."""
+        return self._connection_count() + self._pending_inbound + self._pending_outbound
 
     async def connect(self, target: str | Multiaddr | PeerId, *, timeout: float = 10.0) -> Connection:
         """Return an open connection to ``target``, dialing if needed.
@@ -301,21 +305,27 @@ class Host:
         raise DialError(peer, errors)
 
     async def _dial(self, ma: Multiaddr, peer: PeerId | None) -> Connection:
-        if self._connection_count() + self._pending_inbound >= self.max_connections:
+        if self._slots_in_use() >= self.max_connections:
             raise LimitError(f"{self.max_connections} connections already open", limit=self.max_connections)
         ep = addrs_.tcp_endpoint(ma)
         if peer == self.peer_id:
             raise ValueError("refusing to dial ourselves")
-        tcp = await trio.open_tcp_stream(ep.host, ep.port)
+        # Dials in progress hold a slot, as inbound handshakes do, so concurrent dials cannot
+        # overshoot the limit. The slot is given back once the connection is registered.
+        self._pending_outbound += 1
         try:
-            remote = addrs_.from_sockaddr(tcp.socket.getpeername())
-            local = addrs_.from_sockaddr(tcp.socket.getsockname())
-            conn = await self._upgrade(tcp, OUTBOUND, peer, remote, local)
-        except BaseException:
-            await trio.aclose_forcefully(tcp)
-            raise
-        self.peerstore.add_addrs(conn.peer_id, [addrs_.without_peer(ma)], prefer=True)
-        await self._require_running().start(self._run_connection, conn)
+            tcp = await trio.open_tcp_stream(ep.host, ep.port)
+            try:
+                remote = addrs_.from_sockaddr(tcp.socket.getpeername())
+                local = addrs_.from_sockaddr(tcp.socket.getsockname())
+                conn = await self._upgrade(tcp, OUTBOUND, peer, remote, local)
+            except BaseException:
+                await trio.aclose_forcefully(tcp)
+                raise
+            self.peerstore.add_addrs(conn.peer_id, [addrs_.without_peer(ma)], prefer=True)
+            await self._require_running().start(self._run_connection, conn)
+        finally:
+            self._pending_outbound -= 1
         return conn
 
     async def _handle_inbound(self, tcp: trio.SocketStream) -> None:
@@ -325,7 +335,7 @@ class Host:
         except OSError:
             await trio.aclose_forcefully(tcp)
             return
-        if self._closed or self._connection_count() + self._pending_inbound >= self.max_connections:
+        if self._closed or self._slots_in_use() >= self.max_connections:
             log.warning("refusing connection from %s: %d connections open", remote, self.max_connections)
             await trio.aclose_forcefully(tcp)
             return

@@ -9,6 +9,7 @@ checked, so such peers fail the handshake with a clear error.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -96,15 +97,19 @@ class PublicKey:
         return f"PublicKey({_KEY_NAMES.get(self.key_type, self.key_type)}, {self.data.hex()})"
 
 
-class PeerId:
-    """A peer id: a multihash, shown as base58btc text. Hashable, ordered by bytes."""
+class PeerId(bytes):
+    """A peer id: its multihash bytes, shown as base58btc text.
 
-    __slots__ = ("_text", "multihash")
+    A ``bytes`` subclass, so hashing and comparing run at C speed: peer ids key every table in a
+    node (connections, peer store, routing table, lookups). It equals its own multihash bytes.
+    """
 
-    def __init__(self, multihash: bytes) -> None:
+    __slots__ = ()
+
+    def __new__(cls, multihash: bytes) -> PeerId:
+        """Raises: DecodeError: not a well-formed multihash."""
         _check_multihash(multihash)
-        self.multihash = bytes(multihash)
-        self._text: str | None = None
+        return super().__new__(cls, multihash)
 
     @classmethod
     def from_public_key(cls, key: PublicKey) -> PeerId:
@@ -156,34 +161,36 @@ class PeerId:
         """
         return cls(data)
 
+    @property
+    def multihash(self) -> bytes:
+        return bytes(self)
+
     def to_bytes(self) -> bytes:
-        return self.multihash
+        return bytes(self)
 
     def public_key(self) -> PublicKey | None:
         """The public key inlined in an identity-multihash id, else None."""
-        if self.multihash[0] != _MH_IDENTITY:
+        if self[0] != _MH_IDENTITY:
             return None
-        return PublicKey.from_protobuf(self.multihash[2:])
+        return PublicKey.from_protobuf(bytes(self[2:]))
 
     def matches(self, key: PublicKey) -> bool:
         return PeerId.from_public_key(key) == self
 
     def __str__(self) -> str:
-        if self._text is None:
-            self._text = base58.b58encode(self.multihash).decode()
-        return self._text
+        return _base58(bytes(self))
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
 
     def __repr__(self) -> str:
         return f"PeerId({self!s})"
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, PeerId) and self.multihash == other.multihash
 
-    def __lt__(self, other: PeerId) -> bool:
-        return self.multihash < other.multihash
-
-    def __hash__(self) -> int:
-        return hash(self.multihash)
+@functools.lru_cache(maxsize=65536)
+def _base58(raw: bytes) -> str:
+    # The pure-Python base58 encoder costs ~20 us; ids are printed and logged again and again.
+    return base58.b58encode(raw).decode()
 
 
 def _check_multihash(data: bytes) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-
 __all__ = ["KEY_SIZE", "NONCE_SIZE", "XSalsa20", "hsalsa20"]
 
 KEY_SIZE: Final = 32

@@ -1,0 +1,363 @@
+"""Command-line flags shared by the binaries, in PhysarumSM's Go style and in double-dash style.
+
+Every flag has both spellings: ``-p2p-listen-addr :4001`` and ``--p2p-listen-addr :4001``, with the
+value as the next argument or after ``=``. Boolean flags also take Go's ``-debug=true``/``-debug=false``.
+Environment variables give defaults: ``P2P_PSK`` (the passphrase) and ``P2P_BOOTSTRAPS`` (multiaddrs
+separated by whitespace); a flag given on the command line wins over its variable.
+
+Every bad input becomes a :class:`UsageError`, which the binaries print as one line on stderr before
+exiting with status 2 (no usage dump, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import NoReturn
+
+from multiaddr import Multiaddr
+
+from physarum import __version__
+from physarum.overlay import addr as addrs_
+from physarum.overlay.addr import AddressError
+from physarum.overlay.identity import IdentityKeyError, KeyPair, load_or_create_key_pair
+from physarum.psk import KeyFileError, generate_psk, load_key_file, psk_from_passphrase
+
+ENV_PSK = "P2P_PSK"
+ENV_BOOTSTRAPS = "P2P_BOOTSTRAPS"
+BOOL_FLAGS = ("debug", "ephemeral")
+
+
+class UsageError(Exception):
+    """Bad command-line input, an unusable key file, an address that cannot be bound: exit status 2.
+
+    The message is one line, fit to print after the program's name.
+    """
+
+    exit_code = 2
+
+
+class FlagParser(argparse.ArgumentParser):
+    """An ArgumentParser that raises :class:`UsageError` instead of printing usage and exiting."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("add_help", False)
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.add_argument("-h", "-help", "--help", action="help", help="show this help and exit")
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} -help)")
+
+
+def flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: str, **kwargs: object) -> None:
+    """Add ``-name`` and ``--name`` as one option."""
+    parser.add_argument(f"-{name}", f"--{name}", **kwargs)  # type: ignore[arg-type]
+
+
+def normalize_bool_flags(argv: Sequence[str], names: Sequence[str] = BOOL_FLAGS) -> list[str]:
+    """Rewrite Go's ``-debug=true`` as ``-debug`` and drop ``-debug=false``.
+
+    Raises:
+        UsageError: a boolean flag with a value that is not a Go boolean.
+    """
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            out += argv[i:]
+            break
+        name, eq, value = arg.lstrip("-").partition("=")
+        if arg.startswith("-") and eq and name in names:
+            lowered = value.lower()
+            if lowered in ("1", "t", "true"):
+                out.append(f"-{name}")
+            elif lowered not in ("0", "f", "false"):
+                raise UsageError(f"invalid boolean value {value!r} for -{name}")
+            continue
+        out.append(arg)
+    return out
+
+
+# -- values --------------------------------------------------------------------------------------
+
+
+def _port(text: str, what: str, whole: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise UsageError(f"bad {what} {whole!r}: the port is not a number") from None
+    if not 0 <= port <= 65535:
+        raise UsageError(f"bad {what} {whole!r}: port {port} is out of range")
+    return port
+
+
+def split_host_port(text: str, what: str) -> tuple[str, int]:
+    """``":9100"`` -> ``("", 9100)``, ``"127.0.0.1:9100"``, ``"[::1]:9100"``, ``"9100"`` (Go's net.Listen style).
+
+    Raises:
+        UsageError: not HOST:PORT.
+    """
+    text = text.strip()
+    if text.isdigit():
+        return "", _port(text, what, text)
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        raise UsageError(f"bad {what} {text!r}: want HOST:PORT or :PORT")
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise UsageError(f"bad {what} {text!r}: unbalanced brackets")
+        host = host[1:-1]
+    elif ":" in host:
+        raise UsageError(f"bad {what} {text!r}: write IPv6 addresses in brackets, [::1]:PORT")
+    return host, _port(port, what, text)
+
+
+def parse_listen_addr(text: str, what: str = "-p2p-listen-addr") -> Multiaddr:
+    """A listen multiaddr from Go style (``:4001`` = every IPv4 interface, ``127.0.0.1:4001``,
+    ``[::1]:4001``) or a multiaddr (``/ip4/0.0.0.0/tcp/4001``).
+
+    Raises:
+        UsageError: malformed, not TCP, or carrying a ``/p2p`` id.
+    """
+    text = text.strip()
+    if text.startswith("/"):
+        try:
+            ma = addrs_.parse(text)
+            ep = addrs_.tcp_endpoint(ma)
+        except AddressError as e:
+            raise UsageError(f"bad {what} {text!r}: {e.reason}") from None
+        if ep.peer_id is not None:
+            raise UsageError(f"bad {what} {text!r}: a listen address has no /p2p/ part")
+        return ma
+    host, port = split_host_port(text, what)
+    if not host:
+        return Multiaddr(f"/ip4/0.0.0.0/tcp/{port}")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return Multiaddr(f"/dns/{host}/tcp/{port}")
+    return Multiaddr(f"/ip{ip.version}/{ip}/tcp/{port}")
+
+
+def parse_peer_addr(text: str, what: str = "-bootstrap") -> Multiaddr:
+    """A dialable ``/ip4|ip6|dns/HOST/tcp/PORT/p2p/ID`` multiaddr (the peer id is required).
+
+    Raises:
+        UsageError: malformed, not TCP, or without ``/p2p/<peer id>``.
+    """
+    try:
+        ma = addrs_.parse(text.strip())
+        ep = addrs_.tcp_endpoint(ma)
+    except AddressError as e:
+        raise UsageError(f"bad {what} address {text!r}: {e.reason}") from None
+    if ep.peer_id is None:
+        raise UsageError(f"bad {what} address {text!r}: it must end in /p2p/<peer id>")
+    return ma
+
+
+# -- the node flags ------------------------------------------------------------------------------
+
+
+def add_node_flags(
+    parser: argparse.ArgumentParser,
+    *,
+    listen_default: str,
+    keyfile_default: str | None,
+    suppress: bool = False,
+) -> None:
+    """Add the flags every node binary takes. ``suppress`` (for subcommands) leaves unset flags out of
+    the namespace, so values parsed before the subcommand are kept."""
+
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    group = parser.add_argument_group("node")
+    flag(
+        group,
+        "p2p-listen-addr",
+        action="append",
+        default=default(None),
+        metavar="ADDR",
+        help=f"libp2p listen address, :PORT / HOST:PORT or a multiaddr; repeatable (default {listen_default})",
+    )
+    flag(
+        group,
+        "bootstrap",
+        action="append",
+        default=default(None),
+        metavar="MADDR",
+        help=f"peer to join, /ip4/../tcp/../p2p/ID; repeatable (default: ${ENV_BOOTSTRAPS}, space separated)",
+    )
+    flag(
+        group,
+        "psk",
+        default=default(None),
+        metavar="PASS",
+        help=f'private network passphrase, key = SHA3-256(PASS); "" = a random key (default: ${ENV_PSK}; '
+        "none: no private network)",
+    )
+    flag(
+        group,
+        "psk-file",
+        default=default(None),
+        metavar="PATH",
+        help="private network key file (libp2p swarm key)",
+    )
+    flag(
+        group,
+        "hostname",
+        default=default(None),
+        help="this node's name in the metrics' host label (default: the machine's hostname)",
+    )
+    keyfile_help = f"identity key file, created (0600) if missing (default {keyfile_default})"
+    flag(group, "keyfile", default=default(None), metavar="PATH", help=keyfile_help)
+    flag(
+        group,
+        "ephemeral",
+        action="store_true",
+        default=default(False),
+        help="use a random identity, no key file",
+    )
+    flag(group, "debug", action="store_true", default=default(False), help="log debug messages")
+    if not suppress:
+        flag(parser, "version", action="version", version=f"%(prog)s (physarum {__version__})")
+
+
+@dataclass
+class NodeOptions:
+    """Everything a node needs, resolved from flags and environment (key files already loaded)."""
+
+    listen: list[Multiaddr]
+    bootstrap: list[Multiaddr]
+    psk: bytes | None
+    key_pair: KeyPair
+    hostname: str
+    debug: bool
+    psk_source: str
+    """How the key was chosen, for the log: "none", "passphrase", "random", "file PATH"."""
+
+
+def resolve_psk(
+    passphrase: str | None, psk_file: str | None, env: Mapping[str, str]
+) -> tuple[bytes | None, str]:
+    """The pre-shared key and where it came from.
+
+    ``-psk PASS`` hashes PASS with SHA3-256 (PhysarumSM); ``-psk ""`` is a random key, as PhysarumSM
+    does; ``--psk-file`` reads a libp2p swarm key file; with neither, ``$P2P_PSK`` when it is set and not
+    empty (an empty variable counts as unset); otherwise no private network.
+
+    Raises:
+        UsageError: both -psk and --psk-file, or an unreadable or malformed key file.
+    """
+    if passphrase is not None and psk_file is not None:
+        raise UsageError("give -psk or --psk-file, not both")
+    if psk_file is not None:
+        try:
+            return load_key_file(os.path.expanduser(psk_file)), f"file {psk_file}"
+        except KeyFileError as e:
+            raise UsageError(f"bad --psk-file: {e}") from None
+    if passphrase is None:
+        passphrase = env.get(ENV_PSK) or None
+    if passphrase is None:
+        return None, "none"
+    if passphrase == "":
+        return generate_psk(), "random"
+    try:
+        return psk_from_passphrase(passphrase), "passphrase"
+    except UnicodeEncodeError:
+        raise UsageError("-psk is not valid text") from None
+
+
+def resolve_key_pair(keyfile: str | None, ephemeral: bool, default: str | None) -> KeyPair:
+    """The node's identity: random with ``ephemeral``, else loaded from (or created at) the key file.
+
+    Raises:
+        UsageError: the key file is unreadable, not a libp2p Ed25519 key, or cannot be created.
+    """
+    if ephemeral:
+        return KeyPair.generate()
+    path = keyfile or default
+    if path is None:
+        return KeyPair.generate()
+    path = os.path.expanduser(path)
+    try:
+        return load_or_create_key_pair(path)
+    except IdentityKeyError as e:
+        raise UsageError(f"bad -keyfile: {e.reason}") from None
+    except OSError as e:
+        raise UsageError(f"cannot create -keyfile {path}: {e.strerror or e}") from None
+
+
+def node_options(
+    args: argparse.Namespace,
+    *,
+    listen_default: str,
+    keyfile_default: str | None,
+    env: Mapping[str, str] | None = None,
+) -> NodeOptions:
+    """Resolve the node flags of ``args`` (see :func:`add_node_flags`) against ``env`` (default os.environ).
+
+    Raises:
+        UsageError: any bad value, or an unusable key file.
+    """
+    env = os.environ if env is None else env
+    listen = [parse_listen_addr(a) for a in (args.p2p_listen_addr or [listen_default])]
+    if args.bootstrap is not None:
+        boot_texts: list[str] = list(args.bootstrap)
+        what = "-bootstrap"
+    else:
+        boot_texts = env.get(ENV_BOOTSTRAPS, "").split()
+        what = f"${ENV_BOOTSTRAPS}"
+    bootstrap = list(dict.fromkeys(parse_peer_addr(t, what) for t in boot_texts if t.strip()))
+    psk, source = resolve_psk(args.psk, args.psk_file, env)
+    key_pair = resolve_key_pair(args.keyfile, args.ephemeral, keyfile_default)
+    hostname = args.hostname if args.hostname else socket.gethostname()
+    return NodeOptions(listen, bootstrap, psk, key_pair, hostname, bool(args.debug), source)
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
+
+
+__all__ = [
+    "BOOL_FLAGS",
+    "ENV_BOOTSTRAPS",
+    "ENV_PSK",
+    "FlagParser",
+    "NodeOptions",
+    "UsageError",
+    "add_node_flags",
+    "flag",
+    "node_options",
+    "normalize_bool_flags",
+    "parse_listen_addr",
+    "parse_peer_addr",
+    "positive_float",
+    "positive_int",
+    "resolve_key_pair",
+    "resolve_psk",
+    "split_host_port",
+]

@@ -1,0 +1,109 @@
+"""``ping-monitor``: the network's bootstrap and monitor node (a drop-in for PhysarumSM's).
+
+It listens for peers, keeps its ``-bootstrap`` peers connected, pings every connected peer every
+second and serves the RTTs for Prometheus at ``/metrics`` on ``-prom-listen-addr``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+from physarum.cli.flags import (
+    FlagParser,
+    NodeOptions,
+    add_node_flags,
+    flag,
+    node_options,
+    normalize_bool_flags,
+    positive_float,
+    split_host_port,
+)
+from physarum.cli.node import MonitorOptions, run_main, run_node, setup_logging
+
+PROG = "ping-monitor"
+LISTEN_DEFAULT = ":4001"
+KEYFILE_DEFAULT = "~/.privKeyPing"
+PROM_DEFAULT = ":9100"
+
+EPILOG = """\
+Flags take one dash (Go style, as PhysarumSM) or two; values follow a space or '='.
+Environment: P2P_PSK (passphrase, as -psk), P2P_BOOTSTRAPS (space-separated multiaddrs, as -bootstrap).
+On start the node prints its multiaddrs, one per line, ending in /p2p/<peer id>.
+Exit status 2 on bad flags, key files or addresses; SIGINT/SIGTERM stop it cleanly."""
+
+
+def build_parser() -> FlagParser:
+    parser = FlagParser(prog=PROG, description=__doc__, epilog=EPILOG)
+    add_node_flags(parser, listen_default=LISTEN_DEFAULT, keyfile_default=KEYFILE_DEFAULT)
+    group = parser.add_argument_group("monitor")
+    flag(
+        group,
+        "prom-listen-addr",
+        default=PROM_DEFAULT,
+        metavar="ADDR",
+        help=f"serve /metrics on HOST:PORT, :PORT for every interface (default {PROM_DEFAULT})",
+    )
+    flag(
+        group,
+        "ping-interval",
+        type=positive_float,
+        default=1.0,
+        metavar="S",
+        help="seconds between pings (default 1)",
+    )
+    flag(
+        group,
+        "ping-timeout",
+        type=positive_float,
+        default=5.0,
+        metavar="S",
+        help="deadline of one ping (default 5)",
+    )
+    flag(
+        group,
+        "expiry",
+        type=positive_float,
+        default=600.0,
+        metavar="S",
+        help="drop a peer's series after this long unseen (default 600)",
+    )
+    return parser
+
+
+def parse_args(
+    argv: Sequence[str], env: Mapping[str, str] | None = None
+) -> tuple[NodeOptions, MonitorOptions]:
+    """Parse ping-monitor's command line.
+
+    Raises:
+        UsageError: bad flags or values, unusable key files.
+    """
+    args = build_parser().parse_args(normalize_bool_flags(argv))
+    host, port = split_host_port(args.prom_listen_addr, "-prom-listen-addr")
+    monitor = MonitorOptions(
+        prom_host=host or None,
+        prom_port=port,
+        interval=args.ping_interval,
+        timeout=args.ping_timeout,
+        expiry=args.expiry,
+    )
+    opts = node_options(args, listen_default=LISTEN_DEFAULT, keyfile_default=KEYFILE_DEFAULT, env=env)
+    return opts, monitor
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point: ``ping-monitor [flags]``."""
+    argv = sys.argv[1:] if argv is None else argv
+
+    async def start() -> None:
+        opts, monitor = parse_args(argv, os.environ)
+        setup_logging(opts.debug)
+        await run_node(opts, monitor=monitor)
+
+    return run_main(PROG, start)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,650 @@
+"""The Kademlia DHT service: ``/ipfs/kad/1.0.0`` server and client, lookups, contact records.
+
+:class:`KadDHT` answers FIND_NODE, GET_VALUE/PUT_VALUE (contact records), GET_PROVIDERS/ADD_PROVIDER
+and PING (answered, never sent), and runs iterative lookups (:class:`physarum.dht.lookup.Lookup`)
+with ``alpha`` parallel queries, each under its own deadline. Peers that identify as speaking the
+protocol join the routing table with their addresses; when a bucket is full, the oldest contact is
+pinged (libp2p ping) and replaced only if it does not answer, as Kademlia says.
+
+The network is behind :class:`KadTransport`, so the same service runs over a real
+:class:`~physarum.overlay.host.Host` (:class:`HostTransport`) or an in-memory network in tests.
+
+Requests are answered by :meth:`KadDHT.rpc` (named ``rpc_*`` per message type) and sent by the
+``call_*`` methods. A request is one length-prefixed message on a new stream, answered by one
+message; malformed or oversized messages reset that stream and nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import trio
+from multiaddr import Multiaddr
+
+from physarum.dht import keyspace
+from physarum.dht.lookup import Lookup, LookupStats
+from physarum.dht.messages import (
+    MAX_MESSAGE_SIZE,
+    ConnectionType,
+    Message,
+    MessageType,
+    Peer,
+    Record,
+    decode_message,
+    encode_framed,
+)
+from physarum.dht.records import (
+    DEFAULT_RECORD_TTL,
+    ContactRecord,
+    ProviderStore,
+    RecordError,
+    RecordRejected,
+    RecordStore,
+    decode_record_set,
+    encode_record_set,
+    new_expiry,
+    record_id_from_key,
+    record_key,
+    sign_record,
+    verify_record,
+)
+from physarum.dht.table import BucketFull, Contact, RoutingTable
+from physarum.errors import DecodeError, PhysarumError
+from physarum.overlay.identity import KeyPair, PeerId
+from physarum.overlay.streamio import BufferedStream
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_ID = "/ipfs/kad/1.0.0"
+
+
+class PeerNotFoundError(PhysarumError):
+    """A lookup ended without finding the peer; ``peer_id`` says which."""
+
+    def __init__(self, peer_id: PeerId) -> None:
+        super().__init__(f"peer {peer_id} not found in the DHT")
+        self.peer_id = peer_id
+
+
+class KadTransport(Protocol):
+    """Sends one kad request to a peer and returns its answer."""
+
+    async def request(self, peer: PeerId, addrs: Sequence[Multiaddr], message: Message) -> Message:
+        """Raises: PhysarumError, trio.BrokenResourceError, OSError when the peer cannot answer."""
+        ...
+
+
+class HostTransport:
+    """Kad requests over a :class:`~physarum.overlay.host.Host`: one new stream per request."""
+
+    def __init__(self, host: Any) -> None:
+        self.host = host
+
+    async def request(self, peer: PeerId, addrs: Sequence[Multiaddr], message: Message) -> Message:
+        if addrs:
+            self.host.peerstore.add_addrs(peer, list(addrs))
+        stream = await self.host.new_stream(peer, [PROTOCOL_ID])
+        try:
+            await stream.send_all(encode_framed(message))
+            reply = await BufferedStream(stream).receive_length_prefixed(MAX_MESSAGE_SIZE)
+        finally:
+            await stream.aclose()
+        return decode_message(reply)
+
+
+@dataclass(frozen=True)
+class LookupResult:
+    """The ``k`` closest peers found (closest first) with their addresses, and what it cost."""
+
+    peers: list[Peer]
+    stats: LookupStats
+
+
+class KadDHT:
+    """A Kademlia DHT node in server mode.
+
+    Args:
+        key_pair: our identity (signs our contact records).
+        transport: how requests reach other peers.
+        k, alpha: Kademlia's bucket size and parallelism (libp2p: 20 and 3).
+        query_timeout: deadline of one request within a lookup.
+        bootstrap: multiaddrs (with ``/p2p/``) to join through; kept connected with exponential
+            backoff (2**n s, capped at ``max_backoff``) when they drop, as PhysarumSM does.
+        refresh_interval: a bucket with no lookup for this long is refreshed with a random lookup.
+        republish_interval: our own contact records are stored again this often.
+        wall_clock: unix time, for record expiry (records carry absolute times).
+    """
+
+    def __init__(
+        self,
+        key_pair: KeyPair,
+        transport: KadTransport,
+        *,
+        k: int = 20,
+        alpha: int = 3,
+        query_timeout: float = 5.0,
+        bootstrap: Sequence[Multiaddr] = (),
+        refresh_interval: float = 600.0,
+        republish_interval: float = 3600.0,
+        max_backoff: float = 512.0,
+        wall_clock: Callable[[], float] = time.time,
+        table: RoutingTable | None = None,
+        liveness_check: Callable[[PeerId], Awaitable[bool]] | None = None,
+    ) -> None:
+        self.key_pair = key_pair
+        self.peer_id = key_pair.peer_id
+        self.transport = transport
+        self.k = k
+        self.alpha = alpha
+        self.query_timeout = query_timeout
+        self.bootstrap_addrs = list(bootstrap)
+        self.refresh_interval = refresh_interval
+        self.republish_interval = republish_interval
+        self.max_backoff = max_backoff
+        self.wall_clock = wall_clock
+        self.table = table or RoutingTable(self.peer_id, k=k, now=_now())
+        self.records = RecordStore()
+        self.providers = ProviderStore()
+        self.liveness_check = liveness_check
+        self.own_addrs: Callable[[], list[Multiaddr]] = list
+        self._nursery: trio.Nursery | None = None
+        self._checking: set[PeerId] = set()
+        self.bootstrapped = trio.Event()
+
+    # -- wiring to a host --
+
+    @classmethod
+    def for_host(cls, host: Any, **kwargs: Any) -> KadDHT:
+        """A DHT over ``host``: serves the protocol there and learns peers from identify."""
+        dht = cls(host.key_pair, HostTransport(host), liveness_check=_ping_check(host), **kwargs)
+        dht.own_addrs = host.advertised_addrs
+        host.set_handler(PROTOCOL_ID, dht._handle_stream)
+        host.on_identify.append(dht._on_identify)
+        return dht
+
+    def _on_identify(self, conn: Any) -> None:
+        info = conn.identify_info
+        if info is None or PROTOCOL_ID not in info.protocols:
+            return
+        addrs = conn.host.peerstore.addrs(conn.peer_id)
+        self.add_peer(conn.peer_id, addrs)
+
+    async def _handle_stream(self, stream: Any) -> None:
+        buf = BufferedStream(stream)
+        sender = stream.session.peer_id
+        while True:
+            try:
+                raw = await buf.receive_length_prefixed(MAX_MESSAGE_SIZE)
+            except trio.BrokenResourceError:
+                return  # the asker closed its side: one request per stream is the norm
+            request = decode_message(raw)
+            reply = self.rpc(sender, request)
+            if reply is None:
+                stream.reset()
+                return
+            await buf.send_all(encode_framed(reply))
+
+    # -- lifecycle --
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Maintain the table (bootstrap, refresh) and our records (republish, expiry) until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for addr in self.bootstrap_addrs:
+                nursery.start_soon(self._keep_bootstrap_peer, addr)
+            if not self.bootstrap_addrs:
+                self.bootstrapped.set()
+            nursery.start_soon(self._maintenance)
+            task_status.started()
+
+    async def _keep_bootstrap_peer(self, addr: Multiaddr) -> None:
+        from physarum.overlay.addr import tcp_endpoint
+
+        peer = tcp_endpoint(addr).peer_id
+        failures = 0
+        while True:
+            try:
+                if peer is None:
+                    raise PhysarumError(f"bootstrap address {addr} lacks /p2p/<peer id>")
+                await self.call_ping(peer, [addr])  # any answer proves the peer speaks kad
+                self.add_peer(peer, [addr])
+                failures = 0
+                await self.lookup(self.peer_id.to_bytes())
+                self.bootstrapped.set()
+                await self._wait_until_gone(peer)
+            except (PhysarumError, trio.BrokenResourceError, OSError, trio.TooSlowError) as e:
+                delay = min(2.0**failures, self.max_backoff)
+                failures += 1
+                log.info("bootstrap peer %s unreachable (%s); retrying in %.0f s", addr, e, delay)
+                await trio.sleep(delay)
+
+    async def _wait_until_gone(self, peer: PeerId) -> None:
+        """Return when ``peer`` stops answering (checked on the refresh cadence)."""
+        host = getattr(self.transport, "host", None)
+        if host is not None:
+            conn = host.connection(peer)
+            while conn is not None:
+                await conn.session.closed.wait()
+                conn = host.connection(peer)
+            return
+        while True:
+            await trio.sleep(self.refresh_interval)
+            with trio.fail_after(self.query_timeout):
+                await self.call_ping(peer, self._addrs_of(peer))
+
+    async def _maintenance(self) -> None:
+        rng = random.Random()
+        check_every = max(1.0, min(self.refresh_interval, self.republish_interval) / 10)
+        while True:
+            await trio.sleep(check_every)
+            now = _now()
+            wall = self.wall_clock()
+            self.records.expire(wall)
+            self.providers.expire(now)
+            for index in self.table.stale_buckets(now, self.refresh_interval)[:4]:
+                self.table.mark_refreshed(index, now)
+                await self._quietly(self.lookup(self.table.random_preimage_in_bucket(index, rng)))
+            for stored in self.records.due_for_republish(wall, self.republish_interval):
+                self.records.mark_republished(stored.record.id, stored.publisher, wall)
+                await self._quietly(self._store_at_closest(stored.record.id, stored.envelope))
+
+    async def _quietly(self, work: Awaitable[object]) -> None:
+        try:
+            await work
+        except (PhysarumError, trio.BrokenResourceError, OSError, trio.TooSlowError) as e:
+            log.info("dht maintenance: %s", e)
+
+    # -- routing table --
+
+    def add_peer(self, peer_id: PeerId, addrs: Sequence[Multiaddr]) -> None:
+        """Offer a peer that speaks kad to the routing table (Kademlia's eviction rule applies)."""
+        if peer_id == self.peer_id:
+            return
+        result = self.table.add(Contact(peer_id, tuple(addrs), _now()), _now())
+        if isinstance(result, BucketFull) and self._nursery is not None:
+            oldest = result.oldest.peer_id
+            if oldest not in self._checking:
+                self._checking.add(oldest)
+                self._nursery.start_soon(self._check_oldest, result)
+
+    async def _check_oldest(self, full: BucketFull) -> None:
+        oldest = full.oldest.peer_id
+        try:
+            alive = False
+            with trio.move_on_after(self.query_timeout):
+                alive = await self._alive(oldest)
+            if alive:
+                self.table.touch(oldest, _now())
+            else:
+                self.table.replace(oldest, full.candidate, _now())
+        finally:
+            self._checking.discard(oldest)
+
+    async def _alive(self, peer: PeerId) -> bool:
+        if self.liveness_check is not None:
+            return await self.liveness_check(peer)
+        try:
+            await self.call_ping(peer, self._addrs_of(peer))
+        except (PhysarumError, trio.BrokenResourceError, OSError):
+            return False
+        return True
+
+    def _addrs_of(self, peer: PeerId) -> list[Multiaddr]:
+        contact = self.table.get(peer)
+        return list(contact.addrs) if contact else []
+
+    def _peer_entry(self, contact: Contact) -> Peer:
+        return Peer(contact.peer_id, tuple(contact.addrs), ConnectionType.CAN_CONNECT)
+
+    def closest_peers(self, key: int, exclude: Sequence[PeerId] = ()) -> list[Peer]:
+        return [self._peer_entry(c) for c in self.table.closest(key, self.k, exclude=exclude)]
+
+    # -- answering (rpc_*) --
+
+    def rpc(self, sender: PeerId | None, request: Message) -> Message | None:
+        """Answer one request; None means refuse it (the stream is reset)."""
+        handler = {
+            MessageType.FIND_NODE: self.rpc_find_node,
+            MessageType.GET_VALUE: self.rpc_get_value,
+            MessageType.PUT_VALUE: self.rpc_put_value,
+            MessageType.GET_PROVIDERS: self.rpc_get_providers,
+            MessageType.ADD_PROVIDER: self.rpc_add_provider,
+            MessageType.PING: self.rpc_ping,
+        }[request.type]
+        if sender is not None and sender in self.table:
+            self.table.touch(sender, _now())
+        return handler(sender, request)
+
+    def rpc_ping(self, sender: PeerId | None, request: Message) -> Message:
+        return Message(MessageType.PING)
+
+    def rpc_find_node(self, sender: PeerId | None, request: Message) -> Message:
+        exclude = [sender] if sender is not None else []
+        peers = self.closest_peers(keyspace.kad_key(request.key), exclude)
+        if request.key == self.peer_id.to_bytes():
+            peers = [Peer(self.peer_id, tuple(self.own_addrs()), ConnectionType.CONNECTED), *peers]
+        return Message(MessageType.FIND_NODE, key=request.key, closer_peers=tuple(peers[: self.k]))
+
+    def rpc_get_value(self, sender: PeerId | None, request: Message) -> Message:
+        exclude = [sender] if sender is not None else []
+        closer = tuple(self.closest_peers(keyspace.kad_key(request.key), exclude))
+        record = None
+        try:
+            record_id = record_id_from_key(request.key)
+        except (RecordError, DecodeError):
+            record_id = None
+        if record_id is not None:
+            envelopes = self.records.get(record_id, self.wall_clock())
+            if envelopes:
+                record = Record(request.key, encode_record_set(envelopes))
+        return Message(MessageType.GET_VALUE, key=request.key, record=record, closer_peers=closer)
+
+    def rpc_put_value(self, sender: PeerId | None, request: Message) -> Message | None:
+        if request.record is None:
+            return None
+        try:
+            record_id = record_id_from_key(request.record.key)
+            envelopes = decode_record_set(request.record.value)
+        except (RecordError, DecodeError) as e:
+            log.info("PUT_VALUE from %s refused: %s", sender, e)
+            return None
+        now = self.wall_clock()
+        for envelope in envelopes:
+            result = self.records.put(envelope, now)
+            if isinstance(result, RecordRejected):
+                log.info("PUT_VALUE from %s: record refused: %s", sender, result.reason)
+                return None
+            if result.stored.record.id != record_id:
+                self.records.remove(result.stored.record.id, result.stored.publisher)
+                log.info("PUT_VALUE from %s: record for %r under key of %r", sender, result.stored.record.id, record_id)
+                return None
+        return request
+
+    def rpc_get_providers(self, sender: PeerId | None, request: Message) -> Message:
+        exclude = [sender] if sender is not None else []
+        providers = tuple(
+            Peer(p.peer_id, tuple(p.addrs), ConnectionType.CAN_CONNECT)
+            for p in self.providers.get(request.key, _now(), limit=self.k)
+        )
+        closer = tuple(self.closest_peers(keyspace.kad_key(request.key), exclude))
+        return Message(MessageType.GET_PROVIDERS, key=request.key, closer_peers=closer, provider_peers=providers)
+
+    def rpc_add_provider(self, sender: PeerId | None, request: Message) -> Message | None:
+        for provider in request.provider_peers:
+            # Only a peer can say it provides: anything else would let one peer enlist others.
+            if sender is not None and provider.peer_id != sender:
+                continue
+            self.providers.add(request.key, provider.peer_id, provider.addrs, _now())
+        return None if sender is None else Message(MessageType.ADD_PROVIDER, key=request.key)
+
+    # -- asking (call_*) --
+
+    async def _call(self, peer: PeerId, addrs: Sequence[Multiaddr], message: Message) -> Message:
+        with trio.fail_after(self.query_timeout):
+            reply = await self.transport.request(peer, addrs, message)
+        if reply.type != message.type:
+            raise DecodeError(f"asked {message.type.name}, {peer} answered {reply.type.name}")
+        return reply
+
+    async def call_ping(self, peer: PeerId, addrs: Sequence[Multiaddr] = ()) -> None:
+        """Check ``peer`` speaks kad, with a FIND_NODE for ourselves (kad PING is deprecated: never sent)."""
+        await self.call_find_node(peer, addrs, self.peer_id.to_bytes())
+
+    async def call_find_node(self, peer: PeerId, addrs: Sequence[Multiaddr], key: bytes) -> list[Peer]:
+        reply = await self._call(peer, addrs, Message(MessageType.FIND_NODE, key=key))
+        return list(reply.closer_peers)
+
+    async def call_get_value(
+        self, peer: PeerId, addrs: Sequence[Multiaddr], key: bytes
+    ) -> tuple[list[bytes], list[Peer]]:
+        reply = await self._call(peer, addrs, Message(MessageType.GET_VALUE, key=key))
+        envelopes: list[bytes] = []
+        if reply.record is not None and reply.record.key == key:
+            try:
+                envelopes = decode_record_set(reply.record.value)
+            except (RecordError, DecodeError) as e:
+                log.info("GET_VALUE answer from %s has a bad record set: %s", peer, e)
+        return envelopes, list(reply.closer_peers)
+
+    async def call_put_value(self, peer: PeerId, addrs: Sequence[Multiaddr], key: bytes, value: bytes) -> None:
+        await self._call(peer, addrs, Message(MessageType.PUT_VALUE, key=key, record=Record(key, value)))
+
+    async def call_get_providers(
+        self, peer: PeerId, addrs: Sequence[Multiaddr], key: bytes
+    ) -> tuple[list[Peer], list[Peer]]:
+        reply = await self._call(peer, addrs, Message(MessageType.GET_PROVIDERS, key=key))
+        return list(reply.provider_peers), list(reply.closer_peers)
+
+    async def call_add_provider(self, peer: PeerId, addrs: Sequence[Multiaddr], key: bytes) -> None:
+        me = Peer(self.peer_id, tuple(self.own_addrs()), ConnectionType.CONNECTED)
+        # ADD_PROVIDER has no answer in libp2p: send it and do not wait for one.
+        message = Message(MessageType.ADD_PROVIDER, key=key, provider_peers=(me,))
+        with trio.move_on_after(self.query_timeout):
+            await self.transport.request(peer, addrs, message)
+
+    # -- lookups --
+
+    async def lookup(
+        self,
+        key: bytes,
+        *,
+        query: Callable[[Peer], Awaitable[list[Peer]]] | None = None,
+        timeout: float | None = None,
+    ) -> LookupResult:
+        """The ``k`` peers closest to ``key`` (any bytes; distances use its SHA-256), asking
+        ``alpha`` at a time. ``query`` replaces FIND_NODE (GET_VALUE lookups collect records on the way).
+
+        Raises:
+            trio.TooSlowError: ``timeout`` passed (each query has ``query_timeout`` anyway).
+        """
+        target = keyspace.kad_key(key)
+        self.table.note_lookup(target, _now())
+        lookup: Lookup[PeerId] = Lookup(target, k=self.k, alpha=self.alpha, exclude=frozenset([self.peer_id]))
+        known: dict[PeerId, Peer] = {}
+
+        def offer(peers: Sequence[Peer]) -> list[tuple[PeerId, int]]:
+            out = []
+            for p in peers:
+                if p.peer_id == self.peer_id:
+                    continue
+                if p.peer_id not in known or (p.addrs and not known[p.peer_id].addrs):
+                    known[p.peer_id] = p
+                out.append((p.peer_id, keyspace.peer_key(p.peer_id)))
+            return out
+
+        lookup.add(offer([self._peer_entry(c) for c in self.table.closest(target, self.k)]))
+
+        async def ask_find_node(p: Peer) -> list[Peer]:
+            return await self.call_find_node(p.peer_id, p.addrs, key)
+
+        ask = query or ask_find_node
+        results: trio.MemorySendChannel[tuple[PeerId, list[Peer] | None]]
+        results, inbox = trio.open_memory_channel(math.inf)
+
+        async def one(peer: PeerId) -> None:
+            answer: list[Peer] | None = None
+            try:
+                with trio.fail_after(self.query_timeout):
+                    answer = await ask(known[peer])
+            except (PhysarumError, trio.BrokenResourceError, trio.ClosedResourceError, OSError, trio.TooSlowError) as e:
+                log.debug("lookup: %s did not answer: %s", peer, e)
+            results.send_nowait((peer, answer))
+
+        with trio.fail_after(timeout if timeout is not None else math.inf):
+            async with trio.open_nursery() as nursery:
+                while not lookup.done:
+                    for peer in lookup.next_queries():
+                        nursery.start_soon(one, peer)
+                    if lookup.in_flight == 0:
+                        break
+                    peer, answer = await inbox.receive()
+                    if answer is None:
+                        lookup.on_failure(peer)
+                        continue
+                    lookup.on_response(peer, offer(answer))
+                    contact_addrs = known[peer].addrs
+                    self.add_peer(peer, list(contact_addrs))
+                nursery.cancel_scope.cancel()
+        return LookupResult([known[p] for p in lookup.result()], lookup.stats)
+
+    async def find_peer(self, peer_id: PeerId, *, timeout: float | None = None) -> Peer:
+        """Where ``peer_id`` can be reached: from the table, else by a lookup.
+
+        Raises:
+            PeerNotFoundError: no node on the way knew it.
+            trio.TooSlowError: ``timeout`` passed.
+        """
+        contact = self.table.get(peer_id)
+        if contact is not None and contact.addrs:
+            return self._peer_entry(contact)
+        found: list[Peer] = []
+
+        async def ask(p: Peer) -> list[Peer]:
+            peers = await self.call_find_node(p.peer_id, p.addrs, peer_id.to_bytes())
+            found.extend(q for q in peers if q.peer_id == peer_id and q.addrs)
+            return peers
+
+        result = await self.lookup(peer_id.to_bytes(), query=ask, timeout=timeout)
+        for p in found + result.peers:
+            if p.peer_id == peer_id and p.addrs:
+                return p
+        raise PeerNotFoundError(peer_id)
+
+    # -- contact records --
+
+    async def publish_contact(
+        self,
+        record_id: str,
+        endpoints: Sequence[Multiaddr] | None = None,
+        data: dict[str, Any] | None = None,
+        *,
+        ttl: float = DEFAULT_RECORD_TTL,
+        timeout: float | None = None,
+    ) -> int:
+        """Sign and store a contact record for ``record_id`` at the ``k`` closest nodes (and here).
+
+        ``endpoints`` default to our own addresses. Returns how many remote nodes stored it.
+
+        Raises:
+            RecordError: the record is invalid (oversized data, a peer id that is not ours, ...).
+        """
+        wall = self.wall_clock()
+        previous = self.records.get_from(record_id, self.peer_id, wall)
+        # seq must grow across restarts as well: milliseconds of wall clock, or previous + 1.
+        seq = max(int(wall * 1000), previous.record.seq + 1 if previous else 0)
+        record = ContactRecord(
+            record_id,
+            tuple(endpoints if endpoints is not None else self.own_addrs()),
+            data or {},
+            seq=seq,
+            expires=new_expiry(wall, ttl),
+        )
+        envelope = sign_record(self.key_pair, record)
+        result = self.records.put(envelope, wall, own=True)
+        if isinstance(result, RecordRejected):
+            raise result.error
+        self.records.mark_republished(record_id, self.peer_id, wall)
+        return await self._store_at_closest(record_id, envelope, timeout=timeout)
+
+    async def _store_at_closest(self, record_id: str, envelope: bytes, *, timeout: float | None = None) -> int:
+        key = record_key(record_id)
+        closest = await self.lookup(key, timeout=timeout)
+        stored = 0
+
+        async def put(p: Peer) -> None:
+            nonlocal stored
+            try:
+                await self.call_put_value(p.peer_id, p.addrs, key, encode_record_set([envelope]))
+                stored += 1
+            except (PhysarumError, trio.BrokenResourceError, OSError, trio.TooSlowError) as e:
+                log.info("storing %r at %s failed: %s", record_id, p.peer_id, e)
+
+        async with trio.open_nursery() as nursery:
+            for p in closest.peers:
+                nursery.start_soon(put, p)
+        return stored
+
+    async def find_contact(self, record_id: str, *, timeout: float | None = None) -> list[ContactRecord]:
+        """Every valid, unexpired record for ``record_id`` (one per publisher, highest seq), newest first.
+
+        Records found along the lookup are verified before they count; invalid ones are dropped.
+        """
+        key = record_key(record_id)
+        wall = self.wall_clock()
+        best: dict[PeerId, ContactRecord] = {}
+        seen: set[bytes] = set()
+
+        def consider(envelope: bytes) -> None:
+            # Up to k nodes return the same envelope: check each signature once.
+            if envelope in seen:
+                return
+            seen.add(envelope)
+            try:
+                record = verify_record(envelope, self.wall_clock())
+            except RecordError as e:
+                log.info("ignoring a bad record for %r: %s", record_id, e)
+                return
+            if record.id != record_id or record.publisher is None:
+                return
+            old = best.get(record.publisher)
+            if old is None or record.seq > old.seq:
+                best[record.publisher] = record
+
+        for envelope in self.records.get(record_id, wall):
+            consider(envelope)
+
+        async def ask(p: Peer) -> list[Peer]:
+            envelopes, closer = await self.call_get_value(p.peer_id, p.addrs, key)
+            for envelope in envelopes:
+                consider(envelope)
+            return closer
+
+        await self.lookup(key, query=ask, timeout=timeout)
+        return sorted(best.values(), key=lambda r: r.seq, reverse=True)
+
+    # -- providers --
+
+    async def provide(self, key: bytes, *, timeout: float | None = None) -> int:
+        """Announce that we provide ``key`` (e.g. a service name) to the ``k`` closest nodes."""
+        self.providers.add(key, self.peer_id, tuple(self.own_addrs()), _now())
+        closest = await self.lookup(key, timeout=timeout)
+        async with trio.open_nursery() as nursery:
+            for p in closest.peers:
+                nursery.start_soon(self._quietly, self.call_add_provider(p.peer_id, p.addrs, key))
+        return len(closest.peers)
+
+    async def find_providers(self, key: bytes, *, timeout: float | None = None) -> list[Peer]:
+        """Peers that announced they provide ``key``."""
+        found: dict[PeerId, Peer] = {
+            p.peer_id: Peer(p.peer_id, tuple(p.addrs)) for p in self.providers.get(key, _now())
+        }
+
+        async def ask(p: Peer) -> list[Peer]:
+            providers, closer = await self.call_get_providers(p.peer_id, p.addrs, key)
+            for q in providers:
+                found.setdefault(q.peer_id, q)
+            return closer
+
+        await self.lookup(key, query=ask, timeout=timeout)
+        return list(found.values())
+
+
+def _now() -> float:
+    return trio.current_time()
+
+
+def _ping_check(host: Any) -> Callable[[PeerId], Awaitable[bool]]:
+    async def alive(peer: PeerId) -> bool:
+        try:
+            await host.ping(peer)
+        except (PhysarumError, trio.BrokenResourceError, OSError, trio.TooSlowError):
+            return False
+        return True
+
+    return alive

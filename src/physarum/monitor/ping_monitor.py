@@ -1,0 +1,371 @@
+"""The ping monitor: ping every connected peer on an interval and export the RTTs for Prometheus.
+
+This is PhysarumSM's ping-monitor behaviour (its metric names and labels are kept, see
+:mod:`physarum.monitor.metrics`) with these decisions, each of which a test pins down:
+
+* **One worker task per connected peer.** It pings right after the peer connects, then every
+  ``interval`` seconds on its own schedule, so pings to different peers run concurrently and spread
+  over the interval in the order peers joined (rather than all 1,000 at the same instant, which
+  would queue them behind each other and inflate every RTT). A ping slower than the interval delays
+  that peer's next one (missed ticks are skipped, never bunched); it never delays other peers.
+* **Each ping has its own deadline** (``timeout``, applied once around opening the stream and the
+  echo). A timeout, a broken stream, a bad echo, a peer without the ping protocol: each is counted in
+  ``physarum_ping_failures_total{reason}`` and logged at debug level; nothing a peer does ends the loop.
+* **One ping stream per peer, reused.** js-libp2p accepts at most 2 inbound ping streams per
+  connection (py-libp2p similar) and go/js count opened streams, so a new stream per ping would also
+  cost a multistream round trip each time. The stream is opened lazily, reused while it works, and
+  replaced when it fails. js-libp2p aborts an inbound ping stream 10 s after it was opened, so when a
+  *reused* stream turns out to be closed or reset, the ping is retried once on a fresh stream (within
+  the same deadline) before it counts as a failure. After a timeout or a bad echo the stream is reset
+  (a late echo must never be read as the next answer); when the monitor stops, streams are closed
+  with FIN so the responder sees a clean end of stream.
+* **RTT** is the echo time of one 32-byte ping measured with ``trio.current_time()`` (stream
+  negotiation is not included), so tests can run on trio's ``autojump_clock``.
+* **EWMA**: ``ewma = 0.1 * sample + 0.9 * ewma``, initialised by the first sample. It survives single
+  failed pings on a live connection (a lost ping says nothing new about the path's latency) and is
+  reset when the peer's last connection closes (a new connection may take another path).
+* **No stale RTTs**: ``ping_rtt`` and ``ping_ewma_rtt`` of a peer are removed as soon as one of its pings
+  fails or its last connection closes, and come back with the next successful ping; meanwhile
+  ``physarum_peer_reachable`` is 0. ``ping_rtt`` therefore always shows an RTT measured on a
+  connection that answered its latest ping; at most ``timeout`` seconds can pass while a ping that
+  will fail is still in flight.
+* **Expiry**: a peer is *seen* while it is connected and whenever it answers a ping. One that has
+  not been seen for ``expiry`` seconds (default 600, PhysarumSM's 10 minutes) loses every series,
+  its failure counters and histogram included. A connected peer that keeps failing pings is still
+  seen: it keeps ``reachable 0`` and a growing failure count, which is what an operator needs to see.
+* Connections come and go through the host's ``on_connect``/``on_disconnect`` callbacks; a sweep
+  every ``interval`` also reconciles workers with ``host.connected_peers()`` and runs expiry, so a
+  missed callback costs at most one interval. The monitor never dials or disconnects anyone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+from prometheus_client import CollectorRegistry
+
+from physarum.errors import LimitError, NegotiationError, ProtocolError
+from physarum.monitor.metrics import MonitorMetrics
+from physarum.overlay import ping
+from physarum.overlay.identity import PeerId
+
+log = logging.getLogger(__name__)
+
+#: PhysarumSM's EWMA factor: weight of the newest sample.
+EWMA_ALPHA = 0.1
+
+
+class PingConnection(Protocol):
+    """What the monitor needs of a connection. Streams with a ``reset()`` method (yamux streams) are
+    reset when abandoned; others are closed forcefully."""
+
+    @property
+    def is_closed(self) -> bool: ...
+
+    async def open_stream(self, protocols: Sequence[str]) -> trio.abc.Stream: ...
+
+
+class MonitoredHost(Protocol):
+    """What the monitor needs of a host (:class:`physarum.overlay.host.Host` is one)."""
+
+    on_connect: list[Callable[[Any], None]]
+    on_disconnect: list[Callable[[Any], None]]
+
+    def connected_peers(self) -> list[PeerId]: ...
+    def connection(self, peer_id: PeerId) -> PingConnection | None: ...
+
+
+@dataclass
+class PeerStats:
+    """What the monitor knows of one peer. Read it from :attr:`PingMonitor.peers`; don't mutate it."""
+
+    peer_id: PeerId
+    label: str
+    connected: bool = False
+    reachable: bool = False
+    last_seen: float = 0.0
+    last_rtt: float | None = None
+    """Seconds; None before the first success and after the peer disconnects."""
+    ewma_ms: float | None = None
+    successes: int = 0
+    failures: int = 0
+    streams_opened: int = 0
+    """Ping streams opened to the peer (one is reused while it works)."""
+    failures_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Slot:
+    """A worker's ping stream, kept across pings."""
+
+    stream: trio.abc.Stream | None = None
+
+
+class _PingFailed(Exception):
+    def __init__(self, reason: str, detail: object) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+class PingMonitor:
+    """Ping every connected peer of ``host`` every ``interval`` seconds; export RTTs on ``registry``.
+
+    Args:
+        host: a running host (or anything shaped like :class:`MonitoredHost`).
+        registry: where the metrics go (see :mod:`physarum.monitor.metrics`); never the global one.
+        hostname: the ``host`` label of the PhysarumSM gauges (this node's name).
+        interval: seconds between two pings of the same peer.
+        timeout: deadline of one ping, including opening its stream if needed.
+        expiry: seconds a peer may go unseen before all its series are removed.
+        routing_table_size: when given, called every ``interval`` on the trio thread and exported as
+            ``physarum_routing_table_peers`` (the DHT's routing table plugs in here).
+
+    Raises:
+        ValueError: a non-positive interval, timeout or expiry, or metrics already on ``registry``.
+    """
+
+    def __init__(
+        self,
+        host: MonitoredHost,
+        registry: CollectorRegistry,
+        *,
+        hostname: str,
+        interval: float = 1.0,
+        timeout: float = 5.0,
+        expiry: float = 600.0,
+        routing_table_size: Callable[[], int] | None = None,
+    ) -> None:
+        for name, value in (("interval", interval), ("timeout", timeout), ("expiry", expiry)):
+            if not value > 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        self.host = host
+        self.hostname = hostname
+        self.interval = interval
+        self.timeout = timeout
+        self.expiry = expiry
+        self.routing_table_size = routing_table_size
+        self.metrics = MonitorMetrics(
+            registry, hostname=hostname, routing_table=routing_table_size is not None
+        )
+        self.peers: dict[PeerId, PeerStats] = {}
+        self._workers: dict[PeerId, trio.CancelScope] = {}
+        self._nursery: trio.Nursery | None = None
+
+    # -- lifecycle --
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Monitor until cancelled. Reports started once workers exist for the peers already connected.
+
+        On exit every ping stream is closed (FIN) and the host callbacks are removed; the metrics stay
+        registered (a stopped monitor's last values are still scraped unless the caller drops them).
+        """
+        self.host.on_connect.append(self._on_connect)
+        self.host.on_disconnect.append(self._on_disconnect)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._reconcile()
+                self._refresh_routing_table_size()
+                task_status.started()
+                while True:
+                    await trio.sleep(self.interval)
+                    self.sweep()
+        finally:
+            self._nursery = None
+            self._workers.clear()
+            _remove(self.host.on_connect, self._on_connect)
+            _remove(self.host.on_disconnect, self._on_disconnect)
+
+    def sweep(self) -> None:
+        """Reconcile workers with the host's connections, expire peers unseen for ``expiry``, refresh the
+        routing table size."""
+        self._reconcile()
+        self._refresh_routing_table_size()
+        now = trio.current_time()
+        for peer, stats in list(self.peers.items()):
+            if not stats.connected and now - stats.last_seen >= self.expiry:
+                log.debug("forgetting %s: unseen for %.0f s", stats.label, now - stats.last_seen)
+                self.metrics.forget(stats.label)
+                del self.peers[peer]
+
+    def _refresh_routing_table_size(self) -> None:
+        if self.routing_table_size is not None:
+            try:
+                self.metrics.set_routing_table_size(self.routing_table_size())
+            except Exception:
+                log.exception("routing_table_size() failed")
+
+    # -- connections --
+
+    def _on_connect(self, conn: Any) -> None:
+        self._peer_changed(conn.peer_id)
+        self.metrics.set_peers_connected(len(self._workers))
+
+    def _on_disconnect(self, conn: Any) -> None:
+        self._peer_changed(conn.peer_id)
+        self.metrics.set_peers_connected(len(self._workers))
+
+    def _reconcile(self) -> None:
+        connected = set(self.host.connected_peers())
+        for peer in connected | set(self._workers):
+            self._peer_changed(peer, peer in connected)
+        self.metrics.set_peers_connected(len(connected))
+
+    def _peer_changed(self, peer: PeerId, connected: bool | None = None) -> None:
+        if connected is None:
+            connected = self.host.connection(peer) is not None
+        if connected and peer not in self._workers:
+            self._start_worker(peer)
+        elif not connected and peer in self._workers:
+            self._stop_worker(peer)
+
+    def _start_worker(self, peer: PeerId) -> None:
+        if self._nursery is None:
+            return
+        stats = self.peers.get(peer)
+        if stats is None:
+            stats = self.peers[peer] = PeerStats(peer, str(peer))
+        stats.connected = True
+        stats.last_seen = trio.current_time()
+        scope = self._workers[peer] = trio.CancelScope()
+        self._nursery.start_soon(self._peer_loop, stats, scope)
+
+    def _stop_worker(self, peer: PeerId) -> None:
+        self._workers.pop(peer).cancel()
+        stats = self.peers.get(peer)
+        if stats is None:
+            return
+        stats.connected = False
+        stats.reachable = False
+        stats.last_seen = trio.current_time()
+        stats.last_rtt = None
+        stats.ewma_ms = None
+        self.metrics.unreachable(stats.label)
+
+    # -- pinging --
+
+    async def _peer_loop(self, stats: PeerStats, scope: trio.CancelScope) -> None:
+        slot = _Slot()
+        try:
+            with scope:
+                next_at = trio.current_time()
+                while True:
+                    await trio.sleep_until(next_at)
+                    await self._ping(stats, slot)
+                    next_at += self.interval
+                    now = trio.current_time()
+                    if next_at < now:  # this ping outlasted the interval: skip the missed ticks
+                        next_at += ((now - next_at) // self.interval + 1) * self.interval
+        finally:
+            if slot.stream is not None:
+                with trio.CancelScope(shield=True):
+                    await _close(slot.stream)
+                slot.stream = None
+
+    async def _ping(self, stats: PeerStats, slot: _Slot) -> None:
+        """One ping of ``stats.peer_id`` on ``slot``'s stream (opened if needed), recorded."""
+        try:
+            with trio.fail_after(self.timeout):
+                rtt = await self._ping_on(stats, slot)
+        except trio.TooSlowError:
+            failure = _PingFailed("timeout", f"no echo within {self.timeout} s")
+        except _PingFailed as e:
+            failure = e
+        else:
+            self._record_success(stats, rtt)
+            return
+        if slot.stream is not None:  # a late echo must never be read as the next answer
+            stream, slot.stream = slot.stream, None
+            await _abort(stream)
+        self._record_failure(stats, failure)
+
+    async def _ping_on(self, stats: PeerStats, slot: _Slot) -> float:
+        """Ping on ``slot``'s stream, opening one if needed; if a reused stream turns out to have been
+        closed or reset by the responder, retry once on a fresh stream.
+
+        Raises:
+            _PingFailed: the ping failed (the deadline is the caller's).
+        """
+        while True:
+            fresh = slot.stream is None
+            if slot.stream is None:
+                slot.stream = await self._open(stats.peer_id)
+                stats.streams_opened += 1
+            stream = slot.stream
+            try:
+                return await ping.ping_once(stream)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+                slot.stream = None
+                await _abort(stream)
+                if fresh:
+                    raise _PingFailed("closed", e) from None
+            except ProtocolError as e:
+                slot.stream = None
+                await _abort(stream)
+                if fresh or e.reason != "ping stream ended":
+                    raise _PingFailed("protocol", e) from None
+            # a reused stream was closed or reset by the responder: once more, on a fresh stream
+
+    async def _open(self, peer: PeerId) -> trio.abc.Stream:
+        conn = self.host.connection(peer)
+        if conn is None:
+            raise _PingFailed("closed", "not connected")
+        try:
+            return await conn.open_stream([ping.PROTOCOL_ID])
+        except NegotiationError as e:
+            raise _PingFailed("unsupported", e) from None
+        except LimitError as e:
+            raise _PingFailed("limit", e) from None
+        except ProtocolError as e:
+            raise _PingFailed("protocol", e) from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            raise _PingFailed("closed", e) from None
+
+    def _record_success(self, stats: PeerStats, rtt: float) -> None:
+        ms = rtt * 1000.0
+        stats.ewma_ms = ms if stats.ewma_ms is None else EWMA_ALPHA * ms + (1 - EWMA_ALPHA) * stats.ewma_ms
+        stats.last_rtt = rtt
+        stats.last_seen = trio.current_time()
+        stats.reachable = True
+        stats.successes += 1
+        self.metrics.observe(stats.label, rtt, stats.ewma_ms)
+
+    def _record_failure(self, stats: PeerStats, failure: _PingFailed) -> None:
+        log.debug("ping to %s failed: %s", stats.label, failure)
+        stats.reachable = False
+        stats.last_rtt = None
+        stats.failures += 1
+        stats.failures_by_reason[failure.reason] = stats.failures_by_reason.get(failure.reason, 0) + 1
+        self.metrics.failed(stats.label, failure.reason)
+
+
+async def _close(stream: trio.abc.Stream) -> None:
+    """End a ping stream with FIN (the responder sees end of stream); reset if that fails."""
+    try:
+        await stream.aclose()
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        await _abort(stream)
+
+
+async def _abort(stream: trio.abc.Stream) -> None:
+    """Abandon a stream: reset it (RST) when it can be, else close it forcefully."""
+    reset = getattr(stream, "reset", None)
+    if callable(reset):
+        reset()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+    else:
+        await trio.aclose_forcefully(stream)
+
+
+def _remove(callbacks: list[Callable[[Any], None]], cb: Callable[[Any], None]) -> None:
+    try:
+        callbacks.remove(cb)
+    except ValueError:
+        pass
+
+
+__all__ = ["EWMA_ALPHA", "MonitoredHost", "PeerStats", "PingConnection", "PingMonitor"]

@@ -1,0 +1,261 @@
+"""The DHT service over in-memory networks, with trio's autojump clock.
+
+Lookups are checked against brute force; silent and lying peers must neither stall a lookup past
+its deadlines nor change its answer.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import pytest
+import trio
+import trio.testing
+
+from physarum.dht import keyspace
+from physarum.dht.memory import MemoryNetwork
+from physarum.dht.messages import ConnectionType, Message, MessageType, Peer, Record
+from physarum.dht.records import (
+    ContactRecord,
+    RecordTooLargeError,
+    encode_record_set,
+    new_expiry,
+    record_key,
+    sign_record,
+)
+from physarum.dht.service import KadDHT, PeerNotFoundError
+from physarum.dht.table import Added, BucketFull, Contact
+from physarum.overlay.identity import KeyPair, PeerId
+
+
+@pytest.fixture
+def autojump_clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+def make_network(n: int, *, codec: bool = True, seed: int = 1) -> tuple[MemoryNetwork, list[KadDHT]]:
+    rng = random.Random(seed)
+    net = MemoryNetwork(codec=codec)
+    nodes = []
+    for _ in range(n):
+        kp = KeyPair(rng.randbytes(32))
+        node = KadDHT(kp, net.transport(kp.peer_id), query_timeout=2.0)
+        node.own_addrs = lambda p=kp.peer_id: [net.addr_of(p)]  # type: ignore[misc]
+        net.nodes[kp.peer_id] = node
+        nodes.append(node)
+    return net, nodes
+
+
+async def join_all(net: MemoryNetwork, nodes: list[KadDHT]) -> None:
+    boot = nodes[0]
+    for node in nodes[1:]:
+        node.add_peer(boot.peer_id, [net.addr_of(boot.peer_id)])
+        await node.lookup(node.peer_id.to_bytes())
+
+
+def true_closest(target: int, peers: Iterator[PeerId] | list[PeerId], k: int = 20) -> list[PeerId]:
+    return sorted(peers, key=lambda p: keyspace.peer_key(p) ^ target)[:k]
+
+
+async def test_200_nodes_exact_lookups_and_every_contact_found(autojump_clock: trio.testing.MockClock) -> None:
+    net, nodes = make_network(200, codec=False)
+    await join_all(net, nodes)
+    rng = random.Random(7)
+    ids = [n.peer_id for n in nodes]
+    for node in rng.sample(nodes, 40):
+        target_key = rng.randbytes(32)
+        result = await node.lookup(target_key)
+        expected = true_closest(keyspace.kad_key(target_key), [p for p in ids if p != node.peer_id])
+        assert [p.peer_id for p in result.peers] == expected
+        assert all(p.addrs for p in result.peers)
+
+    for node in nodes:
+        stored = await node.publish_contact(str(node.peer_id), data={"role": "worker"})
+        assert stored == 20
+    for seeker in nodes:
+        for target in nodes:
+            if target is seeker:
+                continue
+            records = await seeker.find_contact(str(target.peer_id))
+            assert records and records[0].publisher == target.peer_id, (seeker.peer_id, target.peer_id)
+            assert records[0].data == {"role": "worker"}
+
+
+async def test_lookup_through_the_wire_codec(autojump_clock: trio.testing.MockClock) -> None:
+    net, nodes = make_network(40, codec=True)
+    await join_all(net, nodes)
+    target = nodes[-1]
+    found = await nodes[5].find_peer(target.peer_id)
+    assert found.peer_id == target.peer_id and found.addrs
+    await nodes[3].publish_contact("receptionist", data={"actor": "receptionist", "port": 7})
+    records = await nodes[30].find_contact("receptionist")
+    assert [r.publisher for r in records] == [nodes[3].peer_id]
+    assert records[0].data["port"] == 7
+
+
+async def test_silent_peers_cost_deadlines_not_answers(autojump_clock: trio.testing.MockClock) -> None:
+    net, nodes = make_network(120, codec=False, seed=3)
+    await join_all(net, nodes)
+    rng = random.Random(3)
+    silent = set(rng.sample([n.peer_id for n in nodes[1:]], 25))
+    net.silent |= silent
+    alive = [n.peer_id for n in nodes if n.peer_id not in silent]
+    for node in rng.sample([n for n in nodes if n.peer_id not in silent], 10):
+        key = rng.randbytes(32)
+        start = trio.current_time()
+        result = await node.lookup(key)
+        # Each round waits at most one query_timeout; a stalled lookup would take far longer.
+        assert trio.current_time() - start < 40 * node.query_timeout
+        got = [p.peer_id for p in result.peers]
+        assert not silent & set(got)
+        assert got == true_closest(keyspace.kad_key(key), [p for p in alive if p != node.peer_id])
+
+
+class Liar:
+    """Answers every request with made-up peers: many, far, and unreachable."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.rng = random.Random(11)
+
+    def rpc(self, sender: PeerId | None, request: Message) -> Message | None:
+        fake = [
+            Peer(KeyPair(self.rng.randbytes(32)).peer_id, (), ConnectionType.CAN_CONNECT) for _ in range(self.count)
+        ]
+        return Message(request.type, key=request.key, closer_peers=tuple(fake))
+
+
+async def test_lying_peers_do_not_change_or_stall_lookups(autojump_clock: trio.testing.MockClock) -> None:
+    net, nodes = make_network(80, codec=False, seed=5)
+    await join_all(net, nodes)
+    liars = nodes[40:50]
+    for liar in liars:
+        net.nodes[liar.peer_id] = Liar(count=500)
+    honest = [n.peer_id for n in nodes if n not in liars]
+    rng = random.Random(5)
+    for node in nodes[1:11]:
+        key = rng.randbytes(32)
+        with trio.fail_after(120):
+            result = await node.lookup(key)
+        got = [p.peer_id for p in result.peers]
+        truth = true_closest(keyspace.kad_key(key), [p for p in honest if p != node.peer_id])
+        # Liars answer, so they may rank among the closest; the honest closest must all be there.
+        assert set(truth[:10]) <= set(got)
+        assert result.stats.ignored_peers > 0  # the flood was cut at k per answer
+
+
+async def test_missing_peer_is_reported(autojump_clock: trio.testing.MockClock) -> None:
+    net, nodes = make_network(30, codec=False)
+    await join_all(net, nodes)
+    with pytest.raises(PeerNotFoundError):
+        await nodes[1].find_peer(KeyPair.generate().peer_id)
+
+
+async def test_bad_records_are_refused_and_not_forwarded(autojump_clock: trio.testing.MockClock) -> None:
+    _, nodes = make_network(3, codec=True)
+    a, b, c = nodes
+    wall = a.wall_clock()
+    good = sign_record(a.key_pair, ContactRecord("svc", (), {"v": 1}, seq=5, expires=new_expiry(wall)))
+    put = Message(MessageType.PUT_VALUE, key=record_key("svc"), record=Record(record_key("svc"), encode_record_set([good])))
+    assert b.rpc(a.peer_id, put) == put
+    # A flipped byte in the signature.
+    bad = good[:-1] + bytes([good[-1] ^ 1])
+    tampered = Message(
+        MessageType.PUT_VALUE, key=record_key("svc"), record=Record(record_key("svc"), encode_record_set([bad]))
+    )
+    assert c.rpc(a.peer_id, tampered) is None
+    assert c.records.get("svc", wall) == []
+    # An older seq from the same publisher is stale.
+    old = sign_record(a.key_pair, ContactRecord("svc", (), {"v": 0}, seq=4, expires=new_expiry(wall)))
+    stale = Message(
+        MessageType.PUT_VALUE, key=record_key("svc"), record=Record(record_key("svc"), encode_record_set([old]))
+    )
+    assert b.rpc(a.peer_id, stale) is None
+    assert b.records.get("svc", wall) == [good]
+    # A record filed under another id's key.
+    misfiled = Message(
+        MessageType.PUT_VALUE, key=record_key("other"), record=Record(record_key("other"), encode_record_set([good]))
+    )
+    assert c.rpc(a.peer_id, misfiled) is None
+    assert c.records.get("svc", wall) == [] and c.records.get("other", wall) == []
+    # Oversized data cannot even be signed.
+    with pytest.raises(RecordTooLargeError):
+        sign_record(a.key_pair, ContactRecord("svc", (), {"x": "y" * 20000}, seq=6, expires=new_expiry(wall)))
+    # GET_VALUE forwards only what was stored.
+    reply = b.rpc(c.peer_id, Message(MessageType.GET_VALUE, key=record_key("svc")))
+    assert reply is not None and reply.record is not None
+
+
+async def test_records_republish_and_expire(autojump_clock: trio.testing.MockClock) -> None:
+    net, nodes = make_network(25, codec=False)
+    wall = [1_800_000_000.0]
+    for n in nodes:
+        n.wall_clock = lambda: wall[0]  # type: ignore[method-assign]
+        n.republish_interval = 600.0
+    await join_all(net, nodes)
+    publisher = nodes[4]
+    await publisher.publish_contact("cache", data={"n": 1}, ttl=1800)
+    holders = [n for n in nodes if n.records.get("cache", wall[0])]
+    assert len(holders) >= 20
+    # The holders forget it (restart): the publisher's republish puts it back.
+    for h in holders:
+        if h is not publisher:
+            h.records.remove("cache")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(publisher.run)
+        await trio.sleep(700)
+        wall[0] += 700
+        await trio.sleep(700)
+        nursery.cancel_scope.cancel()
+    assert sum(1 for n in nodes if n is not publisher and n.records.get("cache", wall[0])) >= 15
+    # After its expiry, nobody serves it.
+    wall[0] += 3600
+    assert await nodes[9].find_contact("cache") == []
+
+
+async def settled(node: KadDHT) -> None:
+    """Wait (under a deadline) until no liveness check is running."""
+    with trio.fail_after(30):
+        await trio.sleep(0)
+        while node._checking:
+            await trio.sleep(0.01)
+
+
+async def test_full_bucket_pings_oldest_and_keeps_it_if_alive(autojump_clock: trio.testing.MockClock) -> None:
+    _, nodes = make_network(1)
+    me = nodes[0]
+    answers: dict[PeerId, bool] = {}
+
+    async def alive(peer: PeerId) -> bool:
+        return answers[peer]
+
+    me.liveness_check = alive
+    me.table = type(me.table)(me.peer_id, k=2, diversity=None)
+    # Fill one bucket: peers sharing a prefix length with us.
+    rng = random.Random(99)  # not make_network's seed: that would make our own id first
+    same_bucket: list[PeerId] = []
+    want = None
+    while len(same_bucket) < 4:
+        pid = KeyPair(rng.randbytes(32)).peer_id
+        index = keyspace.bucket_index(me.table.self_key, keyspace.peer_key(pid))
+        if want is None or index == want:
+            want = index
+            same_bucket.append(pid)
+    first, second, third, fourth = same_bucket
+    async with trio.open_nursery() as nursery:
+        await nursery.start(me.run)
+        assert isinstance(me.table.add(Contact(first), 0.0), Added)
+        me.add_peer(second, [])
+        answers[first] = True
+        me.add_peer(third, [])  # bucket full: first is pinged, answers, stays
+        await settled(me)
+        assert first in me.table and third not in me.table
+        answers[second] = False
+        answers[first] = False
+        result = me.table.add(Contact(fourth), trio.current_time())
+        assert isinstance(result, BucketFull)
+        me.add_peer(fourth, [])
+        await settled(me)
+        assert fourth in me.table
+        nursery.cancel_scope.cancel()

@@ -1,0 +1,327 @@
+"""The binaries as processes on 127.0.0.1: ping-monitor, bootstrap and peer together, signals, errors."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+SCRIPTS = Path(sys.executable).parent
+PASS = "integration test passphrase"
+LOCAL = ["-p2p-listen-addr", "127.0.0.1:0"]
+
+
+def script(name: str) -> str:
+    path = SCRIPTS / name
+    if not path.exists():
+        pytest.fail(f"console script {path} is missing: run `.venv/bin/python -m pip install -e .`")
+    return str(path)
+
+
+class Proc:
+    """A running binary whose stdout and stderr are collected as they come."""
+
+    def __init__(self, process: trio.Process, argv: list[str]) -> None:
+        self.process = process
+        self.argv = argv
+        self.stdout = ""
+        self.stderr = ""
+        self._changed = trio.Event()
+        self._eof = 0
+
+    async def _pump(self, stream: trio.abc.ReceiveStream, name: str) -> None:
+        async with stream:
+            while True:
+                try:
+                    chunk = await stream.receive_some(65536)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    chunk = b""
+                if not chunk:
+                    break
+                setattr(self, name, getattr(self, name) + chunk.decode(errors="replace"))
+                self._changed.set()
+                self._changed = trio.Event()
+        self._eof += 1
+        self._changed.set()
+
+    async def wait_for(
+        self, predicate: Callable[[Proc], bool], *, timeout: float = 15.0, what: str = ""
+    ) -> None:
+        try:
+            with trio.fail_after(timeout):
+                while not predicate(self):
+                    if self._eof == 2:
+                        raise AssertionError(f"{self.argv[0]} exited before {what}: {self.stderr}")
+                    await self._changed.wait()
+        except trio.TooSlowError:
+            raise AssertionError(
+                f"{what} not seen within {timeout} s\nstdout: {self.stdout}\nstderr: {self.stderr}"
+            ) from None
+
+    async def addrs(self) -> list[str]:
+        await self.wait_for(lambda p: "\n" in p.stdout, what="listen addresses")
+        return [line for line in self.stdout.splitlines() if line]
+
+    async def metrics_url(self) -> str:
+        await self.wait_for(lambda p: "metrics at http://" in p.stderr, what="the metrics URL")
+        match = re.search(r"metrics at (http://\S+)", self.stderr)
+        assert match is not None
+        return match.group(1)
+
+    async def exit_within(self, seconds: float) -> int:
+        with trio.fail_after(seconds):
+            return await self.process.wait()
+
+
+@asynccontextmanager
+async def binary(argv: list[str], env: dict[str, str] | None = None) -> AsyncIterator[Proc]:
+    full_env = {k: v for k, v in os.environ.items() if k not in ("P2P_PSK", "P2P_BOOTSTRAPS")}
+    full_env.update(env or {})
+    process = await trio.lowlevel.open_process(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env
+    )
+    proc = Proc(process, argv)
+    async with trio.open_nursery() as nursery:
+        assert process.stdout is not None and process.stderr is not None
+        nursery.start_soon(proc._pump, process.stdout, "stdout")
+        nursery.start_soon(proc._pump, process.stderr, "stderr")
+        try:
+            yield proc
+        finally:
+            with trio.CancelScope(shield=True):
+                if process.returncode is None:
+                    process.kill()
+                await process.wait()
+
+
+async def rtts(url: str) -> dict[str, float]:
+    def get() -> str:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return str(response.read().decode())
+
+    text = await trio.to_thread.run_sync(get)
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == "ping_rtt":
+                out[s.labels["targetHost"]] = s.value
+    return out
+
+
+async def wait_rtts(
+    url: str, predicate: Callable[[dict[str, float]], bool], *, timeout: float, what: str
+) -> float:
+    """Poll /metrics until ``predicate(rtts)``; return how long it took."""
+    start = trio.current_time()
+    last: dict[str, float] = {}
+    try:
+        with trio.fail_after(timeout):
+            while not predicate(last := await rtts(url)):
+                await trio.sleep(0.05)
+    except trio.TooSlowError:
+        raise AssertionError(f"{what} not seen within {timeout} s; ping_rtt: {last}") from None
+    return trio.current_time() - start
+
+
+def peer_id_of(addr: str) -> str:
+    return addr.rsplit("/p2p/", 1)[1]
+
+
+async def test_monitor_and_three_peers_as_processes(tmp_path: Path) -> None:
+    monitor_argv = [
+        script("ping-monitor"),
+        "-ephemeral",
+        *LOCAL,
+        "-prom-listen-addr",
+        "127.0.0.1:0",
+        "-psk",
+        PASS,
+    ]
+    async with binary(monitor_argv) as monitor:
+        (monitor_addr,) = await monitor.addrs()
+        assert re.fullmatch(r"/ip4/127\.0\.0\.1/tcp/\d+/p2p/12D3KooW\w+", monitor_addr)
+        url = await monitor.metrics_url()
+        # one peer with flags in Go style, one with double dashes, one from the environment
+        argvs = [
+            ([script("peer"), *LOCAL, "-psk", PASS, "-bootstrap", monitor_addr], None),
+            (
+                [
+                    script("peer"),
+                    "--p2p-listen-addr=127.0.0.1:0",
+                    f"--psk={PASS}",
+                    f"--bootstrap={monitor_addr}",
+                ],
+                None,
+            ),
+            ([script("peer"), *LOCAL], {"P2P_PSK": PASS, "P2P_BOOTSTRAPS": monitor_addr}),
+        ]
+        async with binary(*argvs[0]) as p1, binary(*argvs[1]) as p2, binary(*argvs[2]) as p3:
+            ids = {peer_id_of((await p.addrs())[0]) for p in (p1, p2, p3)}
+            await wait_rtts(url, lambda r: set(r) == ids, timeout=15, what="three ping_rtt series")
+            assert all(0 < v < 1000 for v in (await rtts(url)).values())
+
+            # A peer stopped with SIGTERM exits 0 within 2 s and leaves the metrics within 2 intervals.
+            p2.process.send_signal(signal.SIGTERM)
+            assert await p2.exit_within(2) == 0
+            gone = peer_id_of((await p2.addrs())[0])
+            took = await wait_rtts(
+                url, lambda r: gone not in r, timeout=2.0, what="the stopped peer's removal"
+            )
+            assert took <= 2.0
+            # SIGINT works the same.
+            p3.process.send_signal(signal.SIGINT)
+            assert await p3.exit_within(2) == 0
+        monitor.process.send_signal(signal.SIGTERM)
+        assert await monitor.exit_within(2) == 0
+        assert "Traceback" not in monitor.stderr
+
+
+async def test_monitor_redials_a_restarted_bootstrap(tmp_path: Path) -> None:
+    key = tmp_path / "bootstrap.key"
+    async with binary([script("bootstrap"), "-keyfile", str(key), *LOCAL, "-psk", PASS]) as boot:
+        (boot_addr,) = await boot.addrs()
+    assert boot.process.returncode is not None
+    port = boot_addr.split("/tcp/")[1].split("/")[0]
+    boot_id = peer_id_of(boot_addr)
+    restart_argv = [
+        script("bootstrap"),
+        "-keyfile",
+        str(key),
+        "-p2p-listen-addr",
+        f"127.0.0.1:{port}",
+        "-psk",
+        PASS,
+    ]
+    monitor_argv = [
+        script("ping-monitor"),
+        "-ephemeral",
+        *LOCAL,
+        "-prom-listen-addr",
+        "127.0.0.1:0",
+        "-psk",
+        PASS,
+    ]
+    async with binary([*restart_argv]) as boot:
+        assert await boot.addrs() == [boot_addr]  # same identity from the key file, same port
+        async with binary([*monitor_argv, "-bootstrap", boot_addr]) as monitor:
+            url = await monitor.metrics_url()
+            await wait_rtts(url, lambda r: boot_id in r, timeout=15, what="the bootstrap's ping_rtt")
+            boot.process.send_signal(signal.SIGTERM)
+            assert await boot.exit_within(2) == 0
+            await wait_rtts(url, lambda r: boot_id not in r, timeout=2.5, what="the bootstrap gone")
+            async with binary(restart_argv) as boot_again:
+                await boot_again.addrs()
+                # dropped after less than 30 s: redialed after 1 s (then 2, 4 ...)
+                await wait_rtts(url, lambda r: boot_id in r, timeout=10, what="the bootstrap back")
+
+
+async def test_peer_ping_exit_status(tmp_path: Path) -> None:
+    argv = [script("bootstrap"), "-ephemeral", *LOCAL, "-psk", PASS]
+    async with binary(argv) as boot:
+        (addr,) = await boot.addrs()
+
+        async def run(*args: str) -> subprocess.CompletedProcess[bytes]:
+            return await trio.run_process(
+                [script("peer"), *args], capture_stdout=True, capture_stderr=True, check=False
+            )
+
+        ok = await run("ping", addr, "-count", "3", "-psk", PASS)
+        assert ok.returncode == 0, ok.stderr
+        lines = ok.stdout.decode().splitlines()
+        assert len(lines) == 3
+        for seq, line in enumerate(lines, 1):
+            match = re.fullmatch(rf"{peer_id_of(addr)}: seq={seq} time=(\d+\.\d+) ms", line)
+            assert match and 0 < float(match.group(1)) < 1000
+        wrong = await run("-psk", "another passphrase", "ping", addr, "-timeout", "3")
+        assert wrong.returncode == 1
+        assert wrong.stdout == b""
+        assert len(wrong.stderr.decode().splitlines()) == 1
+        assert "pre-shared keys differ" in wrong.stderr.decode()
+    closed = await run("ping", addr, "-psk", PASS, "-timeout", "3")
+    assert closed.returncode == 1
+    assert closed.stderr.decode().startswith(f"peer ping: cannot reach {addr}: ")
+
+
+@pytest.mark.parametrize("which", ["p2p", "prom"])
+async def test_port_in_use_is_one_line_and_exit_2(which: str) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        if which == "p2p":
+            argv = [
+                script("ping-monitor"),
+                "-ephemeral",
+                "-p2p-listen-addr",
+                f"127.0.0.1:{port}",
+                "-prom-listen-addr",
+                "127.0.0.1:0",
+            ]
+            expected = f"ping-monitor: cannot listen on /ip4/127.0.0.1/tcp/{port}: address already in use"
+        else:
+            argv = [script("ping-monitor"), "-ephemeral", *LOCAL, "-prom-listen-addr", f"127.0.0.1:{port}"]
+            expected = f"ping-monitor: cannot serve metrics on 127.0.0.1:{port}: address already in use"
+        result = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
+    assert result.returncode == 2
+    assert result.stdout == b""
+    assert result.stderr.decode().splitlines() == [expected]
+
+
+async def test_bootstrap_port_in_use() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = await trio.run_process(
+            [script("bootstrap"), "-ephemeral", "--p2p-listen-addr", f"/ip4/127.0.0.1/tcp/{port}"],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert result.returncode == 2
+    assert result.stderr.decode().splitlines() == [
+        f"bootstrap: cannot listen on /ip4/127.0.0.1/tcp/{port}: address already in use"
+    ]
+
+
+async def test_demo_once() -> None:
+    result = await trio.run_process(
+        [script("physarum-demo"), "--prom-port", "0", "--once"],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.decode()
+    assert re.search(r"metrics +http://127\.0\.0\.1:\d+/metrics", out)
+    rtt_lines = [line for line in out.splitlines() if line.startswith("ping_rtt{")]
+    assert len(rtt_lines) == 3
+    for line in rtt_lines:
+        assert 0 < float(line.rsplit(" ", 1)[1]) < 1000
+
+
+async def test_demo_port_busy_hint() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = await trio.run_process(
+            [script("physarum-demo"), "--prom-port", str(port)],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert result.returncode == 2
+    (line,) = result.stderr.decode().splitlines()
+    assert "address already in use" in line and "--prom-port" in line

@@ -1,0 +1,159 @@
+"""A fake host for PingMonitor unit tests: in-memory ping streams whose echo takes a scripted time.
+
+Everything runs on trio's clock, so with ``autojump_clock`` an RTT of 10 ms is measured as 10 ms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import trio
+
+from physarum.errors import NegotiationError
+from physarum.overlay import ping
+from physarum.overlay.identity import KeyPair, PeerId
+
+OK = "ok"
+HANG = "hang"  # never echoes
+BAD_ECHO = "bad-echo"  # echoes other bytes
+EOF = "eof"  # ends the stream instead of echoing
+RESET = "reset"  # resets the stream instead of echoing
+UNSUPPORTED = "unsupported"  # does not speak the ping protocol
+
+
+class FakePeer:
+    """A remote peer's behaviour. ``rtts``: a number, or an iterable of numbers used in turn (the last
+    one repeats). ``stream_lifetime``: the responder resets a ping stream this long after it opened
+    (js-libp2p does so after 10 s)."""
+
+    def __init__(
+        self, rtts: float | Iterable[float] = 0.01, *, mode: str = OK, stream_lifetime: float | None = None
+    ):
+        self.peer_id: PeerId = KeyPair.generate().peer_id
+        self._rtts = [rtts] if isinstance(rtts, int | float) else list(rtts)
+        self._next = 0
+        self.mode = mode
+        self.stream_lifetime = stream_lifetime
+        self.streams: list[FakeStream] = []
+        self.echoes = 0
+        self.ping_started_at: list[float] = []
+
+    def next_rtt(self) -> float:
+        rtt = self._rtts[min(self._next, len(self._rtts) - 1)]
+        self._next += 1
+        return float(rtt)
+
+
+class FakeStream(trio.abc.HalfCloseableStream):
+    def __init__(self, conn: FakeConnection) -> None:
+        self.conn = conn
+        self.peer = conn.peer
+        self.opened_at = trio.current_time()
+        self.pending = b""
+        self.closed = False  # aclose()d: a FIN went out
+        self.was_reset = False
+        self.pings = 0
+
+    def _check(self) -> None:
+        if self.closed:
+            raise trio.ClosedResourceError("closed")
+        if self.was_reset or self.conn.is_closed:
+            raise trio.BrokenResourceError("reset")
+        lifetime = self.peer.stream_lifetime
+        if lifetime is not None and trio.current_time() - self.opened_at >= lifetime:
+            self.was_reset = True
+            raise trio.BrokenResourceError("reset by the responder (stream lifetime)")
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint()
+        self._check()
+        if not self.pending:
+            self.peer.ping_started_at.append(trio.current_time())
+        self.pending += bytes(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def send_eof(self) -> None:
+        await self.aclose()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint()
+        self._check()
+        mode = self.peer.mode
+        if mode == HANG:
+            await trio.sleep_forever()
+        rtt = self.peer.next_rtt()
+        await trio.sleep(rtt)
+        self._check()
+        if mode == EOF:
+            return b""
+        if mode == RESET:
+            self.was_reset = True
+            raise trio.BrokenResourceError("reset by peer")
+        data, self.pending = self.pending[: ping.PING_SIZE], self.pending[ping.PING_SIZE :]
+        self.pings += 1
+        self.peer.echoes += 1
+        if mode == BAD_ECHO:
+            return bytes(len(data))
+        return data
+
+    async def aclose(self) -> None:
+        self.closed = True
+        await trio.lowlevel.checkpoint()
+
+    def reset(self) -> None:
+        self.was_reset = True
+
+
+class FakeConnection:
+    def __init__(self, peer: FakePeer) -> None:
+        self.peer = peer
+        self.peer_id = peer.peer_id
+        self.closed = False
+
+    @property
+    def is_closed(self) -> bool:
+        return self.closed
+
+    async def open_stream(self, protocols: Sequence[str]) -> FakeStream:
+        await trio.lowlevel.checkpoint()
+        if self.closed:
+            raise trio.BrokenResourceError("connection closed")
+        if self.peer.mode == UNSUPPORTED:
+            raise NegotiationError(f"peer speaks none of {list(protocols)}")
+        stream = FakeStream(self)
+        self.peer.streams.append(stream)
+        return stream
+
+
+class FakeHost:
+    """Connections to fake peers; fires the callbacks a real Host fires."""
+
+    def __init__(self) -> None:
+        self.on_connect: list[Callable[[Any], None]] = []
+        self.on_disconnect: list[Callable[[Any], None]] = []
+        self.conns: dict[PeerId, FakeConnection] = {}
+
+    def connected_peers(self) -> list[PeerId]:
+        return [p for p, c in self.conns.items() if not c.is_closed]
+
+    def connection(self, peer_id: PeerId) -> FakeConnection | None:
+        conn = self.conns.get(peer_id)
+        return conn if conn is not None and not conn.is_closed else None
+
+    def connect(self, peer: FakePeer, *, fire: bool = True) -> FakeConnection:
+        conn = FakeConnection(peer)
+        self.conns[peer.peer_id] = conn
+        if fire:
+            for cb in list(self.on_connect):
+                cb(conn)
+        return conn
+
+    def disconnect(self, peer: FakePeer, *, fire: bool = True) -> None:
+        conn = self.conns.pop(peer.peer_id)
+        conn.closed = True
+        if fire:
+            for cb in list(self.on_disconnect):
+                cb(conn)

@@ -1,0 +1,461 @@
+"""PingMonitor on a fake host and trio's autojump clock: RTTs, EWMA, expiry, failures, stream reuse."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+import trio.testing
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from physarum.monitor import PingMonitor
+from tests.monitor._fakes import BAD_ECHO, EOF, HANG, OK, RESET, UNSUPPORTED, FakeHost, FakePeer
+
+HOSTNAME = "monitor-1"
+
+
+@pytest.fixture
+def autojump() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+def rtt_ms(registry: CollectorRegistry, peer: FakePeer) -> float | None:
+    return value(registry, "ping_rtt", targetHost=str(peer.peer_id), host=HOSTNAME)
+
+
+def ewma_ms(registry: CollectorRegistry, peer: FakePeer) -> float | None:
+    return value(registry, "ping_ewma_rtt", targetHost=str(peer.peer_id), host=HOSTNAME)
+
+
+def reachable(registry: CollectorRegistry, peer: FakePeer) -> float | None:
+    return value(registry, "physarum_peer_reachable", target=str(peer.peer_id))
+
+
+def failures(registry: CollectorRegistry, peer: FakePeer, reason: str) -> float | None:
+    return value(registry, "physarum_ping_failures_total", target=str(peer.peer_id), reason=reason)
+
+
+def series_of(registry: CollectorRegistry, peer: FakePeer) -> list[str]:
+    """Every sample that names the peer, in any label."""
+    text = str(peer.peer_id)
+    return [s.name for metric in registry.collect() for s in metric.samples if text in s.labels.values()]
+
+
+@asynccontextmanager
+async def running(
+    host: FakeHost, registry: CollectorRegistry | None = None, **kwargs: object
+) -> AsyncIterator[tuple[PingMonitor, CollectorRegistry]]:
+    registry = registry if registry is not None else CollectorRegistry()
+    monitor = PingMonitor(host, registry, hostname=HOSTNAME, **kwargs)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(monitor.run)
+        try:
+            yield monitor, registry
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def sleep_until(t: float) -> None:
+    await trio.sleep_until(t)
+
+
+# -- RTT samples and EWMA --
+
+
+async def test_rtt_sample_in_ms_histogram_in_seconds(autojump: trio.testing.MockClock) -> None:
+    host = FakeHost()
+    peer = FakePeer(0.010)
+    host.connect(peer)
+    async with running(host, interval=1.0) as (monitor, registry):
+        await trio.sleep(0.5)
+        assert rtt_ms(registry, peer) == pytest.approx(10.0)
+        assert ewma_ms(registry, peer) == pytest.approx(10.0)
+        assert reachable(registry, peer) == 1
+        target = str(peer.peer_id)
+        assert value(registry, "physarum_ping_rtt_seconds_count", target=target) == 1
+        assert value(registry, "physarum_ping_rtt_seconds_sum", target=target) == pytest.approx(0.010)
+        assert value(registry, "physarum_ping_rtt_seconds_bucket", target=target, le="0.01") == 1
+        assert value(registry, "physarum_ping_rtt_seconds_bucket", target=target, le="0.005") == 0
+        await trio.sleep(3)
+        assert value(registry, "physarum_ping_rtt_seconds_count", target=target) == 4
+        stats = monitor.peers[peer.peer_id]
+        assert stats.successes == 4 and stats.failures == 0
+        assert stats.last_rtt == pytest.approx(0.010)
+
+
+async def test_ewma_factor_one_tenth_first_sample_initialises(autojump: trio.testing.MockClock) -> None:
+    samples = [0.010, 0.020, 0.030, 0.030, 0.001]
+    host = FakeHost()
+    peer = FakePeer(samples)
+    host.connect(peer)
+    expected: list[float] = []
+    ewma: float | None = None
+    for s in samples:
+        ewma = s * 1000 if ewma is None else 0.1 * s * 1000 + 0.9 * ewma
+        expected.append(ewma)
+    assert expected[:3] == pytest.approx([10.0, 11.0, 12.9])
+    async with running(host, interval=1.0) as (_, registry):
+        for i, s in enumerate(samples):
+            await sleep_until(i + 0.5)
+            assert rtt_ms(registry, peer) == pytest.approx(s * 1000)
+            assert ewma_ms(registry, peer) == pytest.approx(expected[i])
+
+
+async def test_pings_every_interval_from_connect(autojump: trio.testing.MockClock) -> None:
+    host = FakeHost()
+    early, late = FakePeer(0.001), FakePeer(0.001)
+    host.connect(early)
+    async with running(host, interval=1.0):
+        await sleep_until(2.25)
+        host.connect(late)
+        await sleep_until(5.0)
+    assert early.ping_started_at == pytest.approx([0, 1, 2, 3, 4])
+    assert late.ping_started_at == pytest.approx([2.25, 3.25, 4.25])
+
+
+async def test_pings_to_different_peers_run_concurrently(autojump: trio.testing.MockClock) -> None:
+    host = FakeHost()
+    peers = [FakePeer(0.9) for _ in range(20)]
+    for p in peers:
+        host.connect(p)
+    async with running(host, interval=1.0) as (_, registry):
+        await sleep_until(0.95)
+        # 20 pings of 0.9 s each all answered within the first second: not one after another.
+        assert all(rtt_ms(registry, p) == pytest.approx(900.0) for p in peers)
+
+
+async def test_slow_ping_skips_missed_ticks(autojump: trio.testing.MockClock) -> None:
+    host = FakeHost()
+    peer = FakePeer(2.5)
+    host.connect(peer)
+    async with running(host, interval=1.0, timeout=5.0) as (monitor, _):
+        await sleep_until(9.9)
+    assert peer.ping_started_at == pytest.approx([0, 3, 6, 9])
+    assert monitor.peers[peer.peer_id].failures == 0
+
+
+# -- stream reuse --
+
+
+async def test_one_stream_reused_and_closed_with_fin_on_stop(autojump: trio.testing.MockClock) -> None:
+    host = FakeHost()
+    peer = FakePeer(0.002)
+    host.connect(peer)
+    async with running(host, interval=1.0):
+        await sleep_until(9.5)
+    assert peer.echoes == 10
+    assert len(peer.streams) == 1
+    stream = peer.streams[0]
+    assert stream.pings == 10
+    assert stream.closed and not stream.was_reset  # FIN, not RST
+
+
+async def test_reused_stream_reset_by_responder_is_replaced_without_failure(
+    autojump: trio.testing.MockClock,
+) -> None:
+    """js-libp2p aborts an inbound ping stream 10 s after opening it: that is not a failed ping."""
+    host = FakeHost()
+    peer = FakePeer(0.002, stream_lifetime=10.0)
+    host.connect(peer)
+    async with running(host, interval=1.0) as (monitor, registry):
+        await sleep_until(35.5)
+        assert monitor.peers[peer.peer_id].failures == 0
+        assert monitor.peers[peer.peer_id].successes == 36
+        assert rtt_ms(registry, peer) == pytest.approx(2.0)
+    assert len(peer.streams) == 4
+    assert all(s.was_reset for s in peer.streams[:3])
+
+
+@pytest.mark.parametrize("mode", [EOF, RESET])
+async def test_reused_stream_ended_mid_ping_is_retried_once(
+    autojump: trio.testing.MockClock, mode: str
+) -> None:
+    host = FakeHost()
+    peer = FakePeer(0.002)
+    host.connect(peer)
+    async with running(host, interval=1.0) as (monitor, _):
+        await sleep_until(0.5)
+        peer.mode = mode  # the reused stream fails; the fresh one fails too: one failure, two streams
+        await sleep_until(1.5)
+        stats = monitor.peers[peer.peer_id]
+        assert stats.failures == 1
+        assert len(peer.streams) == 2
+        peer.mode = OK
+        await sleep_until(2.5)
+        assert stats.successes == 2 and stats.failures == 1
+
+
+# -- failures --
+
+
+@pytest.mark.parametrize(
+    ("mode", "reason"),
+    [
+        (HANG, "timeout"),
+        (BAD_ECHO, "protocol"),
+        (EOF, "protocol"),
+        (RESET, "closed"),
+        (UNSUPPORTED, "unsupported"),
+    ],
+)
+async def test_failures_counted_by_reason(autojump: trio.testing.MockClock, mode: str, reason: str) -> None:
+    host = FakeHost()
+    bad, good = FakePeer(0.003, mode=mode), FakePeer(0.004)
+    host.connect(bad)
+    host.connect(good)
+    async with running(host, interval=1.0, timeout=0.5) as (monitor, registry):
+        await sleep_until(4.9)
+        assert failures(registry, bad, reason) == 5
+        assert monitor.peers[bad.peer_id].failures_by_reason == {reason: 5}
+        assert rtt_ms(registry, bad) is None and ewma_ms(registry, bad) is None
+        assert reachable(registry, bad) == 0
+        # the other peer never noticed
+        assert monitor.peers[good.peer_id].successes == 5
+        assert rtt_ms(registry, good) == pytest.approx(4.0)
+        assert failures(registry, good, reason) is None
+
+
+async def test_timeout_resets_the_stream_and_recovery_restores_gauges(
+    autojump: trio.testing.MockClock,
+) -> None:
+    host = FakeHost()
+    peer = FakePeer(0.005)
+    host.connect(peer)
+    async with running(host, interval=1.0, timeout=0.5) as (monitor, registry):
+        await sleep_until(0.9)
+        assert rtt_ms(registry, peer) == pytest.approx(5.0)
+        peer.mode = HANG
+        await sleep_until(1.4)
+        assert rtt_ms(registry, peer) == pytest.approx(5.0)  # the ping is still within its deadline
+        await sleep_until(1.6)
+        assert rtt_ms(registry, peer) is None  # failed: no stale RTT
+        assert ewma_ms(registry, peer) is None
+        assert reachable(registry, peer) == 0
+        assert peer.streams[0].was_reset  # a late echo must never be read as the next answer
+        peer.mode = OK
+        await sleep_until(2.9)
+        assert rtt_ms(registry, peer) == pytest.approx(5.0)
+        assert reachable(registry, peer) == 1
+        assert len(peer.streams) == 2
+        # the EWMA survived the single lost ping on a live connection
+        assert monitor.peers[peer.peer_id].ewma_ms == pytest.approx(5.0)
+        assert failures(registry, peer, "timeout") == 1
+
+
+async def test_a_ping_slower_than_the_interval_but_within_timeout_is_a_success(
+    autojump: trio.testing.MockClock,
+) -> None:
+    host = FakeHost()
+    peer = FakePeer(1.5)
+    host.connect(peer)
+    async with running(host, interval=1.0, timeout=2.0) as (monitor, registry):
+        await sleep_until(1.6)
+        assert rtt_ms(registry, peer) == pytest.approx(1500.0)
+        assert monitor.peers[peer.peer_id].failures == 0
+
+
+# -- disconnects and expiry --
+
+
+async def test_disconnect_removes_rtt_at_once_and_everything_at_expiry(
+    autojump: trio.testing.MockClock,
+) -> None:
+    host = FakeHost()
+    peer, other = FakePeer(0.002), FakePeer(0.002)
+    host.connect(peer)
+    host.connect(other)
+    async with running(host, interval=1.0, expiry=600.0) as (monitor, registry):
+        await sleep_until(2.5)
+        assert rtt_ms(registry, peer) is not None
+        host.disconnect(peer)
+        assert rtt_ms(registry, peer) is None
+        assert ewma_ms(registry, peer) is None
+        assert reachable(registry, peer) == 0
+        assert value(registry, "physarum_peers_connected") == 1
+        gone_at = trio.current_time()
+        await trio.sleep(0.001)
+        assert peer.streams[0].closed  # the worker ended with its stream
+        await sleep_until(gone_at + 598)
+        assert set(series_of(registry, peer)) == {
+            "physarum_ping_rtt_seconds_bucket",
+            "physarum_ping_rtt_seconds_count",
+            "physarum_ping_rtt_seconds_sum",
+            "physarum_ping_rtt_seconds_created",
+            "physarum_peer_reachable",
+        }
+        assert peer.peer_id in monitor.peers
+        await sleep_until(gone_at + 601.01)
+        assert series_of(registry, peer) == []
+        assert peer.peer_id not in monitor.peers
+        assert rtt_ms(registry, other) == pytest.approx(2.0)  # untouched
+
+
+async def test_expiry_removes_failure_counters_too(autojump: trio.testing.MockClock) -> None:
+    host = FakeHost()
+    peer = FakePeer(0.002, mode=HANG)
+    host.connect(peer)
+    async with running(host, interval=1.0, timeout=0.5, expiry=30.0) as (_, registry):
+        await sleep_until(3)
+        assert failures(registry, peer, "timeout") == 3
+        host.disconnect(peer)
+        await sleep_until(35)
+        assert series_of(registry, peer) == []
+
+
+async def test_connected_peer_failing_pings_is_still_seen(autojump: trio.testing.MockClock) -> None:
+    host = FakeHost()
+    peer = FakePeer(0.002, mode=HANG)
+    host.connect(peer)
+    async with running(host, interval=1.0, timeout=0.5, expiry=10.0) as (_, registry):
+        await sleep_until(30.9)
+        assert reachable(registry, peer) == 0
+        assert failures(registry, peer, "timeout") == 31
+
+
+async def test_reconnect_within_expiry_resets_ewma(autojump: trio.testing.MockClock) -> None:
+    host = FakeHost()
+    peer = FakePeer([0.010, 0.010, 0.050])
+    host.connect(peer)
+    async with running(host, interval=1.0) as (_, registry):
+        await sleep_until(1.5)
+        assert ewma_ms(registry, peer) == pytest.approx(10.0)
+        host.disconnect(peer)
+        await sleep_until(100)
+        host.connect(peer)
+        await sleep_until(100.5)
+        assert rtt_ms(registry, peer) == pytest.approx(50.0)
+        assert ewma_ms(registry, peer) == pytest.approx(50.0)  # a new connection starts a new average
+        assert reachable(registry, peer) == 1
+
+
+async def test_missed_callbacks_are_caught_by_the_sweep(autojump: trio.testing.MockClock) -> None:
+    host = FakeHost()
+    before = FakePeer(0.002)
+    host.connect(before)  # connected before the monitor started
+    async with running(host, interval=1.0) as (monitor, registry):
+        await sleep_until(0.5)
+        assert rtt_ms(registry, before) == pytest.approx(2.0)
+        silent = FakePeer(0.002)
+        host.connect(silent, fire=False)
+        host.disconnect(before, fire=False)
+        await sleep_until(1.01)  # one sweep
+        assert rtt_ms(registry, before) is None
+        assert not monitor.peers[before.peer_id].connected
+        await sleep_until(1.5)
+        assert rtt_ms(registry, silent) == pytest.approx(2.0)
+
+
+async def test_stopping_removes_callbacks_and_closes_streams(autojump: trio.testing.MockClock) -> None:
+    host = FakeHost()
+    peers = [FakePeer(0.001) for _ in range(3)]
+    for p in peers:
+        host.connect(p)
+    async with running(host, interval=1.0):
+        await sleep_until(0.5)
+        assert len(host.on_connect) == 1 and len(host.on_disconnect) == 1
+    assert host.on_connect == [] and host.on_disconnect == []
+    assert all(p.streams[0].closed for p in peers)
+
+
+# -- the other metrics --
+
+
+async def test_peers_connected_routing_table_and_build_info(autojump: trio.testing.MockClock) -> None:
+    host = FakeHost()
+    size = [7]
+    registry = CollectorRegistry()
+    peers = [FakePeer() for _ in range(3)]
+    for p in peers:
+        host.connect(p)
+    async with running(host, registry, routing_table_size=lambda: size[0]):
+        assert value(registry, "physarum_peers_connected") == 3
+        host.disconnect(peers[0])
+        assert value(registry, "physarum_peers_connected") == 2
+        host.connect(peers[0])
+        assert value(registry, "physarum_peers_connected") == 3
+        assert value(registry, "physarum_routing_table_peers") == 7
+        size[0] = 9
+        await trio.sleep(1.01)  # refreshed every interval, on the trio thread
+        assert value(registry, "physarum_routing_table_peers") == 9
+        build = [s for m in registry.collect() for s in m.samples if s.name == "physarum_build_info"]
+        assert len(build) == 1 and build[0].value == 1
+        assert set(build[0].labels) == {"version", "python"}
+
+
+async def test_failing_routing_table_size_is_logged_not_fatal(
+    autojump: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken() -> int:
+        raise RuntimeError("table busy")
+
+    host = FakeHost()
+    peer = FakePeer(0.001)
+    host.connect(peer)
+    async with running(host, routing_table_size=broken) as (monitor, _):
+        await trio.sleep(3.5)
+        assert monitor.peers[peer.peer_id].successes == 4
+    assert "routing_table_size() failed" in caplog.text
+
+
+async def test_no_routing_table_metric_without_a_size_function(autojump: trio.testing.MockClock) -> None:
+    async with running(FakeHost()) as (_, registry):
+        assert value(registry, "physarum_routing_table_peers") is None
+        assert all(m.name != "physarum_routing_table_peers" for m in registry.collect())
+
+
+async def test_metrics_stay_off_the_global_registry(autojump: trio.testing.MockClock) -> None:
+    before = {m.name for m in REGISTRY.collect()}
+    host = FakeHost()
+    host.connect(FakePeer())
+    async with running(host):
+        await trio.sleep(1.5)
+    assert {m.name for m in REGISTRY.collect()} == before
+    assert "ping_rtt" not in before
+
+
+def test_two_monitors_cannot_share_a_registry() -> None:
+    registry = CollectorRegistry()
+    PingMonitor(FakeHost(), registry, hostname="a")
+    with pytest.raises(ValueError):
+        PingMonitor(FakeHost(), registry, hostname="b")
+
+
+@pytest.mark.parametrize("bad", [{"interval": 0}, {"timeout": -1}, {"expiry": 0}])
+def test_rejects_non_positive_settings(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        PingMonitor(FakeHost(), CollectorRegistry(), hostname="a", **bad)  # type: ignore[arg-type]
+
+
+async def test_many_peers_churning(autojump: trio.testing.MockClock) -> None:
+    """Connect and disconnect peers at random moments: workers track connections exactly."""
+    import random
+
+    rng = random.Random(4)
+    host = FakeHost()
+    peers = [FakePeer(rng.uniform(0.0001, 0.05)) for _ in range(30)]
+    connected: set[int] = set()
+    async with running(host, interval=1.0, expiry=20.0) as (monitor, registry):
+        for _ in range(300):
+            i = rng.randrange(len(peers))
+            if i in connected:
+                host.disconnect(peers[i])
+                connected.discard(i)
+            else:
+                host.connect(peers[i])
+                connected.add(i)
+            await trio.sleep(rng.uniform(0, 0.3))
+        await trio.sleep(1.01)
+        for i, p in enumerate(peers):
+            if i in connected:
+                assert rtt_ms(registry, p) is not None
+            else:
+                assert rtt_ms(registry, p) is None
+        assert set(monitor._workers) == {peers[i].peer_id for i in connected}
+        await trio.sleep(25)
+        assert set(monitor.peers) == {peers[i].peer_id for i in connected}
