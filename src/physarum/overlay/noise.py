@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import operator
 import os
 import struct
 
@@ -108,9 +109,11 @@ class CipherState:
         """Raises: DecodeError when authentication fails."""
         if self.key is None:
             return ciphertext
+        nonce = self._nonce()
         try:
-            return _aead_decrypt(ciphertext, ad, self._nonce(), self.key)
+            return _aead_decrypt(ciphertext, ad, nonce, self.key)
         except (nacl.exceptions.CryptoError, ValueError, TypeError):
+            self.n -= 1  # Noise section 5.1: a failed decryption does not use up the nonce
             raise DecodeError("Noise message failed authentication") from None
 
 
@@ -312,14 +315,19 @@ class NoiseStream(trio.abc.HalfCloseableStream):
         self._sending = False
         self._receiving = False
         self._eof = False
+        self._closed = False
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._sending:
             raise trio.BusyResourceError("another task is sending on this stream")
         self._sending = True
         try:
+            if self._closed:
+                await trio.lowlevel.checkpoint()
+                raise trio.ClosedResourceError("stream is closed")
             view = memoryview(data)
             if not view:
+                await trio.lowlevel.checkpoint()
                 return
             encrypt = self._send.encrypt
             if len(view) <= MAX_PLAINTEXT:
@@ -363,8 +371,15 @@ class NoiseStream(trio.abc.HalfCloseableStream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._receiving:
             raise trio.BusyResourceError("another task is receiving on this stream")
+        if max_bytes is not None:
+            max_bytes = operator.index(max_bytes)
+            if max_bytes < 1:
+                raise ValueError("max_bytes must be >= 1")
         self._receiving = True
         try:
+            if self._closed:
+                await trio.lowlevel.checkpoint()
+                raise trio.ClosedResourceError("stream is closed")
             if self._raw and not self._plain:
                 # Bytes that arrived with the last handshake message.
                 self._decrypt_or_break()
@@ -396,4 +411,5 @@ class NoiseStream(trio.abc.HalfCloseableStream):
         await self.transport_stream.send_eof()
 
     async def aclose(self) -> None:
+        self._closed = True
         await self.transport_stream.aclose()
