@@ -191,14 +191,14 @@ YAMUX_GARBAGE: dict[str, Callable[[int], bytes]] = {
     "data-on-stream-0": lambda s: yamux.encode_header(yamux.TYPE_DATA, 0, 0, 4) + b"abcd",
     "window-update-on-stream-0": lambda s: yamux.encode_header(yamux.TYPE_WINDOW_UPDATE, 0, 0, 100),
     "oversized-data-frame": lambda s: yamux.encode_header(
-        yamux.TYPE_DATA, yamux.FLAG_SYN, 1001, yamux.INITIAL_WINDOW + 1
+        yamux.TYPE_DATA, yamux.FLAG_SYN, 1001, yamux.DEFAULT_WINDOW + 1
     ),
     "syn-with-the-listeners-parity": lambda s: yamux.encode_header(
         yamux.TYPE_WINDOW_UPDATE, yamux.FLAG_SYN, 2, 0
     ),
     "syn-for-an-open-stream": _syn_for_open_stream,
     "data-past-the-window": lambda s: b"".join(
-        yamux.encode_header(yamux.TYPE_DATA, 0, s, 200_000) + bytes(200_000) for _ in range(2)
+        yamux.encode_header(yamux.TYPE_DATA, 0, s, 200_000) + bytes(200_000) for _ in range(6)  # 1.2 MB: past the 1 MiB window
     ),
 }
 
@@ -217,7 +217,7 @@ async def test_malformed_yamux_frame_closes_that_connection(
         victim = await conn_m.open_stream([STALL])
         assert victim.stream_id in conn_h.session.streams
         session = conn_m.session
-        async with session._send_lock:  # keep our forged frame whole among the session's own writes
+        async with session.hold_writes():  # keep our forged frame whole among the session's own writes
             await session.transport.send_all(frame(victim.stream_id))
 
         await t.rec.wait_disconnected(1, timeout=2)
@@ -242,7 +242,7 @@ async def test_forged_noise_ciphertext_closes_that_connection(psk: bytes | None)
         secure: object = conn_m.session.transport
         while not isinstance(secure, noise.NoiseStream):  # whatever buffering sits above Noise
             secure = secure.transport_stream  # type: ignore[attr-defined]
-        async with conn_m.session._send_lock:
+        async with conn_m.session.hold_writes():
             await secure.transport_stream.send_all(noise.frame(os.urandom(40)))
         await t.rec.wait_disconnected(1, timeout=2)
         assert t.rec.disconnected == [conn_h]

@@ -147,7 +147,7 @@ async def test_window_violation_is_protocol_error() -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server.run)
         await a_t.send_all(yamux.encode_header(yamux.TYPE_WINDOW_UPDATE, yamux.FLAG_SYN, 1, 0))
-        big = yamux.INITIAL_WINDOW + 1
+        big = server.window + 1
         await a_t.send_all(yamux.encode_header(yamux.TYPE_DATA, 0, 1, big))
         with trio.fail_after(5):
             await server.closed.wait()

@@ -292,19 +292,31 @@ class Host:
                 return existing
             candidates = [ma]
         errors: dict[str, BaseException] = {}
+        phase = ["tcp"]
         with trio.move_on_after(timeout) as scope:
             for ma in candidates:
+                phase[0] = "tcp"
                 try:
-                    return await self._dial(ma, peer)
+                    return await self._dial(ma, peer, phase)
                 except (PhysarumError, OSError, trio.BrokenResourceError) as e:
                     if isinstance(e, LimitError):
                         raise
                     errors[str(ma)] = e
         if scope.cancelled_caught:
-            errors["(deadline)"] = TimeoutError(f"no connection within {timeout} s")
+            if self.psk is not None and phase[0] == "header":
+                # The peer took the TCP connection but never sent a header our key decodes:
+                # peers with another key often wait silently for more of our garbage.
+                errors[str(ma)] = PskMismatchError(
+                    f"no multistream header within {timeout} s: the peer is probably not in this "
+                    "private network (pre-shared keys differ) or is not using a PSK",
+                    peer_id=peer,
+                    address=str(ma),
+                )
+            else:
+                errors["(deadline)"] = TimeoutError(f"no connection within {timeout} s")
         raise DialError(peer, errors)
 
-    async def _dial(self, ma: Multiaddr, peer: PeerId | None) -> Connection:
+    async def _dial(self, ma: Multiaddr, peer: PeerId | None, phase: list[str] | None = None) -> Connection:
         if self._slots_in_use() >= self.max_connections:
             raise LimitError(f"{self.max_connections} connections already open", limit=self.max_connections)
         ep = addrs_.tcp_endpoint(ma)
@@ -318,7 +330,7 @@ class Host:
             try:
                 remote = addrs_.from_sockaddr(tcp.socket.getpeername())
                 local = addrs_.from_sockaddr(tcp.socket.getsockname())
-                conn = await self._upgrade(tcp, OUTBOUND, peer, remote, local)
+                conn = await self._upgrade(tcp, OUTBOUND, peer, remote, local, phase)
             except BaseException:
                 await trio.aclose_forcefully(tcp)
                 raise
@@ -362,10 +374,13 @@ class Host:
         expected: PeerId | None,
         remote: Multiaddr,
         local: Multiaddr | None,
+        phase: list[str] | None = None,
     ) -> Connection:
         initiator = direction == OUTBOUND
         raw: trio.abc.Stream = tcp if self.psk is None else await protect(tcp, self.psk)
         buf = BufferedStream(raw)
+        if phase is not None:
+            phase[0] = "header"
         try:
             if initiator:
                 await multistream.select(buf, [noise.PROTOCOL_ID])
@@ -386,6 +401,8 @@ class Host:
                     address=str(remote),
                 ) from e
             raise
+        if phase is not None:
+            phase[0] = "noise"
         secure = await noise.handshake(buf, self.key_pair, initiator=initiator, expected_peer=expected)
         peer_id = secure.remote_peer
         if peer_id == self.peer_id:

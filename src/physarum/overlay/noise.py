@@ -13,6 +13,7 @@ import hmac
 import operator
 import os
 import struct
+from collections import deque
 
 import nacl.bindings as sodium
 import nacl.exceptions
@@ -311,7 +312,8 @@ class NoiseStream(trio.abc.HalfCloseableStream):
         self._send = send
         self._recv = recv
         self._raw = bytearray(initial)
-        self._plain = bytearray()
+        # Decrypted messages, each handed on whole when it fits: no copy on the common path.
+        self._plain: deque[bytes] = deque()
         self._sending = False
         self._receiving = False
         self._eof = False
@@ -347,8 +349,14 @@ class NoiseStream(trio.abc.HalfCloseableStream):
     async def wait_send_all_might_not_block(self) -> None:
         await self.transport_stream.wait_send_all_might_not_block()
 
-    def _decrypt_available(self) -> None:
-        raw = self._raw
+    def _decrypt_available(self, data: bytes = b"") -> None:
+        # Parse straight from the newly read bytes when nothing is left over from before.
+        raw: bytes | bytearray
+        if self._raw:
+            self._raw += data
+            raw = self._raw
+        else:
+            raw = data
         pos = 0
         end = len(raw)
         decrypt = self._recv.decrypt
@@ -357,14 +365,17 @@ class NoiseStream(trio.abc.HalfCloseableStream):
             length = raw[pos] << 8 | raw[pos + 1]
             if end - pos - 2 < length:
                 break
-            plain += decrypt(None, bytes(raw[pos + 2 : pos + 2 + length]))
+            plain.append(decrypt(None, bytes(raw[pos + 2 : pos + 2 + length])))
             pos += 2 + length
-        if pos:
-            del raw[:pos]
+        if raw is self._raw:
+            if pos:
+                del self._raw[:pos]
+        elif pos < end:
+            self._raw = bytearray(raw[pos:])
 
-    def _decrypt_or_break(self) -> None:
+    def _decrypt_or_break(self, data: bytes = b"") -> None:
         try:
-            self._decrypt_available()
+            self._decrypt_available(data)
         except DecodeError as e:
             raise trio.BrokenResourceError("Noise message failed authentication") from e
 
@@ -392,16 +403,16 @@ class NoiseStream(trio.abc.HalfCloseableStream):
                     if self._raw:
                         raise trio.BrokenResourceError("connection ended inside a Noise message")
                     return b""
-                self._raw += data
-                self._decrypt_or_break()
+                self._decrypt_or_break(bytes(data))
             plain = self._plain
-            if max_bytes is None or max_bytes >= len(plain):
-                out = bytes(plain)
-                plain.clear()
-            else:
-                out = bytes(plain[:max_bytes])
-                del plain[:max_bytes]
-            return out
+            first = plain[0]
+            if max_bytes is None or max_bytes >= len(first):
+                plain.popleft()
+                if len(plain) == 1 and (max_bytes is None or len(first) + len(plain[0]) <= max_bytes):
+                    first += plain.popleft()
+                return first
+            plain[0] = first[max_bytes:]
+            return first[:max_bytes]
         finally:
             self._receiving = False
 

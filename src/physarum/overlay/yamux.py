@@ -13,9 +13,11 @@ queued and written ahead of the next frame so no caller blocks on them and order
 from __future__ import annotations
 
 import logging
+from collections import deque
 import operator
 import struct
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import NamedTuple
 
 import trio
@@ -43,8 +45,13 @@ GO_AWAY_INTERNAL_ERROR = 2
 
 HEADER_SIZE = 12
 INITIAL_WINDOW = 256 * 1024
-#: Data frames we write carry at most this much; bigger sends are split.
-MAX_DATA_FRAME = 256 * 1024
+#: The receive window we grant each stream (the spec's 256 KiB, raised with the SYN/ACK frame):
+#: with one window in flight a sender stalls for a whole round trip of the peer's event loop;
+#: 1 MiB keeps a loopback stream busy while bounding what one stream can make us buffer.
+DEFAULT_WINDOW = 1024 * 1024
+#: Data frames we write carry at most this much; bigger sends are split. The receiver hands data
+#: on only once a whole frame is in, so frames well under the window let both sides work at once.
+MAX_DATA_FRAME = 65535 - 16 - HEADER_SIZE  # header and data fill one Noise message exactly
 
 _HEADER = struct.Struct(">BBHII")
 
@@ -81,8 +88,8 @@ class YamuxStream(trio.abc.HalfCloseableStream):
         self.session = session
         self.stream_id = stream_id
         self.protocol: str | None = None
-        self._buf = bytearray()
-        self._recv_window = INITIAL_WINDOW  # bytes the peer may still send us
+        self._buf: deque[bytes] = deque()  # received frames, handed on whole when they fit
+        self._recv_window = session.window  # bytes the peer may still send us (granted on open)
         self._consumed = 0  # read by the app since our last window update
         self._send_window = INITIAL_WINDOW
         self._recv_lot = trio.lowlevel.ParkingLot()
@@ -104,14 +111,14 @@ class YamuxStream(trio.abc.HalfCloseableStream):
     def unread(self, data: bytes) -> None:
         """Put bytes a negotiation layer read ahead back in front of the stream."""
         if data:
-            self._buf[:0] = data
+            self._buf.appendleft(bytes(data))
 
     # -- called by the session's reader (synchronous) --
 
     def _on_data(self, data: bytes) -> None:
         if self._closed:
             return
-        self._buf += data
+        self._buf.append(data)
         self._recv_lot.unpark_all()
 
     def _on_fin(self) -> None:
@@ -195,14 +202,18 @@ class YamuxStream(trio.abc.HalfCloseableStream):
             if not yielded:
                 await trio.lowlevel.cancel_shielded_checkpoint()
             buf = self._buf
-            if max_bytes is None or max_bytes >= len(buf):
-                out = bytes(buf)
+            if max_bytes is None:
+                out = b"".join(buf) if len(buf) > 1 else buf[0]
                 buf.clear()
             else:
-                out = bytes(buf[:max_bytes])
-                del buf[:max_bytes]
+                out = buf[0]
+                if len(out) > max_bytes:
+                    buf[0] = out[max_bytes:]
+                    out = out[:max_bytes]
+                else:
+                    buf.popleft()
             self._consumed += len(out)
-            if self._consumed >= INITIAL_WINDOW // 2 and not self._fin_received:
+            if self._consumed >= self.session.window // 2 and not self._fin_received:
                 self._recv_window += self._consumed
                 self.session._queue(encode_header(TYPE_WINDOW_UPDATE, 0, self.stream_id, self._consumed))
                 self._consumed = 0
@@ -260,6 +271,7 @@ class YamuxSession:
         is_client: bool,
         on_stream: Callable[[YamuxStream], None] | None = None,
         max_streams: int = 512,
+        window: int = DEFAULT_WINDOW,
         peer_id: PeerId | None = None,
         initial: bytes = b"",
     ) -> None:
@@ -273,7 +285,13 @@ class YamuxSession:
         self._next_id = 1 if is_client else 2
         self._pending = bytearray()
         self._pending_event = trio.Event()
-        self._send_lock = trio.Lock()
+        if window < INITIAL_WINDOW:
+            raise ValueError(f"yamux windows are at least {INITIAL_WINDOW} bytes")
+        self.window = window
+        # A flag and a parking lot rather than trio.Lock: the lock yields to the scheduler even
+        # when nobody holds it, one extra task switch on every frame (every ping) we send.
+        self._writing = False
+        self._write_lot = trio.lowlevel.ParkingLot()
         self.broken = False
         self.go_away_received = False
         self.closed = trio.Event()
@@ -290,22 +308,42 @@ class YamuxSession:
     async def _write(self, frame: bytes | bytearray) -> None:
         if self.broken:
             raise trio.BrokenResourceError(f"connection to {self.peer_id} is broken")
-        async with self._send_lock:
+        while self._writing:
+            await self._write_lot.park()
+            if self.broken:
+                raise trio.BrokenResourceError(f"connection to {self.peer_id} is broken")
+        self._writing = True
+        try:
             if self._pending:
                 frame = self._pending + frame
                 self._pending = bytearray()
-            try:
-                await self.transport.send_all(frame)
-                while self._pending:
-                    chunk, self._pending = self._pending, bytearray()
-                    await self.transport.send_all(chunk)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
-                self._break(e)
-                raise trio.BrokenResourceError(f"connection to {self.peer_id} is broken") from e
-            except trio.Cancelled:
-                # A write cut short leaves half a frame on the wire: the session is unusable.
-                self._break("a write was cancelled mid-frame")
-                raise
+            await self.transport.send_all(frame)
+            while self._pending:
+                chunk, self._pending = self._pending, bytearray()
+                await self.transport.send_all(chunk)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            self._break(e)
+            raise trio.BrokenResourceError(f"connection to {self.peer_id} is broken") from e
+        except trio.Cancelled:
+            # A write cut short leaves half a frame on the wire: the session is unusable.
+            self._break("a write was cancelled mid-frame")
+            raise
+        finally:
+            self._writing = False
+            self._write_lot.unpark()
+
+    @asynccontextmanager
+    async def hold_writes(self) -> AsyncIterator[None]:
+        """Hold the session's turn to write, so bytes written below it land between whole frames
+        (tests forge frames this way)."""
+        while self._writing:
+            await self._write_lot.park()
+        self._writing = True
+        try:
+            yield
+        finally:
+            self._writing = False
+            self._write_lot.unpark()
 
     async def _flusher(self) -> None:
         while True:
@@ -337,7 +375,7 @@ class YamuxSession:
         self._next_id += 2
         stream = YamuxStream(self, stream_id)
         self.streams[stream_id] = stream
-        self._queue(encode_header(TYPE_WINDOW_UPDATE, FLAG_SYN, stream_id, 0))
+        self._queue(encode_header(TYPE_WINDOW_UPDATE, FLAG_SYN, stream_id, self.window - INITIAL_WINDOW))
         return stream
 
     def _forget(self, stream: YamuxStream) -> None:
@@ -392,10 +430,11 @@ class YamuxSession:
         self.streams.clear()
         self._pending.clear()
         self._pending_event.set()
+        self._write_lot.unpark_all()
         self.closed.set()
 
     async def _read_loop(self) -> None:
-        buf = bytearray()
+        buf: bytes | bytearray = bytearray()
         receive = self.transport.receive_some
         data: bytes | bytearray = self._initial  # read ahead by the negotiation before us
         self._initial = b""
@@ -404,7 +443,11 @@ class YamuxSession:
                 data = await receive(MAX_DATA_FRAME + HEADER_SIZE)
                 if not data:
                     return
-            buf += data
+            # Parse straight from what was read when nothing is left over from before.
+            if buf:
+                buf += data
+            else:
+                buf = data
             data = b""
             pos = 0
             end = len(buf)
@@ -415,7 +458,7 @@ class YamuxSession:
                     raise ProtocolError(e.reason, peer_id=self.peer_id) from e
                 if header.type == TYPE_DATA:
                     if end - pos - HEADER_SIZE < header.length:
-                        if header.length > INITIAL_WINDOW:
+                        if header.length > self.window:
                             # No window we grant is ever larger: refuse before buffering it.
                             raise ProtocolError(f"data frame of {header.length} bytes", peer_id=self.peer_id)
                         break
@@ -425,8 +468,10 @@ class YamuxSession:
                 else:
                     pos += HEADER_SIZE
                     self._handle(header, b"")
-            if pos:
+            if isinstance(buf, bytearray):
                 del buf[:pos]
+            else:
+                buf = bytearray(buf[pos:])
 
     def _handle(self, header: Header, body: bytes) -> None:
         type_, flags, stream_id, length = header
@@ -452,7 +497,7 @@ class YamuxSession:
                 return
             stream = YamuxStream(self, stream_id)
             self.streams[stream_id] = stream
-            self._queue(encode_header(TYPE_WINDOW_UPDATE, FLAG_ACK, stream_id, 0))
+            self._queue(encode_header(TYPE_WINDOW_UPDATE, FLAG_ACK, stream_id, self.window - INITIAL_WINDOW))
             self.on_stream(stream)
         if stream is None:
             # A stream we already forgot (closed, reset): late frames are harmless.
