@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the test suite needs, then run it: the project in .venv, the js-libp2p
-# interop peer (npm ci), the py-libp2p interop peer (its own venv), then lint, types and pytest.
+# interop peer (npm ci), the py-libp2p interop peer (its own venv), Prometheus (apt), then lint,
+# types and pytest.
 # Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,9 @@ fi
 
 # py-libp2p interop peer, in a virtualenv of its own so its pins never constrain ours.
 bash tests/interop/py/setup.sh
+
+# A real Prometheus (and promtool) for the scrape tests: Debian's package.
+bash scripts/prometheus-setup.sh
 
 .venv/bin/python -m ruff check src tests bench
 .venv/bin/python -m mypy
