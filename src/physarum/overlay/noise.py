@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import operator
 import os
 import struct
 from collections import deque
@@ -22,7 +21,7 @@ import trio
 from physarum.errors import DecodeError, HandshakeError, PeerIdMismatchError, PhysarumError
 from physarum.overlay import pb
 from physarum.overlay.identity import KeyPair, PeerId, PublicKey
-from physarum.overlay.streamio import BufferedStream
+from physarum.overlay.streamio import BufferedStream, check_max_bytes
 
 PROTOCOL_ID = "/noise"
 _NAME = b"Noise_XX_25519_ChaChaPoly_SHA256"
@@ -382,10 +381,7 @@ class NoiseStream(trio.abc.HalfCloseableStream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._receiving:
             raise trio.BusyResourceError("another task is receiving on this stream")
-        if max_bytes is not None:
-            max_bytes = operator.index(max_bytes)
-            if max_bytes < 1:
-                raise ValueError("max_bytes must be >= 1")
+        max_bytes = check_max_bytes(max_bytes)
         self._receiving = True
         try:
             if self._closed:

@@ -7,12 +7,29 @@ next layer wraps. Once the buffer is drained, calls go straight through to the t
 
 from __future__ import annotations
 
+import operator
+
 import trio
 
 from physarum.errors import DecodeError, IncompleteError
 from physarum.overlay import varint
 
 _READ_SIZE = 65536
+
+
+def check_max_bytes(max_bytes: int | None) -> int | None:
+    """``receive_some``'s argument checked as trio streams do.
+
+    Raises:
+        TypeError: not an integer.
+        ValueError: below 1.
+    """
+    if max_bytes is None:
+        return None
+    max_bytes = operator.index(max_bytes)
+    if max_bytes < 1:
+        raise ValueError("max_bytes must be >= 1")
+    return max_bytes
 
 
 class BufferedStream(trio.abc.HalfCloseableStream):
@@ -78,8 +95,7 @@ class BufferedStream(trio.abc.HalfCloseableStream):
         if self._buf:
             # Serve read-ahead bytes under the same rules as the transport: valid max_bytes,
             # ClosedResourceError once closed, and always a checkpoint.
-            if max_bytes is not None and max_bytes < 1:
-                raise ValueError("max_bytes must be >= 1")
+            max_bytes = check_max_bytes(max_bytes)
             self._check_open()
             await trio.lowlevel.checkpoint()
             if self._buf:

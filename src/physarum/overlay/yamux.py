@@ -13,9 +13,8 @@ queued and written ahead of the next frame so no caller blocks on them and order
 from __future__ import annotations
 
 import logging
-from collections import deque
-import operator
 import struct
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import NamedTuple
@@ -24,6 +23,7 @@ import trio
 
 from physarum.errors import DecodeError, LimitError, ProtocolError
 from physarum.overlay.identity import PeerId
+from physarum.overlay.streamio import check_max_bytes
 
 log = logging.getLogger(__name__)
 
@@ -181,10 +181,7 @@ class YamuxStream(trio.abc.HalfCloseableStream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._receiving:
             raise trio.BusyResourceError("another task is receiving on this stream")
-        if max_bytes is not None:
-            max_bytes = operator.index(max_bytes)
-            if max_bytes < 1:
-                raise ValueError("max_bytes must be >= 1")
+        max_bytes = check_max_bytes(max_bytes)
         self._receiving = True
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
@@ -401,13 +398,7 @@ class YamuxSession:
                 await self._read_loop()
             except ProtocolError as e:
                 log.info("yamux: closing connection to %s: %s", self.peer_id, e.reason)
-                self._queue(encode_header(TYPE_GO_AWAY, 0, 0, GO_AWAY_PROTOCOL_ERROR))
-                with trio.move_on_after(1) as scope:
-                    scope.shield = True
-                    try:
-                        await self._write(b"")
-                    except trio.BrokenResourceError:
-                        pass
+                await self._go_away(GO_AWAY_PROTOCOL_ERROR)
                 self._break(e)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
                 self._break(e)
@@ -527,15 +518,19 @@ class YamuxSession:
             stream._on_fin()
             self._maybe_forget(stream)
 
+    async def _go_away(self, code: int) -> None:
+        """Tell the peer we are leaving, best effort: at most a second, even when cancelled."""
+        self._queue(encode_header(TYPE_GO_AWAY, 0, 0, code))
+        with trio.move_on_after(1) as scope:
+            scope.shield = True
+            try:
+                await self._write(b"")
+            except trio.BrokenResourceError:
+                pass
+
     async def aclose(self) -> None:
         """Say GoAway and close the connection; every stream breaks."""
         if not self.broken:
-            self._queue(encode_header(TYPE_GO_AWAY, 0, 0, GO_AWAY_NORMAL))
-            with trio.move_on_after(1) as scope:
-                scope.shield = True
-                try:
-                    await self._write(b"")
-                except trio.BrokenResourceError:
-                    pass
+            await self._go_away(GO_AWAY_NORMAL)
             self._break("closed locally")
         await trio.aclose_forcefully(self.transport)
