@@ -1,0 +1,565 @@
+"""DHT benchmark: simulated physarum networks of 1,000 and 10,000 nodes, and 20-node networks of real hosts
+beside py-libp2p's kad-dht.
+
+    .venv/bin/python bench/dht.py [--quick] [--json PATH] [--seed N]
+
+Simulation (bench/_dht_sim.py; each network lives entirely in one process, a fresh child per size so
+that its RSS growth is its own): N real ``KadDHT`` nodes (Ed25519 identities, real ``RoutingTable``s)
+in a ``MemoryNetwork(codec=False)``. Node 0 bootstraps; the others join one at a time (add node 0,
+look up their own id), then each refreshes its two emptiest buckets (one maintenance round). Every
+lookup, the joins included, is the real ``Lookup`` state machine driven synchronously against the
+nodes' real ``KadDHT.rpc`` (FIND_NODE), with the same table updates ``KadDHT.lookup`` makes; a sample
+also goes through the real async ``KadDHT.lookup`` to check the driver agrees. Lookups go to random
+keys from random nodes and are checked against brute force over every node key. Reported per size:
+hops (Lookup.stats.hops, the longest referral chain) beside log2(N), messages, the fraction of exact
+answers (the true 20 closest, in order), CPU time per lookup (all the code a lookup runs, the
+answering nodes' included: there is no network), and memory per node (VmRSS growth / N).
+``--quick``: 1,000 and 3,000 nodes, fewer lookups, no tracemalloc breakdown.
+
+Comparison: 20 py-libp2p 0.8.1 hosts (bench/_pylibp2p_dht.py, run by tests/interop/py/.venv's
+interpreter) and 20 physarum hosts (bench/_physarum_dht20.py: ``open_host`` + ``KadDHT.for_host``),
+each set in one process on 127.0.0.1, joined through a bootstrap node; 50 lookups of random peers.
+Also physarum's 20 nodes over ``MemoryNetwork(codec=True)`` (no sockets, every message encoded).
+
+A benchmark, not a test: it never asserts a timing. Other work on the machine inflates wall times
+(the load average is printed); CPU times and counts are steadier. Results go to bench/results/dht.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = Path(__file__).resolve().parent
+SIM = BENCH / "_dht_sim.py"
+PHY20 = BENCH / "_physarum_dht20.py"
+PY20 = BENCH / "_pylibp2p_dht.py"
+PY_VENV_PYTHON = ROOT / "tests" / "interop" / "py" / ".venv" / "bin" / "python"
+RESULTS_JSON = BENCH / "results" / "dht.json"
+KIB = 1024
+
+GOAL_EXACT = 0.99  # at 10,000 nodes
+GOAL_EXACT_NODES = 10_000
+GOAL_HOPS = 4.0  # median
+GOAL_KIB_PER_NODE = 100.0
+
+METHOD = (
+    "(b)+(a): nodes join one by one through node 0 (add it, look up their own id), then each refreshes its "
+    "2 emptiest buckets; every lookup (joins, refreshes, measured) is the real Lookup state machine driven "
+    "synchronously against the nodes' real KadDHT.rpc(FIND_NODE) over MemoryNetwork(codec=False), with "
+    "KadDHT.lookup's table updates on both sides; a sample is re-run through the async KadDHT.lookup"
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    quick: bool
+    sizes: tuple[int, ...]
+    lookups: int
+    async_checks: int
+    profile: int
+    refresh: int
+    tracemalloc_nodes: int  # 0: skip
+    partner_nodes: int
+    partner_lookups: int
+    seed: int
+
+    @classmethod
+    def make(cls, quick: bool, seed: int) -> Config:
+        if quick:
+            return cls(True, (1000, 3000), 300, 20, 100, 2, 0, 20, 50, seed)
+        return cls(False, (1000, 10_000), 1000, 50, 300, 2, 1000, 20, 50, seed)
+
+
+def progress(text: str) -> None:
+    print(f"[dht bench] {text}", file=sys.stderr, flush=True)
+
+
+def run_json(argv: list[str], timeout: float) -> dict[str, Any]:
+    """Run a helper that prints one JSON object; failures come back as {"ok": false, "error": ...}."""
+    try:
+        proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"timed out after {timeout:.0f} s"}
+    except OSError as e:
+        return {"ok": False, "error": f"{type(e).__name__}: {e}"}
+    lines = [line for line in proc.stdout.splitlines() if line.strip().startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"ok": False, "error": f"exit {proc.returncode}: {tail[:300]}"}
+    try:
+        data: dict[str, Any] = json.loads(lines[-1])
+    except ValueError as e:
+        return {"ok": False, "error": f"bad JSON from helper: {e}"}
+    data.setdefault("ok", True)
+    return data
+
+
+# ---------------------------------------------------------------------------------------- running
+
+
+def run_simulations(cfg: Config) -> list[dict[str, Any]]:
+    out = []
+    for n in cfg.sizes:
+        progress(
+            f"simulating {n:,} nodes (build, {cfg.lookups} lookups after the joins and after the refresh)"
+        )
+        t0 = time.perf_counter()
+        argv = [
+            sys.executable,
+            str(SIM),
+            "--nodes",
+            str(n),
+            "--lookups",
+            str(cfg.lookups),
+            "--refresh",
+            str(cfg.refresh),
+            "--async-checks",
+            str(cfg.async_checks),
+            "--profile",
+            str(cfg.profile),
+            "--seed",
+            str(cfg.seed),
+        ]
+        res = run_json(argv, timeout=1800)
+        res["child_seconds"] = round(time.perf_counter() - t0, 1)
+        if res.get("ok", True) and "measured" in res:
+            progress(
+                f"  {n:,} nodes: built in {res['build_seconds']:.0f} s, "
+                f"exact {res['measured']['exact_fraction']:.1%}, child {res['child_seconds']:.0f} s"
+            )
+        else:
+            progress(f"  {n:,} nodes failed: {res.get('error')}")
+        out.append(res)
+    return out
+
+
+def run_tracemalloc(cfg: Config) -> dict[str, Any] | None:
+    if not cfg.tracemalloc_nodes:
+        return None
+    n = cfg.tracemalloc_nodes
+    progress(f"tracing the memory of a {n:,}-node build (tracemalloc; slow)")
+    argv = [
+        sys.executable,
+        str(SIM),
+        "--nodes",
+        str(n),
+        "--lookups",
+        "0",
+        "--lookups-after-join",
+        "0",
+        "--refresh",
+        str(cfg.refresh),
+        "--seed",
+        str(cfg.seed),
+        "--tracemalloc",
+    ]
+    return run_json(argv, timeout=900)
+
+
+def run_partners(cfg: Config) -> dict[str, dict[str, Any]]:
+    n, lookups, seed = str(cfg.partner_nodes), str(cfg.partner_lookups), str(cfg.seed)
+    out: dict[str, dict[str, Any]] = {}
+    progress(f"py-libp2p: {n} hosts, {lookups} lookups")
+    if PY_VENV_PYTHON.exists():
+        out["py-libp2p"] = run_json(
+            [str(PY_VENV_PYTHON), str(PY20), "--nodes", n, "--lookups", lookups, "--seed", seed], timeout=600
+        )
+    else:
+        out["py-libp2p"] = {"ok": False, "error": "not installed: bash tests/interop/py/setup.sh"}
+    progress(f"physarum: {n} hosts, {lookups} lookups")
+    out["physarum-hosts"] = run_json(
+        [
+            sys.executable,
+            str(PHY20),
+            "--nodes",
+            n,
+            "--lookups",
+            lookups,
+            "--seed",
+            seed,
+            "--transport",
+            "hosts",
+        ],
+        timeout=600,
+    )
+    progress(f"physarum: {n} nodes over MemoryNetwork(codec=True), {lookups} lookups")
+    out["physarum-memory"] = run_json(
+        [
+            sys.executable,
+            str(PHY20),
+            "--nodes",
+            n,
+            "--lookups",
+            lookups,
+            "--seed",
+            seed,
+            "--transport",
+            "memory",
+        ],
+        timeout=600,
+    )
+    for name, res in out.items():
+        if not res.get("ok"):
+            progress(f"  {name}: {res.get('error') or res.get('failures')}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------- formatting
+
+
+def fmt(value: float | None, digits: int = 1, pct: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if pct:
+        return f"{value * 100:.{digits}f}%"
+    return f"{value:,.{digits}f}"
+
+
+def med(d: dict[str, Any] | None, key: str = "median") -> float | None:
+    return None if not d else d.get(key)
+
+
+SIM_HEADER = [
+    "nodes",
+    "state",
+    "build s",
+    "log2 N",
+    "hops med",
+    "hops p99",
+    "msgs med",
+    "msgs p99",
+    "exact",
+    "recall",
+    "CPU ms med",
+    "CPU ms p99",
+    "KiB/node",
+]
+
+
+def sim_rows(sims: list[dict[str, Any]]) -> list[list[str]]:
+    rows = []
+    for s in sims:
+        n = s.get("nodes")
+        if not s.get("ok", True) or "measured" not in s:
+            rows.append([f"{n:,}" if n else "?", "failed: " + str(s.get("error"))[:60]] + ["-"] * 11)
+            continue
+        mem = s["memory"]
+        log2n = fmt(math.log2(n), 1)
+        for state, m, build, kib in (
+            (
+                "joined",
+                s.get("after_join"),
+                s["create"]["seconds"] + s["join"]["seconds"],
+                mem["bytes_per_node_after_join"] / KIB,
+            ),
+            ("+refresh", s["measured"], s["build_seconds"], mem["bytes_per_node"] / KIB),
+        ):
+            if not m:
+                continue
+            rows.append(
+                [
+                    f"{n:,}",
+                    state,
+                    fmt(build, 0),
+                    log2n,
+                    fmt(m["hops"]["median"], 0),
+                    fmt(m["hops"]["p99"], 0),
+                    fmt(m["messages"]["median"], 0),
+                    fmt(m["messages"]["p99"], 0),
+                    fmt(m["exact_fraction"], 1, pct=True),
+                    fmt(m["recall_mean"], 1, pct=True),
+                    fmt(m["cpu_ms"]["median"], 2),
+                    fmt(m["cpu_ms"]["p99"], 2),
+                    fmt(kib, 1),
+                ]
+            )
+    return rows
+
+
+PARTNER_HEADER = [
+    "20-node network",
+    "join s",
+    "lookup ms med",
+    "lookup ms p99",
+    "msgs med",
+    "msgs p99",
+    "found",
+    "find_peer ms med",
+    "table med",
+]
+PARTNER_LABELS = {
+    "py-libp2p": "py-libp2p {version} kad-dht, TCP+Noise+yamux",
+    "physarum-hosts": "physarum KadDHT.for_host, TCP+Noise+yamux",
+    "physarum-memory": "physarum KadDHT, MemoryNetwork(codec=True)",
+}
+
+
+def partner_rows(partners: dict[str, dict[str, Any]]) -> list[list[str]]:
+    rows = []
+    for name, res in partners.items():
+        label = PARTNER_LABELS[name].format(version=res.get("version", "0.8.1"))
+        if not res.get("ok") and "lookup_ms" not in res:
+            rows.append([label, "failed: " + str(res.get("error"))[:80]] + ["-"] * 7)
+            continue
+        rows.append(
+            [
+                label,
+                fmt(res.get("join_s"), 1),
+                fmt(med(res.get("lookup_ms")), 1),
+                fmt(med(res.get("lookup_ms"), "p99"), 1),
+                fmt(med(res.get("messages")), 0),
+                fmt(med(res.get("messages"), "p99"), 0),
+                fmt(res.get("lookup_success"), 0, pct=True),
+                fmt(med(res.get("find_peer_ms")), 3),
+                fmt(med(res.get("table_sizes")), 0),
+            ]
+        )
+    return rows
+
+
+def aligned(header: list[str], rows: list[list[str]], left: int = 1) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(
+            h.ljust(w) if i < left else h.rjust(w)
+            for i, (h, w) in enumerate(zip(header, widths, strict=True))
+        )
+    ]
+    lines.append("  ".join("-" * w for w in widths))
+    for r in rows:
+        lines.append(
+            "  ".join(
+                c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+            )
+        )
+    return "\n".join(lines)
+
+
+def markdown(header: list[str], rows: list[list[str]], left: int = 1) -> str:
+    out = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if i < left else "--:" for i in range(len(header))) + "|",
+    ]
+    out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+@dataclass
+class Goal:
+    name: str
+    target: str
+    value: str
+    meets: bool | None
+
+    @property
+    def verdict(self) -> str:
+        return "n/a" if self.meets is None else ("meets" if self.meets else "misses")
+
+
+def evaluate_goals(sims: list[dict[str, Any]]) -> list[Goal]:
+    ok = [s for s in sims if "measured" in s]
+    goals = []
+    big = next((s for s in ok if s["nodes"] == GOAL_EXACT_NODES), None)
+    if big is not None:
+        frac = big["measured"]["exact_fraction"]
+        goals.append(
+            Goal(
+                f"exact 20 closest at {GOAL_EXACT_NODES:,} nodes",
+                f">= {GOAL_EXACT:.0%}",
+                f"{frac:.1%} of {big['measured']['lookups']} lookups",
+                frac >= GOAL_EXACT,
+            )
+        )
+    else:
+        largest = max(ok, key=lambda s: s["nodes"], default=None)
+        value = "not measured at 10,000 nodes (--quick)"
+        if largest is not None:
+            value += f"; {largest['measured']['exact_fraction']:.1%} at {largest['nodes']:,}"
+        goals.append(
+            Goal(f"exact 20 closest at {GOAL_EXACT_NODES:,} nodes", f">= {GOAL_EXACT:.0%}", value, None)
+        )
+    if ok:
+        hops = {s["nodes"]: s["measured"]["hops"]["median"] for s in ok}
+        goals.append(
+            Goal(
+                "median hops",
+                f"<= {GOAL_HOPS:.0f}",
+                ", ".join(f"{h:.0f} at {n:,} (log2 N = {math.log2(n):.1f})" for n, h in hops.items()),
+                all(h <= GOAL_HOPS for h in hops.values()),
+            )
+        )
+        kib = {s["nodes"]: s["memory"]["bytes_per_node"] / KIB for s in ok}
+        goals.append(
+            Goal(
+                "memory per simulated node",
+                f"< {GOAL_KIB_PER_NODE:.0f} KiB",
+                ", ".join(f"{v:.1f} KiB at {n:,} (RSS)" for n, v in kib.items()),
+                all(v < GOAL_KIB_PER_NODE for v in kib.values()),
+            )
+        )
+        build = {s["nodes"]: s["build_seconds"] for s in ok}
+        limit = 60 if max(build) < GOAL_EXACT_NODES else 180
+        goals.append(
+            Goal(
+                "build time of the largest network",
+                f"< {limit} s",
+                f"{build[max(build)]:.0f} s wall ({max(ok, key=lambda s: s['nodes'])['build_cpu_seconds']:.0f} s CPU) "
+                f"at {max(build):,}",
+                build[max(build)] < limit,
+            )
+        )
+    return goals
+
+
+def goal_lines(goals: list[Goal]) -> str:
+    width = max(len(g.name) for g in goals)
+    return "\n".join(f"{g.verdict:<6}  {g.name:<{width}}  target {g.target:<10}  {g.value}" for g in goals)
+
+
+def goal_markdown(goals: list[Goal]) -> str:
+    out = ["| goal | target | measured | verdict |", "|---|---|---|---|"]
+    out += [f"| {g.name} | {g.target} | {g.value} | {g.verdict} |" for g in goals]
+    return "\n".join(out)
+
+
+def notes(sims: list[dict[str, Any]], traced: dict[str, Any] | None) -> list[str]:
+    out = []
+    for s in sims:
+        if "measured" not in s:
+            continue
+        n = s["nodes"]
+        m = s["measured"]
+        t = s["tables"]
+        out.append(
+            f"{n:,} nodes: join {s['join']['seconds']:.0f} s ({s['join']['messages_per_lookup']:.1f} msgs/join), "
+            f"refresh {s['refresh']['seconds']:.0f} s ({s['refresh']['lookups']:,} lookups); table contacts median "
+            f"{t['contacts']['median']:.0f} (joined: {s['tables_after_join']['contacts']['median']:.0f}), "
+            f"{t['replacements_total'] / n:.1f} replacement-cache entries/node; responders' rpc = "
+            f"{m['responder_share']:.0%} of a lookup's time; lookup wall ms median {m['wall_ms']['median']:.2f}"
+        )
+        j = s.get("after_join")
+        if j and j.get("inexact"):
+            out.append(
+                f"{n:,} nodes, joined only: {j['inexact']} of {j['lookups']} lookups inexact, {j['found_none']} of them "
+                "found none of the true 20 (stuck in the wrong subtree: self-lookup joins leave buckets empty)"
+            )
+        a = s.get("async_check")
+        if a:
+            out.append(
+                f"{n:,} nodes, async check: real KadDHT.lookup agreed with the driver on {a['same_result']}/{a['lookups']} "
+                f"results; queries median {a['sync_queries']['median']:.0f} (driver) vs {a['async_queries']['median']:.0f} "
+                f"(async), hops {a['sync_hops']['median']:.0f} vs {a['async_hops']['median']:.0f}; CPU ms median "
+                f"{a['sync_cpu_ms']['median']:.2f} vs {a['async_cpu_ms']['median']:.2f} (trio scheduling)"
+            )
+        p = s.get("profile")
+        if p and s is sims[-1]:
+            top = ", ".join(f"{f['function']} {f['self_share']:.0%}" for f in p["functions"][:6])
+            files = ", ".join(f"{k} {v:.0%}" for k, v in list(p["by_file_self_share"].items())[:5])
+            out.append(f"{n:,} nodes, CPU profile (self time): by file {files}; top functions {top}")
+    if traced and "tracemalloc" in traced:
+        tm = traced["tracemalloc"]
+        files = ", ".join(f"{k} {v / KIB:.1f}" for k, v in list(tm["by_file_bytes_per_node"].items())[:4])
+        lines = ", ".join(f"{x['site']} {x['bytes_per_node'] / KIB:.1f}" for x in tm["top_lines"][:6])
+        out.append(
+            f"tracemalloc, {traced['nodes']:,}-node build: {tm['total_bytes_per_node'] / KIB:.1f} KiB/node traced; "
+            f"KiB/node by file: {files}; top sites: {lines}"
+        )
+    elif traced:
+        out.append(f"tracemalloc run failed: {traced.get('error')}")
+    return out
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="1,000 and 3,000 nodes, 300 lookups, no tracemalloc")
+    ap.add_argument(
+        "--json", type=Path, default=RESULTS_JSON, help=f"where to write results (default {RESULTS_JSON})"
+    )
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args()
+    cfg = Config.make(args.quick, args.seed)
+    start = time.perf_counter()
+    load_start = os.getloadavg()[0]
+    partners = run_partners(cfg)
+    sims = run_simulations(cfg)
+    traced = run_tracemalloc(cfg)
+    seconds = time.perf_counter() - start
+    load = (load_start, os.getloadavg()[0])
+
+    goals = evaluate_goals(sims)
+    srows, prows = sim_rows(sims), partner_rows(partners)
+    mode = "quick" if cfg.quick else "full"
+    print(
+        f"physarum DHT benchmark ({mode} run, {seconds:.0f} s, {os.cpu_count()} CPUs, 1-min load average "
+        f"{load[0]:.1f} at start, {load[1]:.1f} at end)\n"
+    )
+    print(
+        f"Simulated networks, k = 20, alpha = 3, {cfg.lookups} lookups of random keys per row. Method: {METHOD}."
+    )
+    print("joined = after the joins only; +refresh = after every node refreshed its 2 emptiest buckets.")
+    print(
+        "exact = the true 20 closest, in order (brute force over all node keys); recall = mean share of them found."
+    )
+    print(
+        "CPU ms = thread CPU time of the whole lookup incl. the answering nodes' rpc; KiB/node = VmRSS growth / N.\n"
+    )
+    print(aligned(SIM_HEADER, srows, left=2))
+    print(
+        f"\n20-node networks on 127.0.0.1, {cfg.partner_lookups} lookups of random peers' ids (each set in one process):\n"
+    )
+    print(aligned(PARTNER_HEADER, prows))
+    print("\nNotes:")
+    for line in notes(sims, traced):
+        print(f"- {line}")
+    for name, res in partners.items():
+        if not res.get("ok"):
+            print(f"- {name}: {res.get('error') or res.get('failures')}")
+    print("\nGoals:")
+    print(goal_lines(goals))
+    print("\nMarkdown:\n")
+    print(markdown(SIM_HEADER, srows, left=2))
+    print()
+    print(markdown(PARTNER_HEADER, prows, left=1))
+    print()
+    print(goal_markdown(goals))
+
+    data = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "quick": cfg.quick,
+        "cpus": os.cpu_count(),
+        "load_avg_1min": {"start": load[0], "end": load[1]},
+        "python": platform.python_version(),
+        "seconds": round(seconds, 1),
+        "config": cfg.__dict__,
+        "method": METHOD,
+        "memory_method": "VmRSS growth after gc.collect(), from before the nodes are created to after the build, / N",
+        "simulations": sims,
+        "tracemalloc": traced,
+        "partners": partners,
+        "goals": [
+            {"goal": g.name, "target": g.target, "measured": g.value, "verdict": g.verdict} for g in goals
+        ],
+    }
+    write_json(args.json, data)
+    print(f"\nJSON: {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1105 @@
+"""Ping-monitor benchmark: one ``ping-monitor`` process pinging N peers at 1 Hz, beside the raw-TCP floor.
+
+    .venv/bin/python bench/monitor.py [--quick] [--profile SECONDS] [--json PATH] [--sizes N ...] [--window S]
+
+Attaches N peers (100, 500, 1,000; ``--quick``: 100, 300) to ONE ping-monitor and prints, for each N: the
+monitor's CPU share of one core and RSS, the CPU of the processes holding the peers, and the RTT median/p99
+the monitor measures (its ``ping_rtt`` gauges, collected over several scrapes) beside the raw-TCP floor
+measured in the same run under the same load (a trio TCP 32-byte echo between two processes). RTT bias =
+monitor RTT median minus raw TCP RTT median. Prints an aligned table, goal verdicts and markdown tables, and
+writes bench/results/monitor.json. A benchmark, not a test: it never asserts a timing.
+
+Processes (every one on 127.0.0.1 only):
+  * the monitor: the real ``ping-monitor`` binary (.venv/bin/ping-monitor, else ``python -m physarum.cli
+    ping-monitor``) with ``-ephemeral``, ``-psk`` (a random passphrase), ``-p2p-listen-addr 127.0.0.1:0``
+    and ``-prom-listen-addr`` on a free loopback port; the benchmark reads the multiaddrs it prints;
+  * 4 peer processes (bench/_monitor_peers.py --role peers), each holding N/4 Hosts with their own
+    identities, dialled into the monitor; peer process 0 also runs a raw TCP echo server on its loop;
+  * an echo server and an echo client (bench/_monitor_peers.py), for the raw-TCP floor.
+
+Per N, once every peer is connected and has been pinged at least twice:
+  1. CPU window (20 s; --quick 8 s) with no scrape at all: /proc/PID/stat utime+stime of the monitor, the
+     peer processes and the echo processes; /proc/stat for the whole machine. RSS (VmRSS) at its end.
+     The ``physarum_ping_rtt_seconds`` histogram deltas across the window give pings/s and a bucketed RTT.
+  2. RTT phase: the end-of-window scrape, then scrapes at least 3 s apart and at least twice as long as
+     the previous scrape took, so the monitor has caught up after rendering. The ``ping_rtt`` gauges hold
+     each peer's latest sample, so scrapes further apart than the 1 s interval never read one twice.
+     A scrape's CPU is that of the monitor's threads but the main one (/proc/PID/task): MetricsServer
+     renders the exposition in a worker thread.
+The echo client pings both floors throughout (every ~50 ms each, jittered).
+With ``--profile S`` py-spy (``--py-spy PATH``, else on PATH, in .venv/bin or /tmp/pyspy/bin) samples the
+monitor for S seconds at the largest N, after the measurements, and the report lists where its CPU goes.
+py-spy counts a thread that is runnable but waiting for a CPU as busy; on a loaded machine that lands mostly
+in system calls (a loopback send wakes the peer, which may preempt the sender), so the report also gives the
+breakdown of the samples outside system calls, which tracks the monitor's user CPU (/proc utime).
+The machine's other load is measured too (busy cores minus this benchmark's processes), and rows taken on a
+saturated machine are flagged: their RTTs include waiting for a CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import trio
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(BENCH))
+
+from tests.interop.partner import Partner, open_partner  # noqa: E402
+
+from overlay import nearest_rank, progress, vm_rss_kib  # noqa: E402
+
+HELPER = BENCH / "_monitor_peers.py"
+RESULTS_JSON = BENCH / "results" / "monitor.json"
+LOOPBACK = "127.0.0.1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+MB = 1e6
+
+# Goals (issue 4). Kept here so the summary and the JSON say the same thing.
+GOAL_PEERS = 1000
+GOAL_CPU_PCT = 30.0
+GOAL_RSS_MB = 150.0
+GOAL_BIAS_US = 150.0
+# PhysarumSM's paper, for its Go monitor.
+PAPER_RSS_MB = 32.0
+PAPER_CPU_PCT = 4.76
+
+
+@dataclass(frozen=True)
+class Config:
+    quick: bool
+    sizes: tuple[int, ...]
+    window: float
+    rtt_scrapes: int  # scrapes after the window (the end-of-window scrape comes on top)
+    scrape_gap: float = 3.0
+    peer_procs: int = 4
+    echo_period: float = 0.05
+    attach_concurrency: int = 4
+    profile: float = 0.0
+
+    @classmethod
+    def make(cls, quick: bool, profile: float) -> Config:
+        if quick:
+            return cls(quick=True, sizes=(100, 300), window=8.0, rtt_scrapes=2, profile=profile)
+        return cls(quick=False, sizes=(100, 500, 1000), window=20.0, rtt_scrapes=4, profile=profile)
+
+
+# ------------------------------------------------------------------------------------------ /proc
+
+
+def cpu_split_path(path: str) -> tuple[float, float]:
+    """(utime, stime) in seconds from a /proc stat file."""
+    with open(path) as f:
+        data = f.read()
+    fields = data[data.rindex(")") + 2 :].split()
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(utime, stime) of ``pid`` (all its threads), in seconds."""
+    return cpu_split_path(f"/proc/{pid}/stat")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (all its threads), in seconds."""
+    return sum(cpu_split(pid))
+
+
+def worker_threads_cpu(pid: int) -> dict[int, float]:
+    """utime + stime of each thread of ``pid`` but its main one (MetricsServer renders in a worker thread)."""
+    out: dict[int, float] = {}
+    for entry in os.scandir(f"/proc/{pid}/task"):
+        tid = int(entry.name)
+        if tid == pid:
+            continue
+        try:
+            out[tid] = sum(cpu_split_path(f"/proc/{pid}/task/{tid}/stat"))
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # the thread ended meanwhile
+    return out
+
+
+def vm_hwm_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmHWM for pid {pid}")
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    total = sum(values[:8])
+    return total - idle, total
+
+
+# ---------------------------------------------------------------------------------------- scraping
+
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+@dataclass
+class Scrape:
+    """What one GET /metrics said, reduced to what the benchmark uses."""
+
+    at: float  # perf_counter when the response was complete
+    seconds: float
+    size: int
+    rtt_ms: dict[str, float] = field(default_factory=dict)  # ping_rtt, per peer
+    counts: dict[str, float] = field(default_factory=dict)  # histogram _count, per peer
+    buckets: dict[float, float] = field(default_factory=dict)  # histogram buckets summed over peers
+    failures: dict[str, float] = field(default_factory=dict)  # failures by reason, summed over peers
+    peers_connected: float | None = None
+    unreachable: int = 0
+
+    @property
+    def pings(self) -> float:
+        return sum(self.counts.values())
+
+    @property
+    def failed(self) -> float:
+        return sum(self.failures.values())
+
+
+def parse_exposition(text: str, scrape: Scrape) -> Scrape:
+    for line in text.splitlines():
+        if not line or line[0] == "#":
+            continue
+        series, _, value_text = line.rpartition(" ")
+        name, _, labels_text = series.partition("{")
+        value = float(value_text)
+        if name == "physarum_peers_connected":
+            scrape.peers_connected = value
+            continue
+        if name not in (
+            "ping_rtt",
+            "physarum_ping_rtt_seconds_count",
+            "physarum_ping_rtt_seconds_bucket",
+            "physarum_ping_failures_total",
+            "physarum_peer_reachable",
+        ):
+            continue
+        labels = dict(_LABEL.findall(labels_text))
+        if name == "ping_rtt":
+            scrape.rtt_ms[labels["targetHost"]] = value
+        elif name == "physarum_ping_rtt_seconds_count":
+            scrape.counts[labels["target"]] = value
+        elif name == "physarum_ping_rtt_seconds_bucket":
+            le = float(labels["le"])
+            scrape.buckets[le] = scrape.buckets.get(le, 0.0) + value
+        elif name == "physarum_ping_failures_total":
+            reason = labels["reason"]
+            scrape.failures[reason] = scrape.failures.get(reason, 0.0) + value
+        elif value == 0:
+            scrape.unreachable += 1
+    return scrape
+
+
+async def scrape(port: int) -> Scrape:
+    """GET /metrics from the monitor and parse it.
+
+    Raises:
+        RuntimeError: not a 200 answer.
+        OSError, trio.TooSlowError: the monitor cannot be reached in time.
+    """
+    t0 = time.perf_counter()
+    chunks: list[bytes] = []
+    with trio.fail_after(60):
+        async with await trio.open_tcp_stream(LOOPBACK, port) as stream:
+            await stream.send_all(
+                f"GET /metrics HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\nConnection: close\r\n\r\n".encode()
+            )
+            while data := await stream.receive_some(1 << 16):
+                chunks.append(data)
+    t1 = time.perf_counter()
+    raw = b"".join(chunks)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status = head.split(b"\r\n", 1)[0]
+    if b" 200 " not in status + b" ":
+        raise RuntimeError(f"/metrics answered {status.decode(errors='replace')!r}")
+    return parse_exposition(body.decode(), Scrape(at=t1, seconds=t1 - t0, size=len(raw)))
+
+
+def histogram_quantile(q: float, before: Scrape, after: Scrape) -> float | None:
+    """Prometheus's histogram_quantile over the bucket increase between two scrapes (seconds)."""
+    bounds = sorted(after.buckets)
+    cumulative = [after.buckets[b] - before.buckets.get(b, 0.0) for b in bounds]
+    if not cumulative or cumulative[-1] <= 0:
+        return None
+    rank = q * cumulative[-1]
+    lower, below = 0.0, 0.0
+    for bound, count in zip(bounds, cumulative, strict=True):
+        if count >= rank:
+            if bound == float("inf"):
+                return lower  # as Prometheus: the highest finite bound
+            if count == below:
+                return bound
+            return lower + (bound - lower) * (rank - below) / (count - below)
+        lower, below = bound, count
+    return lower
+
+
+# ------------------------------------------------------------------------------------- the monitor
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def monitor_argv() -> tuple[list[str], str]:
+    binary = Path(sys.executable).parent / "ping-monitor"
+    if binary.exists():
+        return [str(binary)], str(binary.relative_to(ROOT) if binary.is_relative_to(ROOT) else binary)
+    return [sys.executable, "-m", "physarum.cli", "ping-monitor"], "python -m physarum.cli ping-monitor"
+
+
+@dataclass
+class Monitor:
+    process: trio.Process
+    pid: int
+    addrs: list[str]
+    prom_port: int
+    program: str
+    stdout_path: Path
+    stderr_path: Path
+    shutdown_seconds: float | None = None
+
+    @property
+    def addr(self) -> str:
+        return next(a for a in self.addrs if a.startswith(f"/ip4/{LOOPBACK}/"))
+
+    def stderr_tail(self, n: int = 2000) -> str:
+        try:
+            return self.stderr_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    async def stop(self) -> None:
+        """SIGTERM, and how long it took to exit (the issue asks for under 2 s); killed after 10 s."""
+        if self.process.returncode is not None:
+            return
+        t0 = time.perf_counter()
+        self.process.send_signal(signal.SIGTERM)
+        with trio.move_on_after(10):
+            await self.process.wait()
+            self.shutdown_seconds = time.perf_counter() - t0
+        if self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
+
+@asynccontextmanager
+async def run_monitor(tmp: Path, passphrase: str) -> AsyncIterator[Monitor]:
+    """Start the ping-monitor binary; killed on the way out whatever happens.
+
+    Raises:
+        RuntimeError: it exited or printed no multiaddr within 30 s (after 3 tries on port clashes).
+    """
+    argv, program = monitor_argv()
+    env = {k: v for k, v in os.environ.items() if k not in ("P2P_PSK", "P2P_BOOTSTRAPS")}
+    for attempt in range(3):
+        prom_port = free_loopback_port()
+        out, err = tmp / f"monitor-{attempt}.out", tmp / f"monitor-{attempt}.err"
+        flags = [
+            "-ephemeral",
+            "-psk",
+            passphrase,
+            "-hostname",
+            "bench-monitor",
+            "-p2p-listen-addr",
+            f"{LOOPBACK}:0",
+            "-prom-listen-addr",
+            f"{LOOPBACK}:{prom_port}",
+        ]
+        with open(out, "wb") as fout, open(err, "wb") as ferr:
+            process = await trio.lowlevel.open_process(
+                [*argv, *flags], stdin=subprocess.DEVNULL, stdout=fout, stderr=ferr, cwd=ROOT, env=env
+            )
+        monitor = Monitor(process, process.pid, [], prom_port, program, out, err)
+        try:
+            with trio.move_on_after(30):
+                while process.returncode is None and not monitor.addrs:
+                    await trio.sleep(0.05)
+                    lines = out.read_text(errors="replace").splitlines()
+                    monitor.addrs = [line.strip() for line in lines if "/p2p/" in line]
+            if process.returncode == 2 and "metrics" in monitor.stderr_tail():
+                continue  # the free port was taken meanwhile: another one
+            if not monitor.addrs or process.returncode is not None:
+                raise RuntimeError(
+                    f"ping-monitor printed no multiaddr (status {process.returncode}):\n{monitor.stderr_tail()}"
+                )
+            yield monitor
+            return
+        finally:
+            if process.returncode is None:
+                process.kill()
+                with trio.CancelScope(shield=True):
+                    await process.wait()
+    raise RuntimeError("ping-monitor could not bind a metrics port in 3 tries")
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def helper_argv(*args: str) -> list[str]:
+    return [sys.executable, str(HELPER), *args]
+
+
+@dataclass
+class Procs:
+    """Every process of the run, for the CPU accounting."""
+
+    monitor: Monitor
+    peers: list[Partner]
+    echo_server: Partner
+    echo_client: Partner
+
+    def peer_pids(self) -> list[int]:
+        return [int(p.ready["pid"]) for p in self.peers]
+
+    def echo_pids(self) -> list[int]:
+        return [int(self.echo_server.ready["pid"]), int(self.echo_client.ready["pid"])]
+
+
+def cpu_of(pids: Sequence[int]) -> float:
+    return sum(cpu_seconds(pid) for pid in pids)
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    at: float
+    monitor: tuple[float, float]  # (user, sys) seconds
+    peers: float
+    echo: float
+    bench: float  # this process (scrapes, parsing)
+    machine: tuple[int, int]
+
+    @property
+    def monitor_total(self) -> float:
+        return sum(self.monitor)
+
+    @classmethod
+    def take(cls, procs: Procs) -> CpuSnapshot:
+        return cls(
+            at=time.perf_counter(),
+            monitor=cpu_split(procs.monitor.pid),
+            peers=cpu_of(procs.peer_pids()),
+            echo=cpu_of(procs.echo_pids()),
+            bench=cpu_seconds(os.getpid()),
+            machine=machine_ticks(),
+        )
+
+
+# ----------------------------------------------------------------------------------------- results
+
+
+@dataclass
+class SizeResult:
+    peers: int
+    attached: int = 0
+    attach_failed: int = 0
+    attach_seconds: float = 0.0
+    ready: bool = False
+    ready_seconds: float = 0.0
+    window_seconds: float = 0.0
+    monitor_cpu_pct: float | None = None
+    monitor_sys_pct: float | None = None  # the kernel's part of monitor_cpu_pct (stime)
+    monitor_cpu_us_per_ping: float | None = None
+    monitor_rss_mb: float | None = None
+    monitor_hwm_mb: float | None = None
+    peers_cpu_pct: float | None = None
+    peers_rss_mb: float | None = None
+    echo_cpu_pct: float | None = None
+    machine_busy_cores: float | None = None
+    others_cores: float | None = None  # busy cores minus this benchmark's processes: other people's work
+    saturated: bool = False
+    pings_per_s: float | None = None
+    failures: float = 0.0
+    rtt_median_us: float | None = None
+    rtt_p99_us: float | None = None
+    rtt_samples: int = 0
+    rtt_quiet_median_us: float | None = None  # the end-of-window scrape alone (no scrape for a window)
+    hist_median_us: float | None = None
+    hist_p99_us: float | None = None
+    floor_median_us: float | None = None
+    floor_p99_us: float | None = None
+    floor_samples: int = 0
+    floor_in_peers_median_us: float | None = None
+    floor_in_peers_p99_us: float | None = None
+    bias_median_us: float | None = None
+    bias_vs_peer_loop_median_us: float | None = None
+    scrape_cpu_ms: float | None = None
+    scrape_wall_ms: float | None = None
+    scrape_kib: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _split(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+async def attach(procs: Procs, delta: int, concurrency: int, result: SizeResult) -> None:
+    replies: list[dict[str, Any]] = []
+
+    async def one(peer: Partner, count: int) -> None:
+        if count:
+            reply = await peer.call(
+                "attach", addr=procs.monitor.addr, count=count, concurrency=concurrency, timeout=300
+            )
+            replies.append(reply)
+
+    t0 = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for peer, count in zip(procs.peers, _split(delta, len(procs.peers)), strict=True):
+            nursery.start_soon(one, peer, count)
+    result.attach_seconds = time.perf_counter() - t0
+    result.attached = sum(int(r["attached"]) for r in replies)
+    result.attach_failed = sum(int(r["failed"]) for r in replies)
+    errors: dict[str, int] = {}
+    for r in replies:
+        for k, v in r.get("errors", {}).items():
+            errors[k] = errors.get(k, 0) + int(v)
+    if errors:
+        result.notes.append(f"failed dials: {errors}")
+
+
+async def connected_peers(procs: Procs) -> int:
+    total = 0
+    for peer in procs.peers:
+        total += int((await peer.call("stats"))["connected"])
+    return total
+
+
+async def wait_ready(procs: Procs, n: int, result: SizeResult, timeout: float = 90.0) -> Scrape:
+    """Scrape until the monitor has ``n`` peers connected, each pinged at least twice; the last scrape."""
+    t0 = time.perf_counter()
+    last = await scrape(procs.monitor.prom_port)
+    with trio.move_on_after(timeout):
+        while True:
+            pinged = sum(1 for c in last.counts.values() if c >= 2)
+            if last.peers_connected == n and pinged >= n:
+                result.ready = True
+                break
+            await trio.sleep(1.0)
+            last = await scrape(procs.monitor.prom_port)
+    result.ready_seconds = time.perf_counter() - t0
+    if not result.ready:
+        pinged = sum(1 for c in last.counts.values() if c >= 2)
+        result.notes.append(
+            f"not ready after {timeout:.0f} s: {last.peers_connected} connected, {pinged} pinged twice"
+        )
+    return last
+
+
+def us_summary(samples_s: Sequence[float]) -> tuple[float | None, float | None]:
+    if not samples_s:
+        return None, None
+    us = [s * 1e6 for s in samples_s]
+    return statistics.median(us), nearest_rank(us, 0.99)
+
+
+async def measure_size(cfg: Config, procs: Procs, n: int, have: int) -> SizeResult:
+    result = SizeResult(peers=n)
+    mon = procs.monitor
+    progress(f"N={n}: attaching {n - have} more peers")
+    await attach(procs, n - have, cfg.attach_concurrency, result)
+    progress(
+        f"N={n}: {result.attached} attached in {result.attach_seconds:.1f} s ({result.attach_failed} failed);"
+        " waiting until each is pinged twice"
+    )
+    start = await wait_ready(procs, n, result)
+    await trio.sleep(1.0)  # the readiness scrape's render thread is done; let the loop settle
+
+    # 1. the CPU window: no scrapes
+    await procs.echo_client.call("take")  # drop the floor samples taken before this N was steady
+    progress(f"N={n}: CPU window {cfg.window:.0f} s")
+    peer_pids = procs.peer_pids()
+    c0 = CpuSnapshot.take(procs)
+    await trio.sleep(cfg.window)
+    c1 = CpuSnapshot.take(procs)
+    wall = c1.at - c0.at
+    result.window_seconds = wall
+    monitor_rate = (c1.monitor_total - c0.monitor_total) / wall
+    result.monitor_cpu_pct = 100 * monitor_rate
+    result.monitor_sys_pct = 100 * (c1.monitor[1] - c0.monitor[1]) / wall
+    result.peers_cpu_pct = 100 * (c1.peers - c0.peers) / wall
+    result.echo_cpu_pct = 100 * (c1.echo - c0.echo) / wall
+    busy, total = c1.machine[0] - c0.machine[0], c1.machine[1] - c0.machine[1]
+    cpus = os.cpu_count() or 1
+    result.machine_busy_cores = cpus * busy / max(1, total)
+    ours = (c1.monitor_total + c1.peers + c1.echo + c1.bench) - (
+        c0.monitor_total + c0.peers + c0.echo + c0.bench
+    )
+    result.others_cores = max(0.0, result.machine_busy_cores - ours / wall)
+    if result.machine_busy_cores >= 0.9 * cpus:
+        result.saturated = True
+        result.notes.append(
+            f"the machine was saturated ({result.machine_busy_cores:.2f} of {cpus} cores busy,"
+            f" {result.others_cores:.2f} by other programs): RTTs include waiting for a CPU"
+        )
+    result.monitor_rss_mb = vm_rss_kib(mon.pid) * 1024 / MB
+    result.monitor_hwm_mb = vm_hwm_kib(mon.pid) * 1024 / MB
+    result.peers_rss_mb = sum(vm_rss_kib(pid) for pid in peer_pids) * 1024 / MB
+
+    # 2. the RTT phase: the end-of-window scrape, then more, scrape_gap apart
+    progress(f"N={n}: RTT phase, {cfg.rtt_scrapes + 1} scrapes >= {cfg.scrape_gap:g} s apart")
+    render_cpu = 0.0  # CPU of the monitor's threads other than its main one: the /metrics rendering
+
+    async def timed_scrape() -> Scrape:
+        nonlocal render_cpu
+        before = worker_threads_cpu(mon.pid)
+        got = await scrape(mon.prom_port)
+        after = worker_threads_cpu(mon.pid)
+        render_cpu += sum(cpu - before.get(tid, 0.0) for tid, cpu in after.items())
+        return got
+
+    scrapes = [await timed_scrape()]
+    end = scrapes[0]
+    for _ in range(cfg.rtt_scrapes):
+        # A scrape stalls the monitor's loop while it renders (GIL): leave it time to catch up, so
+        # the next scrape's gauges hold samples from a monitor that is not still recovering.
+        await trio.sleep(max(cfg.scrape_gap, 2 * scrapes[-1].seconds))
+        scrapes.append(await timed_scrape())
+    result.scrape_cpu_ms = 1e3 * render_cpu / len(scrapes)
+    result.scrape_wall_ms = 1e3 * statistics.median(s.seconds for s in scrapes)
+    result.scrape_kib = statistics.median(s.size for s in scrapes) / 1024
+    floor = (await procs.echo_client.call("take"))["samples"]
+
+    # figures
+    span = end.at - start.at
+    result.pings_per_s = (end.pings - start.pings) / span if span > 0 else None
+    if result.pings_per_s:
+        result.monitor_cpu_us_per_ping = 1e6 * monitor_rate / result.pings_per_s
+    result.failures = scrapes[-1].failed - start.failed
+    if scrapes[-1].peers_connected != n:
+        result.notes.append(f"{scrapes[-1].peers_connected} peers connected at the end")
+    if scrapes[-1].unreachable:
+        result.notes.append(f"{scrapes[-1].unreachable} peers unreachable at the end")
+    rtts = [ms / 1e3 for s in scrapes for ms in s.rtt_ms.values()]
+    result.rtt_samples = len(rtts)
+    result.rtt_median_us, result.rtt_p99_us = us_summary(rtts)
+    result.rtt_quiet_median_us, _ = us_summary([ms / 1e3 for ms in end.rtt_ms.values()])
+    for q, attr in ((0.5, "hist_median_us"), (0.99, "hist_p99_us")):
+        value = histogram_quantile(q, start, end)
+        setattr(result, attr, None if value is None else value * 1e6)
+    result.floor_samples = len(floor.get("floor", []))
+    result.floor_median_us, result.floor_p99_us = us_summary(floor.get("floor", []))
+    result.floor_in_peers_median_us, result.floor_in_peers_p99_us = us_summary(floor.get("in_peers", []))
+    if result.rtt_median_us is not None and result.floor_median_us is not None:
+        result.bias_median_us = result.rtt_median_us - result.floor_median_us
+    if result.rtt_median_us is not None and result.floor_in_peers_median_us is not None:
+        result.bias_vs_peer_loop_median_us = result.rtt_median_us - result.floor_in_peers_median_us
+    progress(
+        f"N={n}: monitor {result.monitor_cpu_pct:.1f}% CPU, {result.monitor_rss_mb:.0f} MB;"
+        f" RTT {_f(result.rtt_median_us)} us vs floor {_f(result.floor_median_us)} us"
+    )
+    return result
+
+
+# --------------------------------------------------------------------------------------- profiling
+
+
+def find_py_spy(explicit: str | None) -> str | None:
+    candidates = [explicit] if explicit else []
+    candidates += [
+        shutil.which("py-spy"),
+        str(Path(sys.executable).parent / "py-spy"),
+        "/tmp/pyspy/bin/py-spy",
+    ]
+    for c in candidates:
+        if c and Path(c).exists():
+            return c
+    return None
+
+
+# Where a frame's file puts it, for the CPU breakdown (first match wins).
+CATEGORIES: list[tuple[str, str]] = [
+    ("physarum/psk/", "pnet (XSalsa20)"),
+    ("Crypto/", "pnet (XSalsa20)"),
+    ("physarum/overlay/noise", "noise (ChaChaPoly framing)"),
+    ("nacl/", "pynacl calls"),
+    ("physarum/overlay/yamux", "yamux"),
+    ("physarum/overlay/streamio", "stream buffers"),
+    ("physarum/overlay/ping", "ping"),
+    ("physarum/overlay/host", "host"),
+    ("physarum/monitor/metrics", "metrics (physarum)"),
+    ("physarum/monitor/ping_monitor", "ping monitor loop"),
+    ("prometheus_client/", "prometheus_client"),
+    ("EpollIOManager.get_events (trio/", "epoll_wait (trio get_events)"),
+    ("_nonblocking_helper (trio/", "socket syscalls (send/recv)"),
+    ("trio/_core/_io_epoll", "trio I/O registration (epoll_ctl)"),
+    ("trio/_socket", "trio sockets"),
+    ("trio/_core/_run", "trio scheduler"),
+    ("trio/_timeouts", "trio timeouts"),
+    ("trio/_util", "trio (other)"),
+    ("trio/_highlevel_socket", "trio sockets"),
+    ("trio/_core/_ki", "trio scheduler"),
+    ("outcome/", "trio scheduler"),
+    ("contextlib", "trio timeouts"),  # trio.fail_after is a @contextmanager
+    ("trio/", "trio (other)"),
+    ("threading", "threads"),
+]
+
+
+def _category(frame: str) -> str:
+    for needle, name in CATEGORIES:
+        if needle in frame:
+            return name
+    return "other"
+
+
+#: Areas whose samples sit in a system call: with the kernel's share of the monitor's CPU (stime)
+#: small, such samples are mostly a thread that is runnable but waiting for a CPU (a loopback send
+#: wakes the peer, which may preempt the sender), so they are left out of the user-CPU view.
+SYSCALL_AREAS = ("socket syscalls (send/recv)", "epoll_wait (trio get_events)")
+
+
+@dataclass
+class SpyStats:
+    total: int = 0
+    leaf: dict[str, int] = field(default_factory=dict)  # self samples by function
+    leaf_lines: dict[str, int] = field(default_factory=dict)  # self samples by function and line
+    inclusive: dict[str, int] = field(default_factory=dict)
+    by_area: dict[str, int] = field(default_factory=dict)  # self samples by area (CATEGORIES)
+
+
+def _bump(d: dict[str, int], key: str, n: int) -> None:
+    d[key] = d.get(key, 0) + n
+
+
+def parse_py_spy_raw(text: str) -> SpyStats:
+    """py-spy's ``--format raw`` (collapsed stacks: ``frame;frame;... count``) summed up."""
+    st = SpyStats()
+    for line in text.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        st.total += count
+        with_lines = stack.split(";")
+        frames = [re.sub(r":\d+\)$", ")", f) for f in with_lines]
+        _bump(st.leaf, frames[-1], count)
+        _bump(st.leaf_lines, with_lines[-1], count)
+        for f in set(frames):
+            _bump(st.inclusive, f, count)
+        _bump(st.by_area, _category(frames[-1]), count)
+    return st
+
+
+async def profile_monitor(py_spy: str, pid: int, seconds: float, tmp: Path) -> dict[str, Any]:
+    out = tmp / "py-spy.raw"
+    rate = 200
+    c0, t0 = cpu_split(pid), time.perf_counter()
+    done = await trio.run_process(
+        [py_spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", str(rate),
+         "--nonblocking", "--format", "raw", "--output", str(out)],
+        capture_stdout=True, capture_stderr=True, check=False,
+    )  # fmt: skip
+    c1, wall = cpu_split(pid), time.perf_counter() - t0
+    cpu, user_cpu, sys_cpu = (sum(c1) - sum(c0)) / wall, (c1[0] - c0[0]) / wall, (c1[1] - c0[1]) / wall
+    if done.returncode != 0 or not out.exists():
+        return {"error": done.stderr.decode(errors="replace").strip()[-300:] or f"status {done.returncode}"}
+    st = parse_py_spy_raw(out.read_text(errors="replace"))
+    if not st.total:
+        return {"error": "no samples"}
+    outside = {a: c for a, c in st.by_area.items() if a not in SYSCALL_AREAS}
+    n_outside = sum(outside.values())
+
+    def top(d: dict[str, int], k: int, total: int = st.total) -> list[dict[str, Any]]:
+        ranked = sorted(d.items(), key=lambda x: -x[1])[:k]
+        return [{"frame": f, "share": round(c / total, 4)} for f, c in ranked]
+
+    return {
+        "seconds": seconds,
+        "rate_hz": rate,
+        "samples": st.total,
+        "active_share_of_core": round(st.total / (rate * seconds), 3),
+        "outside_syscalls_share_of_core": round(n_outside / (rate * seconds), 3),
+        "monitor_cpu_pct_meanwhile": round(100 * cpu, 1),
+        "monitor_user_pct_meanwhile": round(100 * user_cpu, 1),
+        "monitor_sys_pct_meanwhile": round(100 * sys_cpu, 1),
+        "self_by_area": top(st.by_area, 20),
+        # the same, without the samples in system calls, as shares of those left: ~ the user CPU
+        "user_cpu_by_area": top(outside, 20, max(1, n_outside)),
+        "self_top": top(st.leaf, 25),
+        "self_top_lines": top(st.leaf_lines, 25),
+        # frames on (nearly) every stack (the program's main, trio.run) say nothing: left out
+        "inclusive_top": top({f: c for f, c in st.inclusive.items() if c < 0.95 * st.total}, 30),
+    }
+
+
+# ------------------------------------------------------------------------------------------ report
+
+
+def _f(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+@dataclass
+class Goal:
+    name: str
+    target: str
+    value: str
+    meets: bool | None
+
+    @property
+    def verdict(self) -> str:
+        return "n/a" if self.meets is None else ("meets" if self.meets else "misses")
+
+
+def evaluate_goals(rows: Sequence[SizeResult]) -> list[Goal]:
+    at = next((r for r in rows if r.peers == GOAL_PEERS), None)
+    why = f"no {GOAL_PEERS:,}-peer row in this run" if at is None else "missing"
+
+    def goal(name: str, target: str, value: float | None, limit: float, unit: str, load: bool = True) -> Goal:
+        if value is None:
+            return Goal(name, target, why, None)
+        text = f"{value:.1f} {unit}"
+        if load and at is not None and at.saturated:
+            text += f" (machine saturated, {_f(at.others_cores, 2)} cores busy with other programs)"
+        return Goal(name, target, text, value < limit)
+
+    return [
+        goal(f"monitor CPU, {GOAL_PEERS:,} peers at 1 Hz", f"< {GOAL_CPU_PCT:g}% of one core",
+             at and at.monitor_cpu_pct, GOAL_CPU_PCT, "%"),
+        goal(f"monitor RSS, {GOAL_PEERS:,} peers", f"< {GOAL_RSS_MB:g} MB",
+             at and at.monitor_rss_mb, GOAL_RSS_MB, "MB", load=False),
+        goal(f"RTT bias median, {GOAL_PEERS:,} peers", f"< {GOAL_BIAS_US:g} us",
+             at and at.bias_median_us, GOAL_BIAS_US, "us"),
+    ]  # fmt: skip
+
+
+COST_HEADER = [
+    "peers",
+    "mon CPU %",
+    "of it sys",
+    "CPU us/ping",
+    "RSS MB",
+    "peers CPU %",
+    "pings/s",
+    "fails",
+    "scrape ms",
+    "scrape CPU ms",
+    "scrape KiB",
+    "busy cores",
+    "others' cores",
+]
+RTT_HEADER = [
+    "peers",
+    "mon RTT med",
+    "mon RTT p99",
+    "n",
+    "quiet med",
+    "hist med",
+    "hist p99",
+    "TCP med",
+    "TCP p99",
+    "n",
+    "bias med",
+    "TCP@peers med",
+    "TCP@peers p99",
+]
+
+
+def cost_rows(rows: Sequence[SizeResult]) -> list[list[str]]:
+    out = [["paper Go", _f(PAPER_CPU_PCT, 2), "-", "-", _f(PAPER_RSS_MB), *["-"] * (len(COST_HEADER) - 5)]]
+    for r in rows:
+        out.append(
+            [
+                f"{r.peers:,}",
+                _f(r.monitor_cpu_pct, 1),
+                _f(r.monitor_sys_pct, 1),
+                _f(r.monitor_cpu_us_per_ping),
+                _f(r.monitor_rss_mb),
+                _f(r.peers_cpu_pct, 1),
+                _f(r.pings_per_s),
+                _f(r.failures),
+                _f(r.scrape_wall_ms),
+                _f(r.scrape_cpu_ms),
+                _f(r.scrape_kib),
+                _f(r.machine_busy_cores, 2),
+                _f(r.others_cores, 2),
+            ]
+        )
+    return out
+
+
+def rtt_rows(rows: Sequence[SizeResult]) -> list[list[str]]:
+    return [
+        [
+            f"{r.peers:,}",
+            _f(r.rtt_median_us),
+            _f(r.rtt_p99_us),
+            str(r.rtt_samples),
+            _f(r.rtt_quiet_median_us),
+            _f(r.hist_median_us),
+            _f(r.hist_p99_us),
+            _f(r.floor_median_us),
+            _f(r.floor_p99_us),
+            str(r.floor_samples),
+            _f(r.bias_median_us),
+            _f(r.floor_in_peers_median_us),
+            _f(r.floor_in_peers_p99_us),
+        ]
+        for r in rows
+    ]
+
+
+def aligned_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+def markdown_table(rows: Sequence[SizeResult]) -> str:
+    out = [
+        "| monitor | peers at 1 Hz | CPU (% of one core) | RSS (MB) | RTT median / p99 (us) |"
+        " raw TCP median / p99 (us) | RTT bias median (us) | peer processes CPU (% of one core) |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
+        f"| PhysarumSM, Go (paper) | - | {PAPER_CPU_PCT:g} | {PAPER_RSS_MB:g} | - | - | - | - |",
+    ]
+    for r in rows:
+        out.append(
+            f"| physarum ping-monitor | {r.peers:,} | {_f(r.monitor_cpu_pct, 1)} | {_f(r.monitor_rss_mb)} |"
+            f" {_f(r.rtt_median_us)} / {_f(r.rtt_p99_us)} | {_f(r.floor_median_us)} / {_f(r.floor_p99_us)} |"
+            f" {_f(r.bias_median_us)} | {_f(r.peers_cpu_pct, 1)} |"
+        )
+    return "\n".join(out)
+
+
+def machine_note(rows: Sequence[SizeResult]) -> str:
+    """One line for under the README table: how busy the machine was with other work meanwhile."""
+    parts = [f"{r.peers:,} peers: {_f(r.others_cores, 2)}" for r in rows]
+    saturated = [f"{r.peers:,}" for r in rows if r.saturated]
+    line = (
+        f"\nLoopback, {os.cpu_count()} CPUs shared with other work; cores busy with other programs during"
+        f" each window: {', '.join(parts)}."
+    )
+    if saturated:
+        line += f" The machine was saturated at {', '.join(saturated)} peers: those RTTs include waiting for a CPU."
+    return line
+
+
+def goal_lines(goals: Sequence[Goal]) -> str:
+    width = max(len(g.name) for g in goals)
+    return "\n".join(f"{g.verdict:<6}  {g.name:<{width}}  target {g.target:<20}  {g.value}" for g in goals)
+
+
+def goal_markdown(goals: Sequence[Goal]) -> str:
+    out = ["| goal | target | measured | verdict |", "|---|---|---|---|"]
+    out += [f"| {g.name} | {g.target} | {g.value} | {g.verdict} |" for g in goals]
+    return "\n".join(out)
+
+
+def profile_text(profile: dict[str, Any]) -> str:
+    if "error" in profile:
+        return f"profile: {profile['error']}"
+    lines = [
+        f"py-spy, {profile['seconds']:g} s at {profile['rate_hz']} Hz: {profile['samples']} samples of a thread not"
+        f" asleep = {profile['active_share_of_core']:.0%} of a core; outside system calls"
+        f" {profile['outside_syscalls_share_of_core']:.0%}. /proc meanwhile: {profile['monitor_cpu_pct_meanwhile']}%"
+        f" (user {profile['monitor_user_pct_meanwhile']}%, kernel {profile['monitor_sys_pct_meanwhile']}%).",
+        "A runnable thread waiting for a CPU counts as not asleep; with little kernel time, samples in system calls"
+        " are mostly that.",
+        "user CPU by area (samples outside system calls):",
+    ]
+    lines += [f"  {e['share']:6.1%}  {e['frame']}" for e in profile["user_cpu_by_area"]]
+    lines.append("all samples by area:")
+    lines += [f"  {e['share']:6.1%}  {e['frame']}" for e in profile["self_by_area"]]
+    lines.append("self time, top lines:")
+    lines += [f"  {e['share']:6.1%}  {e['frame']}" for e in profile["self_top_lines"][:20]]
+    lines.append("inclusive time, top functions:")
+    lines += [f"  {e['share']:6.1%}  {e['frame']}" for e in profile["inclusive_top"][:25]]
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------------- main
+
+
+async def run_all(cfg: Config, tmp: Path, py_spy: str | None) -> dict[str, Any]:
+    passphrase = secrets.token_hex(16)
+    rows: list[SizeResult] = []
+    info: dict[str, Any] = {"rows": rows}
+    async with AsyncExitStack() as stack:
+        progress("starting the ping-monitor and the helper processes")
+        monitor = await stack.enter_async_context(run_monitor(tmp, passphrase))
+        info["monitor_program"] = monitor.program
+        info["monitor_printed_addrs"] = monitor.addrs
+        await trio.sleep(1.0)
+        info["monitor_rss_mb_idle"] = vm_rss_kib(monitor.pid) * 1024 / MB
+        peers = []
+        for i in range(cfg.peer_procs):
+            extra = ["--echo"] if i == 0 else []
+            argv = helper_argv("--role", "peers", "--passphrase", passphrase, *extra)
+            peers.append(await stack.enter_async_context(open_partner(argv, cwd=ROOT)))
+        echo_server = await stack.enter_async_context(
+            open_partner(helper_argv("--role", "echo-server"), cwd=ROOT)
+        )
+        echo_client = await stack.enter_async_context(
+            open_partner(helper_argv("--role", "echo-client"), cwd=ROOT)
+        )
+        procs = Procs(monitor, peers, echo_server, echo_client)
+        await echo_client.call(
+            "start",
+            ports={
+                "floor": echo_server.ready["servers"]["echo"],
+                "in_peers": peers[0].ready["servers"]["echo"],
+            },
+            period=cfg.echo_period,
+        )
+        have = 0
+        try:
+            for n in cfg.sizes:
+                rows.append(await measure_size(cfg, procs, n, have))
+                have = n
+            if cfg.profile > 0:
+                if py_spy is None:
+                    info["profile"] = {"error": "py-spy not found (pip install py-spy, or --py-spy PATH)"}
+                else:
+                    progress(f"N={have}: py-spy on the monitor for {cfg.profile:g} s")
+                    info["profile"] = await profile_monitor(py_spy, monitor.pid, cfg.profile, tmp)
+        finally:
+            progress("stopping the monitor (SIGTERM, peers still connected) and the helpers")
+            with trio.CancelScope(shield=True):
+                await monitor.stop()
+            info["monitor_shutdown_seconds"] = monitor.shutdown_seconds
+            info["monitor_exit_status"] = monitor.process.returncode
+    return info
+
+
+def _versions() -> dict[str, str]:
+    return {
+        "python": platform.python_version(),
+        "trio": trio.__version__,
+        "prometheus_client": version("prometheus_client"),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="100 and 300 peers, 8 s CPU window")
+    ap.add_argument("--profile", type=float, default=0.0, metavar="S",
+                    help="py-spy the monitor for S seconds at the largest N (default: no profile)")  # fmt: skip
+    ap.add_argument("--py-spy", default=None, metavar="PATH", help="the py-spy binary")
+    ap.add_argument(
+        "--sizes", type=int, nargs="+", metavar="N", help="peer counts instead of the default ones"
+    )
+    ap.add_argument("--window", type=float, metavar="S", help="CPU window seconds instead of the default")
+    ap.add_argument("--json", type=Path, default=RESULTS_JSON, help=f"results file (default {RESULTS_JSON})")
+    args = ap.parse_args()
+    cfg = Config.make(args.quick, args.profile)
+    if args.sizes:
+        cfg = dataclasses.replace(cfg, sizes=tuple(sorted(set(args.sizes))))
+    if args.window:
+        cfg = dataclasses.replace(cfg, window=args.window)
+    start = time.perf_counter()
+    load_start = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="physarum-bench-monitor-") as tmp:
+        info = trio.run(run_all, cfg, Path(tmp), find_py_spy(args.py_spy))
+    seconds = time.perf_counter() - start
+    load = (load_start, os.getloadavg()[0])
+    rows: list[SizeResult] = info["rows"]
+    goals = evaluate_goals(rows)
+    mode = "quick" if cfg.quick else "full"
+    print(
+        f"physarum ping-monitor benchmark ({mode} run, {seconds:.0f} s, loopback, {os.cpu_count()} CPUs,"
+        f" 1-min load average {load[0]:.1f} at start, {load[1]:.1f} at end)\n"
+        f"monitor: {info['monitor_program']} (own process), 1 s interval; {cfg.peer_procs} peer processes;"
+        f" CPU window {cfg.window:g} s without scrapes; RTTs from {cfg.rtt_scrapes + 1} scrapes"
+        f" >= {cfg.scrape_gap:g} s apart\n"
+        "'mon RTT' = the monitor's ping_rtt gauges over all scrapes; 'quiet' = the end-of-window scrape alone;"
+        " 'hist' = physarum_ping_rtt_seconds\nover the window (bucketed, no scrape meanwhile); 'TCP' = raw trio"
+        " TCP 32 B echo between two otherwise idle processes; 'TCP@peers' = the same\necho served by a peer"
+        " process's loop; bias = mon RTT med - TCP med; others' cores = machine busy minus this benchmark\n"
+    )
+    print("Cost (CPU in % of one core; scrape = one GET /metrics: wall ms, render CPU ms, size)")
+    print(aligned_table(COST_HEADER, cost_rows(rows)))
+    print("\nRTT (us)")
+    print(aligned_table(RTT_HEADER, rtt_rows(rows)))
+    for r in rows:
+        if r.notes:
+            print(f"  N={r.peers}: " + "; ".join(r.notes))
+    print(
+        f"\nmonitor RSS idle (no peers) {_f(info.get('monitor_rss_mb_idle'))} MB;"
+        f" printed {len(info['monitor_printed_addrs'])} multiaddr(s): {' '.join(info['monitor_printed_addrs'])}"
+    )
+    shutdown = info.get("monitor_shutdown_seconds")
+    print(
+        f"SIGTERM with {rows[-1].peers if rows else 0} peers connected: exited in {_f(shutdown, 2)} s,"
+        f" status {info.get('monitor_exit_status')}"
+    )
+    print("\nGoals:")
+    print(goal_lines(goals))
+    if "profile" in info:
+        print("\nWhere the monitor's CPU goes:")
+        print(profile_text(info["profile"]))
+    print("\nMarkdown:\n")
+    print(markdown_table(rows))
+    print(machine_note(rows))
+    print()
+    print(goal_markdown(goals))
+    data = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "quick": cfg.quick,
+        "cpus": os.cpu_count(),
+        "load_avg_1min": {"start": load[0], "end": load[1]},
+        "versions": _versions(),
+        "seconds": round(seconds, 1),
+        "config": asdict(cfg),
+        "units": {"cpu": "% of one core", "rss": "MB (10^6 bytes)", "rtt": "us"},
+        "paper": {"monitor": "PhysarumSM Go ping-monitor", "rss_mb": PAPER_RSS_MB, "cpu_pct": PAPER_CPU_PCT},
+        "monitor": {
+            "program": info["monitor_program"],
+            "printed_addrs": info["monitor_printed_addrs"],
+            "rss_mb_idle": info.get("monitor_rss_mb_idle"),
+            "shutdown_seconds": shutdown,
+            "exit_status": info.get("monitor_exit_status"),
+        },
+        "results": [
+            {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(r).items()} for r in rows
+        ],
+        "goals": [
+            {"goal": g.name, "target": g.target, "measured": g.value, "verdict": g.verdict} for g in goals
+        ],
+    }
+    if "profile" in info:
+        data["profile"] = info["profile"]
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(data, indent=1) + "\n")
+    print(f"\nJSON: {args.json}")
+
+
+if __name__ == "__main__":
+    main()
