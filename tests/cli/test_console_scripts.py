@@ -40,9 +40,21 @@ def script(name: str) -> str:
         (
             "peer",
             ["find", "12D3KooWQrEbutuv991JegVdQhzqv6v3MKjckZRtkdKnKqvHuNVM"],
-            "peer: find: not available yet",
+            "peer: find: give -bootstrap MADDR",
         ),
-        ("peer", ["publish"], "peer: publish: not available yet: needs the DHT"),
+        ("peer", ["publish"], "peer: the following arguments are required: NAME"),
+        (
+            "peer",
+            [
+                "publish",
+                "receptionist",
+                "-data",
+                "not json",
+                "-bootstrap",
+                "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWQrEbutuv991JegVdQhzqv6v3MKjckZRtkdKnKqvHuNVM",
+            ],
+            "peer: publish: -data is not JSON",
+        ),
     ],
 )
 def test_console_script_bad_input(name: str, args: list[str], start: str, tmp_path: Path) -> None:

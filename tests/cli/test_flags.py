@@ -231,10 +231,67 @@ def test_peer_ping_flags_before_and_after_the_subcommand() -> None:
     assert args.command is None and opts.bootstrap == [Multiaddr(BOOT2)]
 
 
-@pytest.mark.parametrize("argv", [["find", PEER_ID], ["publish", "--anything", "x"], ["-psk", "x", "find"]])
-def test_peer_dht_commands_not_available_yet(argv: list[str]) -> None:
-    with pytest.raises(UsageError, match="not available yet: needs the DHT"):
+def test_peer_find_and_publish_flags(tmp_path: Path) -> None:
+    args, opts = peer.parse_args(["find", PEER_ID, "-bootstrap", BOOT1, "-timeout", "5"], {})
+    assert args.command == "find" and args.timeout == 5.0
+    assert str(args.peer_id) == PEER_ID and opts.bootstrap == [Multiaddr(BOOT1)]
+    args, _ = peer.parse_args(["-bootstrap", BOOT1, "find", "receptionist"], {})
+    assert args.target == "receptionist" and args.peer_id is None
+    args, opts = peer.parse_args(
+        [
+            "publish",
+            "receptionist",
+            "-data",
+            '{"port": 8080}',
+            "--endpoint",
+            "/ip4/127.0.0.1/tcp/8080",
+            "-endpoint=/dns/edge.example/tcp/80",
+            "-ttl",
+            "600",
+        ],
+        {"P2P_BOOTSTRAPS": BOOT2},
+    )
+    assert args.command == "publish" and args.name == "receptionist" and args.data == {"port": 8080}
+    assert [str(e) for e in args.endpoint] == ["/ip4/127.0.0.1/tcp/8080", "/dns/edge.example/tcp/80"]
+    assert args.ttl == 600.0 and opts.bootstrap == [Multiaddr(BOOT2)]
+    # A saved routing table can stand in for -bootstrap.
+    state = tmp_path / "dht.json"
+    state.write_text("{}")
+    args, opts = peer.parse_args(["find", "x", "-dht-state", str(state)], {})
+    assert opts.dht_state == str(state) and opts.bootstrap == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["find", PEER_ID], "find: give -bootstrap MADDR"),
+        (["publish", "x", "-data", "{}"], "publish: give -bootstrap MADDR"),
+        (["publish", "x", "-bootstrap", BOOT1], "required: -data"),
+        (["publish", "-bootstrap", BOOT1], "required: NAME"),
+        (["publish", "x", "-data", "{oops", "-bootstrap", BOOT1], "publish: -data is not JSON"),
+        (["publish", "x", "-data", "[1, 2]", "-bootstrap", BOOT1], "-data must be a JSON object, not a list"),
+        (["publish", "x", "-data", "{}", "-endpoint", "nope", "-bootstrap", BOOT1], "bad -endpoint 'nope'"),
+        (["publish", "x", "-data", "{}", "-ttl", "1e9", "-bootstrap", BOOT1], r"-ttl 1e\+09 is over the limit"),
+        (["publish", "x", "-data", "{}", "-ttl", "0", "-bootstrap", BOOT1], "-ttl"),
+        (["publish", "x", "-data", '{"a": "' + "y" * 9000 + '"}', "-bootstrap", BOOT1], "exceeds"),
+        (["publish", PEER_ID, "-data", "{}", "-bootstrap", BOOT1], "is signed by"),
+        (["find", "x", "-bootstrap", BOOT1, "-dht-state", "/nonexistent/dir/state"], "does not exist"),
+    ],
+)
+def test_peer_find_and_publish_bad_input(argv: list[str], message: str) -> None:
+    with pytest.raises(UsageError, match=message) as info:
         peer.parse_args(argv, {})
+    assert "\n" not in str(info.value)
+
+
+def test_dht_state_flag_on_every_binary(tmp_path: Path) -> None:
+    state = str(tmp_path / "state.json")
+    assert pm("-ephemeral", "-dht-state", state)[0].dht_state == state
+    assert bootstrap.parse_args(["-ephemeral", "--dht-state", state], {}).dht_state == state
+    assert peer.parse_args(["-dht-state", state], {})[1].dht_state == state
+    assert pm("-ephemeral")[0].dht_state is None
+    with pytest.raises(UsageError, match="is a directory"):
+        pm("-ephemeral", "-dht-state", str(tmp_path))
 
 
 # -- bad input: one line, exit status 2 --
@@ -292,7 +349,7 @@ def test_main_prints_one_line_and_returns_2(tmp_path: Path, capsys: pytest.Captu
 def test_peer_and_bootstrap_main_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert peer.main(["find", PEER_ID]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        "peer: find: not available yet: needs the DHT (physarum.dht), which this build does not include"
+        "peer: find: give -bootstrap MADDR (or $P2P_BOOTSTRAPS) to join the network"
     ]
     assert peer.main(["ping"]) == 2
     assert len(capsys.readouterr().err.splitlines()) == 1

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 import trio
 import trio.testing
+from multiaddr import Multiaddr
 
 from physarum.dht import keyspace
 from physarum.dht.memory import MemoryNetwork
@@ -25,7 +26,7 @@ from physarum.dht.records import (
     sign_record,
 )
 from physarum.dht.service import KadDHT, PeerNotFoundError
-from physarum.dht.table import Added, BucketFull, Contact
+from physarum.dht.table import Added, BucketFull, Contact, RoutingTable
 from physarum.overlay.identity import KeyPair, PeerId
 
 
@@ -259,3 +260,49 @@ async def test_full_bucket_pings_oldest_and_keeps_it_if_alive(autojump_clock: tr
         await settled(me)
         assert fourth in me.table
         nursery.cancel_scope.cancel()
+
+
+async def test_bootstrap_joins_and_retries_with_backoff(autojump_clock: trio.testing.MockClock) -> None:
+    """Without a host, a bootstrap peer counts as connected while it answers FIND_NODE; an absent
+    one is retried after 1, 2, 4 ... s (the binaries' backoff, shared code)."""
+    net, nodes = make_network(20)
+    boot = nodes[0]
+    del net.nodes[boot.peer_id]  # not up yet
+    await join_all(net, nodes[1:])
+    kp = KeyPair(random.Random(42).randbytes(32))
+    addr = Multiaddr(f"{net.addr_of(boot.peer_id)}/p2p/{boot.peer_id}")
+    newcomer = KadDHT(kp, net.transport(kp.peer_id), query_timeout=2.0, bootstrap=[addr])
+    newcomer.own_addrs = lambda: [net.addr_of(kp.peer_id)]  # type: ignore[method-assign]
+    net.nodes[kp.peer_id] = newcomer
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(newcomer.run)
+        await trio.sleep(5)  # attempts at 0, 1, 3; the next at 7
+        assert not newcomer.bootstrapped.is_set()
+        net.nodes[boot.peer_id] = boot
+        for node in nodes[1:]:
+            boot.add_peer(node.peer_id, [net.addr_of(node.peer_id)])
+        await newcomer.bootstrapped.wait()
+        assert 7 <= trio.current_time() - start < 8
+        assert len(newcomer.table) == 20
+        nursery.cancel_scope.cancel()
+
+
+async def test_saved_table_rejoins_without_bootstrap(autojump_clock: trio.testing.MockClock) -> None:
+    net, nodes = make_network(25)
+    await join_all(net, nodes)
+    node = nodes[7]
+    saved = node.table.to_json()
+    again = KadDHT(
+        node.key_pair,
+        net.transport(node.peer_id),
+        table=RoutingTable.from_json(saved, now=trio.current_time(), self_id=node.peer_id),
+    )
+    net.nodes[node.peer_id] = again
+    async with trio.open_nursery() as nursery:
+        await nursery.start(again.run)
+        with trio.fail_after(30):
+            await again.bootstrapped.wait()
+        nursery.cancel_scope.cancel()
+    with pytest.raises(ValueError, match="belongs to"):
+        KadDHT(nodes[1].key_pair, net.transport(nodes[1].peer_id), table=node.table)

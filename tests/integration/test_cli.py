@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -134,6 +135,29 @@ async def wait_rtts(
     return trio.current_time() - start
 
 
+async def wait_gauge(url: str, name: str, expected: float, *, timeout: float) -> None:
+    """Poll /metrics until the unlabelled gauge ``name`` reads ``expected``."""
+
+    def get() -> str:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return str(response.read().decode())
+
+    seen: float | None = None
+    try:
+        with trio.fail_after(timeout):
+            while True:
+                text = await trio.to_thread.run_sync(get)
+                for fam in text_string_to_metric_families(text):
+                    for s in fam.samples:
+                        if s.name == name:
+                            seen = s.value
+                if seen == expected:
+                    return
+                await trio.sleep(0.05)
+    except trio.TooSlowError:
+        raise AssertionError(f"{name} is {seen}, not {expected}, after {timeout} s") from None
+
+
 def peer_id_of(addr: str) -> str:
     return addr.rsplit("/p2p/", 1)[1]
 
@@ -170,6 +194,8 @@ async def test_monitor_and_three_peers_as_processes(tmp_path: Path) -> None:
             ids = {peer_id_of((await p.addrs())[0]) for p in (p1, p2, p3)}
             await wait_rtts(url, lambda r: set(r) == ids, timeout=15, what="three ping_rtt series")
             assert all(0 < v < 1000 for v in (await rtts(url)).values())
+            # The monitor runs the DHT: the peers that joined through it are in its routing table.
+            await wait_gauge(url, "physarum_routing_table_peers", 3, timeout=10)
 
             # A peer stopped with SIGTERM exits 0 within 2 s and leaves the metrics within 2 intervals.
             p2.process.send_signal(signal.SIGTERM)
@@ -325,3 +351,102 @@ async def test_demo_port_busy_hint() -> None:
     assert result.returncode == 2
     (line,) = result.stderr.decode().splitlines()
     assert "address already in use" in line and "--prom-port" in line
+
+
+async def peer_cmd(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[bytes]:
+    env = {k: v for k, v in os.environ.items() if k not in ("P2P_PSK", "P2P_BOOTSTRAPS")}
+    with trio.fail_after(timeout):
+        return await trio.run_process(
+            [script("peer"), *args], capture_stdout=True, capture_stderr=True, check=False, env=env
+        )
+
+
+async def find_until_found(peer_id: str, via: str, *, timeout: float = 20) -> list[str]:
+    """``peer find PEER_ID`` until it succeeds (the network forms in the background); its addrs."""
+    last: subprocess.CompletedProcess[bytes] | None = None
+    try:
+        with trio.fail_after(timeout):
+            while True:
+                last = await peer_cmd("find", peer_id, "-bootstrap", via, "-psk", PASS, "-timeout", "5")
+                if last.returncode == 0:
+                    return last.stdout.decode().splitlines()
+                assert last.returncode == 1, last.stderr
+    except trio.TooSlowError:
+        raise AssertionError(f"peer {peer_id} not found within {timeout} s: {last}") from None
+
+
+async def test_bootstrap_and_three_peers_publish_and_find(tmp_path: Path) -> None:
+    state = tmp_path / "boot-dht.json"
+    boot_argv = [script("bootstrap"), "-keyfile", str(tmp_path / "boot.key"), *LOCAL, "-psk", PASS]
+    async with binary([*boot_argv, "-dht-state", str(state)]) as boot:
+        (boot_addr,) = await boot.addrs()
+        peer_argv = [script("peer"), *LOCAL, "-psk", PASS, "-bootstrap", boot_addr]
+        async with binary(peer_argv) as p1, binary(peer_argv) as p2, binary(peer_argv) as p3:
+            a1, a2, a3 = [(await p.addrs())[0] for p in (p1, p2, p3)]
+            # find by peer id: the peer's multiaddrs, /p2p/ included, through another peer.
+            assert await find_until_found(peer_id_of(a3), via=a1) == [a3]
+            assert await find_until_found(peer_id_of(a2), via=a3) == [a2]
+
+            data = {"actor": "receptionist", "port": 8080}
+            published = await peer_cmd(
+                "publish",
+                "receptionist",
+                "-data",
+                json.dumps(data),
+                "-endpoint",
+                "/ip4/127.0.0.1/tcp/8080",
+                "-bootstrap",
+                a1,
+                "-psk",
+                PASS,
+            )
+            assert published.returncode == 0, published.stderr
+            (line,) = published.stdout.decode().splitlines()
+            report = json.loads(line)
+            assert report["id"] == "receptionist" and report["stored"] == 4  # bootstrap + 3 peers
+
+            found = await peer_cmd("find", "receptionist", "-bootstrap", a3, "-psk", PASS)
+            assert found.returncode == 0, found.stderr
+            (record_line,) = found.stdout.decode().splitlines()
+            record = json.loads(record_line)
+            assert record["id"] == "receptionist" and record["data"] == data
+            assert record["publisher"] == report["publisher"]
+            assert record["endpoints"] == ["/ip4/127.0.0.1/tcp/8080"]
+
+            missing = await peer_cmd("find", "nobody", "-bootstrap", a2, "-psk", PASS)
+            assert missing.returncode == 1 and missing.stdout == b""
+            assert missing.stderr.decode().splitlines() == ["peer find: no contact record for 'nobody'"]
+
+            # The bootstrap saves its routing table when it stops...
+            boot.process.send_signal(signal.SIGTERM)
+            assert await boot.exit_within(2) == 0
+            saved = json.loads(state.read_text())
+            assert saved["version"] == 1 and saved["self"] == peer_id_of(boot_addr)
+            assert {c["peer_id"] for c in saved["contacts"]} == {peer_id_of(a) for a in (a1, a2, a3)}
+            # ...and, restarted on another port without -bootstrap, rejoins through it: the peers
+            # learn its new address.
+            async with binary([*boot_argv, "-dht-state", str(state)]) as again:
+                (new_addr,) = await again.addrs()
+                assert new_addr != boot_addr and peer_id_of(new_addr) == peer_id_of(boot_addr)
+                with trio.fail_after(20):
+                    while (await find_until_found(peer_id_of(new_addr), via=a2)) != [new_addr]:
+                        pass
+                again.process.send_signal(signal.SIGTERM)
+                assert await again.exit_within(2) == 0
+                assert "Traceback" not in again.stderr
+    assert "Traceback" not in boot.stderr
+
+
+async def test_publish_exit_status_when_the_network_cannot_be_joined() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dead = f"/ip4/127.0.0.1/tcp/{port}/p2p/12D3KooWQrEbutuv991JegVdQhzqv6v3MKjckZRtkdKnKqvHuNVM"
+    result = await peer_cmd("publish", "svc", "-data", "{}", "-bootstrap", dead, "-psk", PASS, "-timeout", "2")
+    assert result.returncode == 1
+    assert result.stdout == b""
+    assert result.stderr.decode().splitlines() == [
+        "peer publish: could not join the network through -bootstrap within 2 s"
+    ]
+    bad = await peer_cmd("publish", "svc", "-data", "{", "-bootstrap", dead)
+    assert bad.returncode == 2 and len(bad.stderr.decode().splitlines()) == 1

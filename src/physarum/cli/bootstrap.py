@@ -1,7 +1,8 @@
-"""``bootstrap``: a node other nodes join with ``-bootstrap``; redundant bootstraps join each other.
+"""``bootstrap``: a DHT server node other nodes join with ``-bootstrap``; redundant bootstraps join
+each other (give every bootstrap the same list: a node skips its own address).
 
-For now it runs the same node as ping-monitor without the monitor and metrics; the DHT server it is
-meant to run plugs in at the marked place in :func:`physarum.cli.node.run_node`.
+It runs the same node as ping-monitor (:func:`physarum.cli.node.run_node`: host and Kademlia DHT in
+server mode) without the ping monitor and metrics.
 """
 
 from __future__ import annotations

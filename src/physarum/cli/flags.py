@@ -223,6 +223,14 @@ def add_node_flags(
         default=default(False),
         help="use a random identity, no key file",
     )
+    flag(
+        group,
+        "dht-state",
+        default=default(None),
+        metavar="FILE",
+        help="keep the DHT routing table in FILE (versioned JSON): loaded at start, saved every minute and"
+        " at exit, so a restarted node rejoins without its bootstrap peers",
+    )
     flag(group, "debug", action="store_true", default=default(False), help="log debug messages")
     if not suppress:
         flag(parser, "version", action="version", version=f"%(prog)s (physarum {__version__})")
@@ -240,6 +248,8 @@ class NodeOptions:
     debug: bool
     psk_source: str
     """How the key was chosen, for the log: "none", "passphrase", "random", "file PATH"."""
+    dht_state: str | None = None
+    """Where the DHT routing table is kept (``-dht-state``), or None."""
 
 
 def resolve_psk(
@@ -317,7 +327,27 @@ def node_options(
     psk, source = resolve_psk(args.psk, args.psk_file, env)
     key_pair = resolve_key_pair(args.keyfile, args.ephemeral, keyfile_default)
     hostname = args.hostname if args.hostname else socket.gethostname()
-    return NodeOptions(listen, bootstrap, psk, key_pair, hostname, bool(args.debug), source)
+    dht_state = resolve_dht_state(getattr(args, "dht_state", None))
+    return NodeOptions(listen, bootstrap, psk, key_pair, hostname, bool(args.debug), source, dht_state)
+
+
+def resolve_dht_state(path: str | None) -> str | None:
+    """The ``-dht-state`` path, with ``~`` expanded, checked to be a file in a directory that exists.
+
+    Raises:
+        UsageError: empty, a directory, or in a directory that does not exist.
+    """
+    if path is None:
+        return None
+    if not path.strip():
+        raise UsageError("-dht-state needs a file name")
+    path = os.path.expanduser(path)
+    if os.path.isdir(path):
+        raise UsageError(f"bad -dht-state {path}: it is a directory")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UsageError(f"bad -dht-state {path}: directory {parent} does not exist")
+    return path
 
 
 def positive_float(text: str) -> float:
@@ -357,6 +387,7 @@ __all__ = [
     "parse_peer_addr",
     "positive_float",
     "positive_int",
+    "resolve_dht_state",
     "resolve_key_pair",
     "resolve_psk",
     "split_host_port",

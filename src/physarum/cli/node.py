@@ -1,134 +1,47 @@
-"""Running a node for the binaries: host, metrics, ping monitor, bootstrap links, signals, exit codes.
+"""Running a node for the binaries: host, DHT, metrics, ping monitor, signals, exit codes.
 
-The bootstrap reconnection logic lives here (not in :mod:`physarum.overlay`) because it is policy of
-the binaries, PhysarumSM's: each ``-bootstrap`` peer gets a task that dials it, and when the dial fails
-or the connection drops, dials again after 1, 2, 4, ... 512, 512, ... seconds, forever.
-:func:`keep_connected` is written against three callables and an injectable ``sleep`` so it can be
-tested on trio's ``autojump_clock`` with a fake host; :func:`keep_bootstrap_connected` binds it to a
-:class:`~physarum.overlay.host.Host`.
+Every node runs the Kademlia DHT in server mode (:class:`~physarum.dht.service.KadDHT`), which keeps
+the ``-bootstrap`` peers connected with PhysarumSM's backoff (1, 2, 4, ... 512 s, forever) and joins
+the network through them. The backoff itself lives in :mod:`physarum.overlay.backoff`; its names are
+re-exported here for the binaries' tests and scripts.
 """
 
 from __future__ import annotations
 
 import errno
+import gc
+import json
 import logging
 import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import NoReturn, TextIO
+from typing import TextIO
 
 import trio
-from multiaddr import Multiaddr
 from prometheus_client import CollectorRegistry
 
 from physarum.cli.flags import NodeOptions, UsageError
-from physarum.errors import PhysarumError
+from physarum.dht.service import KadDHT
+from physarum.dht.table import RoutingTable, TableFormatError
 from physarum.monitor.metrics import MetricsServer
 from physarum.monitor.ping_monitor import PingMonitor
 from physarum.overlay import addr as addrs_
+from physarum.overlay.backoff import (
+    DIAL_ERRORS,
+    MAX_BACKOFF,
+    backoff_delays,
+    keep_bootstrap_connected,
+    keep_connected,
+)
 from physarum.overlay.host import Host
+from physarum.overlay.identity import PeerId
 
 log = logging.getLogger("physarum.cli")
 
-#: PhysarumSM's cap on the delay between two dials of a bootstrap peer.
-MAX_BACKOFF = 512.0
-
-#: What a failed dial may raise; anything else is a bug and propagates.
-DIAL_ERRORS: tuple[type[BaseException], ...] = (
-    PhysarumError,
-    OSError,
-    trio.BrokenResourceError,
-    trio.TooSlowError,
-)
-
-
-# -- bootstrap peers -------------------------------------------------------------------------------
-
-
-def backoff_delays(first: float = 1.0, cap: float = MAX_BACKOFF) -> Iterator[float]:
-    """1, 2, 4, ... doubling up to ``cap``, then ``cap`` forever."""
-    delay = first
-    while True:
-        yield min(delay, cap)
-        delay = min(delay * 2, cap)
-
-
-async def keep_connected(
-    dial: Callable[[], Awaitable[object]],
-    is_connected: Callable[[], bool],
-    wait_disconnected: Callable[[], Awaitable[None]],
-    *,
-    name: str = "peer",
-    sleep: Callable[[float], Awaitable[None]] = trio.sleep,
-    max_delay: float = MAX_BACKOFF,
-    stable_after: float = 30.0,
-) -> NoReturn:
-    """Keep one peer connected, forever: dial it, and when it is gone, dial again with backoff.
-
-    * A failed dial waits 1 s, then 2, 4, ... up to ``max_delay`` (PhysarumSM: 2^n s capped at 512 s),
-      and keeps retrying at ``max_delay``.
-    * A connection that stayed up at least ``stable_after`` seconds (time from ``trio.current_time()``)
-      resets the schedule: when it drops, the peer is dialed again at once. One that drops sooner
-      continues the schedule, so a peer that accepts and hangs up is not dialed in a tight loop.
-    * A connection the peer opened to us counts as connected too (``is_connected``).
-
-    ``dial`` raises one of :data:`DIAL_ERRORS` on failure; ``wait_disconnected`` returns once
-    ``is_connected()`` is false. Runs until cancelled.
-    """
-    delays = backoff_delays(cap=max_delay)
-    while True:
-        if not is_connected():
-            try:
-                await dial()
-            except DIAL_ERRORS as e:
-                delay = next(delays)
-                log.info("cannot reach %s (retrying in %g s): %s", name, delay, e)
-                await sleep(delay)
-                continue
-            log.info("connected to %s", name)
-        up_since = trio.current_time()
-        await wait_disconnected()
-        if trio.current_time() - up_since >= stable_after:
-            delays = backoff_delays(cap=max_delay)
-            log.info("lost %s; dialing it again", name)
-        else:
-            delay = next(delays)
-            log.info(
-                "lost %s after %.1f s; dialing it again in %g s", name, trio.current_time() - up_since, delay
-            )
-            await sleep(delay)
-
-
-async def keep_bootstrap_connected(
-    host: Host,
-    address: Multiaddr,
-    *,
-    dial_timeout: float = 10.0,
-    sleep: Callable[[float], Awaitable[None]] = trio.sleep,
-) -> NoReturn:
-    """:func:`keep_connected` for the bootstrap peer at ``address`` (which ends in ``/p2p/<id>``).
-
-    Raises:
-        AddressError: ``address`` has no peer id.
-    """
-    peer = addrs_.tcp_endpoint(address).peer_id
-    if peer is None:
-        raise addrs_.AddressError(address, "a bootstrap address ends in /p2p/<peer id>")
-
-    async def dial() -> None:
-        await host.connect(address, timeout=dial_timeout)
-
-    def is_connected() -> bool:
-        return host.connection(peer) is not None
-
-    async def wait_disconnected() -> None:
-        while (conn := host.connection(peer)) is not None:
-            await conn.session.closed.wait()
-
-    await keep_connected(dial, is_connected, wait_disconnected, name=f"bootstrap {address}", sleep=sleep)
-
+#: How often a node with ``-dht-state`` saves its routing table (and once more when it stops).
+DHT_STATE_SAVE_INTERVAL = 60.0
 
 # -- the node --------------------------------------------------------------------------------------
 
@@ -152,6 +65,67 @@ class RunningNode:
     host: Host
     monitor: PingMonitor | None
     metrics_server: MetricsServer | None
+    dht: KadDHT | None = None
+
+
+# -- the DHT's saved routing table (-dht-state) ----------------------------------------------------
+
+
+def load_dht_state(path: str, self_id: PeerId) -> RoutingTable | None:
+    """The routing table saved at ``path`` (versioned JSON, see :meth:`RoutingTable.to_json`), or None.
+
+    The file is a cache: a missing one means a first start, and one that cannot be read or used
+    (malformed, another version, saved by another identity) is logged and ignored, so the node still
+    starts (through its bootstrap peers). Call inside trio (contacts are stamped with trio's clock).
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as e:
+        log.warning("cannot read -dht-state %s (%s): starting with an empty routing table", path, e)
+        return None
+    try:
+        table = RoutingTable.from_json(text, now=trio.current_time(), self_id=self_id)
+    except TableFormatError as e:
+        log.warning("ignoring -dht-state %s: %s", path, e.reason)
+        return None
+    log.info("loaded %d DHT contact(s) from %s", len(table), path)
+    return table
+
+
+def save_dht_state(path: str, table: RoutingTable) -> bool:
+    """Write ``table`` to ``path`` atomically (a temporary file, then a rename); False if it failed (logged)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(table.to_json(), f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("cannot save -dht-state %s: %s", path, e)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        return False
+    return True
+
+
+async def _save_dht_state_periodically(path: str, table: RoutingTable, interval: float) -> None:
+    while True:
+        await trio.sleep(interval)
+        save_dht_state(path, table)
+
+
+def start_dht(host: Host, opts: NodeOptions, *, server: bool = True) -> KadDHT:
+    """A :class:`KadDHT` on ``host`` joining through ``opts.bootstrap``, from ``opts.dht_state`` if saved.
+
+    Call it before the host listens or dials, so every peer's identify of us lists the DHT protocol.
+    """
+    table = load_dht_state(opts.dht_state, host.peer_id) if opts.dht_state else None
+    return KadDHT.for_host(host, server=server, bootstrap=opts.bootstrap, table=table)
 
 
 async def _stop_on_signals(
@@ -180,8 +154,10 @@ async def run_node(
     task_status: trio.TaskStatus[RunningNode] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a node until SIGINT/SIGTERM (or cancellation): listen, print our multiaddrs on ``out``
-    (default stdout) one per line, keep the bootstrap peers connected, and with ``monitor`` also ping
-    every connected peer and serve ``/metrics``.
+    (default stdout) one per line, run the DHT in server mode (which keeps the bootstrap peers
+    connected and joins through them; with ``opts.dht_state`` its routing table is loaded at start
+    and saved every minute and at exit), and with ``monitor`` also ping every connected peer and
+    serve ``/metrics`` (including the routing table's size).
 
     Raises:
         UsageError: a listen address or the metrics address cannot be bound.
@@ -192,63 +168,81 @@ async def run_node(
             await nursery.start(_stop_on_signals, nursery.cancel_scope)
         host = Host(opts.key_pair, psk=opts.psk, listen=())
         await nursery.start(host.run)
-        for address in opts.listen:
-            try:
-                await host.listen(address)
-            except OSError as e:
-                raise UsageError(f"cannot listen on {address}: {_os_reason(e)}") from None
-            except addrs_.AddressError as e:
-                raise UsageError(f"cannot listen on {address}: {e.reason}") from None
+        # The DHT (server mode) registers /ipfs/kad/1.0.0 before the host listens or dials:
+        # peers learn our protocols from identify, once per connection.
+        dht = start_dht(host, opts)
+        await _serve(nursery, host, dht, opts, monitor, out, task_status)
 
-        # ---------------------------------------------------------------------------------------
-        # DHT: plug-in point. When physarum.dht provides its service, start it here, in server
-        # mode, before the bootstrap links (so joining peers land in its routing table), e.g.
-        #     dht = DhtService(host, ...)
-        #     await nursery.start(dht.run)
-        #     routing_table_size = dht.routing_table.__len__
-        # routing_table_size is exported by the ping monitor as physarum_routing_table_peers.
-        routing_table_size: Callable[[], int] | None = None
-        # ---------------------------------------------------------------------------------------
 
-        ping_monitor: PingMonitor | None = None
-        server: MetricsServer | None = None
-        if monitor is not None:
-            registry = CollectorRegistry()
-            ping_monitor = PingMonitor(
-                host,
-                registry,
-                hostname=opts.hostname,
-                interval=monitor.interval,
-                timeout=monitor.timeout,
-                expiry=monitor.expiry,
-                routing_table_size=routing_table_size,
-            )
-            server = MetricsServer(registry, host=monitor.prom_host, port=monitor.prom_port)
-            try:
-                await nursery.start(server.run)
-            except OSError as e:
-                where = f"{monitor.prom_host or ''}:{monitor.prom_port}"
-                raise UsageError(f"cannot serve metrics on {where}: {_os_reason(e)}") from None
-            await nursery.start(ping_monitor.run)
+async def _serve(
+    nursery: trio.Nursery,
+    host: Host,
+    dht: KadDHT,
+    opts: NodeOptions,
+    monitor: MonitorOptions | None,
+    out: TextIO,
+    task_status: trio.TaskStatus[RunningNode],
+) -> None:
+    for address in opts.listen:
+        try:
+            await host.listen(address)
+        except OSError as e:
+            raise UsageError(f"cannot listen on {address}: {_os_reason(e)}") from None
+        except addrs_.AddressError as e:
+            raise UsageError(f"cannot listen on {address}: {e.reason}") from None
 
-        for address in opts.bootstrap:
-            if addrs_.tcp_endpoint(address).peer_id == host.peer_id:
-                continue  # redundant bootstraps share one list that names each of them
-            nursery.start_soon(keep_bootstrap_connected, host, address)
+    # The DHT keeps the bootstrap peers connected (PhysarumSM's backoff) and joins through them.
+    await nursery.start(dht.run)
+    if opts.dht_state:
+        nursery.start_soon(_save_dht_state_periodically, opts.dht_state, dht.table, DHT_STATE_SAVE_INTERVAL)
+    table = dht.table
 
-        for a in host.addrs:
-            print(a, file=out)
-        out.flush()
-        log.info(
-            "peer id %s, private network: %s, %d bootstrap peer(s)",
-            host.peer_id,
-            opts.psk_source,
-            len(opts.bootstrap),
+    def routing_table_size() -> int:
+        return len(table)
+
+    ping_monitor: PingMonitor | None = None
+    server: MetricsServer | None = None
+    if monitor is not None:
+        registry = CollectorRegistry()
+        ping_monitor = PingMonitor(
+            host,
+            registry,
+            hostname=opts.hostname,
+            interval=monitor.interval,
+            timeout=monitor.timeout,
+            expiry=monitor.expiry,
+            routing_table_size=routing_table_size,
         )
-        if server is not None:
-            log.info("metrics at %s", " ".join(server.urls))
-        task_status.started(RunningNode(host, ping_monitor, server))
+        server = MetricsServer(registry, host=monitor.prom_host, port=monitor.prom_port)
+        try:
+            await nursery.start(server.run)
+        except OSError as e:
+            where = f"{monitor.prom_host or ''}:{monitor.prom_port}"
+            raise UsageError(f"cannot serve metrics on {where}: {_os_reason(e)}") from None
+        await nursery.start(ping_monitor.run)
+
+    for a in host.addrs:
+        print(a, file=out)
+    out.flush()
+    log.info(
+        "peer id %s, private network: %s, %d bootstrap peer(s)",
+        host.peer_id,
+        opts.psk_source,
+        len(opts.bootstrap),
+    )
+    if server is not None:
+        log.info("metrics at %s", " ".join(server.urls))
+    # A node holds ~250 tracked objects per peer that live as long as the connection; the default
+    # thresholds made full collections run every few seconds for 200-400 ms with 1,000 peers
+    # (bench/monitor.py), stalling pings and scrapes. Freeze start-up objects, collect less often.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+    task_status.started(RunningNode(host, ping_monitor, server, dht))
+    try:
         await trio.sleep_forever()
+    finally:
+        if opts.dht_state:
+            save_dht_state(opts.dht_state, dht.table)
 
 
 # -- process plumbing ------------------------------------------------------------------------------
@@ -309,6 +303,7 @@ def describe_dial_error(e: BaseException) -> str:
 
 
 __all__ = [
+    "DHT_STATE_SAVE_INTERVAL",
     "DIAL_ERRORS",
     "MAX_BACKOFF",
     "MonitorOptions",
@@ -318,7 +313,10 @@ __all__ = [
     "find_usage_error",
     "keep_bootstrap_connected",
     "keep_connected",
+    "load_dht_state",
     "run_main",
     "run_node",
+    "save_dht_state",
     "setup_logging",
+    "start_dht",
 ]

@@ -2,19 +2,28 @@
 
     peer [flags]                          join via -bootstrap (with -psk), print our multiaddrs, stay up
     peer [flags] ping MADDR [-count N]    ping a peer; print one RTT per line; exit 0 if every ping came back
-    peer find ... / peer publish ...      look up / publish contact records (need the DHT: not yet)
+    peer [flags] find PEER_ID_OR_NAME     a peer id: print its multiaddrs, one per line; any other
+                                          name: print its contact records, one JSON object per line
+    peer [flags] publish NAME -data JSON [-endpoint MADDR ...] [-ttl S]
+                                          sign and store a contact record for NAME in the DHT; print
+                                          {"id": ..., "stored": N, ...} (N = nodes that stored it)
 
 Without ``-keyfile`` a peer uses a fresh identity every run (several peers on one machine then never
-share one by accident); give ``-keyfile PATH`` to keep it across restarts. The one-shot subcommands
-do not listen and print only their results.
+share one by accident); give ``-keyfile PATH`` to keep it across restarts (a record is replaced only
+by its own publisher, so republish with the same key file). The one-shot subcommands do not listen,
+join the DHT as clients through -bootstrap (or the peers saved in -dht-state), and print only their
+results.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import time
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import trio
 from multiaddr import Multiaddr
@@ -31,9 +40,30 @@ from physarum.cli.flags import (
     positive_float,
     positive_int,
 )
-from physarum.cli.node import DIAL_ERRORS, describe_dial_error, run_main, run_node, setup_logging
+from physarum.cli.node import (
+    DIAL_ERRORS,
+    describe_dial_error,
+    run_main,
+    run_node,
+    save_dht_state,
+    setup_logging,
+    start_dht,
+)
+from physarum.dht.addrs import parse_multiaddr_text
+from physarum.dht.records import (
+    DEFAULT_RECORD_TTL,
+    MAX_RECORD_TTL,
+    ContactRecord,
+    RecordError,
+    new_expiry,
+    sign_record,
+)
+from physarum.dht.service import KadDHT, PeerNotFoundError
+from physarum.errors import DecodeError
+from physarum.overlay import addr as addrs_
 from physarum.overlay import ping
 from physarum.overlay.host import Host
+from physarum.overlay.identity import PeerId
 
 PROG = "peer"
 LISTEN_DEFAULT = ":0"
@@ -42,11 +72,13 @@ KEYFILE_DEFAULT: str | None = None  # a fresh identity unless -keyfile is given
 EPILOG = """\
 Flags take one dash (Go style, as PhysarumSM) or two; values follow a space or '='; node flags may
 come before or after the subcommand. Environment: P2P_PSK (as -psk), P2P_BOOTSTRAPS (as -bootstrap).
-Exit status: 0 success, 1 a ping failed or the peer was unreachable, 2 bad input."""
+Exit status: 0 success; 1 a ping failed, the peer was unreachable, nothing was found, or nothing
+could be stored; 2 bad input."""
 
 PING_ERRORS: tuple[type[BaseException], ...] = (*DIAL_ERRORS, trio.ClosedResourceError)
 
-NEEDS_DHT = "not available yet: needs the DHT (physarum.dht), which this build does not include"
+#: Default deadline of ``find`` and ``publish``: joining the DHT plus the lookup or the stores.
+DHT_TIMEOUT_DEFAULT = 30.0
 
 
 def build_parser() -> FlagParser:
@@ -73,12 +105,49 @@ def build_parser() -> FlagParser:
         help="deadline to connect, and for each ping (default 10)",
     )
     add_node_flags(ping_cmd, listen_default=LISTEN_DEFAULT, keyfile_default=KEYFILE_DEFAULT, suppress=True)
-    for name, what in (("find", "find a peer or contact record"), ("publish", "publish a contact record")):
-        cmd = commands.add_parser(
-            name, help=f"{what} (needs the DHT: not available yet)", prog=f"{PROG} {name}"
-        )
-        cmd.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+    find_cmd = commands.add_parser(
+        "find", help="find a peer (its multiaddrs) or the contact records of a name", prog=f"{PROG} find"
+    )
+    find_cmd.add_argument("target", metavar="PEER_ID_OR_NAME", help="a peer id, or a record name")
+    _timeout_flag(find_cmd, "find")
+    add_node_flags(find_cmd, listen_default=LISTEN_DEFAULT, keyfile_default=KEYFILE_DEFAULT, suppress=True)
+
+    publish_cmd = commands.add_parser(
+        "publish", help="sign and store a contact record in the DHT", prog=f"{PROG} publish"
+    )
+    publish_cmd.add_argument("name", metavar="NAME", help='the record\'s id: an entity name ("receptionist")')
+    flag(publish_cmd, "data", required=True, metavar="JSON", help="the application payload, a JSON object")
+    flag(
+        publish_cmd,
+        "endpoint",
+        action="append",
+        default=[],
+        metavar="MADDR",
+        help="a multiaddr where NAME is reached; repeatable (default: none)",
+    )
+    flag(
+        publish_cmd,
+        "ttl",
+        type=positive_float,
+        default=DEFAULT_RECORD_TTL,
+        metavar="S",
+        help=f"seconds the record lives (default {DEFAULT_RECORD_TTL:g}, at most {MAX_RECORD_TTL:g})",
+    )
+    _timeout_flag(publish_cmd, "publish")
+    add_node_flags(publish_cmd, listen_default=LISTEN_DEFAULT, keyfile_default=KEYFILE_DEFAULT, suppress=True)
     return parser
+
+
+def _timeout_flag(cmd: argparse.ArgumentParser, what: str) -> None:
+    flag(
+        cmd,
+        "timeout",
+        type=positive_float,
+        default=DHT_TIMEOUT_DEFAULT,
+        metavar="S",
+        help=f"deadline to join the DHT and {what} (default {DHT_TIMEOUT_DEFAULT:g})",
+    )
 
 
 def parse_args(
@@ -86,13 +155,17 @@ def parse_args(
 ) -> tuple[argparse.Namespace, NodeOptions]:
     """Parse peer's command line; ``args.command`` is None, "ping", "find" or "publish".
 
+    For ``find``, ``args.peer_id`` is the target as a :class:`PeerId` (None for a record name). For
+    ``publish``, ``args.data`` is the parsed JSON object and ``args.endpoint`` a list of multiaddrs;
+    the record is test-signed here, so every bad input (a peer id as NAME, oversized data, too many
+    endpoints) is reported before any network traffic.
+
     Raises:
-        UsageError: bad flags or values, unusable key files, or a subcommand that needs the DHT.
+        UsageError: bad flags or values, unusable key files, a subcommand's bad input, or ``find`` /
+            ``publish`` with no -bootstrap peer and no -dht-state file.
     """
     parser = build_parser()
     args, unknown = parser.parse_known_args(normalize_bool_flags(argv))
-    if args.command in ("find", "publish"):
-        raise UsageError(f"{args.command}: {NEEDS_DHT}")
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "ping":
@@ -100,7 +173,44 @@ def parse_args(
         if args.interval < 0:
             raise UsageError("-interval must not be negative")
     opts = node_options(args, listen_default=LISTEN_DEFAULT, keyfile_default=KEYFILE_DEFAULT, env=env)
+    if args.command in ("find", "publish"):
+        if not opts.bootstrap and not (opts.dht_state and os.path.exists(opts.dht_state)):
+            raise UsageError(f"{args.command}: give -bootstrap MADDR (or $P2P_BOOTSTRAPS) to join the network")
+    if args.command == "find":
+        args.peer_id = _peer_id_or_none(args.target)
+    elif args.command == "publish":
+        _check_publish(args, opts)
     return args, opts
+
+
+def _peer_id_or_none(text: str) -> PeerId | None:
+    try:
+        return PeerId.from_string(text)
+    except (DecodeError, ValueError):
+        return None
+
+
+def _check_publish(args: argparse.Namespace, opts: NodeOptions) -> None:
+    try:
+        args.data = json.loads(args.data)
+    except (ValueError, RecursionError) as e:
+        raise UsageError(f"publish: -data is not JSON: {e}") from None
+    if not isinstance(args.data, dict):
+        raise UsageError(f"publish: -data must be a JSON object, not a {type(args.data).__name__}")
+    endpoints = []
+    for text in args.endpoint:
+        try:
+            endpoints.append(parse_multiaddr_text(text))
+        except DecodeError as e:
+            raise UsageError(f"publish: bad -endpoint {text!r}: {e.reason}") from None
+    args.endpoint = endpoints
+    if args.ttl > MAX_RECORD_TTL:
+        raise UsageError(f"publish: -ttl {args.ttl:g} is over the limit of {MAX_RECORD_TTL:g} s")
+    trial = ContactRecord(args.name, tuple(endpoints), args.data, seq=1, expires=new_expiry(time.time(), args.ttl))
+    try:
+        sign_record(opts.key_pair, trial)
+    except (RecordError, ValueError) as e:
+        raise UsageError(f"publish: {e}") from None
 
 
 async def ping_peer(opts: NodeOptions, args: argparse.Namespace) -> int:
@@ -142,6 +252,95 @@ async def _ping(host: Host, target: Multiaddr, count: int, interval: float, time
     return 0
 
 
+# -- the DHT subcommands ---------------------------------------------------------------------------
+
+
+def _fail(command: str, message: str) -> int:
+    print(f"{PROG} {command}: {message}", file=sys.stderr, flush=True)
+    return 1
+
+
+async def _with_dht(opts: NodeOptions, command: str, timeout: float, work: Any) -> int:
+    """Run ``await work(dht, seconds_left)`` on a DHT client joined through the bootstrap peers
+    (or the peers saved in -dht-state), all within ``timeout`` seconds."""
+    host = Host(opts.key_pair, psk=opts.psk, listen=())
+    deadline = trio.current_time() + timeout
+    async with trio.open_nursery() as nursery:
+        await nursery.start(host.run)
+        # Client mode: we do not listen, so peers must not put us in their routing tables.
+        dht = start_dht(host, opts, server=False)
+        await nursery.start(dht.run)
+        try:
+            with trio.move_on_at(deadline):
+                await dht.bootstrapped.wait()
+            if not dht.bootstrapped.is_set():
+                how = " through -bootstrap" if opts.bootstrap else ""
+                return _fail(command, f"could not join the network{how} within {timeout:g} s")
+            try:
+                result: int = await work(dht, max(0.1, deadline - trio.current_time()))
+            except trio.TooSlowError:
+                return _fail(command, f"no answer within {timeout:g} s")
+            if opts.dht_state:
+                save_dht_state(opts.dht_state, dht.table)
+            return result
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def find(opts: NodeOptions, args: argparse.Namespace) -> int:
+    """``peer find``: 0 and the peer's multiaddrs or the name's records (JSON lines); 1 if not found."""
+
+    async def work(dht: KadDHT, timeout: float) -> int:
+        if args.peer_id is not None:
+            try:
+                found = await dht.find_peer(args.peer_id, timeout=timeout)
+            except PeerNotFoundError:
+                return _fail("find", f"peer {args.peer_id} not found")
+            for a in found.addrs:
+                try:
+                    print(addrs_.with_peer(a, found.peer_id))
+                except addrs_.AddressError:
+                    print(a)  # not TCP: printed as given
+            sys.stdout.flush()
+            return 0
+        records = await dht.find_contact(args.target, timeout=timeout)
+        if not records:
+            return _fail("find", f"no contact record for {args.target!r}")
+        for r in records:
+            line = {
+                "id": r.id,
+                "publisher": str(r.publisher),
+                "endpoints": [str(e) for e in r.endpoints],
+                "data": r.data,
+                "seq": r.seq,
+                "expires": r.expires,
+            }
+            print(json.dumps(line, sort_keys=True, ensure_ascii=False))
+        sys.stdout.flush()
+        return 0
+
+    return await _with_dht(opts, "find", args.timeout, work)
+
+
+async def publish(opts: NodeOptions, args: argparse.Namespace) -> int:
+    """``peer publish``: 0 and ``{"id", "stored", ...}`` when at least one node stored the record, else 1."""
+
+    async def work(dht: KadDHT, timeout: float) -> int:
+        try:
+            stored = await dht.publish_contact(
+                args.name, args.endpoint, args.data, ttl=args.ttl, timeout=timeout
+            )
+        except RecordError as e:
+            raise UsageError(f"publish: {e}") from None
+        line = {"id": args.name, "publisher": str(dht.peer_id), "stored": stored}
+        print(json.dumps(line, sort_keys=True, ensure_ascii=False), flush=True)
+        if stored == 0:
+            return _fail("publish", "no node stored the record")
+        return 0
+
+    return await _with_dht(opts, "publish", args.timeout, work)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: ``peer [flags] [ping MADDR | find ... | publish ...]``."""
     argv = sys.argv[1:] if argv is None else argv
@@ -151,6 +350,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_logging(opts.debug, quiet=args.command is not None)
         if args.command == "ping":
             return await ping_peer(opts, args)
+        if args.command == "find":
+            return await find(opts, args)
+        if args.command == "publish":
+            return await publish(opts, args)
         await run_node(opts)
         return 0
 

@@ -1,7 +1,8 @@
 """``ping-monitor``: the network's bootstrap and monitor node (a drop-in for PhysarumSM's).
 
-It listens for peers, keeps its ``-bootstrap`` peers connected, pings every connected peer every
-second and serves the RTTs for Prometheus at ``/metrics`` on ``-prom-listen-addr``.
+It listens for peers, runs the Kademlia DHT in server mode (joining through its ``-bootstrap`` peers,
+which it keeps connected), pings every connected peer every second and serves the RTTs, and the
+routing table's size, for Prometheus at ``/metrics`` on ``-prom-listen-addr``.
 """
 
 from __future__ import annotations
