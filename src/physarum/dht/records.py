@@ -54,7 +54,8 @@ from typing import Any
 from physarum.dht import keyspace
 from physarum.dht.addrs import parse_multiaddr_bytes
 from physarum.errors import DecodeError, PhysarumError
-from physarum.overlay import pb, varint
+from physarum.overlay import envelope as signed_envelope
+from physarum.overlay import pb
 from physarum.overlay.identity import KEY_ED25519, IdentityKeyError, KeyPair, PeerId, PublicKey
 
 DOMAIN = "physarum-contact-record"
@@ -167,25 +168,9 @@ def record_id_from_key(key: bytes) -> str:
 # -- envelopes ---------------------------------------------------------------------------------
 
 
-def _signing_bytes(domain: bytes, payload_type: bytes, payload: bytes) -> bytes:
-    return b"".join(
-        (
-            varint.encode(len(domain)),
-            domain,
-            varint.encode(len(payload_type)),
-            payload_type,
-            varint.encode(len(payload)),
-            payload,
-        )
-    )
-
-
 def seal_envelope(key_pair: KeyPair, domain: str, payload_type: bytes, payload: bytes) -> bytes:
     """A libp2p signed envelope of ``payload`` (record-envelope spec), signed for ``domain``."""
-    signature = key_pair.sign(_signing_bytes(domain.encode(), payload_type, payload))
-    return pb.encode(
-        [(1, key_pair.public_key.to_protobuf()), (2, payload_type), (3, payload), (5, signature)]
-    )
+    return signed_envelope.seal(key_pair, domain.encode(), payload_type, payload)
 
 
 def open_envelope(
@@ -220,7 +205,7 @@ def open_envelope(
     if key.key_type != KEY_ED25519:
         raise UnsupportedKeyError(f"envelope signed with key type {key.key_type}; only Ed25519 is supported")
     try:
-        valid = key.verify(_signing_bytes(domain.encode(), payload_type, payload), signature)
+        valid = key.verify(signed_envelope.signing_bytes(domain.encode(), payload_type, payload), signature)
     except IdentityKeyError as e:
         raise UnsupportedKeyError(e.reason) from None
     if not valid:

@@ -35,13 +35,14 @@ class Envelope:
         return self.public_key.peer_id()
 
 
-def _signing_bytes(domain: bytes, payload_type: bytes, payload: bytes) -> bytes:
+def signing_bytes(domain: bytes, payload_type: bytes, payload: bytes) -> bytes:
+    """What an envelope's signature covers: each part uvarint-length-prefixed."""
     return b"".join(varint.encode(len(p)) + p for p in (domain, payload_type, payload))
 
 
 def seal(key_pair: KeyPair, domain: bytes, payload_type: bytes, payload: bytes) -> bytes:
     """Sign ``payload`` and return the encoded envelope."""
-    signature = key_pair.sign(_signing_bytes(domain, payload_type, payload))
+    signature = key_pair.sign(signing_bytes(domain, payload_type, payload))
     return pb.encode(
         [(1, key_pair.public_key.to_protobuf()), (2, payload_type), (3, payload), (5, signature)]
     )
@@ -64,7 +65,7 @@ def open_envelope(data: bytes, domain: bytes, payload_type: bytes | None = None)
     if payload_type is not None and ptype != payload_type:
         raise EnvelopeError(f"envelope payload type {ptype.hex()} is not {payload_type.hex()}")
     try:
-        ok = key.verify(_signing_bytes(domain, ptype, payload), signature)
+        ok = key.verify(signing_bytes(domain, ptype, payload), signature)
     except PhysarumError as e:
         raise EnvelopeError(str(e)) from e
     if not ok:
