@@ -89,6 +89,9 @@ log = logging.getLogger(__name__)
 
 PROTOCOL_ID = "/ipfs/kad/1.0.0"
 
+#: What a peer that cannot be reached or answer in time makes a request raise.
+_PEER_FAILURES = (PhysarumError, trio.BrokenResourceError, OSError, trio.TooSlowError)
+
 
 class PeerNotFoundError(PhysarumError):
     """A lookup ended without finding the peer; ``peer_id`` says which."""
@@ -302,7 +305,7 @@ class KadDHT:
         """Look up our own id (fills the table); True if anyone answered."""
         try:
             result = await self.lookup(self.peer_id.to_bytes())
-        except (PhysarumError, trio.BrokenResourceError, OSError, trio.TooSlowError) as e:
+        except _PEER_FAILURES as e:
             log.info("joining the DHT: %s", e)
             return False
         if result.stats.responses:
@@ -359,7 +362,7 @@ class KadDHT:
                 await trio.sleep(self.refresh_interval)
                 try:
                     await self.call_ping(peer, self._addrs_of(peer) or [addr])
-                except (PhysarumError, trio.BrokenResourceError, OSError, trio.TooSlowError):
+                except _PEER_FAILURES:
                     return
 
         await keep_connected(dial, lambda: False, wait_gone, name=f"bootstrap {addr}", max_delay=self.max_backoff)
@@ -402,7 +405,7 @@ class KadDHT:
     async def _quietly(self, work: Awaitable[object]) -> None:
         try:
             await work
-        except (PhysarumError, trio.BrokenResourceError, OSError, trio.TooSlowError) as e:
+        except _PEER_FAILURES as e:
             log.info("dht maintenance: %s", e)
 
     # -- routing table --
@@ -620,7 +623,7 @@ class KadDHT:
             try:
                 with trio.fail_after(self.query_timeout):
                     answer = await ask(known[peer])
-            except (PhysarumError, trio.BrokenResourceError, trio.ClosedResourceError, OSError, trio.TooSlowError) as e:
+            except (*_PEER_FAILURES, trio.ClosedResourceError) as e:
                 log.debug("lookup: %s did not answer: %s", peer, e)
                 if isinstance(e, DialError):
                     self.table.remove(peer)
@@ -716,7 +719,7 @@ class KadDHT:
             try:
                 await self.call_put_value(p.peer_id, p.addrs, key, encode_record_set([envelope]))
                 stored += 1
-            except (PhysarumError, trio.BrokenResourceError, OSError, trio.TooSlowError) as e:
+            except _PEER_FAILURES as e:
                 log.info("storing %r at %s failed: %s", record_id, p.peer_id, e)
 
         async with trio.open_nursery() as nursery:
@@ -823,7 +826,7 @@ def _ping_check(host: Any) -> Callable[[PeerId], Awaitable[bool]]:
     async def alive(peer: PeerId) -> bool:
         try:
             await host.ping(peer)
-        except (PhysarumError, trio.BrokenResourceError, OSError, trio.TooSlowError):
+        except _PEER_FAILURES:
             return False
         return True
 
