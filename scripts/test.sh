@@ -11,8 +11,6 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2> >(grep -v '^WARNING: Location' >&2)
-# multiaddr's metadata pulls in trio-typing, whose old stubs shadow trio's own type hints.
-.venv/bin/python -m pip uninstall -q -y trio-typing >/dev/null 2>&1 || true
 
 # js-libp2p interop peer: reinstall only when the lock file changed.
 lock_hash=$(sha256sum tests/interop/js/package-lock.json | cut -d' ' -f1)

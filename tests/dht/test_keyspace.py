@@ -9,12 +9,12 @@ from random import Random
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from multiaddr import Multiaddr
 
 from physarum.dht import keyspace
 from physarum.dht.addrs import ip_address_of, parse_multiaddr_bytes, parse_multiaddr_text
 from physarum.errors import DecodeError
 from physarum.overlay.identity import KeyPair
+from physarum.overlay.multiaddr import Multiaddr
 
 from ._util import random_peer_id
 

@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import trio
-from multiaddr import Multiaddr
 
 from physarum.dht.messages import Message, decode_message, encode_message
 from physarum.errors import DialError
 from physarum.overlay.identity import PeerId
+from physarum.overlay.multiaddr import Multiaddr
 
 
 class Responder(Protocol):

@@ -64,7 +64,7 @@ class Record:
 
 @dataclass(frozen=True, slots=True)
 class Peer:
-    """A peer in ``closerPeers`` / ``providerPeers``: id, ``multiaddr.Multiaddr`` addresses, connectedness."""
+    """A peer in ``closerPeers`` / ``providerPeers``: id, ``Multiaddr`` addresses, connectedness."""
 
     peer_id: PeerId
     addrs: tuple[Any, ...] = ()

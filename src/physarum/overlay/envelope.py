@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from multiaddr import Multiaddr
-
 from physarum.errors import DecodeError, PhysarumError
 from physarum.overlay import pb, varint
 from physarum.overlay.identity import KeyPair, PeerId, PublicKey
+from physarum.overlay.multiaddr import AddressError, Multiaddr
 
 PEER_RECORD_DOMAIN = b"libp2p-peer-record"
 PEER_RECORD_TYPE = b"\x03\x01"
@@ -104,7 +103,7 @@ def open_peer_record(data: bytes) -> PeerRecord:
             if raw:
                 try:
                     addrs.append(Multiaddr(raw))
-                except Exception:  # one bad address must not void the record
+                except AddressError:  # one bad address must not void the record
                     continue
     except DecodeError as e:
         raise EnvelopeError(f"malformed peer record: {e.reason}") from e

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from multiaddr import Multiaddr
-
 from physarum.overlay.identity import PeerId, PublicKey
+from physarum.overlay.multiaddr import Multiaddr
 
 #: Addresses kept per peer; identify can announce many and they must not grow without bound.
 MAX_ADDRS_PER_PEER = 16
