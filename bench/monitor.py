@@ -209,7 +209,7 @@ def parse_exposition(text: str, scrape: Scrape) -> Scrape:
         if name == "ping_rtt":
             scrape.rtt_ms[labels["targetHost"]] = value
         elif name == "physarum_ping_rtt_seconds_count":
-            scrape.counts[labels["target"]] = value
+            scrape.counts[labels["peer"]] = value
         elif name == "physarum_ping_rtt_seconds_bucket":
             le = float(labels["le"])
             scrape.buckets[le] = scrape.buckets.get(le, 0.0) + value

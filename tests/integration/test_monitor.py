@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import errno
+import gzip
 import shutil
+import socket
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import pytest
 import trio
 from prometheus_client import CollectorRegistry
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
-from physarum.monitor import MetricsServer, PingMonitor
+from physarum.monitor import MetricsServer, PingMonitor, http, node_registry
 from physarum.overlay import ping
 from physarum.overlay.host import Host, open_host
 from physarum.overlay.identity import KeyPair
@@ -50,7 +54,7 @@ async def monitor_node(
     psk: bytes | None, *, interval: float = 0.25, **kwargs: object
 ) -> AsyncIterator[MonitorNode]:
     async with open_host(psk=psk, listen=[LOOPBACK]) as host, trio.open_nursery() as nursery:
-        registry = CollectorRegistry()
+        registry = node_registry()
         monitor = PingMonitor(host, registry, hostname=HOSTNAME, interval=interval, **kwargs)  # type: ignore[arg-type]
         server = MetricsServer(registry, host="127.0.0.1", port=0)
         await nursery.start(server.run)
@@ -63,14 +67,22 @@ async def monitor_node(
 
 async def fetch(url: str, *, method: str = "GET") -> tuple[int, bytes]:
     """An HTTP request with the standard library's client (in a thread): independent of our server code."""
+    status, _, body = await fetch_with_headers(url, method=method)
+    return status, body
 
-    def get() -> tuple[int, bytes]:
-        request = urllib.request.Request(url, method=method)
+
+async def fetch_with_headers(
+    url: str, *, method: str = "GET", headers: Mapping[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers (lower-case names) and raw body (not decompressed) of one request."""
+
+    def get() -> tuple[int, dict[str, str], bytes]:
+        request = urllib.request.Request(url, method=method, headers=dict(headers or {}))
         try:
             with urllib.request.urlopen(request, timeout=5) as response:
-                return response.status, response.read()
+                return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
         except urllib.error.HTTPError as e:
-            return e.code, e.read()
+            return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
 
     return await trio.to_thread.run_sync(get)
 
@@ -106,17 +118,32 @@ def rtt_series(metrics: Metrics) -> dict[str, float]:
 
 
 @asynccontextmanager
-async def peers(n: int, psk: bytes | None) -> AsyncIterator[list[Host]]:
+async def peers(n: int, psk: bytes | None, *, listen: bool = True) -> AsyncIterator[list[Host]]:
+    """``n`` hosts; with ``listen=False`` they are clients (no listen address, as `peer find` runs)."""
     async with trio.open_nursery() as nursery:
         hosts: list[Host] = []
         for _ in range(n):
-            host = Host(psk=psk, listen=[LOOPBACK])
+            host = Host(psk=psk, listen=[LOOPBACK] if listen else [])
             await nursery.start(host.run)
             hosts.append(host)
         try:
             yield hosts
         finally:
             nursery.cancel_scope.cancel()
+
+
+async def wait_identified(node: MonitorNode, hosts: list[Host]) -> None:
+    """Until the monitor's host has the identify message of each of ``hosts``."""
+
+    def done() -> bool:
+        conns = [node.host.connection(h.peer_id) for h in hosts]
+        return all(c is not None and c.identify_info is not None for c in conns)
+
+    await wait_until(done, what="identify of every peer")
+
+
+def series_naming(metrics: Metrics, peer_id: str) -> list[str]:
+    return [name for name, samples in metrics.items() for labels, _ in samples if peer_id in labels.values()]
 
 
 async def test_three_peers_one_ping_rtt_series_each() -> None:
@@ -131,10 +158,10 @@ async def test_three_peers_one_ping_rtt_series_each() -> None:
             assert 0 < value < 1000
         assert {labels["targetHost"] for labels, _ in metrics["ping_ewma_rtt"]} == ids
         assert metrics["physarum_peers_connected"] == [({}, 3.0)]
-        assert {labels["target"]: v for labels, v in metrics["physarum_peer_reachable"]} == dict.fromkeys(
+        assert {labels["peer"]: v for labels, v in metrics["physarum_peer_reachable"]} == dict.fromkeys(
             ids, 1.0
         )
-        counts = {labels["target"]: v for labels, v in metrics["physarum_ping_rtt_seconds_count"]}
+        counts = {labels["peer"]: v for labels, v in metrics["physarum_ping_rtt_seconds_count"]}
         assert set(counts) == ids and all(v >= 1 for v in counts.values())
         assert [labels["version"] for labels, _ in metrics["physarum_build_info"]] == ["0.1.0"]
 
@@ -146,6 +173,7 @@ async def test_disconnect_and_kill_are_reflected_within_two_intervals() -> None:
         for h in hosts:
             await h.connect(node.host.addrs[0])
         await wait_scrape(node, lambda m: len(rtt_series(m)) == 3, what="3 series")
+        await wait_identified(node, hosts)  # they listen: kept (reachable 0) after they leave
         polite, killed, stays = hosts
         # a clean disconnect (GoAway, TCP close)
         t0 = trio.current_time()
@@ -154,7 +182,7 @@ async def test_disconnect_and_kill_are_reflected_within_two_intervals() -> None:
             node, lambda m: str(polite.peer_id) not in rtt_series(m), timeout=2 * interval, what="polite gone"
         )
         assert trio.current_time() - t0 <= 2 * interval
-        reach = {labels["target"]: v for labels, v in metrics["physarum_peer_reachable"]}
+        reach = {labels["peer"]: v for labels, v in metrics["physarum_peer_reachable"]}
         assert reach[str(polite.peer_id)] == 0  # kept (at 0) until expiry
         # a peer whose sockets are closed under it, as when its process is killed
         t0 = trio.current_time()
@@ -220,7 +248,7 @@ async def test_peer_without_ping_is_counted_as_unsupported() -> None:
             fails = [
                 v
                 for labels, v in m.get("physarum_ping_failures_total", [])
-                if labels["target"] == str(mute.peer_id) and labels["reason"] == "unsupported"
+                if labels["peer"] == str(mute.peer_id) and labels["reason"] == "unsupported"
             ]
             return bool(fails) and fails[0] >= 2 and str(ok.peer_id) in rtt_series(m)
 
@@ -241,6 +269,7 @@ async def test_no_fd_or_task_leak_over_100_connect_disconnect_cycles() -> None:
                 lambda: (s := monitor.peers.get(peer.peer_id)) is not None and s.successes > seen,
                 what="a ping on the new connection",
             )
+            await wait_identified(node, [peer])  # a listening peer: its stats outlive the connection
             await peer.disconnect(node.host.peer_id)
             await wait_until(
                 lambda: (
@@ -325,7 +354,9 @@ async def test_http_paths_and_methods() -> None:
         status, body = await fetch(base + "/metrics")
         assert status == 200 and b"# TYPE ping_rtt gauge" in body
         assert (await fetch(base + "/metrics?x=1"))[0] == 200
-        assert (await fetch(base + "/"))[0] == 404
+        status, body = await fetch(base + "/")
+        assert status == 200 and b'<a href="metrics">' in body
+        assert (await fetch(base + "/nope"))[0] == 404
         assert (await fetch(base + "/metrics/extra"))[0] == 404
         assert (await fetch(base + "/metrics", method="POST"))[0] == 405
         status, body = await fetch(base + "/metrics", method="HEAD")
@@ -363,3 +394,109 @@ async def test_slow_and_garbage_clients_do_not_block_scrapes() -> None:
         assert answer == b"" or answer.startswith(b"HTTP/1.1 431 ")
         for s in [*silent, trickle, garbage, huge]:
             await s.aclose()
+
+
+async def test_gzip_and_openmetrics_over_a_socket() -> None:
+    psk = generate_psk()
+    async with monitor_node(psk, interval=0.05) as node, peers(1, psk) as (peer,):
+        await peer.connect(node.host.addrs[0])
+        await wait_scrape(node, lambda m: str(peer.peer_id) in rtt_series(m), what="the peer's ping_rtt")
+        status, headers, body = await fetch_with_headers(
+            node.url,
+            headers={
+                "Accept": "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+                "Accept-Encoding": "gzip",
+            },
+        )
+        assert status == 200
+        assert headers["content-type"].startswith("application/openmetrics-text; version=1.0.0")
+        assert headers["content-encoding"] == "gzip"
+        assert headers["content-length"] == str(len(body))
+        text = gzip.decompress(body).decode()
+        assert text.endswith("# EOF\n") and "_created" not in text
+        families = {f.name: f for f in openmetrics_families(text)}
+        assert {s.labels["targetHost"] for s in families["ping_rtt"].samples} == {str(peer.peer_id)}
+        assert {s.labels["peer"] for s in families["physarum_peer_reachable"].samples} == {str(peer.peer_id)}
+        assert families["process_resident_memory_bytes"].samples[0].value > 0
+        assert families["process_cpu_seconds"].type == "counter"
+
+        # a classic scrape: the 0.0.4 text format, not compressed
+        status, headers, body = await fetch_with_headers(node.url)
+        assert headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+        assert "content-encoding" not in headers
+        assert b"# EOF" not in body and b"_created" not in body and b"process_open_fds " in body
+
+
+async def test_clients_leave_no_series_behind() -> None:
+    """Five one-shot clients (no listen address, like `peer find`): pinged while there, gone at once."""
+    psk = generate_psk()
+    async with monitor_node(psk, interval=0.05) as node, peers(1, psk) as (listening,):
+        await listening.connect(node.host.addrs[0])
+        await wait_identified(node, [listening])
+        for _ in range(5):
+            async with peers(1, psk, listen=False) as (client,):
+                await client.connect(node.host.addrs[0])
+                await wait_scrape(node, lambda m: str(client.peer_id) in rtt_series(m), what="client pinged")
+                await wait_identified(node, [client])
+                info = node.host.connection(client.peer_id).identify_info  # type: ignore[union-attr]
+                assert info is not None and info.listen_addrs == []
+                await client.disconnect(node.host.peer_id)
+                metrics = await wait_scrape(
+                    node, lambda m: not series_naming(m, str(client.peer_id)), what="the client forgotten"
+                )
+                assert metrics["physarum_peers_connected"] == [({}, 1.0)]
+                assert client.peer_id not in node.monitor.peers
+        await listening.disconnect(node.host.peer_id)
+        metrics = await wait_scrape(
+            node, lambda m: str(listening.peer_id) not in rtt_series(m), what="the listening peer gone"
+        )
+        reach = {labels["peer"]: v for labels, v in metrics["physarum_peer_reachable"]}
+        assert reach == {str(listening.peer_id): 0.0}  # only the node that listens stays (at 0)
+
+
+async def test_port_zero_on_every_interface_is_one_port_for_all_families() -> None:
+    server = MetricsServer(CollectorRegistry(), host=None, port=0)
+    async with trio.open_nursery() as nursery:
+        addresses = await nursery.start(server.run)
+        ports = {port for _, port in addresses}
+        assert len(ports) == 1 and ports != {0}
+        families = {":" in host for host, _ in addresses}
+        if socket.has_ipv6 and len(addresses) > 1:
+            assert families == {False, True}
+        (port,) = ports
+        assert (await fetch(f"http://127.0.0.1:{port}/metrics"))[0] == 200
+        nursery.cancel_scope.cancel()
+
+
+async def test_port_zero_taken_on_another_family_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    infos = await trio.socket.getaddrinfo(None, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    if len(infos) < 2:
+        pytest.skip("this machine has one address family: nothing to keep in step")  # pragma: no cover
+    calls: list[int] = []
+    listen = http._listen
+
+    async def flaky(family: int, type_: int, proto: int, sockaddr: tuple[object, ...]) -> object:
+        calls.append(int(str(sockaddr[1])))
+        if len(calls) == 2:  # the second family, first attempt: "taken"
+            raise OSError(errno.EADDRINUSE, "Address already in use")
+        return await listen(family, type_, proto, sockaddr)
+
+    monkeypatch.setattr(http, "_listen", flaky)
+    listeners = await http.open_listeners(None, 0)
+    try:
+        ports = {int(lst.socket.getsockname()[1]) for lst in listeners}
+        assert len(listeners) == len(infos) and len(ports) == 1
+        assert calls[0] == 0 and calls[2] == 0  # the second attempt started from a new free port
+    finally:
+        for lst in listeners:
+            await lst.aclose()
+
+    async def always_taken(family: int, type_: int, proto: int, sockaddr: tuple[object, ...]) -> object:
+        if sockaddr[1] != 0:
+            raise OSError(errno.EADDRINUSE, "Address already in use")
+        return await listen(family, type_, proto, sockaddr)
+
+    monkeypatch.setattr(http, "_listen", always_taken)
+    with pytest.raises(OSError) as e:
+        await http.open_listeners(None, 0, attempts=3)
+    assert e.value.errno == errno.EADDRINUSE

@@ -24,11 +24,11 @@ from typing import Any
 
 import pytest
 import trio
-from multiaddr import Multiaddr
 
 from physarum.cli.flags import NodeOptions
 from physarum.cli.node import MonitorOptions, RunningNode, run_node
 from physarum.overlay.identity import KeyPair
+from physarum.overlay.multiaddr import Multiaddr
 from physarum.psk import psk_from_passphrase
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,7 +62,15 @@ def free_loopback_port() -> int:
 
 
 def node_options(psk: bytes, bootstrap: list[Multiaddr], hostname: str = "physarum-test") -> NodeOptions:
-    return NodeOptions([LOOPBACK], bootstrap, psk, KeyPair.generate(), hostname, False, "passphrase")
+    return NodeOptions(
+        listen=[LOOPBACK],
+        bootstrap=bootstrap,
+        psk=psk,
+        key_pair=KeyPair.generate(),
+        hostname=hostname,
+        debug="",
+        psk_source="passphrase",
+    )
 
 
 @asynccontextmanager
@@ -197,6 +205,13 @@ async def test_real_prometheus_scrapes_one_ping_rtt_series_per_peer(tmp_path: Pa
             assert [r["value"][1] for r in up["data"]["result"]] == ["1"]
             connected = await api_query(port, "physarum_peers_connected")
             assert [r["value"][1] for r in connected["data"]["result"]] == ["3"]
+            # Prometheus negotiates OpenMetrics (with gzip): the same series, and no `_created` ones
+            reachable = await api_query(port, "physarum_peer_reachable")
+            assert {r["metric"]["peer"] for r in reachable["data"]["result"]} == peer_ids
+            created = await api_query(port, '{__name__=~".+_created"}')
+            assert created["data"]["result"] == []
+            cpu = await api_query(port, "process_cpu_seconds_total")  # node_registry's process metrics
+            assert len(cpu["data"]["result"]) == 1
 
 
 def test_prometheus_setup_script_is_idempotent() -> None:

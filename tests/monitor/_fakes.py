@@ -6,7 +6,7 @@ Everything runs on trio's clock, so with ``autojump_clock`` an RTT of 10 ms is m
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from dataclasses import dataclass, field
 
 import trio
 
@@ -22,15 +22,35 @@ RESET = "reset"  # resets the stream instead of echoing
 UNSUPPORTED = "unsupported"  # does not speak the ping protocol
 
 
+#: A listen address as a node's identify message carries it (the monitor only counts them).
+NODE_ADDRS: tuple[str, ...] = ("/ip4/192.0.2.7/tcp/4001",)
+
+
+@dataclass
+class FakeIdentify:
+    """The part of an identify message the monitor reads."""
+
+    listen_addrs: list[str] = field(default_factory=list)
+
+
 class FakePeer:
     """A remote peer's behaviour. ``rtts``: a number, or an iterable of numbers used in turn (the last
     one repeats). ``stream_lifetime``: the responder resets a ping stream this long after it opened
-    (js-libp2p does so after 10 s)."""
+    (js-libp2p does so after 10 s). ``listen_addrs``: what its identify message says (a node by default;
+    ``()`` for a one-shot client); with ``identified=False`` its connections never complete identify."""
 
     def __init__(
-        self, rtts: float | Iterable[float] = 0.01, *, mode: str = OK, stream_lifetime: float | None = None
+        self,
+        rtts: float | Iterable[float] = 0.01,
+        *,
+        mode: str = OK,
+        stream_lifetime: float | None = None,
+        listen_addrs: Sequence[str] = NODE_ADDRS,
+        identified: bool = True,
     ):
         self.peer_id: PeerId = KeyPair.generate().peer_id
+        self.listen_addrs = list(listen_addrs)
+        self.identified = identified
         self._rtts = [rtts] if isinstance(rtts, int | float) else list(rtts)
         self._next = 0
         self.mode = mode
@@ -38,6 +58,10 @@ class FakePeer:
         self.streams: list[FakeStream] = []
         self.echoes = 0
         self.ping_started_at: list[float] = []
+        self.on_echo: Callable[[], None] | None = None
+        """Called (synchronously, in the pinging task) just before an echo is returned."""
+        self.on_reset: Callable[[], None] | None = None
+        """Called (synchronously) when the monitor resets one of its ping streams."""
 
     def next_rtt(self) -> float:
         rtt = self._rtts[min(self._next, len(self._rtts) - 1)]
@@ -95,6 +119,8 @@ class FakeStream(trio.abc.HalfCloseableStream):
         data, self.pending = self.pending[: ping.PING_SIZE], self.pending[ping.PING_SIZE :]
         self.pings += 1
         self.peer.echoes += 1
+        if self.peer.on_echo is not None:
+            self.peer.on_echo()
         if mode == BAD_ECHO:
             return bytes(len(data))
         return data
@@ -105,13 +131,21 @@ class FakeStream(trio.abc.HalfCloseableStream):
 
     def reset(self) -> None:
         self.was_reset = True
+        if self.peer.on_reset is not None:
+            self.peer.on_reset()
 
 
 class FakeConnection:
+    """Identified as soon as it exists (when the peer completes identify), like a real connection a
+    moment after on_connect; tests may set ``identify_info`` later."""
+
     def __init__(self, peer: FakePeer) -> None:
         self.peer = peer
         self.peer_id = peer.peer_id
         self.closed = False
+        self.identify_info: FakeIdentify | None = (
+            FakeIdentify(list(peer.listen_addrs)) if peer.identified else None
+        )
 
     @property
     def is_closed(self) -> bool:
@@ -132,8 +166,8 @@ class FakeHost:
     """Connections to fake peers; fires the callbacks a real Host fires."""
 
     def __init__(self) -> None:
-        self.on_connect: list[Callable[[Any], None]] = []
-        self.on_disconnect: list[Callable[[Any], None]] = []
+        self.on_connect: list[Callable[[FakeConnection], None]] = []
+        self.on_disconnect: list[Callable[[FakeConnection], None]] = []
         self.conns: dict[PeerId, FakeConnection] = {}
 
     def connected_peers(self) -> list[PeerId]:

@@ -1,20 +1,23 @@
-"""MonitorMetrics and the /metrics HTTP handling, over memory streams."""
+"""MonitorMetrics, node_registry and the exposition (formats, gzip, no ``_created``)."""
 
 from __future__ import annotations
 
+import gzip
+
 import pytest
-import trio
-import trio.testing
-from prometheus_client import CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
 from physarum.monitor.metrics import (
+    CONTENT_TYPE,
     FAILURE_REASONS,
     PING_RTT_HELP,
     RTT_BUCKETS,
-    MetricsServer,
     MonitorMetrics,
-    handle_request_head,
+    WithoutCreated,
+    node_registry,
+    render_exposition,
 )
 
 TARGET = "12D3KooWQrEbutuv991JegVdQhzqv6v3MKjckZRtkdKnKqvHuNVM"
@@ -69,9 +72,9 @@ def test_failure_drops_rtt_gauges_and_counts() -> None:
     get = registry.get_sample_value
     assert get("ping_rtt", {"targetHost": TARGET, "host": "h"}) is None
     assert get("ping_ewma_rtt", {"targetHost": TARGET, "host": "h"}) is None
-    assert get("physarum_peer_reachable", {"target": TARGET}) == 0
-    assert get("physarum_ping_failures_total", {"target": TARGET, "reason": "timeout"}) == 2
-    assert get("physarum_ping_failures_total", {"target": TARGET, "reason": "closed"}) == 1
+    assert get("physarum_peer_reachable", {"peer": TARGET}) == 0
+    assert get("physarum_ping_failures_total", {"peer": TARGET, "reason": "timeout"}) == 2
+    assert get("physarum_ping_failures_total", {"peer": TARGET, "reason": "closed"}) == 1
 
 
 def test_forget_removes_every_series_and_tolerates_missing_ones() -> None:
@@ -89,134 +92,157 @@ def test_forget_removes_every_series_and_tolerates_missing_ones() -> None:
     assert registry.get_sample_value("ping_rtt", {"targetHost": "other", "host": "h"}) == 2.0
 
 
-# -- HTTP request heads --
-
-
-def render() -> bytes:
-    return b"metric 1\n"
-
-
-def split(response: bytes) -> tuple[str, dict[str, str], bytes]:
-    head, _, body = response.partition(b"\r\n\r\n")
-    lines = head.decode().split("\r\n")
-    headers = dict(line.split(": ", 1) for line in lines[1:])
-    return lines[0], headers, body
-
-
-@pytest.mark.parametrize(
-    "target", [b"/metrics", b"/metrics?name[]=ping_rtt", b"http://127.0.0.1:9100/metrics"]
-)
-def test_get_metrics(target: bytes) -> None:
-    status, headers, body = split(handle_request_head(b"GET " + target + b" HTTP/1.1\r\nHost: x", render))
-    assert status == "HTTP/1.1 200 OK"
-    assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
-    assert headers["Content-Length"] == str(len(body))
-    assert headers["Connection"] == "close"
-    assert body == b"metric 1\n"
-
-
-def test_head_has_no_body() -> None:
-    status, headers, body = split(handle_request_head(b"HEAD /metrics HTTP/1.0", render))
-    assert status == "HTTP/1.1 200 OK" and body == b""
-    assert headers["Content-Length"] == str(len(render()))
-
-
-@pytest.mark.parametrize(
-    ("head", "status"),
-    [
-        (b"GET / HTTP/1.1", "404"),
-        (b"GET /metricsx HTTP/1.1", "404"),
-        (b"GET /favicon.ico HTTP/1.1", "404"),
-        (b"POST /metrics HTTP/1.1", "405"),
-        (b"DELETE /metrics HTTP/1.1", "405"),
-        (b"GET /metrics", "400"),
-        (b"GET /metrics SPDY/3", "400"),
-        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", "400"),
-        (b"", "400"),
-        (b"GET  /metrics HTTP/1.1", "400"),
-    ],
-)
-def test_other_requests(head: bytes, status: str) -> None:
-    called: list[int] = []
-
-    def render_once() -> bytes:
-        called.append(1)
-        return b""
-
-    response = handle_request_head(head, render_once)
-    assert response.split(b" ")[1].decode() == status
-    assert called == []
-
-
-# -- the server's per-client handling over memory streams --
-
-
-async def exchange(server: MetricsServer, request: bytes, *, close: bool = True) -> bytes:
-    client, server_side = trio.testing.memory_stream_pair()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(server._handle, server_side)
-        await client.send_all(request)
-        if close:
-            await client.send_eof()
-        data = bytearray()
-        while chunk := await client.receive_some():
-            data += chunk
-    return bytes(data)
-
-
-async def test_server_answers_and_closes() -> None:
+def test_label_names() -> None:
     registry = CollectorRegistry()
-    MonitorMetrics(registry, hostname="h").observe(TARGET, 0.001, 1.0)
-    server = MetricsServer(registry)
-    response = await exchange(server, b"GET /metrics HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n\r\n", close=False)
-    status, _, body = split(response)
-    assert status == "HTTP/1.1 200 OK"
-    assert f'targetHost="{TARGET}"'.encode() in body
+    m = MonitorMetrics(registry, hostname="h")
+    m.observe(TARGET, 0.001, 1.0)
+    m.failed(TARGET, "timeout")
+    m.observe(TARGET, 0.001, 1.0)
+    labels = {name: set(samples[0][1]) for name, samples in families(registry).items() if samples}
+    assert labels["ping_rtt"] == labels["ping_ewma_rtt"] == {"targetHost", "host"}
+    assert labels["physarum_ping_rtt_seconds"] == {"peer", "le"}
+    assert labels["physarum_ping_failures"] == {"peer", "reason"}
+    assert labels["physarum_peer_reachable"] == {"peer"}
+    assert labels["physarum_build_info"] == {"version", "python"}
+    assert "physarum_routing_table_peers" not in families(registry)
 
 
-async def test_request_split_into_bytes() -> None:
-    server = MetricsServer(CollectorRegistry())
-    client, server_side = trio.testing.memory_stream_pair()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(server._handle, server_side)
-        for byte in b"GET /nope HTTP/1.1\r\n\r\n":
-            await client.send_all(bytes([byte]))
-        data = bytearray()
-        while chunk := await client.receive_some():
-            data += chunk
-    assert data.startswith(b"HTTP/1.1 404 ")
+# -- node_registry: process metrics --
 
 
-async def test_oversized_request_gets_431() -> None:
-    server = MetricsServer(CollectorRegistry(), max_request_bytes=1024)
-    response = await exchange(server, b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 5000, close=False)
-    assert response.startswith(b"HTTP/1.1 431 ")
+def test_node_registry_has_process_platform_and_gc_metrics() -> None:
+    registry = node_registry()
+    names = {s.name for m in registry.collect() for s in m.samples}
+    if REGISTRY.get_sample_value("process_resident_memory_bytes") is not None:  # /proc is there
+        assert {
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_start_time_seconds",
+        } <= names
+        assert (registry.get_sample_value("process_resident_memory_bytes") or 0) > 0
+    assert "python_info" in names
+    assert "python_gc_collections_total" in names
+    MonitorMetrics(registry, hostname="h")  # the monitor's metrics go on the same registry
 
 
-async def test_client_that_hangs_up_early_gets_nothing() -> None:
-    server = MetricsServer(CollectorRegistry())
-    assert await exchange(server, b"GET /met") == b""
+def test_node_registries_are_independent() -> None:
+    a, b = node_registry(), node_registry()
+    MonitorMetrics(a, hostname="a")
+    MonitorMetrics(b, hostname="b")  # no "Duplicated timeseries": a fresh registry each time
+    assert a is not b
 
 
-async def test_silent_client_is_dropped_after_the_timeout(autojump_clock: trio.abc.Clock) -> None:
-    server = MetricsServer(CollectorRegistry(), request_timeout=3.0)
-    client, server_side = trio.testing.memory_stream_pair()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(server._handle, server_side)
-        start = trio.current_time()
-        assert await client.receive_some() == b""
-        assert trio.current_time() - start == pytest.approx(3.0)
-    assert server._clients == 0
+# -- the exposition --
 
 
-async def test_clients_over_the_limit_are_closed_at_once(autojump_clock: trio.abc.Clock) -> None:
-    server = MetricsServer(CollectorRegistry(), max_clients=2, request_timeout=60)
-    pairs = [trio.testing.memory_stream_pair() for _ in range(3)]
-    async with trio.open_nursery() as nursery:
-        for _, server_side in pairs:
-            nursery.start_soon(server._handle, server_side)
-            await trio.testing.wait_all_tasks_blocked()
-        assert server._clients == 2
-        with trio.fail_after(1):
-            assert await pairs[2][0].receive_some() == b""
-        nursery.cancel_scope.cancel()
+def scraped(body: bytes, content_type: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    parse = openmetrics_families if content_type.startswith("application/openmetrics-text") else None
+    text = body.decode()
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for fam in (parse or text_string_to_metric_families)(text):
+        for s in fam.samples:
+            out.setdefault(s.name, []).append((s.labels, s.value))
+    return out
+
+
+def busy_registry() -> CollectorRegistry:
+    registry = node_registry()
+    m = MonitorMetrics(registry, hostname="h")
+    m.observe(TARGET, 0.001, 1.0)
+    m.failed("other", "timeout")
+    return registry
+
+
+PROMETHEUS_2_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+    "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
+PROMETHEUS_3_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,"
+    "application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.3,"
+    "text/plain;version=0.0.4;q=0.2,*/*;q=0.1"
+)
+
+
+@pytest.mark.parametrize("accept", ["", "*/*", "text/plain", "text/plain;version=0.0.4", "text/html"])
+def test_classic_format_keeps_the_0_0_4_content_type(accept: str) -> None:
+    body, headers = render_exposition(busy_registry(), accept=accept)
+    assert headers == [("Content-Type", CONTENT_TYPE)]
+    assert CONTENT_TYPE == "text/plain; version=0.0.4; charset=utf-8"
+    assert b"# EOF" not in body
+    assert scraped(body, CONTENT_TYPE)["ping_rtt"] == [({"targetHost": TARGET, "host": "h"}, 1.0)]
+
+
+@pytest.mark.parametrize("accept", ["application/openmetrics-text", PROMETHEUS_2_ACCEPT, PROMETHEUS_3_ACCEPT])
+def test_openmetrics_when_asked(accept: str) -> None:
+    body, headers = render_exposition(busy_registry(), accept=accept)
+    ((name, content_type),) = headers
+    assert name == "Content-Type"
+    assert content_type.startswith("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    assert body.endswith(b"# EOF\n")
+    metrics = scraped(body, content_type)
+    assert metrics["ping_rtt"] == [({"targetHost": TARGET, "host": "h"}, 1.0)]
+    assert metrics["physarum_ping_failures_total"] == [({"peer": "other", "reason": "timeout"}, 1.0)]
+    assert "process_cpu_seconds_total" in metrics or "python_info" in metrics
+
+
+def test_text_format_1_0_0_when_asked_for_it() -> None:
+    """A scraper that names version 1.0.0 of the text format gets prometheus_client's label for it."""
+    _, headers = render_exposition(busy_registry(), accept="text/plain;version=1.0.0")
+    assert headers[0][1].startswith("text/plain; version=1.0.0")
+
+
+@pytest.mark.parametrize("accept", ["", "application/openmetrics-text"])
+@pytest.mark.parametrize("encoding", ["gzip", "deflate, gzip;q=0.8", "GZIP"])
+def test_gzip_when_accepted(accept: str, encoding: str) -> None:
+    registry = busy_registry()
+    plain, plain_headers = render_exposition(registry, accept=accept)
+    body, headers = render_exposition(registry, accept=accept, accept_encoding=encoding)
+    assert headers == [*plain_headers, ("Content-Encoding", "gzip")]
+    assert b"ping_rtt{" in gzip.decompress(body)
+    assert len(body) < len(plain)
+
+
+@pytest.mark.parametrize("encoding", ["", "identity", "deflate", "br"])
+def test_no_gzip_unless_accepted(encoding: str) -> None:
+    body, headers = render_exposition(busy_registry(), accept_encoding=encoding)
+    assert [h for h, _ in headers] == ["Content-Type"]
+    assert body.startswith(b"# HELP")
+
+
+@pytest.mark.parametrize("accept", ["", "application/openmetrics-text"])
+def test_no_created_series_in_either_format(accept: str) -> None:
+    registry = busy_registry()
+    body, _ = render_exposition(registry, accept=accept)
+    assert b"_created" not in body
+    assert b"physarum_ping_failures_total{" in body and b"physarum_ping_rtt_seconds_count{" in body
+    assert b"_created" not in MonitorMetrics(CollectorRegistry(), hostname="h").exposition()
+    # prometheus_client itself still makes them: nothing global was switched off
+    raw = {s.name for m in registry.collect() for s in m.samples}
+    assert {"physarum_ping_failures_created", "physarum_ping_rtt_seconds_created"} <= raw
+    c = Counter("embedder_events", "An embedding program's counter.", registry=CollectorRegistry())
+    assert any(s.name == "embedder_events_created" for m in c.collect() for s in m.samples)
+
+
+def test_without_created_keeps_a_gauge_named_created_and_never_mutates() -> None:
+    from prometheus_client import Gauge
+
+    registry = CollectorRegistry()
+    Gauge("job_created", "A gauge whose name ends in _created.", registry=registry).set(3)
+    counter = Counter("jobs", "Jobs.", registry=registry)
+    counter.inc()
+    view = WithoutCreated(registry)
+    samples = {s.name for m in view.collect() for s in m.samples}
+    assert samples == {"job_created", "jobs_total"}
+    assert {s.name for m in registry.collect() for s in m.samples} == {
+        "job_created",
+        "jobs_total",
+        "jobs_created",
+    }
+
+
+def test_name_filter_as_prometheus_client() -> None:
+    body, _ = render_exposition(busy_registry(), names=["ping_rtt", "physarum_peer_reachable"])
+    metrics = scraped(body, CONTENT_TYPE)
+    assert set(metrics) == {"ping_rtt", "physarum_peer_reachable"}

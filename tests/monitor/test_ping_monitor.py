@@ -11,7 +11,7 @@ import trio.testing
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from physarum.monitor import PingMonitor
-from tests.monitor._fakes import BAD_ECHO, EOF, HANG, OK, RESET, UNSUPPORTED, FakeHost, FakePeer
+from tests.monitor._fakes import BAD_ECHO, EOF, HANG, OK, RESET, UNSUPPORTED, FakeHost, FakeIdentify, FakePeer
 
 HOSTNAME = "monitor-1"
 
@@ -34,11 +34,11 @@ def ewma_ms(registry: CollectorRegistry, peer: FakePeer) -> float | None:
 
 
 def reachable(registry: CollectorRegistry, peer: FakePeer) -> float | None:
-    return value(registry, "physarum_peer_reachable", target=str(peer.peer_id))
+    return value(registry, "physarum_peer_reachable", peer=str(peer.peer_id))
 
 
 def failures(registry: CollectorRegistry, peer: FakePeer, reason: str) -> float | None:
-    return value(registry, "physarum_ping_failures_total", target=str(peer.peer_id), reason=reason)
+    return value(registry, "physarum_ping_failures_total", peer=str(peer.peer_id), reason=reason)
 
 
 def series_of(registry: CollectorRegistry, peer: FakePeer) -> list[str]:
@@ -77,13 +77,13 @@ async def test_rtt_sample_in_ms_histogram_in_seconds(autojump: trio.testing.Mock
         assert rtt_ms(registry, peer) == pytest.approx(10.0)
         assert ewma_ms(registry, peer) == pytest.approx(10.0)
         assert reachable(registry, peer) == 1
-        target = str(peer.peer_id)
-        assert value(registry, "physarum_ping_rtt_seconds_count", target=target) == 1
-        assert value(registry, "physarum_ping_rtt_seconds_sum", target=target) == pytest.approx(0.010)
-        assert value(registry, "physarum_ping_rtt_seconds_bucket", target=target, le="0.01") == 1
-        assert value(registry, "physarum_ping_rtt_seconds_bucket", target=target, le="0.005") == 0
+        label = str(peer.peer_id)
+        assert value(registry, "physarum_ping_rtt_seconds_count", peer=label) == 1
+        assert value(registry, "physarum_ping_rtt_seconds_sum", peer=label) == pytest.approx(0.010)
+        assert value(registry, "physarum_ping_rtt_seconds_bucket", peer=label, le="0.01") == 1
+        assert value(registry, "physarum_ping_rtt_seconds_bucket", peer=label, le="0.005") == 0
         await trio.sleep(3)
-        assert value(registry, "physarum_ping_rtt_seconds_count", target=target) == 4
+        assert value(registry, "physarum_ping_rtt_seconds_count", peer=label) == 4
         stats = monitor.peers[peer.peer_id]
         assert stats.successes == 4 and stats.failures == 0
         assert stats.last_rtt == pytest.approx(0.010)
@@ -318,6 +318,133 @@ async def test_connected_peer_failing_pings_is_still_seen(autojump: trio.testing
         assert failures(registry, peer, "timeout") == 31
 
 
+# -- short-lived clients --
+
+
+@pytest.mark.parametrize(
+    "client", [{"listen_addrs": ()}, {"identified": False}], ids=["no-listen-addrs", "never-identified"]
+)
+async def test_client_is_forgotten_as_soon_as_it_disconnects(
+    autojump: trio.testing.MockClock, client: dict[str, object]
+) -> None:
+    host = FakeHost()
+    peer, node = FakePeer(0.002, **client), FakePeer(0.002)  # type: ignore[arg-type]
+    host.connect(peer)
+    host.connect(node)
+    async with running(host, interval=1.0, expiry=600.0) as (monitor, registry):
+        await sleep_until(2.5)
+        assert rtt_ms(registry, peer) == pytest.approx(2.0)  # pinged like any peer while connected
+        assert reachable(registry, peer) == 1
+        assert not monitor.peers[peer.peer_id].listening
+        assert monitor.peers[node.peer_id].listening
+        host.disconnect(peer)
+        host.disconnect(node)
+        assert series_of(registry, peer) == []  # at once, not after the expiry
+        assert peer.peer_id not in monitor.peers
+        assert reachable(registry, node) == 0  # a node stays, at 0, until it expires
+        assert value(registry, "physarum_peers_connected") == 0
+        await trio.sleep(0.001)
+        assert peer.streams[0].closed  # its worker ended with its stream
+        assert series_of(registry, peer) == []
+
+
+async def test_five_one_shot_clients_leave_no_series(autojump: trio.testing.MockClock) -> None:
+    """Five `peer find` runs, each a fresh identity that stays a moment: nothing left behind."""
+    host = FakeHost()
+    node = FakePeer(0.002)
+    host.connect(node)
+    async with running(host, interval=1.0) as (monitor, registry):
+        clients = [FakePeer(0.003, listen_addrs=()) for _ in range(5)]
+        for client in clients:
+            host.connect(client)
+            await trio.sleep(1.5)
+            assert rtt_ms(registry, client) == pytest.approx(3.0)
+            host.disconnect(client)
+        for client in clients:
+            assert series_of(registry, client) == []
+        assert set(monitor.peers) == {node.peer_id}
+        assert value(registry, "physarum_peers_connected") == 1
+        assert {s.labels["peer"] for m in registry.collect() for s in m.samples if "peer" in s.labels} == {
+            str(node.peer_id)
+        }
+
+
+async def test_failing_client_never_becomes_an_unreachable_series(autojump: trio.testing.MockClock) -> None:
+    host = FakeHost()
+    client = FakePeer(0.002, mode=HANG, listen_addrs=())
+    host.connect(client)
+    async with running(host, interval=1.0, timeout=0.5) as (_, registry):
+        await sleep_until(2.9)
+        assert reachable(registry, client) == 0  # while connected, failures show as for any peer
+        assert failures(registry, client, "timeout") == 3
+        host.disconnect(client)
+        assert series_of(registry, client) == []
+        await sleep_until(5)
+        assert series_of(registry, client) == []  # the cancelled ping recorded nothing afterwards
+
+
+@pytest.mark.parametrize("outcome", ["echo", "timeout"])
+async def test_a_ping_ending_as_its_client_disconnects_records_nothing(
+    autojump: trio.testing.MockClock, outcome: str
+) -> None:
+    """The connection closes while the ping's result is being taken (the echo has arrived, or the timed-out
+    stream is being reset): the client is forgotten, and the finished ping must not bring it back."""
+    host = FakeHost()
+    client = FakePeer(0.002, listen_addrs=(), mode=OK if outcome == "echo" else HANG)
+
+    def disconnect() -> None:
+        if client.peer_id in host.conns:
+            host.disconnect(client)
+
+    if outcome == "echo":
+        client.on_echo = disconnect
+    else:
+        client.on_reset = disconnect
+    host.connect(client)
+    async with running(host, interval=1.0, timeout=0.5) as (monitor, registry):
+        await sleep_until(3)
+        assert client.peer_id not in host.conns  # the hook did disconnect it
+        assert series_of(registry, client) == []
+        assert client.peer_id not in monitor.peers
+
+
+async def test_identify_arriving_after_connect_makes_a_node(autojump: trio.testing.MockClock) -> None:
+    """Identify completes a moment after on_connect: seen at the next ping, or at disconnect."""
+    host = FakeHost()
+    by_ping, by_disconnect = FakePeer(0.002, identified=False), FakePeer(0.002, identified=False)
+    conn_ping, conn_disconnect = host.connect(by_ping), host.connect(by_disconnect)
+    async with running(host, interval=1.0) as (monitor, registry):
+        await sleep_until(0.5)
+        assert not monitor.peers[by_ping.peer_id].listening
+        conn_ping.identify_info = FakeIdentify(["/ip4/192.0.2.8/tcp/4001"])
+        await sleep_until(1.5)
+        assert monitor.peers[by_ping.peer_id].listening
+        conn_disconnect.identify_info = FakeIdentify(["/ip4/192.0.2.9/tcp/4001"])
+        host.disconnect(by_disconnect)  # before its next ping
+        host.disconnect(by_ping, fire=False)  # a missed callback: the sweep stops the worker
+        await sleep_until(2.01)
+        for peer in (by_ping, by_disconnect):
+            assert reachable(registry, peer) == 0
+            assert rtt_ms(registry, peer) is None
+            assert not monitor.peers[peer.peer_id].connected
+
+
+async def test_a_node_stays_a_node_across_reconnects(autojump: trio.testing.MockClock) -> None:
+    """Once a peer told us a listen address, a later connection without identify does not make it a client."""
+    host = FakeHost()
+    peer = FakePeer(0.002)
+    host.connect(peer)
+    async with running(host, interval=1.0) as (monitor, registry):
+        await sleep_until(0.5)
+        host.disconnect(peer)
+        peer.identified = False
+        host.connect(peer)
+        await sleep_until(1.5)
+        host.disconnect(peer)
+        assert reachable(registry, peer) == 0
+        assert monitor.peers[peer.peer_id].listening
+
+
 async def test_reconnect_within_expiry_resets_ewma(autojump: trio.testing.MockClock) -> None:
     host = FakeHost()
     peer = FakePeer([0.010, 0.010, 0.050])
@@ -366,47 +493,49 @@ async def test_stopping_removes_callbacks_and_closes_streams(autojump: trio.test
 # -- the other metrics --
 
 
-async def test_peers_connected_routing_table_and_build_info(autojump: trio.testing.MockClock) -> None:
+async def test_peers_connected_and_build_info(autojump: trio.testing.MockClock) -> None:
     host = FakeHost()
-    size = [7]
     registry = CollectorRegistry()
     peers = [FakePeer() for _ in range(3)]
     for p in peers:
         host.connect(p)
-    async with running(host, registry, routing_table_size=lambda: size[0]):
+    async with running(host, registry):
         assert value(registry, "physarum_peers_connected") == 3
         host.disconnect(peers[0])
         assert value(registry, "physarum_peers_connected") == 2
         host.connect(peers[0])
         assert value(registry, "physarum_peers_connected") == 3
-        assert value(registry, "physarum_routing_table_peers") == 7
-        size[0] = 9
-        await trio.sleep(1.01)  # refreshed every interval, on the trio thread
-        assert value(registry, "physarum_routing_table_peers") == 9
         build = [s for m in registry.collect() for s in m.samples if s.name == "physarum_build_info"]
         assert len(build) == 1 and build[0].value == 1
         assert set(build[0].labels) == {"version", "python"}
 
 
-async def test_failing_routing_table_size_is_logged_not_fatal(
-    autojump: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
-) -> None:
-    def broken() -> int:
-        raise RuntimeError("table busy")
-
+async def test_one_label_name_for_the_peer(autojump: trio.testing.MockClock) -> None:
+    """``peer`` on physarum's own metrics; PhysarumSM's ``targetHost`` only on its two gauges."""
     host = FakeHost()
-    peer = FakePeer(0.001)
-    host.connect(peer)
-    async with running(host, routing_table_size=broken) as (monitor, _):
-        await trio.sleep(3.5)
-        assert monitor.peers[peer.peer_id].successes == 4
-    assert "routing_table_size() failed" in caplog.text
+    ok, bad = FakePeer(0.002), FakePeer(mode=HANG)
+    host.connect(ok)
+    host.connect(bad)
+    async with running(host, timeout=0.5) as (_, registry):
+        await sleep_until(0.9)
+        labels: dict[str, set[str]] = {}
+        for metric in registry.collect():
+            for sample in metric.samples:
+                labels.setdefault(sample.name, set()).update(sample.labels)
+    assert labels["ping_rtt"] == labels["ping_ewma_rtt"] == {"targetHost", "host"}
+    assert labels["physarum_ping_rtt_seconds_bucket"] == {"peer", "le"}
+    assert labels["physarum_ping_rtt_seconds_count"] == {"peer"}
+    assert labels["physarum_ping_failures_total"] == {"peer", "reason"}
+    assert labels["physarum_peer_reachable"] == {"peer"}
+    assert not any("target" in names for name, names in labels.items() if name.startswith("physarum_"))
 
 
-async def test_no_routing_table_metric_without_a_size_function(autojump: trio.testing.MockClock) -> None:
+async def test_the_monitor_exports_no_routing_table_gauge(autojump: trio.testing.MockClock) -> None:
+    """The DHT exports its routing table itself, on the registry it is given."""
     async with running(FakeHost()) as (_, registry):
-        assert value(registry, "physarum_routing_table_peers") is None
-        assert all(m.name != "physarum_routing_table_peers" for m in registry.collect())
+        assert all("routing" not in m.name for m in registry.collect())
+    with pytest.raises(TypeError):
+        PingMonitor(FakeHost(), CollectorRegistry(), hostname="a", routing_table_size=lambda: 1)  # type: ignore[call-arg]
 
 
 async def test_metrics_stay_off_the_global_registry(autojump: trio.testing.MockClock) -> None:
@@ -429,7 +558,7 @@ def test_two_monitors_cannot_share_a_registry() -> None:
 @pytest.mark.parametrize("bad", [{"interval": 0}, {"timeout": -1}, {"expiry": 0}])
 def test_rejects_non_positive_settings(bad: dict[str, float]) -> None:
     with pytest.raises(ValueError):
-        PingMonitor(FakeHost(), CollectorRegistry(), hostname="a", **bad)  # type: ignore[arg-type]
+        PingMonitor(FakeHost(), CollectorRegistry(), hostname="a", **bad)
 
 
 async def test_many_peers_churning(autojump: trio.testing.MockClock) -> None:

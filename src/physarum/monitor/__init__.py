@@ -2,24 +2,39 @@
 
 Typical use, inside a trio program that runs a :class:`~physarum.overlay.host.Host`::
 
-    registry = CollectorRegistry()
+    registry = node_registry()  # process metrics included
     monitor = PingMonitor(host, registry, hostname=socket.gethostname())
     server = MetricsServer(registry, host="127.0.0.1", port=9100)
     await nursery.start(monitor.run)
     await nursery.start(server.run)
 """
 
-from physarum.monitor.metrics import FAILURE_REASONS, RTT_BUCKETS, MetricsServer, MonitorMetrics
-from physarum.monitor.ping_monitor import EWMA_ALPHA, MonitoredHost, PeerStats, PingConnection, PingMonitor
+from physarum.monitor.metrics import (
+    FAILURE_REASONS,
+    RTT_BUCKETS,
+    MetricsServer,
+    MonitorMetrics,
+    node_registry,
+)
+from physarum.monitor.ping_monitor import (
+    EWMA_ALPHA,
+    ListenInfo,
+    MonitoredHost,
+    PeerStats,
+    PingConnection,
+    PingMonitor,
+)
 
 __all__ = [
     "EWMA_ALPHA",
     "FAILURE_REASONS",
     "RTT_BUCKETS",
+    "ListenInfo",
     "MetricsServer",
     "MonitorMetrics",
     "MonitoredHost",
     "PeerStats",
     "PingConnection",
     "PingMonitor",
+    "node_registry",
 ]

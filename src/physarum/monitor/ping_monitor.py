@@ -33,6 +33,14 @@ This is PhysarumSM's ping-monitor behaviour (its metric names and labels are kep
   not been seen for ``expiry`` seconds (default 600, PhysarumSM's 10 minutes) loses every series,
   its failure counters and histogram included. A connected peer that keeps failing pings is still
   seen: it keeps ``reachable 0`` and a growing failure count, which is what an operator needs to see.
+* **Short-lived clients leave no series behind.** ``peer find``, ``peer publish`` and other one-shot
+  programs connect with a fresh identity, stay a second and go. A peer that never told us a listen
+  address (its identify had no ``listen_addrs``, or it never completed identify on any connection the
+  monitor saw) is such a client: when its last connection closes, every series of it goes at once,
+  instead of ``physarum_peer_reachable 0`` for ``expiry`` seconds, which would pile up a series per run
+  and page whoever alerts on unreachable peers. A peer that did tell us a listen address once (on any
+  connection, checked at connect, at each ping and at disconnect) is a node others may dial: it keeps
+  the behaviour above (reachable 0 until it expires). While connected, both kinds are pinged alike.
 * Connections come and go through the host's ``on_connect``/``on_disconnect`` callbacks; a sweep
   every ``interval`` also reconciles workers with ``host.connected_peers()`` and runs expiry, so a
   missed callback costs at most one interval. The monitor never dials or disconnects anyone.
@@ -43,7 +51,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol, TypeVar
 
 import trio
 from prometheus_client import CollectorRegistry
@@ -59,21 +67,54 @@ log = logging.getLogger(__name__)
 EWMA_ALPHA = 0.1
 
 
+class ListenInfo(Protocol):
+    """What the monitor reads of a peer's identify message (:class:`physarum.overlay.identify.IdentifyInfo`)."""
+
+    @property
+    def listen_addrs(self) -> Sequence[object]: ...
+
+
 class PingConnection(Protocol):
-    """What the monitor needs of a connection. Streams with a ``reset()`` method (yamux streams) are
-    reset when abandoned; others are closed forcefully."""
+    """What the monitor needs of a connection (:class:`physarum.overlay.host.Connection` is one).
+
+    ``identify_info`` is None until the peer's identify message arrived (and stays None if it never
+    does). Streams with a ``reset()`` method (yamux streams) are reset when abandoned; others are
+    closed forcefully."""
+
+    @property
+    def peer_id(self) -> PeerId: ...
 
     @property
     def is_closed(self) -> bool: ...
 
+    @property
+    def identify_info(self) -> ListenInfo | None: ...
+
     async def open_stream(self, protocols: Sequence[str]) -> trio.abc.Stream: ...
+
+
+ConnectionCallback = Callable[[PingConnection], None]
+"""What the monitor registers in the host's ``on_connect`` and ``on_disconnect``."""
+
+_Callback = TypeVar("_Callback", contravariant=True)
+
+
+class CallbackList(Protocol[_Callback]):
+    """Where callbacks are registered: a ``list`` of callbacks taking the host's own connection type
+    (which is a :class:`PingConnection`) accepts the monitor's, which take any ``PingConnection``."""
+
+    def append(self, callback: _Callback, /) -> None: ...
+    def remove(self, callback: _Callback, /) -> None: ...
 
 
 class MonitoredHost(Protocol):
     """What the monitor needs of a host (:class:`physarum.overlay.host.Host` is one)."""
 
-    on_connect: list[Callable[[Any], None]]
-    on_disconnect: list[Callable[[Any], None]]
+    @property
+    def on_connect(self) -> CallbackList[ConnectionCallback]: ...
+
+    @property
+    def on_disconnect(self) -> CallbackList[ConnectionCallback]: ...
 
     def connected_peers(self) -> list[PeerId]: ...
     def connection(self, peer_id: PeerId) -> PingConnection | None: ...
@@ -96,6 +137,9 @@ class PeerStats:
     streams_opened: int = 0
     """Ping streams opened to the peer (one is reused while it works)."""
     failures_by_reason: dict[str, int] = field(default_factory=dict)
+    listening: bool = False
+    """The peer told us a listen address (in identify): a node, kept until expiry after it leaves.
+    False for a short-lived client, forgotten as soon as it disconnects."""
 
 
 @dataclass
@@ -120,9 +164,8 @@ class PingMonitor:
         hostname: the ``host`` label of the PhysarumSM gauges (this node's name).
         interval: seconds between two pings of the same peer.
         timeout: deadline of one ping, including opening its stream if needed.
-        expiry: seconds a peer may go unseen before all its series are removed.
-        routing_table_size: when given, called every ``interval`` on the trio thread and exported as
-            ``physarum_routing_table_peers`` (the DHT's routing table plugs in here).
+        expiry: seconds a peer that listens may go unseen before all its series are removed (a client
+            that never told us a listen address loses them when it disconnects).
 
     Raises:
         ValueError: a non-positive interval, timeout or expiry, or metrics already on ``registry``.
@@ -137,7 +180,6 @@ class PingMonitor:
         interval: float = 1.0,
         timeout: float = 5.0,
         expiry: float = 600.0,
-        routing_table_size: Callable[[], int] | None = None,
     ) -> None:
         for name, value in (("interval", interval), ("timeout", timeout), ("expiry", expiry)):
             if not value > 0:
@@ -147,10 +189,7 @@ class PingMonitor:
         self.interval = interval
         self.timeout = timeout
         self.expiry = expiry
-        self.routing_table_size = routing_table_size
-        self.metrics = MonitorMetrics(
-            registry, hostname=hostname, routing_table=routing_table_size is not None
-        )
+        self.metrics = MonitorMetrics(registry, hostname=hostname)
         self.peers: dict[PeerId, PeerStats] = {}
         self._workers: dict[PeerId, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
@@ -169,7 +208,6 @@ class PingMonitor:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self._reconcile()
-                self._refresh_routing_table_size()
                 task_status.started()
                 while True:
                     await trio.sleep(self.interval)
@@ -181,10 +219,8 @@ class PingMonitor:
             _remove(self.host.on_disconnect, self._on_disconnect)
 
     def sweep(self) -> None:
-        """Reconcile workers with the host's connections, expire peers unseen for ``expiry``, refresh the
-        routing table size."""
+        """Reconcile workers with the host's connections, expire peers unseen for ``expiry``."""
         self._reconcile()
-        self._refresh_routing_table_size()
         now = trio.current_time()
         for peer, stats in list(self.peers.items()):
             if not stats.connected and now - stats.last_seen >= self.expiry:
@@ -192,22 +228,28 @@ class PingMonitor:
                 self.metrics.forget(stats.label)
                 del self.peers[peer]
 
-    def _refresh_routing_table_size(self) -> None:
-        if self.routing_table_size is not None:
-            try:
-                self.metrics.set_routing_table_size(self.routing_table_size())
-            except Exception:
-                log.exception("routing_table_size() failed")
-
     # -- connections --
 
-    def _on_connect(self, conn: Any) -> None:
+    def _on_connect(self, conn: PingConnection) -> None:
+        self._peer_changed(conn.peer_id)
+        self._note_listening(conn)
+        self.metrics.set_peers_connected(len(self._workers))
+
+    def _on_disconnect(self, conn: PingConnection) -> None:
+        self._note_listening(conn)  # before the worker stops: its identify may have come in meanwhile
         self._peer_changed(conn.peer_id)
         self.metrics.set_peers_connected(len(self._workers))
 
-    def _on_disconnect(self, conn: Any) -> None:
-        self._peer_changed(conn.peer_id)
-        self.metrics.set_peers_connected(len(self._workers))
+    def _note_listening(self, conn: PingConnection | None) -> None:
+        """Mark the peer of ``conn`` as listening if its identify message gave a listen address."""
+        if conn is None:
+            return
+        stats = self.peers.get(conn.peer_id)
+        if stats is None or stats.listening:
+            return
+        info = conn.identify_info
+        if info is not None and len(info.listen_addrs) > 0:
+            stats.listening = True
 
     def _reconcile(self) -> None:
         connected = set(self.host.connected_peers())
@@ -239,6 +281,11 @@ class PingMonitor:
         stats = self.peers.get(peer)
         if stats is None:
             return
+        if not stats.listening:
+            log.debug("forgetting %s: a client (no listen address) disconnected", stats.label)
+            self.metrics.forget(stats.label)
+            del self.peers[peer]
+            return
         stats.connected = False
         stats.reachable = False
         stats.last_seen = trio.current_time()
@@ -267,7 +314,12 @@ class PingMonitor:
                 slot.stream = None
 
     async def _ping(self, stats: PeerStats, slot: _Slot) -> None:
-        """One ping of ``stats.peer_id`` on ``slot``'s stream (opened if needed), recorded."""
+        """One ping of ``stats.peer_id`` on ``slot``'s stream (opened if needed), recorded.
+
+        Nothing is recorded once the worker is cancelled (its peer disconnected meanwhile, and may
+        have been forgotten): ``checkpoint_if_cancelled`` raises Cancelled before each record.
+        """
+        self._note_listening(self.host.connection(stats.peer_id))
         try:
             with trio.fail_after(self.timeout):
                 rtt = await self._ping_on(stats, slot)
@@ -276,11 +328,13 @@ class PingMonitor:
         except _PingFailed as e:
             failure = e
         else:
+            await trio.lowlevel.checkpoint_if_cancelled()
             self._record_success(stats, rtt)
             return
         if slot.stream is not None:  # a late echo must never be read as the next answer
             stream, slot.stream = slot.stream, None
             await _abort(stream)
+        await trio.lowlevel.checkpoint_if_cancelled()
         self._record_failure(stats, failure)
 
     async def _ping_on(self, stats: PeerStats, slot: _Slot) -> float:
@@ -361,11 +415,20 @@ async def _abort(stream: trio.abc.Stream) -> None:
         await trio.aclose_forcefully(stream)
 
 
-def _remove(callbacks: list[Callable[[Any], None]], cb: Callable[[Any], None]) -> None:
+def _remove(callbacks: CallbackList[ConnectionCallback], cb: ConnectionCallback) -> None:
     try:
         callbacks.remove(cb)
     except ValueError:
         pass
 
 
-__all__ = ["EWMA_ALPHA", "MonitoredHost", "PeerStats", "PingConnection", "PingMonitor"]
+__all__ = [
+    "EWMA_ALPHA",
+    "CallbackList",
+    "ConnectionCallback",
+    "ListenInfo",
+    "MonitoredHost",
+    "PeerStats",
+    "PingConnection",
+    "PingMonitor",
+]
