@@ -6,6 +6,8 @@ Failures of a lower layer surface as ``trio.BrokenResourceError`` raised ``from`
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 
 class PhysarumError(Exception):
     """Root of physarum's exceptions."""
@@ -74,3 +76,32 @@ class DialError(PhysarumError):
         super().__init__(f"cannot reach {peer_id or 'peer'}: {detail}")
         self.peer_id = peer_id
         self.errors = errors
+
+
+class NotRunningError(PhysarumError, RuntimeError):
+    """The object (a host) must be running for this call: start it first.
+
+    Also a ``RuntimeError``, so code written before this class existed still catches it.
+    """
+
+
+class SelfDialError(PhysarumError):
+    """A dial that would reach ourselves: our own peer id, or an address where we answered.
+
+    Found in a :class:`DialError`'s ``errors``; ``address`` is what was dialed, when known.
+    """
+
+    def __init__(self, reason: str, *, address: str | None = None) -> None:
+        super().__init__(reason if address is None else f"{reason} ({address})")
+        self.reason = reason
+        self.address = address
+
+
+def exception_leaves(exc: BaseException) -> Iterator[BaseException]:
+    """The exceptions inside ``exc``, depth first, with exception groups opened (``exc`` itself if
+    it is not a group)."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from exception_leaves(inner)
+    else:
+        yield exc

@@ -2,24 +2,39 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+from contextlib import AsyncExitStack
+from functools import partial
+from ipaddress import ip_address
 
 import pytest
 import trio
-from multiaddr import Multiaddr
 
-from physarum.errors import DialError, LimitError, NegotiationError, PeerIdMismatchError
-from physarum.overlay import identify, ping
+from physarum.errors import (
+    DialError,
+    LimitError,
+    NegotiationError,
+    NotRunningError,
+    PeerIdMismatchError,
+    SelfDialError,
+)
+from physarum.overlay import addr as addrs_
+from physarum.overlay import identify, netif, ping
 from physarum.overlay.addr import AddressError
+from physarum.overlay.envelope import open_peer_record
 from physarum.overlay.host import INBOUND, OUTBOUND, Host, open_host
 from physarum.overlay.identity import KeyPair
+from physarum.overlay.multiaddr import Multiaddr
+from physarum.overlay.netif import InterfaceAddress
 from physarum.overlay.yamux import YamuxStream
-from physarum.psk import PskMismatchError, generate_psk
+from physarum.psk import KeyFileError, KeyFileReason, PskMismatchError, generate_psk
 from tests.integration._util import (
     ECHO,
     LOOPBACK,
     Recorder,
+    connect_pair,
     connection_count,
     count_fds,
     echo_handler,
@@ -115,13 +130,16 @@ async def test_dialing_another_peer_id_raises_peer_id_mismatch() -> None:
 async def test_dialing_ourselves_is_refused() -> None:
     async with open_host() as a:
         rec = Recorder(a)
-        with trio.fail_after(2), pytest.raises(DialError):
+        with trio.fail_after(2), pytest.raises(DialError) as info:
             await a.connect(a.addrs[0])  # /p2p/<our own id>
-        with trio.fail_after(2), pytest.raises(DialError):
+        assert all(isinstance(e, SelfDialError) for e in info.value.errors.values()), info.value.errors
+        with trio.fail_after(2), pytest.raises(DialError) as info:
             await a.connect(a.peer_id)
+        assert all(isinstance(e, SelfDialError) for e in info.value.errors.values()), info.value.errors
         # Without /p2p the dial reaches our own listener; the handshake proves it is us.
-        with trio.fail_after(2), pytest.raises(DialError):
+        with trio.fail_after(2), pytest.raises(DialError) as info:
             await a.connect(a.listen_addrs[0])
+        assert any(isinstance(e, SelfDialError) for e in info.value.errors.values()), info.value.errors
         assert not a.connections and not rec.connected
 
 
@@ -229,8 +247,9 @@ async def test_bad_addresses_give_clear_errors() -> None:
 def test_short_psk_is_rejected() -> None:
     with pytest.raises(ValueError):
         Host(psk=b"short")
-    with pytest.raises(ValueError):
+    with pytest.raises(KeyFileError) as info:
         Host(psk=bytes(33))
+    assert info.value.reason == KeyFileReason.WRONG_LENGTH
 
 
 async def test_open_host_on_a_port_in_use_raises_oserror() -> None:
@@ -258,8 +277,10 @@ async def test_open_host_on_a_port_in_use_raises_oserror() -> None:
 
 async def test_host_not_running_raises() -> None:
     host = Host()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError):  # NotRunningError is one, for code written before it existed
         await host.connect(LOOPBACK)
+    with pytest.raises(NotRunningError):
+        await host.listen(LOOPBACK)
 
 
 async def test_simultaneous_connections_and_aclose() -> None:
@@ -368,3 +389,272 @@ async def test_dial_to_a_silent_server_respects_the_timeout(with_psk: bool) -> N
             await hung_up.wait()  # the dialer closed its half-made connection
         assert not a.connections
         nursery.cancel_scope.cancel()
+
+
+# -- advertised addresses ----------------------------------------------------------------------------
+
+FAKE_INTERFACES = [
+    InterfaceAddress("lo", ip_address("127.0.0.1")),
+    InterfaceAddress("eth0", ip_address("10.1.2.3")),
+    InterfaceAddress("eth0", ip_address("10.1.2.4")),  # a second address on eth0
+    InterfaceAddress("eth1", ip_address("169.254.7.7")),
+    InterfaceAddress("lo", ip_address("::1")),
+    InterfaceAddress("eth0", ip_address("fe80::1")),
+    InterfaceAddress("eth0", ip_address("fd00:1::5")),
+]
+
+
+def fake_interfaces(monkeypatch: pytest.MonkeyPatch, addresses: list[InterfaceAddress]) -> list[int | None]:
+    """Make netif report ``addresses``; return the list of families it is asked for."""
+    calls: list[int | None] = []
+
+    def listing(family: int | None = None) -> list[InterfaceAddress]:
+        calls.append(family)
+        return [a for a in addresses if family is None or a.family == family]
+
+    monkeypatch.setattr(netif, "interface_addresses", listing)
+    return calls
+
+
+def advertised(host: Host) -> list[str]:
+    return [str(a) for a in host.advertised_addrs()]
+
+
+def test_wildcard_binds_advertise_interface_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_interfaces(monkeypatch, FAKE_INTERFACES)
+    host = Host()
+    host.listen_addrs = [
+        Multiaddr("/ip4/0.0.0.0/tcp/4001"),
+        Multiaddr("/ip6/::/tcp/4002"),
+        Multiaddr("/ip4/127.0.0.1/tcp/4003"),  # loopback bound explicitly: advertised as it is
+    ]
+    expected = [
+        "/ip4/10.1.2.3/tcp/4001",
+        "/ip4/10.1.2.4/tcp/4001",
+        "/ip6/fd00:1::5/tcp/4002",  # not fe80::1: a link-local address needs a zone
+        "/ip4/127.0.0.1/tcp/4003",
+    ]
+    assert advertised(host) == expected
+    assert [str(a) for a in host.addrs] == [f"{a}/p2p/{host.peer_id}" for a in expected]
+
+
+def test_loopback_is_advertised_only_when_nothing_else_exists(monkeypatch: pytest.MonkeyPatch) -> None:
+    host = Host()
+    host.listen_addrs = [Multiaddr("/ip4/0.0.0.0/tcp/4001"), Multiaddr("/ip6/::/tcp/4002")]
+    lo4, lo6, ll6 = (
+        InterfaceAddress(n, ip_address(ip))
+        for n, ip in [("lo", "127.0.0.1"), ("lo", "::1"), ("eth0", "fe80::1")]
+    )
+    fake_interfaces(monkeypatch, [lo4, lo6, ll6])
+    assert advertised(host) == ["/ip4/127.0.0.1/tcp/4001", "/ip6/::1/tcp/4002"]
+    # IPv4 link-local (no zone needed) beats loopback when it is all there is.
+    fake_interfaces(monkeypatch, [lo4, InterfaceAddress("eth0", ip_address("169.254.7.7")), lo6, ll6])
+    assert advertised(host) == ["/ip4/169.254.7.7/tcp/4001", "/ip6/::1/tcp/4002"]
+
+
+async def test_interface_list_is_cached_briefly(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: object
+) -> None:
+    calls = fake_interfaces(monkeypatch, FAKE_INTERFACES)
+    host = Host(address_cache_ttl=5.0)
+    host.listen_addrs = [Multiaddr("/ip4/0.0.0.0/tcp/4001")]
+    for _ in range(50):
+        host.advertised_addrs()
+    assert calls == [socket.AF_INET]
+    await trio.sleep(5.0)  # virtual time
+    host.advertised_addrs()
+    assert calls == [socket.AF_INET, socket.AF_INET]
+
+
+def test_bad_announce_addresses_are_refused() -> None:
+    other = KeyPair.generate().peer_id
+    for bad in [
+        "not a multiaddr",
+        "/ip4/203.0.113.7/udp/4001",
+        "/ip4/0.0.0.0/tcp/4001",
+        "/ip4/203.0.113.7/tcp/0",
+        f"/ip4/203.0.113.7/tcp/4001/p2p/{other}",
+    ]:
+        with pytest.raises(AddressError):
+            Host(announce=[bad])
+
+
+async def test_announce_replaces_the_advertised_addresses() -> None:
+    # 203.0.113.0/24 is TEST-NET-3: announced, never dialed.
+    announced = ["/ip4/203.0.113.7/tcp/4001", "/dns4/node.example.org/tcp/4001"]
+    key = KeyPair.generate()
+    async with (
+        open_host(key, announce=[announced[0], f"{announced[1]}/p2p/{key.peer_id}"]) as a,
+        open_host() as b,
+    ):
+        assert advertised(a) == announced
+        assert [str(x) for x in a.addrs] == [f"{x}/p2p/{a.peer_id}" for x in announced]
+        assert [str(x) for x in a.announce] == announced
+        conn = await b.connect(addrs_.with_peer(a.listen_addrs[0], a.peer_id))
+        with trio.fail_after(5):
+            await conn.identified.wait()
+        assert conn.identify_info is not None
+        assert [str(x) for x in conn.identify_info.listen_addrs] == announced
+        assert conn.identify_info.signed_peer_record is not None
+        assert [str(x) for x in open_peer_record(conn.identify_info.signed_peer_record).addrs] == announced
+
+        # Changed while connected: b hears of it (identify push).
+        a.set_announce(["/ip4/203.0.113.8/tcp/4001"])
+
+        def b_sees(addrs: list[str]) -> bool:
+            info = conn.identify_info
+            return info is not None and [str(x) for x in info.listen_addrs] == addrs
+
+        await wait_until(
+            lambda: b_sees(["/ip4/203.0.113.8/tcp/4001"]), what="b hears the new announce address"
+        )
+        a.set_announce([])
+        assert a.advertised_addrs() == a.listen_addrs
+        await wait_until(lambda: b_sees([str(a.listen_addrs[0])]), what="b hears a's listen address again")
+
+
+# -- observed addresses ------------------------------------------------------------------------------
+
+
+def _identified_by(host: Host, peer: Host) -> bool:
+    conn = host.connection(peer.peer_id)
+    return conn is not None and conn.identify_info is not None
+
+
+async def test_observed_addresses_need_several_peers() -> None:
+    async with open_host() as a, AsyncExitStack() as stack:
+        peers = [await stack.enter_async_context(open_host(listen=())) for _ in range(4)]
+        for i, peer in enumerate(peers):
+            await peer.connect(a.addrs[0])
+            await wait_until(partial(_identified_by, a, peer), what="a identified the dialer")
+            assert a.observed_addrs() == (
+                [] if i < identify.OBSERVED_ADDR_THRESHOLD - 1 else [a.listen_addrs[0]]
+            )
+        assert identify.OBSERVED_ADDR_THRESHOLD == 4
+        assert a.observed_addrs(min_observers=5) == []
+        assert a.observed_addrs(min_observers=1) == [a.listen_addrs[0]]
+        # A connection a dialed: the peer sees a's ephemeral port, which does not count.
+        async with open_host() as c:
+            await a.connect(c.addrs[0])
+            await wait_until(partial(_identified_by, a, c), what="a identified c")
+            assert a.observed_addrs(min_observers=1) == [a.listen_addrs[0]]
+        # A peer that leaves takes its report with it.
+        await peers[0].disconnect(a.peer_id)
+        await wait_until(lambda: a.observed_addrs() == [], what="the report is forgotten")
+        assert a.observed_addrs(min_observers=3) == [a.listen_addrs[0]]
+
+
+# -- identify push -----------------------------------------------------------------------------------
+
+
+def _protocols_of(host: Host, peer: Host) -> list[str]:
+    info = host.peerstore.get(peer.peer_id)
+    return info.protocols if info is not None else []
+
+
+async def test_changes_are_pushed_to_connected_peers() -> None:
+    async with host_pair() as (a, b):
+        await connect_pair(a, b)
+        assert ECHO not in _protocols_of(b, a)
+        a.set_handler(ECHO, echo_handler)
+        await wait_until(lambda: ECHO in _protocols_of(b, a), what="b learns a's new protocol")
+        # b can use it at once, on the same connection.
+        stream = await b.new_stream(a.peer_id, [ECHO])
+        await echo_round_trip(stream)
+        await stream.aclose()
+        a.remove_handler(ECHO)
+        await wait_until(lambda: ECHO not in _protocols_of(b, a), what="b hears the protocol is gone")
+        # A new listen address too.
+        new = (await a.listen(LOOPBACK))[0]
+        await wait_until(lambda: new in b.peerstore.addrs(a.peer_id), what="b learns a's new address")
+        assert connection_count(a) == connection_count(b) == 1
+
+
+async def test_a_burst_of_changes_is_one_push() -> None:
+    async with host_pair() as (a, b):
+        await connect_pair(a, b)
+        pushes: list[object] = []
+        b.on_identify.append(pushes.append)
+        names = [f"/physarum-test/burst/{i}/1.0.0" for i in range(5)]
+        for name in names:
+            a.set_handler(name, echo_handler)
+        await wait_until(lambda: set(names) <= set(_protocols_of(b, a)), what="b learns all five")
+        assert len(pushes) == 1
+        assert not a._push_wanted.is_set()  # and no other push is on its way
+
+
+# -- exceptions come out unwrapped -------------------------------------------------------------------
+
+
+async def test_open_host_lets_the_blocks_exception_out_unwrapped() -> None:
+    with pytest.raises(ValueError, match="from the block") as info:
+        async with open_host():
+            raise ValueError("from the block")
+    assert type(info.value) is ValueError
+    with pytest.raises(KeyError) as key_info:
+        async with open_host() as a, open_host() as b:
+            await a.connect(b.addrs[0])
+            raise KeyError("nested")
+    assert type(key_info.value) is KeyError
+    with pytest.raises(AddressError):
+        async with open_host(listen=["/ip4/127.0.0.1/udp/0"]):
+            pass
+    with pytest.raises(AddressError):
+        async with open_host(announce=["/ip4/203.0.113.7/udp/1"]):
+            pass
+    with pytest.raises(KeyFileError):
+        async with open_host(psk=b"short"):
+            pass
+
+
+async def _boom() -> None:
+    raise ValueError("internal failure")
+
+
+async def test_a_failing_host_raises_its_error_unwrapped() -> None:
+    with trio.fail_after(5), pytest.raises(ValueError, match="internal failure"):
+        async with open_host() as host:
+            assert host._nursery is not None
+            host._nursery.start_soon(_boom)  # stands in for a bug in one of the host's tasks
+            await trio.sleep_forever()
+    host = Host(listen=[LOOPBACK])
+    host._push_loop = _boom  # type: ignore[method-assign]
+    with trio.fail_after(5), pytest.raises(ValueError, match="internal failure"):
+        await host.run()
+
+
+# -- log lines ---------------------------------------------------------------------------------------
+
+
+async def test_host_log_lines_are_short(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="physarum")
+    async with open_host(psk=generate_psk()) as a, open_host(psk=generate_psk()) as b, open_host() as c:
+        # Another key, no key, and plain garbage: each makes b close the connection and say why.
+        with trio.fail_after(15), pytest.raises(DialError):
+            await a.connect(b.addrs[0], timeout=5)
+        with trio.fail_after(15), pytest.raises(DialError):
+            await c.connect(b.addrs[0], timeout=5)
+        tcp = await trio.open_tcp_stream("127.0.0.1", port_of(b))
+        await tcp.send_all(b"GET / HTTP/1.1\r\n\r\n" * 10)
+        await read_until_closed(tcp)
+        await tcp.aclose()
+
+        def closing() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if r.getMessage().startswith("closing connection from")]
+
+        await wait_until(lambda: len(closing()) >= 3, what="three closed connections logged")
+        for record in closing():
+            message = record.getMessage()
+            assert message.count("127.0.0.1") == 1, message
+            assert "Error" in message, message
+        # A connection that works: connected, identified, disconnected lines.
+        async with open_host() as d:
+            conn = await d.connect(c.addrs[0])
+            with trio.fail_after(5):
+                await conn.identified.wait()
+            await d.disconnect(c.peer_id)
+            await wait_until(lambda: not c.connections, what="c forgets d")
+    host_records = [r for r in caplog.records if r.name.startswith("physarum.overlay")]
+    assert host_records
+    for record in host_records:
+        assert len(record.getMessage()) < 200, record.getMessage()

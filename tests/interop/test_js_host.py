@@ -11,6 +11,7 @@ import trio
 from physarum.errors import DialError
 from physarum.overlay.host import Host, open_host
 from physarum.overlay.identity import PeerId
+from physarum.overlay.yamux import YamuxStream
 from physarum.psk import PskMismatchError, generate_psk, load_key_file, write_key_file
 from tests.interop.partner import Partner, PartnerError, js_peer_argv, open_partner
 
@@ -110,3 +111,39 @@ async def test_no_psk_does_not_join_private_js(js: Partner) -> None:
         with trio.fail_after(2), pytest.raises(DialError):
             await plain.connect(js.addrs[0], timeout=1.5)
         assert plain.connections == {}
+
+
+async def test_js_learns_a_protocol_added_after_connecting(psk_file: Path, host: Host) -> None:
+    """Identify push both ways: a handler we register on a live connection reaches js's peer
+    store (js runs identifyPush with --identify-push), without reconnecting."""
+    late = "/physarum-test/late/1.0.0"
+    async with open_partner(js_peer_argv("--psk-file", str(psk_file), "--identify-push")) as js:
+        conn = await host.connect(js.addrs[0], timeout=10)
+        with trio.fail_after(10):
+            await conn.identified.wait()
+        info = host.peerstore.get(conn.peer_id)
+        assert info is not None and "/ipfs/id/push/1.0.0" in info.protocols
+
+        async def js_sees() -> list[str]:
+            stored = await js.call("peerstore", peer=str(host.peer_id))
+            return list(stored["protocols"])
+
+        # Polled under deadlines. First js identifies us (it does on every new connection).
+        with trio.fail_after(15):
+            while IDENTIFY not in await js_sees():
+                await trio.sleep(0.05)
+        assert late not in await js_sees()
+        host.set_handler(late, _echo)
+        with trio.fail_after(15):
+            while late not in await js_sees():
+                await trio.sleep(0.05)
+        assert host.connection(conn.peer_id) is conn and not conn.is_closed
+        host.remove_handler(late)
+        with trio.fail_after(15):
+            while late in await js_sees():
+                await trio.sleep(0.05)
+
+
+async def _echo(stream: YamuxStream) -> None:
+    while data := await stream.receive_some():
+        await stream.send_all(data)

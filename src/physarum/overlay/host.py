@@ -7,10 +7,25 @@ Every connection is upgraded in this order (the libp2p connection stack)::
 Inbound streams are negotiated with multistream-select and handed to the handler registered
 for their protocol; identify and ping are built in. Everything a peer sends is untrusted: a
 failure closes that stream or connection, is logged, and never reaches the caller's nursery.
+
+Addresses. What the host tells peers (identify, its signed peer record, the DHT) and prints
+(:attr:`Host.addrs`) are its *advertised* addresses: the ``announce`` addresses when given,
+otherwise its listen addresses with a wildcard bind (``0.0.0.0`` / ``::``) replaced by this
+machine's interface addresses of that family (:mod:`physarum.overlay.netif`; loopback and
+link-local ones only when nothing else exists). Peers also report where they see us
+(identify's ``observedAddr``); :meth:`Host.observed_addrs` lists those enough peers agree on,
+but they are never advertised by themselves: behind a NAT the port a peer sees is the NAT's
+mapping of one connection, which usually does not lead to our listener, and a few peers could
+otherwise make us advertise an address of their choosing.
+
+Identify push. When our protocols (:meth:`Host.set_handler`, :meth:`Host.remove_handler`) or
+advertised addresses change, the host sends its identify message on ``/ipfs/id/push/1.0.0``
+to every connected peer that identified and speaks push, once per burst of changes.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 import time
@@ -18,7 +33,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import trio
-from multiaddr import Multiaddr
 
 from physarum import __version__
 from physarum.errors import (
@@ -26,17 +40,21 @@ from physarum.errors import (
     DialError,
     LimitError,
     NotMultistreamError,
+    NotRunningError,
     PhysarumError,
+    SelfDialError,
+    exception_leaves,
 )
 from physarum.overlay import addr as addrs_
-from physarum.overlay import identify, multistream, noise, ping, varint, yamux
+from physarum.overlay import identify, multistream, netif, noise, ping, varint, yamux
 from physarum.overlay.envelope import seal_peer_record
-from physarum.overlay.identify import IdentifyInfo
+from physarum.overlay.identify import OBSERVED_ADDR_THRESHOLD, IdentifyInfo, ObservedAddrs
 from physarum.overlay.identity import KeyPair, PeerId
+from physarum.overlay.multiaddr import Multiaddr
 from physarum.overlay.peerstore import PeerStore
 from physarum.overlay.streamio import BufferedStream
 from physarum.overlay.yamux import YamuxSession, YamuxStream
-from physarum.psk import PskMismatchError, protect
+from physarum.psk import PSK_SIZE, KeyFileError, KeyFileReason, PskMismatchError, protect
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +86,9 @@ class Connection:
         self.opened_at = trio.current_time()
         self.identified = trio.Event()
         self.identify_info: IdentifyInfo | None = None
+        # Which version of our identify message the peer last got on this connection (an
+        # answer or a push); None until it asked. See Host._identify_changed.
+        self._identify_sent: int | None = None
 
     @property
     def is_closed(self) -> bool:
@@ -95,7 +116,7 @@ class Connection:
         await self.session.aclose()
 
     def __repr__(self) -> str:
-        return f"<Connection {self.direction} {self.peer_id} {self.remote_addr}>"
+        return f"<Connection {self.direction} {_short(self.peer_id)} {_ipport(self.remote_addr)}>"
 
 
 class Host:
@@ -103,9 +124,21 @@ class Host:
 
     Run it with ``async with open_host(...) as host`` or ``await nursery.start(host.run)``.
     ``listen`` addresses are ``/ip4|ip6/HOST/tcp/PORT`` (port 0 picks a free port).
+    ``announce``: when given, exactly the addresses we advertise (identify, peer record, DHT,
+    :attr:`addrs`), e.g. a NAT's public address or a DNS name; ``/ip4|ip6|dns*/HOST/tcp/PORT``,
+    a ``/p2p/<our id>`` suffix is dropped. Without it, see :meth:`advertised_addrs`.
     Limits: ``max_connections`` (inbound ones over it are closed at once; dials raise
     :class:`LimitError`), ``max_streams_per_connection``, and ``handshake_timeout`` for upgrading
     a connection or negotiating an inbound stream, so a silent peer cannot hold a slot.
+    Identify push: a change is sent ``identify_push_delay`` seconds after the first one of a
+    burst (later ones join it), to at most ``identify_push_concurrency`` peers at a time, each
+    within ``identify_push_timeout`` seconds. ``address_cache_ttl``: how long the list of this
+    machine's interface addresses is reused (seconds).
+
+    Raises:
+        AddressError: a malformed ``listen`` or ``announce`` address, or an ``announce`` one that
+            is not TCP, names another peer, has port 0 or an unspecified host.
+        KeyFileError: ``psk`` is not 32 bytes (reason ``WRONG_LENGTH``; also a ValueError).
     """
 
     def __init__(
@@ -114,22 +147,33 @@ class Host:
         *,
         psk: bytes | None = None,
         listen: Sequence[str | Multiaddr] = (),
+        announce: Sequence[str | Multiaddr] = (),
         max_connections: int = 1024,
         max_streams_per_connection: int = 256,
         handshake_timeout: float = 10.0,
         agent_version: str = f"physarum/{__version__}",
         peerstore_capacity: int = 10_000,
+        identify_push_delay: float = 0.05,
+        identify_push_timeout: float = 5.0,
+        identify_push_concurrency: int = 16,
+        address_cache_ttl: float = netif.DEFAULT_MAX_AGE,
     ) -> None:
-        if psk is not None and len(psk) != 32:
-            raise ValueError("a pre-shared key is 32 bytes")
+        if psk is not None and len(psk) != PSK_SIZE:
+            raise KeyFileError(
+                KeyFileReason.WRONG_LENGTH, f"a pre-shared key is {PSK_SIZE} bytes, got {len(psk)}"
+            )
         self.key_pair = key_pair or KeyPair.generate()
         self.peer_id = self.key_pair.peer_id
         self.psk = psk
         self._listen_requests = [addrs_.parse(a) for a in listen]
+        self._announce = self._check_announce(announce)
         self.max_connections = max_connections
         self.max_streams_per_connection = max_streams_per_connection
         self.handshake_timeout = handshake_timeout
         self.agent_version = agent_version
+        self.identify_push_delay = identify_push_delay
+        self.identify_push_timeout = identify_push_timeout
+        self.identify_push_concurrency = identify_push_concurrency
         self.peerstore = PeerStore(peerstore_capacity)
         self.listen_addrs: list[Multiaddr] = []
         self.connections: dict[PeerId, list[Connection]] = {}
@@ -142,6 +186,13 @@ class Host:
         self._pending_outbound = 0
         self._record: tuple[tuple[Multiaddr, ...], bytes] | None = None
         self._closed = False
+        self._interfaces = netif.InterfaceCache(address_cache_ttl)
+        self._advertised: tuple[Multiaddr, ...] | None = None
+        self._observed = ObservedAddrs()
+        # Bumped whenever what our identify message says changes; a push goes to every peer that
+        # was told an older version.
+        self._identify_epoch = 0
+        self._push_wanted = trio.Event()
         self.set_handler(ping.PROTOCOL_ID, self._handle_ping)
         self.set_handler(identify.PROTOCOL_ID, self._handle_identify)
         self.set_handler(identify.PUSH_PROTOCOL_ID, self._handle_identify_push)
@@ -151,22 +202,33 @@ class Host:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen, serve, and report started once every listener is bound.
 
+        Errors come out as themselves, not wrapped in an ExceptionGroup: binding happens before
+        the host's nursery opens, and a group holding a single exception (an internal failure
+        while serving) is unwrapped. A group of several stays a group.
+
         Raises:
             AddressError: a listen address is malformed or not TCP.
             OSError: a listen address cannot be bound (port in use, no such interface).
         """
         listeners: list[list[trio.SocketListener]] = []
+        failed: BaseException | None = None
         try:
             # Bind before opening the nursery, so a bad address raises AddressError or OSError
             # itself rather than wrapped in an ExceptionGroup.
             for a in self._listen_requests:
                 listeners.append(await self._bind(a))
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                for group in listeners:
-                    await self._serve(nursery, group)
-                task_status.started()
-                await trio.sleep_forever()
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    for group in listeners:
+                        await self._serve(nursery, group)
+                    nursery.start_soon(self._push_loop)
+                    task_status.started()
+                    await trio.sleep_forever()
+            except BaseExceptionGroup as errors:
+                failed = _sole_error(errors)
+                if failed is None:
+                    raise
         finally:
             self._closed = True
             self._nursery = None
@@ -176,18 +238,25 @@ class Host:
                         await trio.aclose_forcefully(lst)
                 for conn in [c for conns in self.connections.values() for c in conns]:
                     await trio.aclose_forcefully(conn.session.transport)
+        if failed is not None:
+            raise failed  # outside the except block: no group in its context
 
     def _require_running(self) -> trio.Nursery:
         if self._nursery is None:
-            raise RuntimeError("the host is not running: use `async with open_host(...)` or nursery.start(host.run)")
+            raise NotRunningError(
+                "the host is not running: use `async with open_host(...)` or nursery.start(host.run)"
+            )
         return self._nursery
 
     async def listen(self, address: str | Multiaddr) -> list[Multiaddr]:
         """Start listening; return the bound addresses (with real ports).
 
+        Connected peers are told our new addresses (identify push) unless ``announce`` fixes them.
+
         Raises:
             AddressError: malformed or not TCP.
             OSError: cannot bind.
+            NotRunningError: the host is not running.
         """
         nursery = self._require_running()
         return await self._serve(nursery, await self._bind(address))
@@ -201,26 +270,8 @@ class Host:
         bound = [addrs_.from_sockaddr(lst.socket.getsockname()) for lst in listeners]
         await nursery.start(trio.serve_listeners, self._handle_inbound, listeners)
         self.listen_addrs += bound
-        self._record = None
+        self.advertised_addrs()  # notices the change, so connected peers hear of it
         return bound
-
-    @property
-    def addrs(self) -> list[Multiaddr]:
-        """Our dialable addresses, each ending in ``/p2p/<our id>``."""
-        return [addrs_.with_peer(a, self.peer_id) for a in self.advertised_addrs()]
-
-    def advertised_addrs(self) -> list[Multiaddr]:
-        """Listen addresses, with wildcard binds expanded to this machine's addresses."""
-        out: list[Multiaddr] = []
-        for a in self.listen_addrs:
-            if not addrs_.is_unspecified(a):
-                out.append(a)
-                continue
-            ep = addrs_.tcp_endpoint(a)
-            six = ":" in ep.host
-            for ip in _local_ips(six):
-                out.append(Multiaddr(f"/{'ip6' if six else 'ip4'}/{ip}/tcp/{ep.port}"))
-        return list(dict.fromkeys(out))
 
     async def aclose(self) -> None:
         """Close every connection and stop listening."""
@@ -231,14 +282,112 @@ class Host:
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
+    # -- addresses --
+
+    @property
+    def addrs(self) -> list[Multiaddr]:
+        """Our advertised addresses, each ending in ``/p2p/<our id>`` (what the binaries print)."""
+        return [addrs_.with_peer(a, self.peer_id) for a in self.advertised_addrs()]
+
+    @property
+    def announce(self) -> list[Multiaddr]:
+        """The ``announce`` addresses (empty: advertise the listen addresses)."""
+        return list(self._announce)
+
+    def set_announce(self, addresses: Sequence[str | Multiaddr]) -> None:
+        """Replace the ``announce`` addresses (empty: advertise the listen addresses again).
+
+        Connected peers are told (identify push).
+
+        Raises:
+            AddressError: as for the ``announce`` argument of :class:`Host`.
+        """
+        self._announce = self._check_announce(addresses)
+        self.advertised_addrs()
+
+    def _check_announce(self, addresses: Sequence[str | Multiaddr]) -> tuple[Multiaddr, ...]:
+        out: list[Multiaddr] = []
+        for a in addresses:
+            ma = addrs_.parse(a)
+            ep = addrs_.tcp_endpoint(ma)
+            if ep.peer_id is not None and ep.peer_id != self.peer_id:
+                raise addrs_.AddressError(ma, "an announce address names another peer id")
+            if ep.port == 0:
+                raise addrs_.AddressError(ma, "an announce address needs a real port, not 0")
+            if addrs_.is_unspecified(ma):
+                raise addrs_.AddressError(
+                    ma, "an announce address needs a host peers can dial, not a wildcard"
+                )
+            out.append(addrs_.without_peer(ma))
+        return tuple(dict.fromkeys(out))
+
+    def advertised_addrs(self) -> list[Multiaddr]:
+        """The addresses we tell peers, without ``/p2p``.
+
+        The ``announce`` addresses when set. Otherwise the listen addresses, where a wildcard bind
+        (``0.0.0.0`` or ``::``) stands for every address of that family on this machine's interfaces
+        that are up, except loopback and link-local ones (see :func:`netif.select_advertised`:
+        loopback is listed only when the machine has nothing else; an explicit ``127.0.0.1`` bind is
+        advertised as it is). The interface list is reused for ``address_cache_ttl`` seconds, so a
+        change of the machine's addresses is noticed the next time they are needed (identify, the
+        DHT) within that time; any change noticed here is pushed to connected peers.
+        """
+        if self._announce:
+            out = list(self._announce)
+        else:
+            out = []
+            for a in self.listen_addrs:
+                if not addrs_.is_unspecified(a):
+                    out.append(a)
+                    continue
+                ep = addrs_.tcp_endpoint(a)
+                six = ":" in ep.host
+                for ip in netif.select_advertised(self._interface_addresses(six)):
+                    out.append(Multiaddr(f"/{'ip6' if six else 'ip4'}/{ip}/tcp/{ep.port}"))
+            out = list(dict.fromkeys(out))
+        current = tuple(out)
+        if current != self._advertised:
+            self._advertised = current
+            self._identify_changed()
+        return out
+
+    def _interface_addresses(self, ipv6: bool) -> list[netif.InterfaceAddress]:
+        family = socket.AF_INET6 if ipv6 else socket.AF_INET
+        try:
+            now = trio.current_time()
+        except RuntimeError:  # outside trio: no clock to age a cache by
+            return netif.interface_addresses(family)
+        return self._interfaces.get(family, now)
+
+    def observed_addrs(self, min_observers: int = OBSERVED_ADDR_THRESHOLD) -> list[Multiaddr]:
+        """Where peers see us: addresses at least ``min_observers`` distinct connected peers
+        reported in identify (default 4, go-libp2p's threshold), most reported first.
+
+        Only reports made on connections the peer dialed count: on a connection we dialed, the
+        peer sees our ephemeral source port (or a NAT's mapping of it), which leads nowhere.
+        Each peer counts once (its latest report) until it disconnects; at most
+        :data:`identify.MAX_OBSERVED_ADDRS` distinct addresses are kept. These addresses are a
+        hint (e.g. for an operator choosing ``announce``) and are never advertised by themselves:
+        a NAT may map each connection to another port, and peers could lie.
+        """
+        return self._observed.confirmed(min_observers)
+
     # -- handlers --
 
     def set_handler(self, protocol: str, handler: Handler) -> None:
-        """Serve ``protocol`` on inbound streams. The host closes the stream after the handler returns."""
+        """Serve ``protocol`` on inbound streams. The host closes the stream after the handler returns.
+
+        A new protocol is pushed to connected peers (identify push).
+        """
+        new = protocol not in self._handlers
         self._handlers[protocol] = handler
+        if new:
+            self._identify_changed()
 
     def remove_handler(self, protocol: str) -> None:
-        self._handlers.pop(protocol, None)
+        """Stop serving ``protocol``; connected peers are told (identify push)."""
+        if self._handlers.pop(protocol, None) is not None:
+            self._identify_changed()
 
     @property
     def protocols(self) -> list[str]:
@@ -272,11 +421,15 @@ class Host:
         Raises:
             AddressError: a malformed multiaddr.
             DialError: every address failed; ``errors`` says why for each (a wrong PSK shows as
-                PskMismatchError, another identity as PeerIdMismatchError).
+                PskMismatchError, another identity as PeerIdMismatchError, ourselves as
+                SelfDialError).
             LimitError: ``max_connections`` reached.
+            NotRunningError: the host is not running.
         """
         self._require_running()
         if isinstance(target, PeerId):
+            if target == self.peer_id:
+                raise DialError(target, {str(target): SelfDialError("that is our own peer id")})
             existing = self.connection(target)
             if existing is not None:
                 return existing
@@ -286,7 +439,7 @@ class Host:
             ma = addrs_.parse(target)
             peer = addrs_.tcp_endpoint(ma).peer_id
             if peer is not None and peer == self.peer_id:
-                raise DialError(peer, {str(ma): ValueError("that is our own peer id")})
+                raise DialError(peer, {str(ma): SelfDialError("that is our own peer id")})
             existing = self.connection(peer) if peer is not None else None
             if existing is not None:
                 return existing
@@ -321,7 +474,7 @@ class Host:
             raise LimitError(f"{self.max_connections} connections already open", limit=self.max_connections)
         ep = addrs_.tcp_endpoint(ma)
         if peer == self.peer_id:
-            raise ValueError("refusing to dial ourselves")
+            raise SelfDialError("that is our own peer id", address=str(ma))
         # Dials in progress hold a slot, as inbound handshakes do, so concurrent dials cannot
         # overshoot the limit. The slot is given back once the connection is registered.
         self._pending_outbound += 1
@@ -347,8 +500,10 @@ class Host:
         except OSError:
             await trio.aclose_forcefully(tcp)
             return
+        where = _ipport(remote)
         if self._closed or self._slots_in_use() >= self.max_connections:
-            log.warning("refusing connection from %s: %d connections open", remote, self.max_connections)
+            reason = "host closing" if self._closed else f"{self.max_connections} connections open"
+            log.warning("refusing connection from %s: %s", where, reason)
             await trio.aclose_forcefully(tcp)
             return
         self._pending_inbound += 1
@@ -356,11 +511,14 @@ class Host:
             with trio.move_on_after(self.handshake_timeout) as scope:
                 conn = await self._upgrade(tcp, INBOUND, None, remote, local)
             if scope.cancelled_caught:
-                log.info("closing connection from %s: no handshake within %s s", remote, self.handshake_timeout)
+                log.info(
+                    "closing connection from %s: no handshake within %g s", where, self.handshake_timeout
+                )
                 await trio.aclose_forcefully(tcp)
                 return
         except (PhysarumError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
-            log.info("closing connection from %s: %s", remote, e)
+            # The exception itself rides along as ``record.error`` for handlers and tests.
+            log.info("closing connection from %s: %s", where, _reason(e), extra={"error": e})
             await trio.aclose_forcefully(tcp)
             return
         finally:
@@ -406,7 +564,7 @@ class Host:
         secure = await noise.handshake(buf, self.key_pair, initiator=initiator, expected_peer=expected)
         peer_id = secure.remote_peer
         if peer_id == self.peer_id:
-            raise PhysarumError(f"connected to ourselves at {remote}")
+            raise SelfDialError("the remote is ourselves", address=str(remote))
         buf2 = BufferedStream(secure)
         if initiator:
             await multistream.select(buf2, [yamux.PROTOCOL_ID])
@@ -443,8 +601,12 @@ class Host:
                 conns.remove(conn)
             if not conns:
                 self.connections.pop(conn.peer_id, None)
+                self._observed.forget(conn.peer_id)
             self.peerstore.info(conn.peer_id).last_seen = trio.current_time()
-            log.debug("disconnected %s: %s", conn, conn.session.close_reason)
+            why = conn.session.close_reason
+            log.debug(
+                "disconnected %s: %s", conn, _reason(why) if isinstance(why, BaseException) else _clip(why)
+            )
             self._fire(self.on_disconnect, conn)
 
     def _fire(self, callbacks: list[ConnectionCallback], conn: Connection) -> None:
@@ -452,7 +614,7 @@ class Host:
             try:
                 cb(conn)
             except Exception:
-                log.exception("connection callback %r failed", cb)
+                log.exception("connection callback %s failed", _clip(getattr(cb, "__qualname__", repr(cb))))
 
     async def disconnect(self, peer_id: PeerId) -> None:
         """Close every connection to ``peer_id``."""
@@ -480,12 +642,16 @@ class Host:
                 return
             await handler(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
-            log.debug("stream %r from %s ended: %s", stream.protocol, conn.peer_id, e)
+            log.debug(
+                "stream %s from %s ended: %s", _clip(stream.protocol, 60), _short(conn.peer_id), _reason(e)
+            )
         except PhysarumError as e:
-            log.info("stream %r from %s: %s", stream.protocol, conn.peer_id, e)
+            log.info("stream %s from %s: %s", _clip(stream.protocol, 60), _short(conn.peer_id), _reason(e))
             stream.reset()
         except Exception:
-            log.exception("handler for %r failed on a stream from %s", stream.protocol, conn.peer_id)
+            log.exception(
+                "handler for %s failed on a stream from %s", _clip(stream.protocol, 60), _short(conn.peer_id)
+            )
             stream.reset()
         finally:
             await stream.aclose()
@@ -499,6 +665,7 @@ class Host:
             DialError: cannot connect.
             NegotiationError: the peer supports none of ``protocols``.
             LimitError: stream or connection limit reached.
+            NotRunningError: the host is not running.
             trio.TooSlowError: ``timeout`` passed.
             trio.BrokenResourceError: the connection broke meanwhile.
         """
@@ -511,11 +678,14 @@ class Host:
     async def _handle_ping(self, stream: YamuxStream) -> None:
         await ping.handle_ping(stream)
 
-    async def ping(self, peer: PeerId | str | Multiaddr, *, count: int = 1, timeout: float = 10.0) -> list[float]:
+    async def ping(
+        self, peer: PeerId | str | Multiaddr, *, count: int = 1, timeout: float = 10.0
+    ) -> list[float]:
         """Ping ``peer`` ``count`` times on one stream; RTTs in seconds.
 
         Raises:
-            DialError, NegotiationError, ProtocolError, trio.TooSlowError, trio.BrokenResourceError.
+            DialError, NegotiationError, ProtocolError, NotRunningError, trio.TooSlowError,
+            trio.BrokenResourceError.
         """
         with trio.fail_after(timeout):
             stream = await self.new_stream(peer, [ping.PROTOCOL_ID], timeout=timeout)
@@ -541,9 +711,14 @@ class Host:
             signed_peer_record=self._record[1],
         )
 
+    def _identify_message(self, conn: Connection) -> bytes:
+        """Our identify message for ``conn``, length-prefixed; notes which version the peer gets."""
+        body = identify.encode(self._identify_info(conn))
+        conn._identify_sent = self._identify_epoch
+        return varint.encode(len(body)) + body
+
     async def _handle_identify(self, stream: YamuxStream) -> None:
-        body = identify.encode(self._identify_info(self._conn_of(stream)))
-        await stream.send_all(varint.encode(len(body)) + body)
+        await stream.send_all(self._identify_message(self._conn_of(stream)))
         await stream.send_eof()
 
     def _conn_of(self, stream: YamuxStream) -> Connection:
@@ -563,6 +738,16 @@ class Host:
 
     def _store_identify(self, conn: Connection, info: IdentifyInfo, *, push: bool = False) -> None:
         info = identify.check_against(info, conn.peer_id)
+        previous = conn.identify_info
+        if push and previous is not None:
+            # A push may carry only what changed: keep what it leaves out.
+            info.public_key = info.public_key or previous.public_key
+            info.listen_addrs = info.listen_addrs or previous.listen_addrs
+            info.protocols = info.protocols or previous.protocols
+            info.observed_addr = info.observed_addr or previous.observed_addr
+            info.protocol_version = info.protocol_version or previous.protocol_version
+            info.agent_version = info.agent_version or previous.agent_version
+            info.signed_peer_record = info.signed_peer_record or previous.signed_peer_record
         entry = self.peerstore.info(conn.peer_id)
         if info.protocols or not push:
             entry.protocols = info.protocols
@@ -571,6 +756,10 @@ class Host:
         entry.agent_version = info.agent_version or entry.agent_version
         entry.protocol_version = info.protocol_version or entry.protocol_version
         entry.observed_addr = info.observed_addr
+        if conn.direction == INBOUND and info.observed_addr is not None:
+            observed = _observable(info.observed_addr)
+            if observed is not None:
+                self._observed.record(conn.peer_id, observed)
         dialable = [a for a in info.listen_addrs if _is_dialable(a)]
         self.peerstore.add_addrs(conn.peer_id, [addrs_.without_peer(a) for a in dialable])
         conn.identify_info = info
@@ -587,8 +776,13 @@ class Host:
                     await stream.aclose()
             self._store_identify(conn, info)
         except (PhysarumError, trio.BrokenResourceError, trio.TooSlowError) as e:
-            log.info("identify of %s failed: %s", conn.peer_id, e)
+            log.info("identify of %s failed: %s", _short(conn.peer_id), _reason(e))
             conn.identified.set()
+            return
+        if conn._identify_sent is not None and conn._identify_sent != self._identify_epoch:
+            # The peer asked us before a change that no push reached it with (pushes go to
+            # identified peers only): push now.
+            self._push_wanted.set()
 
     async def _handle_identify_push(self, stream: YamuxStream) -> None:
         info = await self._read_identify(stream)
@@ -598,7 +792,8 @@ class Host:
         """What ``peer`` says of itself, asked now over a fresh identify stream.
 
         Raises:
-            DialError, NegotiationError, DecodeError, trio.TooSlowError, trio.BrokenResourceError.
+            DialError, NegotiationError, DecodeError, NotRunningError, trio.TooSlowError,
+            trio.BrokenResourceError.
         """
         with trio.fail_after(timeout):
             conn = await self.connect(peer, timeout=timeout)
@@ -610,6 +805,61 @@ class Host:
         self._store_identify(conn, info)
         return info
 
+    # -- identify push --
+
+    def _identify_changed(self) -> None:
+        """What our identify message says changed: tell connected peers, soon, once per burst."""
+        self._identify_epoch += 1
+        self._push_wanted.set()
+
+    async def _push_loop(self) -> None:
+        while True:
+            await self._push_wanted.wait()
+            # Changes in the next moment join this push (a service registering several protocols,
+            # listening on several addresses); any after it start another.
+            await trio.sleep(self.identify_push_delay)
+            self._push_wanted = trio.Event()
+            targets = self._push_targets()
+            if not targets:
+                continue
+            limiter = trio.CapacityLimiter(self.identify_push_concurrency)
+            async with trio.open_nursery() as nursery:
+                for conn in targets:
+                    nursery.start_soon(self._push_identify, conn, limiter)
+
+    def _push_targets(self) -> list[Connection]:
+        """One connection per peer that identified, speaks push and was told an older version."""
+        targets: list[Connection] = []
+        if self._closed:
+            return targets
+        for conns in self.connections.values():
+            if any(c._identify_sent == self._identify_epoch for c in conns):
+                continue
+            ready = [c for c in conns if not c.is_closed and c.identify_info is not None]
+            info = ready[-1].identify_info if ready else None
+            if info is not None and identify.PUSH_PROTOCOL_ID in info.protocols:
+                targets.append(ready[-1])
+        return targets
+
+    async def _push_identify(self, conn: Connection, limiter: trio.CapacityLimiter) -> None:
+        async with limiter:
+            try:
+                with trio.fail_after(self.identify_push_timeout):
+                    stream = await conn.open_stream([identify.PUSH_PROTOCOL_ID])
+                    try:
+                        await stream.send_all(self._identify_message(conn))
+                        await stream.send_eof()
+                    finally:
+                        await stream.aclose()
+            except (
+                PhysarumError,
+                trio.BrokenResourceError,
+                trio.ClosedResourceError,
+                trio.TooSlowError,
+            ) as e:
+                conn._identify_sent = None  # not told: a later identify of theirs tells them
+                log.debug("identify push to %s failed: %s", _short(conn.peer_id), _reason(e))
+
 
 def _is_dialable(a: Multiaddr) -> bool:
     try:
@@ -619,44 +869,127 @@ def _is_dialable(a: Multiaddr) -> bool:
     return ep.port != 0 and not addrs_.is_unspecified(a)
 
 
-def _local_ips(ipv6: bool) -> list[str]:
-    """This machine's addresses of one family, loopback first, without sending any packet."""
-    family = socket.AF_INET6 if ipv6 else socket.AF_INET
-    found = ["::1" if ipv6 else "127.0.0.1"]
+def _observable(a: Multiaddr) -> Multiaddr | None:
+    """A peer's report of our address, normalised (no /p2p), or None when it cannot be ours."""
     try:
-        infos = socket.getaddrinfo(socket.gethostname(), None, family)
-    except OSError:
-        infos = []
-    for info in infos:
-        ip = str(info[4][0])
-        if ip not in found:
-            found.append(ip)
-    return found
+        ep = addrs_.tcp_endpoint(a)
+        ip = ipaddress.ip_address(ep.host)
+    except (PhysarumError, ValueError):
+        return None
+    if ep.port == 0 or ip.is_unspecified or ip.is_multicast:
+        return None
+    return addrs_.without_peer(a)
+
+
+# -- short log fields: an address once, a reason in a few words, peer ids shortened ---------------
+
+_REASON_MAX = 96
+
+
+def _clip(text: object, limit: int = _REASON_MAX) -> str:
+    line = str(text).strip().split("\n", 1)[0]
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _short(peer: object) -> str:
+    """A peer id as go-libp2p's ShortString: ``12*abcdef``."""
+    text = str(peer)
+    return text if len(text) <= 10 else f"{text[:2]}*{text[-6:]}"
+
+
+def _ipport(addr: Multiaddr | None) -> str:
+    """``1.2.3.4:5`` / ``[::1]:5`` for a TCP multiaddr; the multiaddr text otherwise."""
+    if addr is None:
+        return "?"
+    try:
+        ep = addrs_.tcp_endpoint(addr)
+    except PhysarumError:
+        return _clip(addr, 80)
+    return f"[{ep.host}]:{ep.port}" if ":" in ep.host else f"{ep.host}:{ep.port}"
+
+
+#: Log reasons for errors whose messages are written for a person reading one error, not a log.
+_SHORT_REASONS: dict[type[BaseException], str] = {
+    PskMismatchError: "not in this private network (another pre-shared key, or none)",
+}
+
+
+def _reason(e: BaseException) -> str:
+    """``ClassName: first line of the message`` (the ``reason`` attribute when there is one),
+    clipped; a trailing ``(... address ...)`` that repeats what the log line already says is cut."""
+    short = _SHORT_REASONS.get(type(e))
+    if short is not None:
+        return f"{type(e).__name__}: {short}"
+    reason = getattr(e, "reason", None)
+    text = reason if type(reason) is str and reason else str(e)
+    if not text and e.__cause__ is not None:
+        return f"{type(e).__name__} ({_reason(e.__cause__)})"
+    text = text.strip().split("\n", 1)[0]
+    if text.endswith(")") and " (" in text and "address " in text.rsplit(" (", 1)[1]:
+        text = text.rsplit(" (", 1)[0]
+    return _clip(f"{type(e).__name__}: {text}" if text else type(e).__name__)
+
+
+# -- exception groups --------------------------------------------------------------------------------
+
+
+def _sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one exception a group wraps, unless it is a cancellation (those stay as trio made them)."""
+    leaves = list(exception_leaves(group))
+    if len(leaves) == 1 and not isinstance(leaves[0], trio.Cancelled):
+        return leaves[0]
+    return None
 
 
 @asynccontextmanager
 async def open_host(
-    key_pair: KeyPair | None = None, *, listen: Sequence[str | Multiaddr] = ("/ip4/127.0.0.1/tcp/0",), **kwargs: object
+    key_pair: KeyPair | None = None,
+    *,
+    listen: Sequence[str | Multiaddr] = ("/ip4/127.0.0.1/tcp/0",),
+    announce: Sequence[str | Multiaddr] = (),
+    **kwargs: object,
 ) -> AsyncIterator[Host]:
-    """Run a :class:`Host` for the duration of the block.
+    """Run a :class:`Host` for the duration of the block, then close it.
+
+    Exceptions come out as themselves, not wrapped in ExceptionGroups (trio's nurseries are strict):
+    an exception the block raises is caught, the host is closed and cancelled, and the exception is
+    raised again outside the host's nursery; so are errors starting the host, and a host that fails
+    on its own (an internal error) raises its single exception. Cancellation is left to trio, and
+    genuinely several errors at once (the block and the host both failing) stay an ExceptionGroup.
 
     Raises:
-        AddressError, OSError: a listen address is malformed or cannot be bound.
+        AddressError, OSError: a listen address is malformed or cannot be bound; AddressError for a
+            bad ``announce`` address.
+        KeyFileError: a ``psk`` that is not 32 bytes.
     """
-    host = Host(key_pair, listen=listen, **kwargs)  # type: ignore[arg-type]
-    failed: Exception | None = None
-    async with trio.open_nursery() as nursery:
-        try:
-            await nursery.start(host.run)
-        except Exception as e:
-            # Raised below, outside the nursery, so the caller sees it rather than an ExceptionGroup.
-            failed = e
-        else:
+    host = Host(key_pair, listen=listen, announce=announce, **kwargs)  # type: ignore[arg-type]
+    failed: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
             try:
-                yield host
-            finally:
-                await host.aclose()
-                nursery.cancel_scope.cancel()
+                await nursery.start(host.run)
+            except Exception as e:
+                failed = e  # raised below, outside the nursery
+            else:
+                try:
+                    yield host
+                except Exception as e:
+                    failed = e  # raised below, outside the nursery
+                finally:
+                    try:
+                        await host.aclose()
+                    finally:
+                        nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        if failed is None:
+            failed = _sole_error(group)
+            if failed is None:
+                raise
+        elif any(not isinstance(e, trio.Cancelled) for e in exception_leaves(group)):
+            raise BaseExceptionGroup(
+                "open_host: the block and the host both failed", [failed, group]
+            ) from None
+        # else: only cancellations came out while closing; the block's own error says more
     if failed is not None:
         raise failed
 

@@ -8,14 +8,14 @@ which then closes the stream.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
-
-from multiaddr import Multiaddr
 
 from physarum.errors import DecodeError, IncompleteError, PhysarumError
 from physarum.overlay import pb, varint
 from physarum.overlay.envelope import EnvelopeError, open_peer_record
 from physarum.overlay.identity import PeerId, PublicKey
+from physarum.overlay.multiaddr import AddressError, Multiaddr
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,11 @@ PROTOCOL_ID = "/ipfs/id/1.0.0"
 PUSH_PROTOCOL_ID = "/ipfs/id/push/1.0.0"
 PROTOCOL_VERSION = "ipfs/0.1.0"
 MAX_MESSAGE = 64 * 1024
+#: Distinct observed addresses :class:`ObservedAddrs` keeps by default.
+MAX_OBSERVED_ADDRS = 32
+#: Distinct peers that must report an address before :meth:`ObservedAddrs.confirmed` lists it
+#: (go-libp2p's activation threshold is 4 too): one or two peers, mistaken or lying, are not enough.
+OBSERVED_ADDR_THRESHOLD = 4
 
 
 @dataclass
@@ -52,7 +57,7 @@ def encode(info: IdentifyInfo) -> bytes:
 def _addr(raw: bytes) -> Multiaddr | None:
     try:
         return Multiaddr(raw)
-    except Exception:  # one unparseable address must not void the rest
+    except AddressError:  # one unparseable address must not void the rest
         return None
 
 
@@ -111,6 +116,62 @@ def check_against(info: IdentifyInfo, peer_id: PeerId) -> IdentifyInfo:
             if record.peer_id != peer_id:
                 raise EnvelopeError("peer record names another peer")
         except (EnvelopeError, PhysarumError) as e:
-            log.info("identify: ignoring bad signed peer record from %s: %s", peer_id, e)
+            log.info("identify: ignoring a bad signed peer record from %s: %s", peer_id, type(e).__name__)
             info.signed_peer_record = None
     return info
+
+
+class ObservedAddrs:
+    """The addresses peers say they see us at (identify's ``observedAddr``), counted per peer.
+
+    A pure data structure: one entry per observer (its latest report replaces the previous one),
+    at most ``max_addrs`` distinct addresses. A new address beyond that evicts the one with the
+    fewest observers (the least recently reported among equals), with its observers' entries, so
+    a flood of distinct reports cannot grow it or displace an address many peers agree on.
+    """
+
+    def __init__(self, max_addrs: int = MAX_OBSERVED_ADDRS) -> None:
+        self.max_addrs = max_addrs
+        self._by_peer: dict[PeerId, Multiaddr] = {}
+        # address -> its observers; the address order is recency of the last report
+        self._observers: OrderedDict[Multiaddr, dict[PeerId, None]] = OrderedDict()
+
+    def record(self, observer: PeerId, addr: Multiaddr) -> None:
+        """``observer`` says it sees us at ``addr``."""
+        self.forget(observer)
+        observers = self._observers.get(addr)
+        if observers is None:
+            while self._observers and len(self._observers) >= self.max_addrs:
+                self._evict()
+            observers = self._observers[addr] = {}
+        self._observers.move_to_end(addr)
+        observers[observer] = None
+        self._by_peer[observer] = addr
+
+    def forget(self, observer: PeerId) -> None:
+        """Drop ``observer``'s report (it disconnected)."""
+        old = self._by_peer.pop(observer, None)
+        if old is None:
+            return
+        observers = self._observers.get(old)
+        if observers is not None:
+            observers.pop(observer, None)
+            if not observers:
+                del self._observers[old]
+
+    def _evict(self) -> None:
+        fewest = min(self._observers, key=lambda a: len(self._observers[a]))  # first among equals: oldest
+        for peer in self._observers.pop(fewest):
+            self._by_peer.pop(peer, None)
+
+    def counts(self) -> dict[Multiaddr, int]:
+        """Every recorded address and how many distinct peers report it, most reported first."""
+        ranked = sorted(self._observers.items(), key=lambda item: -len(item[1]))
+        return {addr: len(observers) for addr, observers in ranked}
+
+    def confirmed(self, min_observers: int = OBSERVED_ADDR_THRESHOLD) -> list[Multiaddr]:
+        """Addresses reported by at least ``min_observers`` distinct peers, most reported first."""
+        return [a for a, n in self.counts().items() if n >= min_observers]
+
+    def __len__(self) -> int:
+        return len(self._observers)

@@ -8,6 +8,7 @@
 // Usage:
 //   node peer.mjs [--listen MADDR]... [--no-listen] [--psk-file PATH] [--kad]
 //                 [--seed HEX64] [--inbound-threshold N] [--no-connection-monitor]
+//                 [--identify-push]   (also run identify/push: send and accept /ipfs/id/push/1.0.0)
 //
 // Out (events):   {"event":"ready","peer_id":"12D3Koo...","addrs":[".../p2p/12D3Koo..."]}
 //                 {"event":"connect","peer_id":...}   {"event":"disconnect","peer_id":...}
@@ -32,7 +33,7 @@ import { createInterface } from 'node:readline'
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { generateKeyPair, generateKeyPairFromSeed, publicKeyToProtobuf } from '@libp2p/crypto/keys'
-import { identify } from '@libp2p/identify'
+import { identify, identifyPush } from '@libp2p/identify'
 import { kadDHT, passthroughMapper } from '@libp2p/kad-dht'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { ping } from '@libp2p/ping'
@@ -98,6 +99,7 @@ function parseArgs (argv) {
       case '--seed': opts.seed = value(); break
       case '--inbound-threshold': opts.inboundThreshold = Number(value()); break
       case '--no-connection-monitor': opts.connectionMonitor = false; break
+      case '--identify-push': opts.identifyPush = true; break
       default: throw new Error(`unknown argument ${arg}`)
     }
   }
@@ -157,6 +159,9 @@ async function makeNode (opts) {
   const services = {
     identify: identify(),
     ping: ping()
+  }
+  if (opts.identifyPush) {
+    services.identifyPush = identifyPush()
   }
   if (opts.kad) {
     services.dht = kadDHT({
