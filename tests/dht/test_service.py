@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 import trio
 import trio.testing
-from multiaddr import Multiaddr
+from prometheus_client import REGISTRY, CollectorRegistry
 
 from physarum.dht import keyspace
 from physarum.dht.memory import MemoryNetwork
@@ -25,9 +25,12 @@ from physarum.dht.records import (
     record_key,
     sign_record,
 )
-from physarum.dht.service import KadDHT, PeerNotFoundError
+from physarum.dht.service import KadDHT, NotJoinedError, PeerNotFoundError
 from physarum.dht.table import Added, BucketFull, Contact, RoutingTable
+from physarum.errors import PhysarumError
+from physarum.overlay.addr import AddressError
 from physarum.overlay.identity import KeyPair, PeerId
+from physarum.overlay.multiaddr import Multiaddr
 
 
 @pytest.fixture
@@ -292,11 +295,13 @@ async def test_saved_table_rejoins_without_bootstrap(autojump_clock: trio.testin
     net, nodes = make_network(25)
     await join_all(net, nodes)
     node = nodes[7]
-    saved = node.table.to_json()
+    saved = node.table.to_json(now=trio.current_time(), wall_now=1_800_000_000.0)
     again = KadDHT(
         node.key_pair,
         net.transport(node.peer_id),
-        table=RoutingTable.from_json(saved, now=trio.current_time(), self_id=node.peer_id),
+        table=RoutingTable.from_json(
+            saved, now=trio.current_time(), wall_now=1_800_000_060.0, self_id=node.peer_id
+        ),
     )
     net.nodes[node.peer_id] = again
     async with trio.open_nursery() as nursery:
@@ -306,3 +311,214 @@ async def test_saved_table_rejoins_without_bootstrap(autojump_clock: trio.testin
         nursery.cancel_scope.cancel()
     with pytest.raises(ValueError, match="belongs to"):
         KadDHT(nodes[1].key_pair, net.transport(nodes[1].peer_id), table=node.table)
+
+
+# ---- bootstrap addresses: text or Multiaddr, checked up front ----
+
+
+async def test_bootstrap_addresses_may_be_text_and_are_checked_up_front(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    net, (boot, other) = make_network(2)
+    kp = KeyPair(random.Random(42).randbytes(32))
+    text = f"{net.addr_of(boot.peer_id)}/p2p/{boot.peer_id}"
+    own = f"/ip4/127.0.0.1/tcp/9/p2p/{kp.peer_id}"
+    other_addr = Multiaddr(f"/ip4/10.0.0.1/tcp/4001/p2p/{other.peer_id}")
+    node = KadDHT(kp, net.transport(kp.peer_id), bootstrap=[text, other_addr, own])
+    assert [str(a) for a in node.bootstrap_addrs] == [text, f"/ip4/10.0.0.1/tcp/4001/p2p/{other.peer_id}"]
+    assert all(isinstance(a, Multiaddr) for a in node.bootstrap_addrs)
+    bad = [
+        ("/ip4/127.0.0.1/tcp/4001", "/p2p/"),  # no peer id: could not check who answers
+        ("not a multiaddr", None),
+        ("/ip4/300.0.0.1/tcp/4001/p2p/" + str(boot.peer_id), None),
+        (f"/ip4/127.0.0.1/udp/4001/p2p/{boot.peer_id}", None),  # physarum dials TCP only
+    ]
+    for addr, in_reason in bad:
+        with pytest.raises(AddressError) as info:
+            KadDHT(kp, net.transport(kp.peer_id), bootstrap=[text, addr])
+        assert isinstance(info.value, PhysarumError) and info.value.reason
+        if in_reason is not None:
+            assert in_reason in info.value.reason
+
+
+# ---- NotJoinedError: nobody to ask is not "not found" ----
+
+
+async def test_a_lone_node_raises_not_joined_instead_of_finding_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    _, (node,) = make_network(1)
+    key = b"/physarum/service/x"
+
+    async def every_lookup() -> None:
+        calls = [
+            node.lookup(key),
+            node.find_peer(KeyPair(b"\x01" * 32).peer_id),
+            node.find_contact("receptionist"),
+            node.find_providers(key),
+            node.publish_contact("receptionist", data={"v": 1}),
+            node.provide(key),
+        ]
+        for call in calls:
+            start = trio.current_time()
+            with pytest.raises(NotJoinedError) as info:
+                await call
+            assert not info.value.joining and info.value.reason
+            assert trio.current_time() == start  # at once: there is nothing to wait for
+
+    await every_lookup()  # not running
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)  # running, but nothing to join through
+        assert node.bootstrapped.is_set()
+        await every_lookup()
+        nursery.cancel_scope.cancel()
+    # publish_contact and provide checked before storing anything.
+    assert node.records.get("receptionist", node.wall_clock()) == []
+    assert node.providers.get(key, trio.current_time()) == []
+
+
+async def test_local_results_still_count_without_anyone_to_ask(autojump_clock: trio.testing.MockClock) -> None:
+    net, (node, other) = make_network(2)
+    del net.nodes[other.peer_id]
+    wall = node.wall_clock()
+    # A record another node stored here, and a provider that announced itself here.
+    envelope = sign_record(other.key_pair, ContactRecord("svc", (), {"v": 1}, seq=1, expires=new_expiry(wall)))
+    key = record_key("svc")
+    put = Message(MessageType.PUT_VALUE, key=key, record=Record(key, encode_record_set([envelope])))
+    assert node.rpc(other.peer_id, put) == put
+    me = Peer(other.peer_id, (net.addr_of(other.peer_id),), ConnectionType.CONNECTED)
+    node.rpc(other.peer_id, Message(MessageType.ADD_PROVIDER, key=b"svc", provider_peers=(me,)))
+    assert len(node.table) == 0
+    assert [r.publisher for r in await node.find_contact("svc")] == [other.peer_id]
+    assert [p.peer_id for p in await node.find_providers(b"svc")] == [other.peer_id]
+    # Our own id needs nobody either.
+    assert (await node.find_peer(node.peer_id)).addrs == (net.addr_of(node.peer_id),)
+    # ... and with peers that do not answer, the local answer stands too.
+    node.add_peer(other.peer_id, [net.addr_of(other.peer_id)])
+    net.nodes[other.peer_id] = other
+    net.silent.add(other.peer_id)
+    assert [r.publisher for r in await node.find_contact("svc")] == [other.peer_id]
+    with pytest.raises(NotJoinedError, match="answered"):
+        await node.find_contact("nothing-here")
+
+
+async def test_peers_that_never_answer_raise_not_joined(autojump_clock: trio.testing.MockClock) -> None:
+    net, nodes = make_network(6)
+    await join_all(net, nodes)
+    me = nodes[1]
+    net.silent |= {n.peer_id for n in nodes if n is not me}
+    start = trio.current_time()
+    with pytest.raises(NotJoinedError) as info:
+        await me.lookup(b"anything")
+    assert not info.value.joining and "answered" in info.value.reason
+    assert trio.current_time() - start <= 2 * me.query_timeout
+    # Publishing still works locally and says that nobody stored it.
+    assert await me.publish_contact("svc", data={"v": 1}) == 0
+    assert me.records.get("svc", me.wall_clock())
+
+
+async def test_lookups_wait_for_a_join_in_progress(autojump_clock: trio.testing.MockClock) -> None:
+    """While a node with bootstrap peers is joining, lookups wait for the join (within their
+    timeout) instead of failing; without a timeout they wait until it joins."""
+    net, nodes = make_network(20)
+    boot = nodes[0]
+    del net.nodes[boot.peer_id]  # not up yet
+    await join_all(net, nodes[1:])
+    await nodes[5].publish_contact("receptionist", data={"port": 7})
+    kp = KeyPair(random.Random(42).randbytes(32))
+    newcomer = KadDHT(
+        kp,
+        net.transport(kp.peer_id),
+        query_timeout=2.0,
+        bootstrap=[f"{net.addr_of(boot.peer_id)}/p2p/{boot.peer_id}"],
+    )
+    newcomer.own_addrs = lambda: [net.addr_of(kp.peer_id)]  # type: ignore[method-assign]
+    net.nodes[kp.peer_id] = newcomer
+    async with trio.open_nursery() as nursery:
+        await nursery.start(newcomer.run)
+        start = trio.current_time()
+        with pytest.raises(NotJoinedError) as info:
+            await newcomer.find_contact("receptionist", timeout=3)
+        assert info.value.joining and "bootstrap" in info.value.reason
+        assert trio.current_time() - start == pytest.approx(3)
+        with pytest.raises(NotJoinedError):
+            await newcomer.publish_contact("mine", data={}, timeout=1)
+        assert newcomer.records.get("mine", newcomer.wall_clock()) == []
+
+        found: list[object] = []
+
+        async def find_without_timeout() -> None:
+            found.extend(await newcomer.find_contact("receptionist"))
+
+        nursery.start_soon(find_without_timeout)
+        await trio.sleep(10)
+        assert not found  # still waiting, not "not found"
+        net.nodes[boot.peer_id] = boot
+        for node in nodes[1:]:
+            boot.add_peer(node.peer_id, [net.addr_of(node.peer_id)])
+        with trio.fail_after(600):
+            await newcomer.bootstrapped.wait()
+            while not found:
+                await trio.sleep(0.1)
+        assert [r.publisher for r in found] == [nodes[5].peer_id]  # type: ignore[attr-defined]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_saved_table_whose_peers_are_gone_raises_not_joined(autojump_clock: trio.testing.MockClock) -> None:
+    net, nodes = make_network(8)
+    await join_all(net, nodes)
+    node = nodes[3]
+    table = RoutingTable.from_json(
+        node.table.to_json(now=trio.current_time(), wall_now=0.0), now=trio.current_time(), self_id=node.peer_id
+    )
+    for n in nodes:
+        if n is not node:
+            del net.nodes[n.peer_id]  # every saved contact is gone: dials fail
+    again = KadDHT(node.key_pair, net.transport(node.peer_id), table=table, query_timeout=2.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(again.run)
+        with pytest.raises(NotJoinedError):
+            await again.lookup(b"x", timeout=60)
+        assert len(again.table) == 0  # the dead contacts left the table
+        with pytest.raises(NotJoinedError) as info:
+            await again.lookup(b"x")  # no bootstrap peer, nothing left: at once, no timeout needed
+        assert not info.value.joining
+        nursery.cancel_scope.cancel()
+
+
+# ---- metrics on an injected registry ----
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+async def test_metrics_on_the_injected_registry(autojump_clock: trio.testing.MockClock) -> None:
+    net, nodes = make_network(12)
+    registry = CollectorRegistry()
+    kp = KeyPair(random.Random(77).randbytes(32))
+    node = KadDHT(kp, net.transport(kp.peer_id), registry=registry)
+    node.own_addrs = lambda: [net.addr_of(kp.peer_id)]  # type: ignore[method-assign]
+    net.nodes[kp.peer_id] = node
+    assert sample(registry, "physarum_routing_table_peers") == 0
+    assert sample(registry, "physarum_dht_lookups_total") == 0
+    assert sample(registry, "physarum_dht_requests_total", type="find_node") == 0
+    await join_all(net, nodes)
+    node.add_peer(nodes[0].peer_id, [net.addr_of(nodes[0].peer_id)])
+    assert sample(registry, "physarum_routing_table_peers") == 1
+    await node.lookup(node.peer_id.to_bytes())
+    assert sample(registry, "physarum_routing_table_peers") == len(node.table) == 12
+    assert sample(registry, "physarum_dht_lookups_total") == 1
+    served = sample(registry, "physarum_dht_requests_total", type="find_node") or 0
+    await nodes[4].lookup(node.peer_id.to_bytes())
+    assert (sample(registry, "physarum_dht_requests_total", type="find_node") or 0) > served
+    await nodes[4].find_contact("x")
+    assert (sample(registry, "physarum_dht_requests_total", type="get_value") or 0) >= 1
+    # A peer that cannot be dialed leaves the table, and the gauge follows.
+    gone = nodes[7].peer_id
+    del net.nodes[gone]
+    await node.lookup(gone.to_bytes())
+    assert gone not in node.table
+    assert sample(registry, "physarum_routing_table_peers") == len(node.table) == 11
+    # Only the injected registry holds them.
+    assert REGISTRY.get_sample_value("physarum_routing_table_peers") is None

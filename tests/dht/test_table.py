@@ -435,29 +435,77 @@ def filled_table(seed: int = 3) -> RoutingTable:
     return table
 
 
-def test_json_round_trip() -> None:
-    table = filled_table()
-    text = json.dumps(table.to_json())
+#: A table's clock (trio's, in a node) at 40.0 while the wall clock reads WALL.
+WALL = 1_800_000_000.0
+
+
+def saved(table: RoutingTable, now: float = 40.0, wall_now: float = WALL) -> dict[str, object]:
+    return table.to_json(now=now, wall_now=wall_now)
+
+
+def test_json_round_trip_keeps_ages_across_clocks() -> None:
+    table = filled_table()  # last_seen between 0.0 and 39.0 on the table's clock
+    text = json.dumps(saved(table))
     data = json.loads(text)
-    assert data["version"] == 1 and data["self"] == str(table.self_id)
-    loaded = RoutingTable.from_json(data, now=1000.0, k=3, keep_last_seen=True)
+    assert data["version"] == 2 and data["self"] == str(table.self_id) and data["saved_at"] == WALL
+    # Saved as unix times: a contact seen at t when the clock read 40.0 was seen 40 - t s before WALL.
+    newest = max(c.last_seen for c in table)
+    assert max(c["last_seen"] for c in data["contacts"]) == WALL - (40.0 - newest)
+    # Another process: its clock reads 5.0 when the wall clock reads WALL + 100 (100 s later).
+    loaded = RoutingTable.from_json(data, now=5.0, wall_now=WALL + 100.0, k=3)
     assert loaded.self_id == table.self_id
-    assert list(loaded) == list(table)
-    again = RoutingTable.from_json(text, now=1000.0, k=3, self_id=table.self_id)
-    assert [c.peer_id for c in again] == [c.peer_id for c in table]
-    assert all(c.last_seen == 1000.0 for c in again)
-    assert again.to_json()["contacts"][0]["addrs"] == data["contacts"][0]["addrs"]
+    assert [c.peer_id for c in loaded] == [c.peer_id for c in table]
+    ages = {c.peer_id: 40.0 - c.last_seen + 100.0 for c in table}
+    assert all(math.isclose(c.last_seen, 5.0 - ages[c.peer_id]) for c in loaded)
+    assert [c.addrs for c in loaded] == [c.addrs for c in table]
+    # Saved again from the new process, the wall times are the same.
+    again = saved(loaded, now=5.0, wall_now=WALL + 100.0)
+    assert [c["last_seen"] for c in again["contacts"]] == pytest.approx([c["last_seen"] for c in data["contacts"]])  # type: ignore[index, union-attr]
+    # Refresh clocks start at `now`, whatever the contacts' ages.
+    assert loaded.stale_buckets(5.0 + 599.0, 600.0) == []
+
+
+def test_json_without_wall_now_stamps_every_contact_now() -> None:
+    table = filled_table()
+    text = json.dumps(saved(table))
+    loaded = RoutingTable.from_json(text, now=1000.0, k=3, self_id=table.self_id)
+    assert [c.peer_id for c in loaded] == [c.peer_id for c in table]
+    assert all(c.last_seen == 1000.0 for c in loaded)
+
+
+def test_json_saved_in_the_future_counts_as_now() -> None:
+    table = filled_table()
+    # The wall clock was set back by a day since the file was saved.
+    loaded = RoutingTable.from_json(saved(table), now=7.0, wall_now=WALL - 86400.0, k=3)
+    assert all(c.last_seen == 7.0 for c in loaded)
+
+
+def test_json_version_1_still_loads_with_contacts_stamped_now() -> None:
+    table = filled_table()
+    # What older physarum wrote: last_seen on the saving process's monotonic clock, no saved_at.
+    v1 = {
+        "version": 1,
+        "self": str(table.self_id),
+        "contacts": [
+            {"peer_id": str(c.peer_id), "addrs": [str(a) for a in c.addrs], "last_seen": c.last_seen}
+            for c in table
+        ],
+    }
+    loaded = RoutingTable.from_json(json.dumps(v1), now=3.0, wall_now=WALL, k=3, self_id=table.self_id)
+    # Saved order kept (oldest first), times meaningless here: every contact stamped now.
+    assert [c.peer_id for c in loaded] == [c.peer_id for c in table]
+    assert all(c.last_seen == 3.0 for c in loaded)
 
 
 def test_json_overflow_goes_to_replacements() -> None:
     table = filled_table()
-    loaded = RoutingTable.from_json(table.to_json(), now=0.0, k=1, replacement_size=50)
+    loaded = RoutingTable.from_json(saved(table), now=0.0, k=1, replacement_size=50)
     assert loaded.bucket_sizes() == {i: 1 for i in table.bucket_sizes()}
     assert sum(len(loaded.replacements(i)) for i in range(256)) == len(table) - len(loaded)
 
 
 def _valid() -> dict[str, object]:
-    return filled_table().to_json()
+    return saved(filled_table())
 
 
 @pytest.mark.parametrize(
@@ -467,8 +515,10 @@ def _valid() -> dict[str, object]:
         lambda d: b"\xff\xfe",
         lambda d: "[" * 100_000,
         lambda d: [],
-        lambda d: {**d, "version": 2},
+        lambda d: {**d, "version": 3},
+        lambda d: {**d, "version": 0},
         lambda d: {**d, "version": True},
+        lambda d: {**d, "version": 2.0000001},
         lambda d: {k: v for k, v in d.items() if k != "version"},
         lambda d: {**d, "self": 5},
         lambda d: {**d, "self": "not-a-peer-id"},

@@ -10,15 +10,18 @@ from __future__ import annotations
 import json
 import os
 import random
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
 import trio
+from prometheus_client import CollectorRegistry
 
 from physarum.dht import keyspace
 from physarum.dht.messages import MAX_MESSAGE_SIZE, Message, MessageType, decode_message, encode_framed
-from physarum.dht.service import PROTOCOL_ID, KadDHT
+from physarum.dht.service import PROTOCOL_ID, KadDHT, NotJoinedError
 from physarum.dht.table import RoutingTable
 from physarum.overlay import addr as addrs_
 from physarum.overlay import varint
@@ -120,12 +123,14 @@ async def test_restarted_node_rejoins_from_its_saved_table_without_the_bootstrap
         old_addr = node.host.listen_addrs[0]
         await nodes[8].dht.publish_contact("receptionist", data={"v": 1})
         state = tmp_path / "dht.json"
-        state.write_text(json.dumps(node.dht.table.to_json()))
+        state.write_text(json.dumps(node.dht.table.to_json(now=trio.current_time(), wall_now=time.time())))
         key_pair = node.host.key_pair
         await node.stop()
         await boot.stop()
 
-        table = RoutingTable.from_json(state.read_text(), now=trio.current_time(), self_id=key_pair.peer_id)
+        table = RoutingTable.from_json(
+            state.read_text(), now=trio.current_time(), wall_now=time.time(), self_id=key_pair.peer_id
+        )
         assert len(table) == N - 1
         again = await start_node(nursery, psk, key_pair=key_pair, table=table)
         assert again.host.listen_addrs[0] != old_addr  # a new port: the others must learn it
@@ -206,4 +211,71 @@ async def test_dht_on_a_host_that_is_already_connected_takes_in_identified_peers
             dht = KadDHT.for_host(late)
             assert server.peer_id in dht.table
             assert PROTOCOL_ID in late.protocols
+            # The identify push of our new protocol tells the server that we speak kad now.
+            await wait_until(lambda: late.peer_id in server.dht.table, what="the server takes us in")
+        nursery.cancel_scope.cancel()
+
+
+async def test_dhts_started_after_the_hosts_connected_still_join_and_find() -> None:
+    """a - b - c connected (and identified) before any of them runs a DHT; then a DHT on each.
+    Identify push tells the connected peers that each now speaks kad, so the tables fill and a
+    finds c (whom it never connected to) through b."""
+    psk = os.urandom(32)
+    async with (
+        open_host(psk=psk, listen=[LOOPBACK]) as a,
+        open_host(psk=psk, listen=[LOOPBACK]) as b,
+        open_host(psk=psk, listen=[LOOPBACK]) as c,
+        trio.open_nursery() as nursery,
+    ):
+        await connect_pair(a, b)
+        await connect_pair(c, b)
+        assert a.connection(c.peer_id) is None
+        dhts = {}
+        for host in (a, b, c):
+            dhts[host.peer_id] = dht = KadDHT.for_host(host, query_timeout=5.0)
+            await nursery.start(dht.run)
+        da, db, dc = (dhts[h.peer_id] for h in (a, b, c))
+        await wait_until(
+            lambda: a.peer_id in db.table and c.peer_id in db.table and b.peer_id in da.table and b.peer_id in dc.table,
+            timeout=10,
+            what="tables filled through identify push",
+        )
+        with trio.fail_after(10):
+            found = await da.find_peer(c.peer_id, timeout=10)
+        assert set(found.addrs) == set(c.listen_addrs)
+        with trio.fail_after(10):
+            await db.publish_contact("receptionist", data={"port": 7}, timeout=10)
+            records = await da.find_contact("receptionist", timeout=10)
+        assert [r.publisher for r in records] == [b.peer_id]
+        nursery.cancel_scope.cancel()
+
+
+async def test_for_host_takes_bootstrap_text_and_exports_metrics() -> None:
+    psk = os.urandom(32)
+    async with trio.open_nursery() as nursery:
+        boot = await start_node(nursery, psk)
+        async with open_host(psk=psk, listen=[LOOPBACK]) as host:
+            with pytest.raises(addrs_.AddressError, match="/p2p/"):
+                KadDHT.for_host(host, bootstrap=[str(boot.host.listen_addrs[0])])
+            assert PROTOCOL_ID not in host.protocols  # checked before anything was registered
+            registry = CollectorRegistry()
+            dht = KadDHT.for_host(host, bootstrap=[str(boot.host.addrs[0])], registry=registry)
+            await nursery.start(dht.run)
+            # No timeout: the lookup waits for the join rather than failing or finding nothing.
+            with trio.fail_after(10):
+                result = await dht.lookup(b"anything")
+            assert [p.peer_id for p in result.peers] == [boot.peer_id]
+            assert dht.bootstrapped.is_set()
+            assert registry.get_sample_value("physarum_routing_table_peers") == 1
+            assert (registry.get_sample_value("physarum_dht_lookups_total") or 0) >= 2  # the join's and ours
+            assert registry.get_sample_value("physarum_dht_requests_total", {"type": "find_node"}) is not None
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_lone_node_says_it_has_not_joined() -> None:
+    async with open_host(psk=os.urandom(32), listen=[LOOPBACK]) as host, trio.open_nursery() as nursery:
+        dht = KadDHT.for_host(host)
+        await nursery.start(dht.run)
+        with pytest.raises(NotJoinedError):
+            await dht.find_contact("receptionist", timeout=5)
         nursery.cancel_scope.cancel()

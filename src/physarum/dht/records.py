@@ -220,7 +220,7 @@ def open_envelope(
 class ContactRecord:
     """Who ``id`` is and where it is reached.
 
-    ``endpoints`` are ``multiaddr.Multiaddr`` objects; ``data`` is the application's JSON object;
+    ``endpoints`` are ``Multiaddr`` objects; ``data`` is the application's JSON object;
     ``expires`` is unix seconds (whole seconds: that is what the wire carries). ``publisher`` is
     filled by :func:`verify_record`; :func:`sign_record` ignores it unless it contradicts the key.
     """

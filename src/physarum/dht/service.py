@@ -18,22 +18,45 @@ nothing else.
 
 On a real host (:meth:`KadDHT.for_host`):
 
-* **Construct the DHT inside trio, before the host listens or dials.** The constructor reads
-  ``trio.current_time()``, and :meth:`KadDHT.for_host` registers the ``/ipfs/kad/1.0.0`` handler:
-  peers learn which protocols we speak from identify, which runs once per connection, and physarum
-  sends no identify push. A peer that identified us before the handler existed does not know we
-  speak kad (js-libp2p, for one, never adds us to its routing table) until it connects again. The
-  binaries (:func:`physarum.cli.node.run_node`) create the DHT before the first ``listen``.
 * Connected peers join the routing table when their identify lists ``/ipfs/kad/1.0.0`` and at least
   one dialable address (a contact without addresses is of no use to anyone we would hand it to);
   a peer whose identify push drops the protocol leaves it. Peers already identified when
-  :meth:`KadDHT.for_host` runs are taken in at once.
+  :meth:`KadDHT.for_host` runs are taken in at once, and registering the kad handler makes the
+  host push our new protocol list to the peers already connected (identify push), so a DHT may
+  start on a host that is already connected: those peers learn that we speak kad.
 * Bootstrap peers are kept connected by :func:`physarum.overlay.backoff.keep_bootstrap_connected`
   (PhysarumSM's backoff, the same code the binaries used before the DHT); after each (re)connection
   we look up our own id through them. :attr:`KadDHT.bootstrapped` is set after the first lookup that
   got an answer (at once when there is nothing to join through). A table loaded from disk
   (:meth:`~physarum.dht.table.RoutingTable.from_json`) is rejoined the same way, so a restarted node
-  needs no bootstrap peer.
+  needs no bootstrap peer; so is a table that identified peers filled before :meth:`KadDHT.run`,
+  and, while the node has not joined, any kad peer that identifies later.
+
+Joining and lookups (:class:`NotJoinedError`): the public lookups (:meth:`KadDHT.lookup`,
+:meth:`~KadDHT.find_peer`, :meth:`~KadDHT.find_contact`, :meth:`~KadDHT.find_providers`,
+:meth:`~KadDHT.publish_contact`, :meth:`~KadDHT.provide`) never answer "nothing found" when they
+could ask nobody:
+
+* While the node is joining (:meth:`KadDHT.run` is running with bootstrap peers, or with a
+  starting table that still holds peers, and :attr:`~KadDHT.bootstrapped` is not set yet), a
+  lookup first waits for the join, within the caller's ``timeout`` (without one, for as long as
+  the join takes), then raises :class:`NotJoinedError` with ``joining=True`` if it has not
+  finished. A node with bootstrap peers whose table has emptied since waits the same way for
+  them to answer again.
+* With an empty table and nothing to join through (no bootstrap peer, the starting table's peers
+  all gone, or :meth:`KadDHT.run` not running), a lookup raises :class:`NotJoinedError` at once.
+  So does a lookup that asked peers and got no answer from any of them.
+* Local results still count where they are an answer: :meth:`~KadDHT.find_contact` and
+  :meth:`~KadDHT.find_providers` return the records this node holds (its own, or stored here by
+  others) instead of raising when it holds some, and :meth:`~KadDHT.find_peer` answers for our own
+  id and for peers in the table without asking anyone. :meth:`~KadDHT.publish_contact` and
+  :meth:`~KadDHT.provide` check before they store anything, so a :class:`NotJoinedError` from them
+  means nothing was published.
+
+Metrics (with ``registry=``): ``physarum_routing_table_peers`` (gauge, set on the trio thread
+whenever the table changes), ``physarum_dht_requests_total{type}`` (requests served, by message
+type, e.g. ``find_node``) and ``physarum_dht_lookups_total`` (iterative lookups started, our
+callers' and the table maintenance's).
 """
 
 from __future__ import annotations
@@ -43,12 +66,11 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar
 
 import trio
-from multiaddr import Multiaddr
 
 from physarum.dht import keyspace
 from physarum.dht.addrs import parse_multiaddr_bytes
@@ -78,12 +100,19 @@ from physarum.dht.records import (
     sign_record,
     verify_record,
 )
-from physarum.dht.table import BucketFull, Contact, RoutingTable
+from physarum.dht.table import Added, BucketFull, Contact, RoutingTable
 from physarum.errors import DecodeError, DialError, PhysarumError
 from physarum.overlay import addr as addrs_
 from physarum.overlay.backoff import backoff_delays, keep_bootstrap_connected, keep_connected
 from physarum.overlay.identity import KeyPair, PeerId
+from physarum.overlay.multiaddr import Multiaddr
 from physarum.overlay.streamio import BufferedStream
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from physarum.overlay.identify import IdentifyInfo
+    from physarum.overlay.yamux import YamuxStream
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +128,116 @@ class PeerNotFoundError(PhysarumError):
     def __init__(self, peer_id: PeerId) -> None:
         super().__init__(f"peer {peer_id} not found in the DHT")
         self.peer_id = peer_id
+
+
+class NotJoinedError(PhysarumError):
+    """A lookup had nobody to ask, so "not found" would mean nothing (see the module notes).
+
+    ``reason`` says why, in words fit for a log line. ``joining`` is True when a join was under
+    way (bootstrap peers, or a saved table) but had not finished by the caller's deadline: try
+    again later, or with a longer ``timeout``. False means the routing table is empty and there is
+    nothing to join through (no bootstrap peer, :meth:`KadDHT.run` not running), or that none of
+    the peers asked answered.
+    """
+
+    def __init__(self, reason: str, *, joining: bool = False) -> None:
+        super().__init__(f"not joined to the DHT: {reason}")
+        self.reason = reason
+        self.joining = joining
+
+
+# -- what the DHT needs from a host (a physarum.overlay.host.Host satisfies these) --
+
+
+class KadPeerStore(Protocol):
+    def add_addrs(self, peer_id: PeerId, addrs: list[Multiaddr]) -> None: ...
+
+    def addrs(self, peer_id: PeerId) -> list[Multiaddr]: ...
+
+
+class KadSession(Protocol):
+    @property
+    def closed(self) -> trio.Event: ...
+
+
+class KadConnection(Protocol):
+    """A connection as the DHT sees it: who, what they said in identify, and whether it is open."""
+
+    @property
+    def peer_id(self) -> PeerId: ...
+
+    @property
+    def identify_info(self) -> IdentifyInfo | None: ...
+
+    @property
+    def identified(self) -> trio.Event: ...
+
+    @property
+    def remote_addr(self) -> Multiaddr: ...
+
+    @property
+    def is_closed(self) -> bool: ...
+
+    @property
+    def session(self) -> KadSession: ...
+
+
+class KadHost(Protocol):
+    """What a running DHT uses of its host: dial, open kad streams, ping, serve kad."""
+
+    @property
+    def key_pair(self) -> KeyPair: ...
+
+    @property
+    def peerstore(self) -> KadPeerStore: ...
+
+    def connection(self, peer_id: PeerId) -> KadConnection | None: ...
+
+    async def connect(self, target: Multiaddr, *, timeout: float) -> KadConnection: ...
+
+    async def new_stream(self, peer: PeerId, protocols: Sequence[str]) -> trio.abc.HalfCloseableStream: ...
+
+    async def ping(self, peer: PeerId) -> list[float]: ...
+
+    def set_handler(self, protocol: str, handler: Callable[[YamuxStream], Awaitable[None]]) -> None: ...
+
+    def advertised_addrs(self) -> list[Multiaddr]: ...
+
+
+_Conn = TypeVar("_Conn", bound=KadConnection)
+
+
+class IdentifyingHost(KadHost, Protocol[_Conn]):
+    """:class:`KadHost` plus what :meth:`KadDHT.for_host` needs to learn peers from identify."""
+
+    @property
+    def on_identify(self) -> list[Callable[[_Conn], None]]: ...
+
+    @property
+    def connections(self) -> Mapping[PeerId, Sequence[_Conn]]: ...
+
+
+class _Metrics:
+    """The DHT's series on an injected registry; every update runs on the trio thread."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        from prometheus_client import Counter, Gauge  # only nodes that export metrics pay for it
+
+        self.table_peers = Gauge(
+            "physarum_routing_table_peers", "Peers in the DHT routing table.", registry=registry
+        )
+        requests = Counter(
+            "physarum_dht_requests_total",
+            "Kademlia requests served, by message type.",
+            ["type"],
+            registry=registry,
+        )
+        self.requests = {t: requests.labels(t.name.lower()) for t in MessageType}
+        self.lookups = Counter(
+            "physarum_dht_lookups_total",
+            "Iterative Kademlia lookups this node started (its callers' and its table maintenance's).",
+            registry=registry,
+        )
 
 
 class KadTransport(Protocol):
@@ -118,7 +257,7 @@ class HostTransport:
     the "answer".
     """
 
-    def __init__(self, host: Any) -> None:
+    def __init__(self, host: KadHost) -> None:
         self.host = host
 
     async def request(self, peer: PeerId, addrs: Sequence[Multiaddr], message: Message) -> Message:
@@ -159,20 +298,41 @@ class KadDHT:
         transport: how requests reach other peers.
         k, alpha: Kademlia's bucket size and parallelism (libp2p: 20 and 3).
         query_timeout: deadline of one request within a lookup.
-        bootstrap: multiaddrs (with ``/p2p/``) to join through; kept connected with exponential
-            backoff (2**n s, capped at ``max_backoff``) when they drop, as PhysarumSM does.
-            Addresses naming our own peer id are skipped (redundant bootstraps share one list).
+        bootstrap: multiaddrs (``Multiaddr`` objects or text) ending in ``/p2p/<peer id>`` to join
+            through; kept connected with exponential backoff (2**n s, capped at ``max_backoff``)
+            when they drop, as PhysarumSM does. Addresses naming our own peer id are skipped
+            (redundant bootstraps share one list).
         refresh_interval: a bucket with no lookup for this long is refreshed with a random lookup.
         republish_interval: our own contact records are stored again this often.
         wall_clock: unix time, for record expiry (records carry absolute times).
         table: a routing table to start from (e.g. loaded with ``RoutingTable.from_json``); it must
             be ours (``table.self_id``). :meth:`run` rejoins through its contacts.
         stream_idle_timeout: an inbound kad stream with no new request for this long is closed.
+        registry: a ``prometheus_client.CollectorRegistry`` to export the DHT's metrics on
+            (``physarum_routing_table_peers``, ``physarum_dht_requests_total{type}``,
+            ``physarum_dht_lookups_total``); None exports nothing. One DHT per registry
+            (prometheus_client refuses the same names twice).
 
-    Must be constructed inside ``trio.run`` (it reads ``trio.current_time()``).
+    Lifetimes, on a real host (:meth:`for_host`):
+
+    * create the DHT inside ``trio.run`` once the host runs (``async with open_host(...)`` or
+      ``await nursery.start(host.run)``); it reads ``trio.current_time()`` and registers its
+      handler and identify callback on the host. It may be created before or after the host
+      listens and connects (see the module notes);
+    * start it with ``await nursery.start(dht.run)``; it keeps the bootstrap peers connected, joins,
+      refreshes and republishes until that nursery is cancelled. Lookups work without
+      :meth:`run` through the peers the host has identified, but nothing joins, so an empty table
+      raises :class:`NotJoinedError`;
+    * the host must outlive the nursery running the DHT (open the host first, the DHT's nursery
+      inside it): the DHT's tasks dial and open streams through it. The DHT does not unregister
+      its handler; a host that goes on without the DHT should ``remove_handler(PROTOCOL_ID)``.
 
     Raises:
-        ValueError: ``table`` belongs to another peer id.
+        ValueError: ``table`` belongs to another peer id, or ``registry`` already holds the
+            DHT's metric names.
+        physarum.overlay.addr.AddressError: a ``bootstrap`` address is malformed, not
+            ``/ip4|ip6|dns*/HOST/tcp/PORT/p2p/ID``, or lacks its ``/p2p/<peer id>``
+            (``reason`` says which).
     """
 
     def __init__(
@@ -183,7 +343,7 @@ class KadDHT:
         k: int = 20,
         alpha: int = 3,
         query_timeout: float = 5.0,
-        bootstrap: Sequence[Multiaddr] = (),
+        bootstrap: Sequence[str | Multiaddr] = (),
         refresh_interval: float = 600.0,
         republish_interval: float = 3600.0,
         max_backoff: float = 512.0,
@@ -191,6 +351,7 @@ class KadDHT:
         table: RoutingTable | None = None,
         liveness_check: Callable[[PeerId], Awaitable[bool]] | None = None,
         stream_idle_timeout: float = 60.0,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         if table is not None and table.self_id != key_pair.peer_id:
             raise ValueError(f"the routing table belongs to {table.self_id}, not {key_pair.peer_id}")
@@ -200,7 +361,9 @@ class KadDHT:
         self.k = k
         self.alpha = alpha
         self.query_timeout = query_timeout
-        self.bootstrap_addrs = [a for a in bootstrap if _addr_peer(a) != key_pair.peer_id]
+        self.bootstrap_addrs = [
+            addr for addr, peer in map(_bootstrap_addr, bootstrap) if peer != key_pair.peer_id
+        ]
         self.refresh_interval = refresh_interval
         self.republish_interval = republish_interval
         self.max_backoff = max_backoff
@@ -213,35 +376,55 @@ class KadDHT:
         self.own_addrs: Callable[[], list[Multiaddr]] = list
         self._nursery: trio.Nursery | None = None
         self._checking: set[PeerId] = set()
-        self.host: Any = None
+        self.host: KadHost | None = None
         self.bootstrapped = trio.Event()
         """Set once a lookup of our own id got an answer (at once when there is nothing to join)."""
+        self._rejoining = False
+        self._join_done: trio.Event | None = None  # set when the join in progress ends
+        self._change: trio.Event | None = None  # created by waiters, set by _changed()
+        self._metrics = _Metrics(registry) if registry is not None else None
+        self._changed()
 
     # -- wiring to a host --
 
     @classmethod
-    def for_host(cls, host: Any, *, server: bool = True, **kwargs: Any) -> KadDHT:
+    def for_host(
+        cls,
+        host: IdentifyingHost[_Conn],
+        *,
+        server: bool = True,
+        bootstrap: Sequence[str | Multiaddr] = (),
+        table: RoutingTable | None = None,
+        registry: CollectorRegistry | None = None,
+        **options: Any,
+    ) -> KadDHT:
         """A DHT over ``host``: serves the protocol there (``server``) and learns peers from identify.
 
-        Call it inside trio before the host listens or dials (see the module notes): peers learn
-        that we speak kad from identify, which they run once per connection. With ``server=False``
-        (client mode, for one-shot commands) no handler is registered, so peers never add us to
-        their tables, and we still look things up through them.
+        ``bootstrap``, ``table``, ``registry`` and ``options`` (``k``, ``query_timeout``, ...) are
+        :class:`KadDHT`'s. Call it inside trio once the host runs, before or after it connects (see
+        the class notes on lifetimes). Peers already identified are taken in at once; peers already
+        connected learn that we speak kad from the identify push the host sends when the handler
+        is registered. With ``server=False`` (client mode, for one-shot commands) no handler is
+        registered, so peers never add us to their tables, and we still look things up through
+        them.
 
         Raises:
-            ValueError: ``table`` (in ``kwargs``) belongs to another peer id.
+            physarum.overlay.addr.AddressError: a bad ``bootstrap`` address (checked before
+                anything is registered on the host).
+            ValueError: ``table`` belongs to another peer id.
         """
-        dht = cls(host.key_pair, HostTransport(host), liveness_check=_ping_check(host), **kwargs)
+        dht = cls(
+            host.key_pair,
+            HostTransport(host),
+            liveness_check=_ping_check(host),
+            bootstrap=bootstrap,
+            table=table,
+            registry=registry,
+            **options,
+        )
         dht.host = host
         dht.own_addrs = host.advertised_addrs
         if server:
-            if host.connected_peers():
-                log.warning(
-                    "the DHT started on a host with %d connected peer(s): they identified us without %s"
-                    " and will not query us until they reconnect",
-                    len(host.connected_peers()),
-                    PROTOCOL_ID,
-                )
             host.set_handler(PROTOCOL_ID, dht._handle_stream)
         host.on_identify.append(dht._on_identify)
         for conns in list(host.connections.values()):
@@ -250,21 +433,31 @@ class KadDHT:
                     dht._on_identify(conn)
         return dht
 
-    def _on_identify(self, conn: Any) -> None:
+    def _on_identify(self, conn: KadConnection) -> None:
         info = conn.identify_info
-        if info is None:
+        if info is None or self.host is None:
             return
         if PROTOCOL_ID not in info.protocols:
             if info.protocols and conn.peer_id in self.table:
                 self.table.remove(conn.peer_id)  # it stopped serving the DHT
+                self._changed()
             return
-        addrs = _dialable(info.listen_addrs) or _dialable(conn.host.peerstore.addrs(conn.peer_id))
-        if addrs:
-            self.add_peer(conn.peer_id, addrs)
+        addrs = _dialable(info.listen_addrs) or _dialable(self.host.peerstore.addrs(conn.peer_id))
+        if not addrs:
+            return
+        self.add_peer(conn.peer_id, addrs)
+        if (
+            self._nursery is not None
+            and not self.bootstrapped.is_set()
+            and self._join_done is None
+            and conn.peer_id in self.table
+        ):
+            # Not joined yet (bootstrap peers down, say), and a kad peer turned up: join through it.
+            self._nursery.start_soon(self._quietly, self._join())
 
-    async def _handle_stream(self, stream: Any) -> None:
+    async def _handle_stream(self, stream: YamuxStream) -> None:
         buf = BufferedStream(stream)
-        sender = stream.session.peer_id
+        sender = stream.peer_id
         while True:
             try:
                 with trio.move_on_after(self.stream_idle_timeout) as idle:
@@ -289,30 +482,98 @@ class KadDHT:
     # -- lifecycle --
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Maintain the table (bootstrap, refresh) and our records (republish, expiry) until cancelled."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            for addr in self.bootstrap_addrs:
-                nursery.start_soon(self._keep_bootstrap_peer, addr)
-            if len(self.table):
-                nursery.start_soon(self._rejoin)
-            elif not self.bootstrap_addrs:
-                self.bootstrapped.set()
-            nursery.start_soon(self._maintenance)
-            task_status.started()
+        """Maintain the table (bootstrap, refresh) and our records (republish, expiry) until cancelled.
+
+        Start it with ``await nursery.start(dht.run)`` in a nursery the host outlives.
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for addr in self.bootstrap_addrs:
+                    nursery.start_soon(self._keep_bootstrap_peer, addr)
+                if len(self.table):
+                    self._rejoining = True
+                    nursery.start_soon(self._rejoin)
+                elif not self.bootstrap_addrs:
+                    self._set_bootstrapped()
+                nursery.start_soon(self._maintenance)
+                task_status.started()
+        finally:
+            self._nursery = None
+            self._rejoining = False
+            self._changed()  # waiting lookups see that nothing will join any more
 
     async def _join(self) -> bool:
-        """Look up our own id (fills the table); True if anyone answered."""
+        """Look up our own id (fills the table); True if anyone answered.
+
+        One join runs at a time: a second caller waits for the one in progress and shares its outcome.
+        """
+        if self._join_done is not None:
+            await self._join_done.wait()
+            return self.bootstrapped.is_set()
+        done = self._join_done = trio.Event()
         try:
-            result = await self.lookup(self.peer_id.to_bytes())
-        except _PEER_FAILURES as e:
-            log.info("joining the DHT: %s", e)
+            try:
+                result = await self._lookup(self.peer_id.to_bytes())
+            except _PEER_FAILURES as e:
+                log.info("joining the DHT: %s", e)
+                return False
+            if result.stats.responses:
+                await self._fill_buckets()
+                self._set_bootstrapped()
+                return True
             return False
-        if result.stats.responses:
-            await self._fill_buckets()
-            self.bootstrapped.set()
+        finally:
+            self._join_done = None
+            done.set()
+            self._changed()
+
+    def _set_bootstrapped(self) -> None:
+        self.bootstrapped.set()
+        self._changed()
+
+    def _changed(self) -> None:
+        """The table or the join state changed: update the gauge, wake lookups waiting to join."""
+        if self._metrics is not None:
+            self._metrics.table_peers.set(len(self.table))
+        if self._change is not None:
+            self._change.set()
+            self._change = None
+
+    def _join_pending(self) -> bool:
+        """Whether something may still fill the table: :meth:`run` keeps bootstrap peers
+        connected, or rejoins through the table it started with while that holds anyone."""
+        if self._nursery is None:
+            return False
+        if self.bootstrap_addrs:
             return True
-        return False
+        return self._rejoining and (len(self.table) > 0 or self._join_done is not None)
+
+    async def _until_joined(self, deadline: float) -> None:
+        """Return once a lookup has someone to ask; wait for a join in progress until ``deadline``.
+
+        Raises:
+            NotJoinedError: the table is empty and nothing will fill it, or the join did not
+                finish by ``deadline``.
+        """
+        while True:
+            pending = self._join_pending()
+            if len(self.table) and (self.bootstrapped.is_set() or not pending):
+                return
+            if not pending:
+                why = "no bootstrap peer, no saved table" if self._nursery is not None else "DHT not running"
+                raise NotJoinedError(f"the routing table is empty and there is nothing to join through ({why})")
+            if trio.current_time() >= deadline:
+                how = (
+                    f"{len(self.bootstrap_addrs)} bootstrap peer(s)"
+                    if self.bootstrap_addrs
+                    else f"the {len(self.table)} peer(s) of the routing table"
+                )
+                raise NotJoinedError(f"still joining through {how} when the deadline passed", joining=True)
+            if self._change is None:
+                self._change = trio.Event()
+            with trio.move_on_at(deadline):
+                await self._change.wait()
 
     async def _fill_buckets(self) -> None:
         """After the self lookup, refresh every bucket that is not full up to the deepest filled one,
@@ -327,15 +588,19 @@ class KadDHT:
         for index in range(deepest + 1):
             if sizes.get(index, 0) < self.k:
                 self.table.mark_refreshed(index, now)
-                await self._quietly(self.lookup(self.table.random_preimage_in_bucket(index, rng)))
+                await self._quietly(self._lookup(self.table.random_preimage_in_bucket(index, rng)))
 
     async def _rejoin(self) -> None:
         """Join through the contacts of a loaded table, retrying with backoff until one answers."""
-        for delay in backoff_delays(cap=self.max_backoff):
-            if self.bootstrapped.is_set() or await self._join():
-                return
-            log.info("no saved DHT contact answered; trying again in %g s", delay)
-            await trio.sleep(delay)
+        try:
+            for delay in backoff_delays(cap=self.max_backoff):
+                if self.bootstrapped.is_set() or await self._join():
+                    return
+                log.info("no saved DHT contact answered; trying again in %g s", delay)
+                await trio.sleep(delay)
+        finally:
+            self._rejoining = False
+            self._changed()
 
     async def _keep_bootstrap_peer(self, addr: Multiaddr) -> NoReturn:
         """Keep ``addr`` connected (PhysarumSM's backoff) and join the DHT after each connection."""
@@ -367,7 +632,7 @@ class KadDHT:
 
         await keep_connected(dial, lambda: False, wait_gone, name=f"bootstrap {addr}", max_delay=self.max_backoff)
 
-    async def _joined_via(self, conn: Any) -> None:
+    async def _joined_via(self, conn: KadConnection) -> None:
         """A bootstrap peer is connected: once identified, take it in and look up our own id."""
         with trio.move_on_after(self.query_timeout):
             await conn.identified.wait()
@@ -375,8 +640,8 @@ class KadDHT:
         if info is not None and PROTOCOL_ID not in info.protocols:
             log.warning("bootstrap peer %s does not serve %s: cannot join the DHT through it", conn.peer_id, PROTOCOL_ID)
             return
-        if conn.peer_id not in self.table:
-            addrs = _dialable(conn.host.peerstore.addrs(conn.peer_id)) or [addrs_.without_peer(conn.remote_addr)]
+        if conn.peer_id not in self.table and self.host is not None:
+            addrs = _dialable(self.host.peerstore.addrs(conn.peer_id)) or [addrs_.without_peer(conn.remote_addr)]
             self.add_peer(conn.peer_id, addrs)
         # Until a lookup got an answer (ours, or one through another bootstrap peer), try again
         # with backoff while this connection lasts.
@@ -395,9 +660,10 @@ class KadDHT:
             wall = self.wall_clock()
             self.records.expire(wall)
             self.providers.expire(now)
+            self._changed()  # also catches changes made to the table from outside
             for index in self.table.stale_buckets(now, self.refresh_interval)[:4]:
                 self.table.mark_refreshed(index, now)
-                await self._quietly(self.lookup(self.table.random_preimage_in_bucket(index, rng)))
+                await self._quietly(self._lookup(self.table.random_preimage_in_bucket(index, rng)))
             for stored in self.records.due_for_republish(wall, self.republish_interval):
                 self.records.mark_republished(stored.record.id, stored.publisher, wall)
                 await self._quietly(self._store_at_closest(stored.record.id, stored.envelope))
@@ -415,7 +681,9 @@ class KadDHT:
         if peer_id == self.peer_id:
             return
         result = self.table.add(Contact(peer_id, tuple(addrs), _now()), _now())
-        if isinstance(result, BucketFull) and self._nursery is not None:
+        if isinstance(result, Added):
+            self._changed()
+        elif isinstance(result, BucketFull) and self._nursery is not None:
             oldest = result.oldest.peer_id
             if oldest not in self._checking:
                 self._checking.add(oldest)
@@ -431,6 +699,7 @@ class KadDHT:
                 self.table.touch(oldest, _now())
             else:
                 self.table.replace(oldest, full.candidate, _now())
+                self._changed()
         finally:
             self._checking.discard(oldest)
 
@@ -467,6 +736,8 @@ class KadDHT:
         }[request.type]
         if sender is not None and sender in self.table:
             self.table.touch(sender, _now())
+        if self._metrics is not None:
+            self._metrics.requests[request.type].inc()
         return handler(sender, request)
 
     def rpc_ping(self, sender: PeerId | None, request: Message) -> Message:
@@ -590,10 +861,42 @@ class KadDHT:
         ``alpha`` at a time. ``query`` replaces FIND_NODE (GET_VALUE lookups collect records on the way).
         ``until``, checked after each answer, ends the lookup early when it returns True (queries
         still in flight are cancelled). A peer that cannot be dialed leaves the routing table.
+        While the node is joining, the lookup first waits for the join (see the module notes).
 
         Raises:
-            trio.TooSlowError: ``timeout`` passed (each query has ``query_timeout`` anyway).
+            NotJoinedError: nobody to ask (an empty table and nothing to join through, or the join
+                not finished by the deadline), or none of the peers asked answered.
+            trio.TooSlowError: ``timeout`` (which covers the wait for the join) passed during the
+                lookup; each query has ``query_timeout`` anyway.
         """
+        return await self._joined_lookup(key, _deadline(timeout), query=query, until=until)
+
+    async def _joined_lookup(
+        self,
+        key: bytes,
+        deadline: float,
+        *,
+        query: Callable[[Peer], Awaitable[list[Peer]]] | None = None,
+        until: Callable[[], bool] | None = None,
+    ) -> LookupResult:
+        """:meth:`lookup` with an absolute deadline (raises the same)."""
+        await self._until_joined(deadline)
+        with trio.fail_at(deadline):
+            result = await self._lookup(key, query=query, until=until)
+        _require_answers(result)
+        return result
+
+    async def _lookup(
+        self,
+        key: bytes,
+        *,
+        query: Callable[[Peer], Awaitable[list[Peer]]] | None = None,
+        until: Callable[[], bool] | None = None,
+    ) -> LookupResult:
+        """:meth:`lookup` without the wait for the join and without a deadline: for the join and
+        the table maintenance, which must run on an empty or silent table (an empty result)."""
+        if self._metrics is not None:
+            self._metrics.lookups.inc()
         target = keyspace.kad_key(key)
         self.table.note_lookup(target, _now())
         lookup: Lookup[PeerId] = Lookup(target, k=self.k, alpha=self.alpha, exclude=frozenset([self.peer_id]))
@@ -625,36 +928,43 @@ class KadDHT:
                     answer = await ask(known[peer])
             except (*_PEER_FAILURES, trio.ClosedResourceError) as e:
                 log.debug("lookup: %s did not answer: %s", peer, e)
-                if isinstance(e, DialError):
-                    self.table.remove(peer)
+                if isinstance(e, DialError) and self.table.remove(peer) is not None:
+                    self._changed()
             results.send_nowait((peer, answer))
 
-        with trio.fail_after(timeout if timeout is not None else math.inf):
-            async with trio.open_nursery() as nursery:
-                while not lookup.done:
-                    for peer in lookup.next_queries():
-                        nursery.start_soon(one, peer)
-                    if lookup.in_flight == 0:
-                        break
-                    peer, answer = await inbox.receive()
-                    if answer is None:
-                        lookup.on_failure(peer)
-                        continue
-                    lookup.on_response(peer, offer(answer))
-                    contact_addrs = known[peer].addrs
-                    self.add_peer(peer, list(contact_addrs))
-                    if until is not None and until():
-                        break
-                nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as nursery:
+            while not lookup.done:
+                for peer in lookup.next_queries():
+                    nursery.start_soon(one, peer)
+                if lookup.in_flight == 0:
+                    break
+                peer, answer = await inbox.receive()
+                if answer is None:
+                    lookup.on_failure(peer)
+                    continue
+                lookup.on_response(peer, offer(answer))
+                contact_addrs = known[peer].addrs
+                self.add_peer(peer, list(contact_addrs))
+                if until is not None and until():
+                    break
+            nursery.cancel_scope.cancel()
         return LookupResult([known[p] for p in lookup.result()], lookup.stats)
 
     async def find_peer(self, peer_id: PeerId, *, timeout: float | None = None) -> Peer:
-        """Where ``peer_id`` can be reached: from the table, else by a lookup.
+        """Where ``peer_id`` can be reached: our own addresses for our own id, a routing table
+        entry with addresses, else by a lookup (stopping at the first answer naming it).
 
         Raises:
-            PeerNotFoundError: no node on the way knew it.
+            PeerNotFoundError: no node on the way knew it (or it is our own id and we have no
+                address).
+            NotJoinedError: nobody to ask, or nobody answered (see :meth:`lookup`).
             trio.TooSlowError: ``timeout`` passed.
         """
+        if peer_id == self.peer_id:
+            own = tuple(self.own_addrs())
+            if own:
+                return Peer(self.peer_id, own, ConnectionType.CONNECTED)
+            raise PeerNotFoundError(peer_id)
         contact = self.table.get(peer_id)
         if contact is not None and contact.addrs:
             return self._peer_entry(contact)
@@ -667,7 +977,9 @@ class KadDHT:
 
         # Stop at the first answer naming it with addresses, as libp2p does: asking on would dial
         # the peer itself, and a caller that wants a connection dials it anyway.
-        result = await self.lookup(peer_id.to_bytes(), query=ask, timeout=timeout, until=lambda: bool(found))
+        result = await self._joined_lookup(
+            peer_id.to_bytes(), _deadline(timeout), query=ask, until=lambda: bool(found)
+        )
         for p in found + result.peers:
             if p.peer_id == peer_id and p.addrs:
                 return p
@@ -686,11 +998,18 @@ class KadDHT:
     ) -> int:
         """Sign and store a contact record for ``record_id`` at the ``k`` closest nodes (and here).
 
-        ``endpoints`` default to our own addresses. Returns how many remote nodes stored it.
+        ``endpoints`` default to our own addresses. Returns how many remote nodes stored it (0 when
+        none of the nodes the lookup reached stored it or none answered; the record is then still
+        held here, served to those who ask and republished). ``timeout`` covers the wait for the
+        join and the lookup; each store then has ``query_timeout``.
 
         Raises:
+            NotJoinedError: nobody to ask (checked before anything is signed or stored).
             RecordError: the record is invalid (oversized data, a peer id that is not ours, ...).
+            trio.TooSlowError: ``timeout`` passed.
         """
+        deadline = _deadline(timeout)
+        await self._until_joined(deadline)
         wall = self.wall_clock()
         previous = self.records.get_from(record_id, self.peer_id, wall)
         # seq must grow across restarts as well: milliseconds of wall clock, or previous + 1.
@@ -707,11 +1026,12 @@ class KadDHT:
         if isinstance(result, RecordRejected):
             raise result.error
         self.records.mark_republished(record_id, self.peer_id, wall)
-        return await self._store_at_closest(record_id, envelope, timeout=timeout)
+        return await self._store_at_closest(record_id, envelope, deadline=deadline)
 
-    async def _store_at_closest(self, record_id: str, envelope: bytes, *, timeout: float | None = None) -> int:
+    async def _store_at_closest(self, record_id: str, envelope: bytes, *, deadline: float = math.inf) -> int:
         key = record_key(record_id)
-        closest = await self.lookup(key, timeout=timeout)
+        with trio.fail_at(deadline):
+            closest = await self._lookup(key)
         stored = 0
 
         async def put(p: Peer) -> None:
@@ -731,7 +1051,14 @@ class KadDHT:
         """Every valid, unexpired record for ``record_id`` (one per publisher, highest seq), newest first.
 
         Records found along the lookup are verified before they count; invalid ones are dropped.
+        Records held here count too: when nobody can be asked (or nobody answers), those are the
+        answer, and only without any does it raise.
+
+        Raises:
+            NotJoinedError: nobody to ask, or nobody answered, and no record for ``record_id`` here.
+            trio.TooSlowError: ``timeout`` passed.
         """
+        deadline = _deadline(timeout)
         key = record_key(record_id)
         wall = self.wall_clock()
         best: dict[PeerId, ContactRecord] = {}
@@ -762,22 +1089,46 @@ class KadDHT:
                 consider(envelope)
             return closer
 
-        await self.lookup(key, query=ask, timeout=timeout)
+        try:
+            await self._joined_lookup(key, deadline, query=ask)
+        except NotJoinedError:
+            if not best:
+                raise
         return sorted(best.values(), key=lambda r: r.seq, reverse=True)
 
     # -- providers --
 
     async def provide(self, key: bytes, *, timeout: float | None = None) -> int:
-        """Announce that we provide ``key`` (e.g. a service name) to the ``k`` closest nodes."""
+        """Announce that we provide ``key`` (e.g. a service name) to the ``k`` closest nodes.
+
+        Returns how many nodes were told (0 when none of those asked answered). ``timeout`` covers
+        the wait for the join and the lookup; each announcement then has ``query_timeout``.
+
+        Raises:
+            NotJoinedError: nobody to ask (checked before anything is recorded).
+            trio.TooSlowError: ``timeout`` passed.
+        """
+        deadline = _deadline(timeout)
+        await self._until_joined(deadline)
         self.providers.add(key, self.peer_id, tuple(self.own_addrs()), _now())
-        closest = await self.lookup(key, timeout=timeout)
+        with trio.fail_at(deadline):
+            closest = await self._lookup(key)
         async with trio.open_nursery() as nursery:
             for p in closest.peers:
                 nursery.start_soon(self._quietly, self.call_add_provider(p.peer_id, p.addrs, key))
         return len(closest.peers)
 
     async def find_providers(self, key: bytes, *, timeout: float | None = None) -> list[Peer]:
-        """Peers that announced they provide ``key``."""
+        """Peers that announced they provide ``key`` (including us, and those that told us).
+
+        As with :meth:`find_contact`, providers known here are the answer when nobody can be
+        asked or nobody answers.
+
+        Raises:
+            NotJoinedError: nobody to ask, or nobody answered, and no provider known here.
+            trio.TooSlowError: ``timeout`` passed.
+        """
+        deadline = _deadline(timeout)
         found: dict[PeerId, Peer] = {
             p.peer_id: Peer(p.peer_id, tuple(p.addrs)) for p in self.providers.get(key, _now())
         }
@@ -788,12 +1139,39 @@ class KadDHT:
                 found.setdefault(q.peer_id, q)
             return closer
 
-        await self.lookup(key, query=ask, timeout=timeout)
+        try:
+            await self._joined_lookup(key, deadline, query=ask)
+        except NotJoinedError:
+            if not found:
+                raise
         return list(found.values())
 
 
 def _now() -> float:
     return trio.current_time()
+
+
+def _deadline(timeout: float | None) -> float:
+    return math.inf if timeout is None else trio.current_time() + timeout
+
+
+def _require_answers(result: LookupResult) -> None:
+    """Raises: NotJoinedError when the lookup asked peers and none answered."""
+    if not result.stats.responses:
+        raise NotJoinedError(f"none of the {result.stats.queries} peer(s) asked answered")
+
+
+def _bootstrap_addr(addr: str | Multiaddr) -> tuple[Multiaddr, PeerId]:
+    """A checked bootstrap address and the peer id it ends in.
+
+    Raises:
+        AddressError: malformed, not a TCP address, or no ``/p2p/<peer id>`` at the end.
+    """
+    ma = addrs_.parse(addr)
+    peer = addrs_.tcp_endpoint(ma).peer_id
+    if peer is None:
+        raise addrs_.AddressError(addr, "a bootstrap address must end in /p2p/<peer id>")
+    return ma, peer
 
 
 def _addr_peer(addr: Multiaddr) -> PeerId | None:
@@ -822,7 +1200,7 @@ def _dialable(addrs: Iterable[Multiaddr]) -> list[Multiaddr]:
     return out
 
 
-def _ping_check(host: Any) -> Callable[[PeerId], Awaitable[bool]]:
+def _ping_check(host: KadHost) -> Callable[[PeerId], Awaitable[bool]]:
     async def alive(peer: PeerId) -> bool:
         try:
             await host.ping(peer)

@@ -16,7 +16,7 @@ replacement into the freed slot.
 Time is injected (``now``) everywhere, in whatever clock the caller uses consistently (the node
 uses ``trio.current_time()``); the table never reads a clock and never starts tasks.
 
-Contacts hold their addresses as ``multiaddr.Multiaddr`` objects, already checked (see
+Contacts hold their addresses as ``Multiaddr`` objects, already checked (see
 :mod:`physarum.dht.addrs`): the host dials them as they are, and IP grouping reads their bytes.
 
 IP diversity (see :class:`DiversityLimits`): after libp2p's routing-table diversity filter, a
@@ -29,9 +29,13 @@ node on 127.0.0.1, and edge clusters live on one private LAN, where the limits w
 table. Set it to false on nodes reachable from the internet if private addresses should be limited
 too; set a limit to None to disable it.
 
-Persistence: :meth:`RoutingTable.to_json` / :meth:`RoutingTable.from_json` read and write a
-versioned JSON object ``{"version": 1, "self": <peer id>, "contacts": [{"peer_id", "addrs",
-"last_seen"}]}`` with multiaddrs in text form. Never pickle.
+Persistence: :meth:`RoutingTable.to_json` / :meth:`RoutingTable.from_json` write and read a
+versioned JSON object ``{"version": 2, "self": <peer id>, "saved_at": <unix time>, "contacts":
+[{"peer_id", "addrs", "last_seen"}]}`` with multiaddrs in text form and ``last_seen`` in unix
+seconds: the table's own clock (``trio.current_time()`` in a node) means nothing to another
+process, so the caller passes both clocks' readings (``now`` and ``wall_now``) and the table
+converts, reading no clock itself. Version 1 files (``last_seen`` in the saving process's clock,
+without ``saved_at``) still load. Never pickle.
 """
 
 from __future__ import annotations
@@ -52,7 +56,9 @@ from physarum.errors import DecodeError
 from physarum.overlay.identity import PeerId
 
 K = 20
-TABLE_JSON_VERSION = 1
+#: The version :meth:`RoutingTable.to_json` writes; :meth:`RoutingTable.from_json` also reads 1.
+TABLE_JSON_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 #: libp2p refreshes CPLs 0..15 only: deeper buckets are empty in any realistic network.
 DEFAULT_MAX_REFRESH_INDEX = 15
 
@@ -67,7 +73,7 @@ class TableFormatError(DecodeError):
 class Contact:
     """A peer the table knows: its id, the multiaddrs it is reached at, and when it was last seen.
 
-    ``addrs`` are ``multiaddr.Multiaddr`` objects (checked ones: build them with
+    ``addrs`` are ``Multiaddr`` objects (checked ones: build them with
     :func:`physarum.dht.addrs.parse_multiaddr_bytes` / ``parse_multiaddr_text`` when they come
     from outside). ``key`` is the peer's Kademlia key, computed once. Contacts are immutable; the
     table stores new ones when it updates ``last_seen`` or addresses.
@@ -481,18 +487,24 @@ class RoutingTable:
 
     # -- persistence ---------------------------------------------------------------------------
 
-    def to_json(self) -> dict[str, Any]:
-        """The table as a JSON-ready dict (version 1); replacement caches are not saved.
+    def to_json(self, *, now: float, wall_now: float) -> dict[str, Any]:
+        """The table as a JSON-ready dict (version 2); replacement caches are not saved.
 
-        Raises:
-            multiaddr.exceptions.BinaryParseError: a contact holds an address that was never checked
-                and has no text form.
+        ``now`` is the time on the table's clock (the one passed to :meth:`add`) at the moment the
+        wall clock reads ``wall_now`` (unix seconds): each ``last_seen`` is saved as the unix time
+        ``wall_now - (now - last_seen)``, which any later process can read.
         """
+        offset = wall_now - now
         return {
             "version": TABLE_JSON_VERSION,
             "self": str(self.self_id),
+            "saved_at": wall_now,
             "contacts": [
-                {"peer_id": str(c.peer_id), "addrs": [str(a) for a in c.addrs], "last_seen": c.last_seen}
+                {
+                    "peer_id": str(c.peer_id),
+                    "addrs": [str(a) for a in c.addrs],
+                    "last_seen": c.last_seen + offset,
+                }
                 for c in self
             ],
         }
@@ -503,20 +515,22 @@ class RoutingTable:
         data: Mapping[str, Any] | str | bytes,
         *,
         now: float,
+        wall_now: float | None = None,
         self_id: PeerId | None = None,
         k: int = K,
         replacement_size: int | None = None,
         diversity: DiversityLimits | None = DiversityLimits(),
-        keep_last_seen: bool = False,
     ) -> RoutingTable:
         """Load a table saved by :meth:`to_json` (a parsed dict, or the JSON text itself).
 
+        ``now`` is the time on the new table's clock, read when the wall clock read ``wall_now``.
         Contacts are added oldest ``last_seen`` first, as :meth:`add` would add them (our own id
         and contacts over the diversity limits are dropped; overflow goes to the replacement
-        caches), so each bucket keeps its least-recently-seen order. Saved times come from the
-        clock of the process that saved them (``trio.current_time()`` restarts with each process),
-        so by default every loaded contact is stamped ``now``; pass ``keep_last_seen=True`` when
-        the table is fed a clock that survives restarts. Bucket refresh clocks start at ``now``.
+        caches), so each bucket keeps its least-recently-seen order. A version 2 file keeps each
+        contact's age: ``last_seen`` becomes ``now - (wall_now - saved last_seen)``, never later
+        than ``now`` (a saved time in the future, from a clock that was reset, counts as ``now``).
+        Without ``wall_now``, and for version 1 files (whose times came from the saving process's
+        monotonic clock), every contact is stamped ``now``. Bucket refresh clocks start at ``now``.
 
         Raises:
             TableFormatError: not JSON, an unknown version, a missing or ill-typed field, a bad peer
@@ -531,9 +545,9 @@ class RoutingTable:
         if not isinstance(data, Mapping):
             raise TableFormatError("routing table JSON is not an object")
         version = data.get("version")
-        if version != TABLE_JSON_VERSION or isinstance(version, bool):
+        if version not in _READABLE_VERSIONS or isinstance(version, bool):
             raise TableFormatError(
-                f"unsupported routing table version {version!r}, want {TABLE_JSON_VERSION}"
+                f"unsupported routing table version {version!r}, want one of {list(_READABLE_VERSIONS)}"
             )
         saved_self = data.get("self")
         if not isinstance(saved_self, str):
@@ -549,8 +563,12 @@ class RoutingTable:
             raise TableFormatError("routing table lacks 'contacts' (a list)")
         contacts = [_contact_from_json(i, entry) for i, entry in enumerate(raw_contacts)]
         table = cls(saved_id, k=k, now=now, replacement_size=replacement_size, diversity=diversity)
+        keep_ages = version == 2 and wall_now is not None
         for contact in sorted(contacts, key=lambda c: c.last_seen):
-            table.add(contact, contact.last_seen if keep_last_seen else now)
+            seen = now
+            if keep_ages and wall_now is not None:
+                seen = now - max(0.0, wall_now - contact.last_seen)
+            table.add(contact, seen)
         return table
 
     # -- internals -----------------------------------------------------------------------------

@@ -12,18 +12,43 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NoReturn, Protocol, TypeVar
 
 import trio
-from multiaddr import Multiaddr
 
 from physarum.errors import PhysarumError
 from physarum.overlay import addr as addrs_
+from physarum.overlay.multiaddr import Multiaddr
 
 if TYPE_CHECKING:
-    from physarum.overlay.host import Connection, Host
+    from physarum.overlay.identity import PeerId
 
 log = logging.getLogger(__name__)
+
+
+class _Session(Protocol):
+    @property
+    def closed(self) -> trio.Event: ...
+
+
+class BootstrapConnection(Protocol):
+    """What :func:`keep_bootstrap_connected` uses of a connection (a host's ``Connection`` fits)."""
+
+    @property
+    def session(self) -> _Session: ...
+
+
+_Conn_co = TypeVar("_Conn_co", bound=BootstrapConnection, covariant=True)
+_Conn = TypeVar("_Conn", bound=BootstrapConnection)
+
+
+class BootstrapHost(Protocol[_Conn_co]):
+    """What :func:`keep_bootstrap_connected` uses of a host (a :class:`~physarum.overlay.host.Host`
+    fits, and so does the DHT's view of one)."""
+
+    async def connect(self, target: Multiaddr, *, timeout: float) -> object: ...
+
+    def connection(self, peer_id: PeerId) -> _Conn_co | None: ...
 
 #: PhysarumSM's cap on the delay between two dials of a bootstrap peer.
 MAX_BACKOFF = 512.0
@@ -92,13 +117,13 @@ async def keep_connected(
 
 
 async def keep_bootstrap_connected(
-    host: Host,
+    host: BootstrapHost[_Conn],
     address: Multiaddr,
     *,
     dial_timeout: float = 10.0,
     sleep: Callable[[float], Awaitable[None]] = trio.sleep,
     max_delay: float = MAX_BACKOFF,
-    on_connected: Callable[[Connection], Awaitable[None]] | None = None,
+    on_connected: Callable[[_Conn], Awaitable[None]] | None = None,
 ) -> NoReturn:
     """:func:`keep_connected` for the bootstrap peer at ``address`` (which ends in ``/p2p/<id>``).
 
