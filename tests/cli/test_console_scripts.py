@@ -20,11 +20,13 @@ def run(argv: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=30, env=env, check=False)
 
 
-def script(name: str) -> str:
-    path = SCRIPTS / name
+def script(name: str) -> list[str]:
+    """The argv that runs binary ``name``: the ``physarum`` console script with the command as its
+    first argument (``ping-monitor`` also has a console script of its own, PhysarumSM's name)."""
+    path = SCRIPTS / ("ping-monitor" if name == "ping-monitor" else "physarum")
     if not path.exists():
         pytest.fail(f"console script {path} is missing: run `.venv/bin/python -m pip install -e .`")
-    return str(path)
+    return [str(path)] if name == "ping-monitor" else [str(path), name]
 
 
 @pytest.mark.parametrize(
@@ -58,7 +60,7 @@ def script(name: str) -> str:
     ],
 )
 def test_console_script_bad_input(name: str, args: list[str], start: str, tmp_path: Path) -> None:
-    result = run([script(name), *args], tmp_path)
+    result = run([*script(name), *args], tmp_path)
     assert result.returncode == 2
     assert result.stdout == ""
     lines = result.stderr.splitlines()
@@ -81,6 +83,6 @@ def test_bin_wrappers(name: str, tmp_path: Path) -> None:
 
 
 def test_demo_bad_port(tmp_path: Path) -> None:
-    result = run([script("physarum-demo"), "--prom-port", "70000"], tmp_path)
+    result = run([*script("demo"), "--prom-port", "70000"], tmp_path)
     assert result.returncode == 2
-    assert result.stderr.splitlines() == ["physarum-demo: --prom-port 70000 is out of range"]
+    assert result.stderr.splitlines() == ["physarum demo: --prom-port 70000 is out of range"]

@@ -9,7 +9,6 @@ import stat
 from pathlib import Path
 
 import pytest
-from multiaddr import Multiaddr
 
 from physarum.cli import bootstrap, peer, ping_monitor
 from physarum.cli.flags import (
@@ -21,6 +20,7 @@ from physarum.cli.flags import (
 )
 from physarum.cli.node import MonitorOptions
 from physarum.overlay.identity import KeyPair, save_key_pair
+from physarum.overlay.multiaddr import Multiaddr
 from physarum.psk import generate_psk, write_key_file
 
 PEER_ID = "12D3KooWQrEbutuv991JegVdQhzqv6v3MKjckZRtkdKnKqvHuNVM"
@@ -87,7 +87,7 @@ def test_both_spellings(argv: list[str], home: Path) -> None:
     assert opts.listen == [Multiaddr("/ip4/0.0.0.0/tcp/4002")]
     assert (monitor.prom_host, monitor.prom_port) == (None, 9200)
     assert opts.hostname == "edge"
-    assert opts.debug is True
+    assert opts.debug == "physarum"
     assert not (home / ".privKeyPing").exists()  # -ephemeral
 
 
@@ -99,7 +99,7 @@ def test_defaults_match_physarumsm(home: Path) -> None:
     assert opts.bootstrap == []
     assert opts.psk is None and opts.psk_source == "none"
     assert opts.hostname == socket.gethostname()
-    assert opts.debug is False
+    assert opts.debug == ""
     key = home / ".privKeyPing"
     assert key.exists()
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
@@ -125,7 +125,7 @@ def test_bootstrap_and_peer_key_defaults(home: Path) -> None:
 
 def test_debug_false_and_bool_normalisation() -> None:
     opts, _ = pm("-ephemeral", "-debug=false")
-    assert opts.debug is False
+    assert opts.debug == ""
     assert normalize_bool_flags(["-debug=0", "--ephemeral=t", "-psk=x", "--", "-debug=1"]) == [
         "-ephemeral",
         "-psk=x",
@@ -271,7 +271,10 @@ def test_peer_find_and_publish_flags(tmp_path: Path) -> None:
         (["publish", "x", "-data", "{oops", "-bootstrap", BOOT1], "publish: -data is not JSON"),
         (["publish", "x", "-data", "[1, 2]", "-bootstrap", BOOT1], "-data must be a JSON object, not a list"),
         (["publish", "x", "-data", "{}", "-endpoint", "nope", "-bootstrap", BOOT1], "bad -endpoint 'nope'"),
-        (["publish", "x", "-data", "{}", "-ttl", "1e9", "-bootstrap", BOOT1], r"-ttl 1e\+09 is over the limit"),
+        (
+            ["publish", "x", "-data", "{}", "-ttl", "1e9", "-bootstrap", BOOT1],
+            r"-ttl 1e\+09 is over the limit",
+        ),
         (["publish", "x", "-data", "{}", "-ttl", "0", "-bootstrap", BOOT1], "-ttl"),
         (["publish", "x", "-data", '{"a": "' + "y" * 9000 + '"}', "-bootstrap", BOOT1], "exceeds"),
         (["publish", PEER_ID, "-data", "{}", "-bootstrap", BOOT1], "is signed by"),
@@ -375,3 +378,44 @@ def test_keyfile_is_not_world_readable_even_with_a_loose_umask(tmp_path: Path) -
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "k").stat().st_mode) == 0o600
+
+
+def test_announce_flag() -> None:
+    opts = bootstrap.parse_args(
+        ["-announce", "/ip4/203.0.113.7/tcp/4001", "-announce", "/dns/a.example/tcp/1"], {}
+    )
+    assert [str(a) for a in opts.announce] == ["/ip4/203.0.113.7/tcp/4001", "/dns/a.example/tcp/1"]
+    for bad, reason in (
+        ("/ip4/0.0.0.0/tcp/4001", "concrete address"),
+        ("/ip4/203.0.113.7/tcp/0", "concrete address"),
+        (f"/ip4/203.0.113.7/tcp/1/p2p/{PEER_ID}", "leave out /p2p/"),
+        ("/ip4/203.0.113.7/udp/1", "want /ip4"),
+        ("nonsense", "bad -announce"),
+    ):
+        with pytest.raises(UsageError, match=reason):
+            bootstrap.parse_args(["-announce", bad], {})
+
+
+def test_debug_all_and_psk_in_argv() -> None:
+    assert bootstrap.parse_args(["-ephemeral"], {}).debug == ""
+    assert bootstrap.parse_args(["-ephemeral", "-debug"], {}).debug == "physarum"
+    assert bootstrap.parse_args(["-ephemeral", "-debug=all"], {}).debug == "all"
+    assert bootstrap.parse_args(["-ephemeral", "-debug=false"], {}).debug == ""
+    assert bootstrap.parse_args(["-ephemeral", "-psk", "x"], {}).psk_in_argv
+    assert not bootstrap.parse_args(["-ephemeral"], {"P2P_PSK": "x"}).psk_in_argv
+
+
+def test_hostname_is_a_monitor_flag() -> None:
+    opts, _ = pm("-ephemeral", "-hostname", "edge-7")
+    assert opts.hostname == "edge-7"
+    with pytest.raises(UsageError, match="unrecognized arguments: -hostname"):
+        bootstrap.parse_args(["-hostname", "x"], {})
+
+
+def test_peer_ping_takes_a_peer_id() -> None:
+    args, _ = peer.parse_args(["ping", PEER_ID, "-bootstrap", BOOT1], {})
+    assert str(args.peer_id) == PEER_ID
+    with pytest.raises(UsageError, match=r"give -bootstrap MADDR .* to find a peer id"):
+        peer.parse_args(["ping", PEER_ID], {})
+    args, _ = peer.parse_args(["ping", BOOT1], {})
+    assert args.peer_id is None and str(args.target) == BOOT1

@@ -7,8 +7,10 @@ import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -18,16 +20,21 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from physarum.overlay.identity import KeyPair, load_key_pair, save_key_pair
+from physarum.psk import load_key_file
+
 SCRIPTS = Path(sys.executable).parent
 PASS = "integration test passphrase"
 LOCAL = ["-p2p-listen-addr", "127.0.0.1:0"]
 
 
-def script(name: str) -> str:
-    path = SCRIPTS / name
+def script(name: str) -> list[str]:
+    """The argv that runs binary ``name``: the ``physarum`` console script with the command as its
+    first argument (``ping-monitor`` also has a console script of its own, PhysarumSM's name)."""
+    path = SCRIPTS / ("ping-monitor" if name == "ping-monitor" else "physarum")
     if not path.exists():
         pytest.fail(f"console script {path} is missing: run `.venv/bin/python -m pip install -e .`")
-    return str(path)
+    return [str(path)] if name == "ping-monitor" else [str(path), name]
 
 
 class Proc:
@@ -164,7 +171,7 @@ def peer_id_of(addr: str) -> str:
 
 async def test_monitor_and_three_peers_as_processes(tmp_path: Path) -> None:
     monitor_argv = [
-        script("ping-monitor"),
+        *script("ping-monitor"),
         "-ephemeral",
         *LOCAL,
         "-prom-listen-addr",
@@ -178,17 +185,17 @@ async def test_monitor_and_three_peers_as_processes(tmp_path: Path) -> None:
         url = await monitor.metrics_url()
         # one peer with flags in Go style, one with double dashes, one from the environment
         argvs = [
-            ([script("peer"), *LOCAL, "-psk", PASS, "-bootstrap", monitor_addr], None),
+            ([*script("peer"), *LOCAL, "-psk", PASS, "-bootstrap", monitor_addr], None),
             (
                 [
-                    script("peer"),
+                    *script("peer"),
                     "--p2p-listen-addr=127.0.0.1:0",
                     f"--psk={PASS}",
                     f"--bootstrap={monitor_addr}",
                 ],
                 None,
             ),
-            ([script("peer"), *LOCAL], {"P2P_PSK": PASS, "P2P_BOOTSTRAPS": monitor_addr}),
+            ([*script("peer"), *LOCAL], {"P2P_PSK": PASS, "P2P_BOOTSTRAPS": monitor_addr}),
         ]
         async with binary(*argvs[0]) as p1, binary(*argvs[1]) as p2, binary(*argvs[2]) as p3:
             ids = {peer_id_of((await p.addrs())[0]) for p in (p1, p2, p3)}
@@ -215,13 +222,13 @@ async def test_monitor_and_three_peers_as_processes(tmp_path: Path) -> None:
 
 async def test_monitor_redials_a_restarted_bootstrap(tmp_path: Path) -> None:
     key = tmp_path / "bootstrap.key"
-    async with binary([script("bootstrap"), "-keyfile", str(key), *LOCAL, "-psk", PASS]) as boot:
+    async with binary([*script("bootstrap"), "-keyfile", str(key), *LOCAL, "-psk", PASS]) as boot:
         (boot_addr,) = await boot.addrs()
     assert boot.process.returncode is not None
     port = boot_addr.split("/tcp/")[1].split("/")[0]
     boot_id = peer_id_of(boot_addr)
     restart_argv = [
-        script("bootstrap"),
+        *script("bootstrap"),
         "-keyfile",
         str(key),
         "-p2p-listen-addr",
@@ -230,7 +237,7 @@ async def test_monitor_redials_a_restarted_bootstrap(tmp_path: Path) -> None:
         PASS,
     ]
     monitor_argv = [
-        script("ping-monitor"),
+        *script("ping-monitor"),
         "-ephemeral",
         *LOCAL,
         "-prom-listen-addr",
@@ -253,27 +260,31 @@ async def test_monitor_redials_a_restarted_bootstrap(tmp_path: Path) -> None:
 
 
 async def test_peer_ping_exit_status(tmp_path: Path) -> None:
-    argv = [script("bootstrap"), "-ephemeral", *LOCAL, "-psk", PASS]
+    argv = [*script("bootstrap"), "-ephemeral", *LOCAL, "-psk", PASS]
     async with binary(argv) as boot:
         (addr,) = await boot.addrs()
 
         async def run(*args: str) -> subprocess.CompletedProcess[bytes]:
             return await trio.run_process(
-                [script("peer"), *args], capture_stdout=True, capture_stderr=True, check=False
+                [*script("peer"), *args], capture_stdout=True, capture_stderr=True, check=False
             )
 
         ok = await run("ping", addr, "-count", "3", "-psk", PASS)
         assert ok.returncode == 0, ok.stderr
         lines = ok.stdout.decode().splitlines()
-        assert len(lines) == 3
-        for seq, line in enumerate(lines, 1):
+        assert len(lines) == 6
+        for seq, line in enumerate(lines[:3], 1):
             match = re.fullmatch(rf"{peer_id_of(addr)}: seq={seq} time=(\d+\.\d+) ms", line)
             assert match and 0 < float(match.group(1)) < 1000
+        # the summary, as ping(8) prints it
+        assert lines[3] == f"--- {peer_id_of(addr)} ping statistics ---"
+        assert re.fullmatch(r"3 transmitted, 3 received, 0% packet loss, time \d+ms", lines[4])
+        assert re.fullmatch(r"rtt min/avg/max/mdev = [\d.]+/[\d.]+/[\d.]+/[\d.]+ ms", lines[5])
         wrong = await run("-psk", "another passphrase", "ping", addr, "-timeout", "3")
         assert wrong.returncode == 1
         assert wrong.stdout == b""
         assert len(wrong.stderr.decode().splitlines()) == 1
-        assert "pre-shared keys differ" in wrong.stderr.decode()
+        assert "PSK mismatch" in wrong.stderr.decode()
     closed = await run("ping", addr, "-psk", PASS, "-timeout", "3")
     assert closed.returncode == 1
     assert closed.stderr.decode().startswith(f"peer ping: cannot reach {addr}: ")
@@ -287,7 +298,7 @@ async def test_port_in_use_is_one_line_and_exit_2(which: str) -> None:
         port = busy.getsockname()[1]
         if which == "p2p":
             argv = [
-                script("ping-monitor"),
+                *script("ping-monitor"),
                 "-ephemeral",
                 "-p2p-listen-addr",
                 f"127.0.0.1:{port}",
@@ -296,7 +307,7 @@ async def test_port_in_use_is_one_line_and_exit_2(which: str) -> None:
             ]
             expected = f"ping-monitor: cannot listen on /ip4/127.0.0.1/tcp/{port}: address already in use"
         else:
-            argv = [script("ping-monitor"), "-ephemeral", *LOCAL, "-prom-listen-addr", f"127.0.0.1:{port}"]
+            argv = [*script("ping-monitor"), "-ephemeral", *LOCAL, "-prom-listen-addr", f"127.0.0.1:{port}"]
             expected = f"ping-monitor: cannot serve metrics on 127.0.0.1:{port}: address already in use"
         result = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
     assert result.returncode == 2
@@ -310,7 +321,7 @@ async def test_bootstrap_port_in_use() -> None:
         busy.listen()
         port = busy.getsockname()[1]
         result = await trio.run_process(
-            [script("bootstrap"), "-ephemeral", "--p2p-listen-addr", f"/ip4/127.0.0.1/tcp/{port}"],
+            [*script("bootstrap"), "-ephemeral", "--p2p-listen-addr", f"/ip4/127.0.0.1/tcp/{port}"],
             capture_stdout=True,
             capture_stderr=True,
             check=False,
@@ -323,7 +334,7 @@ async def test_bootstrap_port_in_use() -> None:
 
 async def test_demo_once() -> None:
     result = await trio.run_process(
-        [script("physarum-demo"), "--prom-port", "0", "--once"],
+        [*script("demo"), "--prom-port", "0", "--once"],
         capture_stdout=True,
         capture_stderr=True,
         check=False,
@@ -343,7 +354,7 @@ async def test_demo_port_busy_hint() -> None:
         busy.listen()
         port = busy.getsockname()[1]
         result = await trio.run_process(
-            [script("physarum-demo"), "--prom-port", str(port)],
+            [*script("demo"), "--prom-port", str(port)],
             capture_stdout=True,
             capture_stderr=True,
             check=False,
@@ -357,7 +368,7 @@ async def peer_cmd(*args: str, timeout: float = 30) -> subprocess.CompletedProce
     env = {k: v for k, v in os.environ.items() if k not in ("P2P_PSK", "P2P_BOOTSTRAPS")}
     with trio.fail_after(timeout):
         return await trio.run_process(
-            [script("peer"), *args], capture_stdout=True, capture_stderr=True, check=False, env=env
+            [*script("peer"), *args], capture_stdout=True, capture_stderr=True, check=False, env=env
         )
 
 
@@ -377,10 +388,10 @@ async def find_until_found(peer_id: str, via: str, *, timeout: float = 20) -> li
 
 async def test_bootstrap_and_three_peers_publish_and_find(tmp_path: Path) -> None:
     state = tmp_path / "boot-dht.json"
-    boot_argv = [script("bootstrap"), "-keyfile", str(tmp_path / "boot.key"), *LOCAL, "-psk", PASS]
+    boot_argv = [*script("bootstrap"), "-keyfile", str(tmp_path / "boot.key"), *LOCAL, "-psk", PASS]
     async with binary([*boot_argv, "-dht-state", str(state)]) as boot:
         (boot_addr,) = await boot.addrs()
-        peer_argv = [script("peer"), *LOCAL, "-psk", PASS, "-bootstrap", boot_addr]
+        peer_argv = [*script("peer"), *LOCAL, "-psk", PASS, "-bootstrap", boot_addr]
         async with binary(peer_argv) as p1, binary(peer_argv) as p2, binary(peer_argv) as p3:
             a1, a2, a3 = [(await p.addrs())[0] for p in (p1, p2, p3)]
             # find by peer id: the peer's multiaddrs, /p2p/ included, through another peer.
@@ -421,7 +432,9 @@ async def test_bootstrap_and_three_peers_publish_and_find(tmp_path: Path) -> Non
             boot.process.send_signal(signal.SIGTERM)
             assert await boot.exit_within(2) == 0
             saved = json.loads(state.read_text())
-            assert saved["version"] == 1 and saved["self"] == peer_id_of(boot_addr)
+            assert saved["version"] == 2 and saved["self"] == peer_id_of(boot_addr)
+            # last_seen in unix seconds (not the process's monotonic clock), all in the last minutes
+            assert all(abs(c["last_seen"] - time.time()) < 600 for c in saved["contacts"])
             assert {c["peer_id"] for c in saved["contacts"]} == {peer_id_of(a) for a in (a1, a2, a3)}
             # ...and, restarted on another port without -bootstrap, rejoins through it: the peers
             # learn its new address.
@@ -442,11 +455,162 @@ async def test_publish_exit_status_when_the_network_cannot_be_joined() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     dead = f"/ip4/127.0.0.1/tcp/{port}/p2p/12D3KooWQrEbutuv991JegVdQhzqv6v3MKjckZRtkdKnKqvHuNVM"
-    result = await peer_cmd("publish", "svc", "-data", "{}", "-bootstrap", dead, "-psk", PASS, "-timeout", "2")
+    result = await peer_cmd(
+        "publish", "svc", "-data", "{}", "-bootstrap", dead, "-psk", PASS, "-timeout", "2"
+    )
     assert result.returncode == 1
     assert result.stdout == b""
     assert result.stderr.decode().splitlines() == [
-        "peer publish: could not join the network through -bootstrap within 2 s"
+        f"peer publish: cannot join the network: /ip4/127.0.0.1/tcp/{port}/p2p/12D3KooW..HuNVM: "
+        "connection refused"
     ]
     bad = await peer_cmd("publish", "svc", "-data", "{", "-bootstrap", dead)
     assert bad.returncode == 2 and len(bad.stderr.decode().splitlines()) == 1
+
+
+def write_key(path: Path) -> str:
+    """A fresh swarm key file, made by ``physarum key generate``; its path."""
+    result = subprocess.run(
+        [*script("key"), "generate", "-o", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return str(path)
+
+
+async def test_one_shot_with_a_wrong_key_fails_fast_naming_the_psk_mismatch(tmp_path: Path) -> None:
+    ours, theirs = write_key(tmp_path / "ours.key"), write_key(tmp_path / "theirs.key")
+    async with binary([*script("bootstrap"), "-ephemeral", *LOCAL, "-psk-file", theirs]) as boot:
+        (addr,) = await boot.addrs()
+        for command in (["find", "receptionist"], ["publish", "svc", "-data", "{}"]):
+            started = trio.current_time()
+            result = await peer_cmd(*command, "-bootstrap", addr, "-psk-file", ours)
+            took = trio.current_time() - started
+            assert result.returncode == 1 and result.stdout == b""
+            (line,) = result.stderr.decode().splitlines()
+            assert line.startswith(f"peer {command[0]}: cannot join the network: ") and "PSK mismatch" in line
+            assert len(line) < 200
+            assert took < 3, f"took {took:.1f} s"
+
+
+async def test_peer_ping_by_peer_id_through_the_dht(tmp_path: Path) -> None:
+    key = write_key(tmp_path / "swarm.key")
+    async with binary([*script("bootstrap"), "-ephemeral", *LOCAL, "-psk-file", key]) as boot:
+        (boot_addr,) = await boot.addrs()
+        async with binary([*script("peer"), *LOCAL, "-psk-file", key, "-bootstrap", boot_addr]) as target:
+            (target_addr,) = await target.addrs()
+            target_id = peer_id_of(target_addr)
+            with trio.fail_after(20):
+                while True:
+                    result = await peer_cmd(
+                        "ping", target_id, "-count", "2", "-bootstrap", boot_addr, "-psk-file", key
+                    )
+                    if result.returncode == 0:
+                        break
+                    # the target may not have joined the bootstrap's table yet
+                    assert "not found" in result.stderr.decode(), result.stderr
+            lines = result.stdout.decode().splitlines()
+            assert lines[0].startswith(f"{target_id}: seq=1 time=")
+            assert "2 transmitted, 2 received, 0% packet loss" in lines[-2]
+        missing = KeyPair.generate().peer_id
+        result = await peer_cmd(
+            "ping", str(missing), "-bootstrap", boot_addr, "-psk-file", key, "-timeout", "5"
+        )
+        assert result.returncode == 1
+        assert result.stderr.decode().splitlines() == [f"peer ping: peer {missing} not found in the DHT"]
+
+
+async def metric_lines(url: str) -> list[str]:
+    def get() -> str:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return str(response.read().decode())
+
+    return (await trio.to_thread.run_sync(get)).splitlines()
+
+
+async def test_one_shot_commands_leave_no_series_on_the_monitor(tmp_path: Path) -> None:
+    key = write_key(tmp_path / "swarm.key")
+    argv = [
+        *script("ping-monitor"),
+        "-ephemeral",
+        *LOCAL,
+        "-prom-listen-addr",
+        "127.0.0.1:0",
+        "-psk-file",
+        key,
+    ]
+    async with binary(argv) as monitor:
+        (addr,) = await monitor.addrs()
+        url = await monitor.metrics_url()
+        # A one-shot client with a known identity stays long enough to be pinged: its series appear...
+        client_key = tmp_path / "client.key"
+        save_key_pair(str(client_key), KeyPair.generate())
+        client_id = str(load_key_pair(str(client_key)).peer_id)
+        async with binary(
+            [
+                *script("peer"),
+                "-keyfile",
+                str(client_key),
+                "-psk-file",
+                key,
+                "ping",
+                addr,
+                "-count",
+                "20",
+                "-interval",
+                "0.2",
+            ]
+        ) as client:
+            await wait_rtts(url, lambda r: client_id in r, timeout=10, what="the client's ping_rtt")
+            assert await client.exit_within(15) == 0
+        # ...and go as soon as it disconnects, with every other series of its identity.
+        with trio.fail_after(3):
+            while any(client_id in line for line in await metric_lines(url)):
+                await trio.sleep(0.05)
+        # Five more one-shots with fresh identities leave nothing behind either.
+        for args in (
+            ["find", "x"],
+            ["find", "y"],
+            ["find", "z"],
+            ["publish", "a", "-data", "{}"],
+            ["publish", "b", "-data", "{}"],
+        ):
+            result = await peer_cmd(*args, "-bootstrap", addr, "-psk-file", key, "-timeout", "10")
+            assert result.returncode in (0, 1), result.stderr
+        with trio.fail_after(3):
+            while per_peer := [
+                line for line in await metric_lines(url) if line.startswith("physarum_peer_reachable{")
+            ]:
+                await trio.sleep(0.05)
+        assert per_peer == []
+
+
+async def test_announce_replaces_the_printed_addresses(tmp_path: Path) -> None:
+    argv = [
+        *script("bootstrap"),
+        "-ephemeral",
+        *LOCAL,
+        "-announce",
+        "/ip4/198.51.100.7/tcp/4001",
+        "-announce",
+        "/dns/node.example/tcp/4001",
+    ]
+    async with binary(argv) as boot:
+        addrs = await boot.addrs()
+        ids = {peer_id_of(a) for a in addrs}
+        assert len(ids) == 1
+        (pid,) = ids
+        assert addrs == [f"/ip4/198.51.100.7/tcp/4001/p2p/{pid}", f"/dns/node.example/tcp/4001/p2p/{pid}"]
+
+
+def test_key_generate_writes_a_private_key_file(tmp_path: Path) -> None:
+    path = tmp_path / "swarm.key"
+    write_key(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert len(load_key_file(str(path))) == 32
+    again = subprocess.run(
+        [*script("key"), "generate", "-o", str(path)], capture_output=True, text=True, check=False
+    )
+    assert again.returncode == 2
+    assert again.stderr.splitlines() == [f"physarum key: generate: {path} exists (give -force to replace it)"]
+    printed = subprocess.run([*script("key"), "generate"], capture_output=True, check=False)
+    assert printed.returncode == 0 and printed.stdout.startswith(b"/key/swarm/psk/1.0.0/\n/base16/\n")

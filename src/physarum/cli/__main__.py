@@ -1,34 +1,60 @@
-"""``python -m physarum.cli NAME [flags]``: run the binary NAME (ping-monitor, bootstrap, peer, demo).
+"""``physarum COMMAND [flags]`` (also ``python -m physarum.cli COMMAND``): every binary in one command.
 
 The thin scripts in bin/ call this, so they work from a source checkout without installing.
+``ping-monitor`` is also installed under its own name, PhysarumSM's drop-in.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+from physarum import __version__
+
+USAGE = """\
+usage: physarum COMMAND [flags]
+
+commands:
+  ping-monitor   the network's bootstrap and monitor: pings every connected peer, serves /metrics
+  bootstrap      a DHT node that other nodes join with -bootstrap
+  peer           join the network and stay up; or one-shot: peer ping | find | publish
+  demo           a local private network (a ping-monitor and 3 peers) with metrics on :9100
+  key generate   write a new private-network key file (libp2p swarm key, mode 0600)
+  version        print physarum's version
+
+Run 'physarum COMMAND -help' for a command's flags."""
 
 
 def _programs() -> dict[str, Callable[[list[str]], int]]:
-    from physarum.cli import bootstrap, demo, peer, ping_monitor
+    from physarum.cli import bootstrap, demo, key, peer, ping_monitor
 
     return {
         "ping-monitor": ping_monitor.main,
         "bootstrap": bootstrap.main,
         "peer": peer.main,
-        "physarum-demo": demo.main,
         "demo": demo.main,
+        "key": key.main,
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    programs = _programs()
-    if not argv or argv[0] not in programs:
-        names = ", ".join(p for p in programs if p != "demo")
-        print(f"usage: python -m physarum.cli {{{names}}} [flags]", file=sys.stderr)
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point: ``physarum COMMAND [flags]``; status 2 for an unknown command."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:
+        print(USAGE, file=sys.stderr)
         return 2
-    return programs[argv[0]](argv[1:])
+    if args[0] in ("-h", "-help", "--help", "help"):
+        print(USAGE)
+        return 0
+    if args[0] in ("version", "-version", "--version"):
+        print(f"physarum {__version__}")
+        return 0
+    programs = _programs()
+    program = programs.get(args[0])
+    if program is None:
+        print(f"physarum: unknown command {args[0]!r} (see physarum -help)", file=sys.stderr)
+        return 2
+    return program(args[1:])
 
 
 if __name__ == "__main__":

@@ -18,14 +18,20 @@ PROG = "bootstrap"
 LISTEN_DEFAULT = ":4001"
 KEYFILE_DEFAULT = "~/.privKeyBootstrap"
 
+DESCRIPTION = """\
+A DHT server node that other nodes join with -bootstrap. Redundant bootstraps join each other: give
+every bootstrap the same -bootstrap list (a node skips its own address). The same node as
+ping-monitor, without the pings and metrics."""
+
 EPILOG = """\
 Flags take one dash (Go style, as PhysarumSM) or two; values follow a space or '='.
-Environment: P2P_PSK (passphrase, as -psk), P2P_BOOTSTRAPS (space-separated multiaddrs, as -bootstrap).
+Environment: P2P_PSK (passphrase, as -psk, but out of the process list), P2P_BOOTSTRAPS
+(space-separated multiaddrs, as -bootstrap). A key file: physarum key generate -o swarm.key.
 On start the node prints its multiaddrs, one per line, ending in /p2p/<peer id>."""
 
 
 def build_parser() -> FlagParser:
-    parser = FlagParser(prog=PROG, description=__doc__, epilog=EPILOG)
+    parser = FlagParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG)
     add_node_flags(parser, listen_default=LISTEN_DEFAULT, keyfile_default=KEYFILE_DEFAULT)
     return parser
 

@@ -1,10 +1,7 @@
-"""``physarum-demo``: a local private network with a ping-monitor and 3 peers, metrics on :9100.
+"""``physarum demo``: a local private network with a ping-monitor and 3 peers, metrics on :9100.
 
-Everything runs in this one process, on loopback: a ping-monitor node (the same code as the
-``ping-monitor`` binary) and three peers that join it with ``-bootstrap`` and a pre-shared key derived
-from a random passphrase. The demo waits for the first pings, prints the metrics URL and the
-``ping_rtt`` lines it serves, and then stays up for curl or Prometheus until Ctrl-C. It also prints the
-command that joins one more peer from another terminal.
+See :data:`DESCRIPTION`. The key file lives in a temporary directory (mode 0700, the file 0600)
+removed when the demo stops, so the printed join command carries no secret on its command line.
 """
 
 from __future__ import annotations
@@ -12,27 +9,35 @@ from __future__ import annotations
 import argparse
 import io
 import logging
-import secrets
+import os
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import trio
-from multiaddr import Multiaddr
 
 from physarum.cli.flags import FlagParser, NodeOptions, UsageError, flag, positive_float
 from physarum.cli.node import MonitorOptions, RunningNode, find_usage_error, run_main, run_node
 from physarum.overlay.identity import KeyPair
-from physarum.psk import psk_from_passphrase
+from physarum.overlay.multiaddr import Multiaddr
+from physarum.psk import generate_psk, write_key_file
 
-PROG = "physarum-demo"
+PROG = "physarum demo"
+
+DESCRIPTION = """\
+A local private network in one process, on loopback: a ping-monitor node (the same code as the
+ping-monitor binary) and 3 peers that join it with -bootstrap and a freshly generated key file. The
+demo waits for the first pings, prints the metrics URL and the ping_rtt lines it serves, then stays
+up for curl or Prometheus until Ctrl-C, and prints the command that joins one more peer from another
+terminal."""
 LOOPBACK = Multiaddr("/ip4/127.0.0.1/tcp/0")
 
 
 def build_parser() -> FlagParser:
-    parser = FlagParser(prog=PROG, description=__doc__)
+    parser = FlagParser(prog=PROG, description=DESCRIPTION)
     flag(
         parser,
         "prom-port",
@@ -69,8 +74,8 @@ def _options(key_pair: KeyPair, psk: bytes, bootstrap: list[Multiaddr]) -> NodeO
         psk=psk,
         key_pair=key_pair,
         hostname=socket.gethostname(),
-        debug=False,
-        psk_source="passphrase",
+        debug="",
+        psk_source="file (demo)",
     )
 
 
@@ -97,8 +102,12 @@ async def http_get(host: str, port: int, path: str, *, timeout: float = 5.0) -> 
 
 
 async def demo(args: argparse.Namespace) -> int:
-    passphrase = secrets.token_urlsafe(12)
-    psk = psk_from_passphrase(passphrase)
+    with tempfile.TemporaryDirectory(prefix="physarum-demo-") as keydir:
+        return await _demo(args, keydir)
+
+
+async def _demo(args: argparse.Namespace, keydir: str) -> int:
+    psk = generate_psk()
     if not 0 <= args.prom_port <= 65535:
         raise UsageError(f"--prom-port {args.prom_port} is out of range")
     if not 1 <= args.peers <= 100:
@@ -171,9 +180,11 @@ async def demo(args: argparse.Namespace) -> int:
         if args.once:
             stop.cancel()
             return 0
+        key_file = os.path.join(keydir, "swarm.key")
+        write_key_file(key_file, psk)
         print(
             "\nJoin one more peer from another terminal (it shows up in the metrics within a second):\n"
-            f"  {_peer_command()} -psk {passphrase} -bootstrap {monitor_addr}\n"
+            f"  {_peer_command()} -psk-file {key_file} -bootstrap {monitor_addr}\n"
             f"Watch the RTTs:  watch -n1 'curl -s {url} | grep ^ping_'\n"
             "Ctrl-C stops the demo.",
             flush=True,
@@ -183,18 +194,18 @@ async def demo(args: argparse.Namespace) -> int:
 
 
 def _peer_command() -> str:
-    """How to run the peer binary installed beside this interpreter (a venv's bin/), else from PATH."""
-    beside = Path(sys.executable).parent / "peer"
+    """How to run ``physarum peer`` installed beside this interpreter (a venv's bin/), else from PATH."""
+    beside = Path(sys.executable).parent / "physarum"
     if beside.exists():
         try:
-            return str(beside.relative_to(Path.cwd()))
+            return f"{beside.relative_to(Path.cwd())} peer"
         except ValueError:
-            return str(beside)
-    return "peer"
+            return f"{beside} peer"
+    return "physarum peer"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point: ``physarum-demo [--prom-port PORT] [--peers N] [--once]``."""
+    """Entry point of ``physarum demo [--prom-port PORT] [--peers N] [--once]``."""
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(
         level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"

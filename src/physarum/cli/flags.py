@@ -14,17 +14,17 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
 import socket
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NoReturn
-
-from multiaddr import Multiaddr
 
 from physarum import __version__
 from physarum.overlay import addr as addrs_
 from physarum.overlay.addr import AddressError
 from physarum.overlay.identity import IdentityKeyError, KeyPair, load_or_create_key_pair
+from physarum.overlay.multiaddr import Multiaddr
 from physarum.psk import KeyFileError, generate_psk, load_key_file, psk_from_passphrase
 
 ENV_PSK = "P2P_PSK"
@@ -52,6 +52,10 @@ class FlagParser(argparse.ArgumentParser):
         self.add_argument("-h", "-help", "--help", action="help", help="show this help and exit")
 
     def error(self, message: str) -> NoReturn:
+        # Go-style single dashes make argparse read an unknown "-hostname" as "-h ostname".
+        explicit = re.fullmatch(r"argument -h/-help/--help: ignored explicit argument '(.*)'", message)
+        if explicit:
+            message = f"unrecognized arguments: -h{explicit.group(1)}"
         raise UsageError(f"{message} (see {self.prog} -help)")
 
 
@@ -61,7 +65,8 @@ def flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: str, *
 
 
 def normalize_bool_flags(argv: Sequence[str], names: Sequence[str] = BOOL_FLAGS) -> list[str]:
-    """Rewrite Go's ``-debug=true`` as ``-debug`` and drop ``-debug=false``.
+    """Rewrite Go's ``-debug=true`` as ``-debug`` and drop ``-debug=false``; ``-debug=all`` becomes
+    the hidden ``--debug-all``.
 
     Raises:
         UsageError: a boolean flag with a value that is not a Go boolean.
@@ -74,7 +79,9 @@ def normalize_bool_flags(argv: Sequence[str], names: Sequence[str] = BOOL_FLAGS)
         name, eq, value = arg.lstrip("-").partition("=")
         if arg.startswith("-") and eq and name in names:
             lowered = value.lower()
-            if lowered in ("1", "t", "true"):
+            if name == "debug" and lowered == "all":
+                out.append("--debug-all")  # every library's debug lines, not only physarum's
+            elif lowered in ("1", "t", "true"):
                 out.append(f"-{name}")
             elif lowered not in ("0", "f", "false"):
                 raise UsageError(f"invalid boolean value {value!r} for -{name}")
@@ -199,20 +206,15 @@ def add_node_flags(
         default=default(None),
         metavar="PASS",
         help=f'private network passphrase, key = SHA3-256(PASS); "" = a random key (default: ${ENV_PSK}; '
-        "none: no private network)",
+        "none: no private network). Visible to every local user in the process list: prefer -psk-file"
+        f" or ${ENV_PSK}",
     )
     flag(
         group,
         "psk-file",
         default=default(None),
         metavar="PATH",
-        help="private network key file (libp2p swarm key)",
-    )
-    flag(
-        group,
-        "hostname",
-        default=default(None),
-        help="this node's name in the metrics' host label (default: the machine's hostname)",
+        help="private network key file (a libp2p swarm key, made by: physarum key generate -o FILE)",
     )
     keyfile_help = f"identity key file, created (0600) if missing (default {keyfile_default})"
     flag(group, "keyfile", default=default(None), metavar="PATH", help=keyfile_help)
@@ -231,7 +233,23 @@ def add_node_flags(
         help="keep the DHT routing table in FILE (versioned JSON): loaded at start, saved every minute and"
         " at exit, so a restarted node rejoins without its bootstrap peers",
     )
-    flag(group, "debug", action="store_true", default=default(False), help="log debug messages")
+    flag(
+        group,
+        "announce",
+        action="append",
+        default=default(None),
+        metavar="MADDR",
+        help="advertise this address instead of the listen addresses (e.g. a public or NAT address,"
+        " /ip4/203.0.113.7/tcp/4001 or /dns/node.example/tcp/4001); repeatable",
+    )
+    flag(
+        group,
+        "debug",
+        action="store_true",
+        default=default(False),
+        help="log physarum's debug messages (-debug=all: every library's too)",
+    )
+    parser.add_argument("--debug-all", action="store_true", default=default(False), help=argparse.SUPPRESS)
     if not suppress:
         flag(parser, "version", action="version", version=f"%(prog)s (physarum {__version__})")
 
@@ -245,11 +263,17 @@ class NodeOptions:
     psk: bytes | None
     key_pair: KeyPair
     hostname: str
-    debug: bool
+    """The metrics' ``host`` label (``-hostname``, ping-monitor only; else the machine's name)."""
+    debug: str
+    """"" (info), "physarum" (``-debug``) or "all" (``-debug=all``)."""
     psk_source: str
     """How the key was chosen, for the log: "none", "passphrase", "random", "file PATH"."""
     dht_state: str | None = None
     """Where the DHT routing table is kept (``-dht-state``), or None."""
+    announce: list[Multiaddr] = field(default_factory=list)
+    """Addresses to advertise instead of the listen addresses (``-announce``)."""
+    psk_in_argv: bool = False
+    """The key came from ``-psk`` on the command line (readable by every local user)."""
 
 
 def resolve_psk(
@@ -326,9 +350,40 @@ def node_options(
     bootstrap = list(dict.fromkeys(parse_peer_addr(t, what) for t in boot_texts if t.strip()))
     psk, source = resolve_psk(args.psk, args.psk_file, env)
     key_pair = resolve_key_pair(args.keyfile, args.ephemeral, keyfile_default)
-    hostname = args.hostname if args.hostname else socket.gethostname()
+    hostname = getattr(args, "hostname", None) or socket.gethostname()
     dht_state = resolve_dht_state(getattr(args, "dht_state", None))
-    return NodeOptions(listen, bootstrap, psk, key_pair, hostname, bool(args.debug), source, dht_state)
+    announce = [parse_announce_addr(a) for a in (args.announce or [])]
+    debug = "all" if args.debug_all else "physarum" if args.debug else ""
+    return NodeOptions(
+        listen,
+        bootstrap,
+        psk,
+        key_pair,
+        hostname,
+        debug,
+        source,
+        dht_state,
+        announce=announce,
+        psk_in_argv=args.psk is not None and args.psk != "",
+    )
+
+
+def parse_announce_addr(text: str) -> Multiaddr:
+    """An address to advertise: ``/ip4|ip6|dns*/HOST/tcp/PORT`` (no wildcard, no port 0, no /p2p).
+
+    Raises:
+        UsageError: malformed, not TCP, a wildcard host, port 0, or carrying a ``/p2p`` id.
+    """
+    try:
+        ma = addrs_.parse(text.strip())
+        ep = addrs_.tcp_endpoint(ma)
+    except AddressError as e:
+        raise UsageError(f"bad -announce {text!r}: {e.reason}") from None
+    if ep.peer_id is not None:
+        raise UsageError(f"bad -announce {text!r}: leave out /p2p/ (the node adds its own id)")
+    if ep.port == 0 or addrs_.is_unspecified(ma):
+        raise UsageError(f"bad -announce {text!r}: announce a concrete address and port others can dial")
+    return ma
 
 
 def resolve_dht_state(path: str | None) -> str | None:
@@ -383,6 +438,7 @@ __all__ = [
     "flag",
     "node_options",
     "normalize_bool_flags",
+    "parse_announce_addr",
     "parse_listen_addr",
     "parse_peer_addr",
     "positive_float",

@@ -15,7 +15,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -25,7 +26,8 @@ from prometheus_client import CollectorRegistry
 from physarum.cli.flags import NodeOptions, UsageError
 from physarum.dht.service import KadDHT
 from physarum.dht.table import RoutingTable, TableFormatError
-from physarum.monitor.metrics import MetricsServer
+from physarum.errors import DialError, PeerIdMismatchError, exception_leaves
+from physarum.monitor.metrics import MetricsServer, node_registry
 from physarum.monitor.ping_monitor import PingMonitor
 from physarum.overlay import addr as addrs_
 from physarum.overlay.backoff import (
@@ -37,6 +39,7 @@ from physarum.overlay.backoff import (
 )
 from physarum.overlay.host import Host
 from physarum.overlay.identity import PeerId
+from physarum.psk import PskMismatchError
 
 log = logging.getLogger("physarum.cli")
 
@@ -87,7 +90,7 @@ def load_dht_state(path: str, self_id: PeerId) -> RoutingTable | None:
         log.warning("cannot read -dht-state %s (%s): starting with an empty routing table", path, e)
         return None
     try:
-        table = RoutingTable.from_json(text, now=trio.current_time(), self_id=self_id)
+        table = RoutingTable.from_json(text, now=trio.current_time(), wall_now=time.time(), self_id=self_id)
     except TableFormatError as e:
         log.warning("ignoring -dht-state %s: %s", path, e.reason)
         return None
@@ -99,8 +102,10 @@ def save_dht_state(path: str, table: RoutingTable) -> bool:
     """Write ``table`` to ``path`` atomically (a temporary file, then a rename); False if it failed (logged)."""
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(table.to_json(), f, indent=1)
+        # 0600 from the start: the table lists who this node talks to.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(fd, "w", encoding="utf-8") as f:
+            json.dump(table.to_json(now=trio.current_time(), wall_now=time.time()), f, indent=1)
             f.write("\n")
         os.replace(tmp, path)
     except OSError as e:
@@ -119,13 +124,13 @@ async def _save_dht_state_periodically(path: str, table: RoutingTable, interval:
         save_dht_state(path, table)
 
 
-def start_dht(host: Host, opts: NodeOptions, *, server: bool = True) -> KadDHT:
-    """A :class:`KadDHT` on ``host`` joining through ``opts.bootstrap``, from ``opts.dht_state`` if saved.
-
-    Call it before the host listens or dials, so every peer's identify of us lists the DHT protocol.
-    """
+def start_dht(
+    host: Host, opts: NodeOptions, *, server: bool = True, registry: CollectorRegistry | None = None
+) -> KadDHT:
+    """A :class:`KadDHT` on ``host`` joining through ``opts.bootstrap``, from ``opts.dht_state`` if saved,
+    exporting its metrics on ``registry`` when given."""
     table = load_dht_state(opts.dht_state, host.peer_id) if opts.dht_state else None
-    return KadDHT.for_host(host, server=server, bootstrap=opts.bootstrap, table=table)
+    return KadDHT.for_host(host, server=server, bootstrap=opts.bootstrap, table=table, registry=registry)
 
 
 async def _stop_on_signals(
@@ -166,18 +171,18 @@ async def run_node(
     async with trio.open_nursery() as nursery:
         if handle_signals:
             await nursery.start(_stop_on_signals, nursery.cancel_scope)
-        host = Host(opts.key_pair, psk=opts.psk, listen=())
+        host = Host(opts.key_pair, psk=opts.psk, listen=(), announce=opts.announce)
         await nursery.start(host.run)
-        # The DHT (server mode) registers /ipfs/kad/1.0.0 before the host listens or dials:
-        # peers learn our protocols from identify, once per connection.
-        dht = start_dht(host, opts)
-        await _serve(nursery, host, dht, opts, monitor, out, task_status)
+        registry = node_registry() if monitor is not None else None
+        dht = start_dht(host, opts, registry=registry)
+        await _serve(nursery, host, dht, registry, opts, monitor, out, task_status)
 
 
 async def _serve(
     nursery: trio.Nursery,
     host: Host,
     dht: KadDHT,
+    registry: CollectorRegistry | None,
     opts: NodeOptions,
     monitor: MonitorOptions | None,
     out: TextIO,
@@ -195,15 +200,9 @@ async def _serve(
     await nursery.start(dht.run)
     if opts.dht_state:
         nursery.start_soon(_save_dht_state_periodically, opts.dht_state, dht.table, DHT_STATE_SAVE_INTERVAL)
-    table = dht.table
-
-    def routing_table_size() -> int:
-        return len(table)
-
     ping_monitor: PingMonitor | None = None
     server: MetricsServer | None = None
-    if monitor is not None:
-        registry = CollectorRegistry()
+    if monitor is not None and registry is not None:
         ping_monitor = PingMonitor(
             host,
             registry,
@@ -211,7 +210,6 @@ async def _serve(
             interval=monitor.interval,
             timeout=monitor.timeout,
             expiry=monitor.expiry,
-            routing_table_size=routing_table_size,
         )
         server = MetricsServer(registry, host=monitor.prom_host, port=monitor.prom_port)
         try:
@@ -230,6 +228,10 @@ async def _serve(
         opts.psk_source,
         len(opts.bootstrap),
     )
+    if opts.psk_in_argv:
+        log.warning(
+            "-psk on the command line is readable by every local user (ps): prefer -psk-file or $P2P_PSK"
+        )
     if server is not None:
         log.info("metrics at %s", " ".join(server.urls))
     # A node holds ~250 tracked objects per peer that live as long as the connection; the default
@@ -248,26 +250,45 @@ async def _serve(
 # -- process plumbing ------------------------------------------------------------------------------
 
 
-def setup_logging(debug: bool, *, quiet: bool = False) -> None:
-    """Log to stderr: debug with ``-debug``, else info (warnings only when ``quiet``, for one-shot commands)."""
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+#: Longest log line the binaries write (a traceback, at debug level or for a bug, may follow it).
+MAX_LOG_LINE = 200
 
 
-def _leaves(exc: BaseException) -> Iterator[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield exc
+class _LineFormatter(logging.Formatter):
+    """One line per record, cut at :data:`MAX_LOG_LINE` characters: logs stay greppable and bounded
+    whatever a peer put in an error message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        first, newline, rest = text.partition("\n")
+        if record.exc_info is None and record.stack_info is None:
+            rest = ""  # a multi-line message: keep its first line only
+            newline = ""
+        if len(first) > MAX_LOG_LINE:
+            first = first[: MAX_LOG_LINE - 3] + "..."
+        return first + newline + rest
+
+
+def setup_logging(debug: str | bool = "", *, quiet: bool = False) -> None:
+    """Log to stderr, one line per record (at most :data:`MAX_LOG_LINE` characters).
+
+    physarum's loggers log at INFO (WARNING when ``quiet``, for one-shot commands), or DEBUG with
+    ``debug`` ("physarum" or True); other libraries stay at WARNING unless ``debug == "all"``.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug == "all" else logging.WARNING)
+    own = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    logging.getLogger("physarum").setLevel(own)
 
 
 def find_usage_error(exc: BaseException) -> UsageError | None:
     """The first :class:`UsageError` in ``exc`` or, for an exception group, among its leaves."""
-    for leaf in _leaves(exc):
+    for leaf in exception_leaves(exc):
         if isinstance(leaf, UsageError):
             return leaf
     return None
@@ -276,11 +297,17 @@ def find_usage_error(exc: BaseException) -> UsageError | None:
 def run_main(prog: str, main: Callable[[], Awaitable[int | None]]) -> int:
     """``trio.run(main)`` as a process: the exit status, with :class:`UsageError` printed as one line
     on stderr (status 2) and Ctrl-C before the signal handler is installed quietly giving 130."""
+    return run_sync_main(prog, lambda: trio.run(main))
+
+
+def run_sync_main(prog: str, main: Callable[[], int | None]) -> int:
+    """``main()`` as a process: its exit status, a :class:`UsageError` (alone or inside an exception
+    group) printed as one line on stderr with status 2, Ctrl-C giving 130."""
     try:
         try:
-            return trio.run(main) or 0
+            return main() or 0
         except BaseExceptionGroup as group:
-            leaves = list(_leaves(group))
+            leaves = list(exception_leaves(group))
             for kind in (UsageError, KeyboardInterrupt):
                 for leaf in leaves:
                     if isinstance(leaf, kind):
@@ -293,19 +320,34 @@ def run_main(prog: str, main: Callable[[], Awaitable[int | None]]) -> int:
         return 130
 
 
+def short_reason(e: BaseException) -> str:
+    """Why a dial or request failed, in a few words fit for one line (no addresses, no reprs)."""
+    if isinstance(e, DialError) and e.errors:
+        # the first real cause; the "(deadline)" entry only says the time ran out
+        causes = [v for k, v in e.errors.items() if k != "(deadline)"] or list(e.errors.values())
+        return short_reason(causes[0])
+    if isinstance(e, PskMismatchError):
+        return "PSK mismatch: the peer is not in this private network (another key, or none)"
+    if isinstance(e, PeerIdMismatchError):
+        return f"another peer answered ({e.actual})"
+    if isinstance(e, OSError) and not isinstance(e, TimeoutError):
+        return _os_reason(e)
+    if isinstance(e, TimeoutError | trio.TooSlowError):
+        return str(e) or "timed out"
+    text = str(e).split("\n", 1)[0] or type(e).__name__
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
 def describe_dial_error(e: BaseException) -> str:
     """One line saying why a dial failed."""
-    errors = getattr(e, "errors", None)
-    if isinstance(errors, dict) and errors:
-        first = next(iter(errors.values()))
-        return str(first) or type(first).__name__
-    return str(e) or type(e).__name__
+    return short_reason(e)
 
 
 __all__ = [
     "DHT_STATE_SAVE_INTERVAL",
     "DIAL_ERRORS",
     "MAX_BACKOFF",
+    "MAX_LOG_LINE",
     "MonitorOptions",
     "RunningNode",
     "backoff_delays",
@@ -316,7 +358,9 @@ __all__ = [
     "load_dht_state",
     "run_main",
     "run_node",
+    "run_sync_main",
     "save_dht_state",
     "setup_logging",
+    "short_reason",
     "start_dht",
 ]

@@ -1,18 +1,12 @@
 """``peer``: a node that joins the network and stays up, and one-shot subcommands for scripts.
 
-    peer [flags]                          join via -bootstrap (with -psk), print our multiaddrs, stay up
-    peer [flags] ping MADDR [-count N]    ping a peer; print one RTT per line; exit 0 if every ping came back
-    peer [flags] find PEER_ID_OR_NAME     a peer id: print its multiaddrs, one per line; any other
-                                          name: print its contact records, one JSON object per line
-    peer [flags] publish NAME -data JSON [-endpoint MADDR ...] [-ttl S]
-                                          sign and store a contact record for NAME in the DHT; print
-                                          {"id": ..., "stored": N, ...} (N = nodes that stored it)
-
-Without ``-keyfile`` a peer uses a fresh identity every run (several peers on one machine then never
-share one by accident); give ``-keyfile PATH`` to keep it across restarts (a record is replaced only
-by its own publisher, so republish with the same key file). The one-shot subcommands do not listen,
-join the DHT as clients through -bootstrap (or the peers saved in -dht-state), and print only their
-results.
+See :data:`DESCRIPTION` (its -help text). Without ``-keyfile`` a peer uses a fresh identity every run
+(several peers on one machine then never share one by accident); give ``-keyfile PATH`` to keep it
+across restarts (a record is replaced only by its own publisher, so republish with the same key file).
+The one-shot subcommands do not listen, join the DHT as clients through -bootstrap (or the peers saved
+in -dht-state), and print only their results. They dial the bootstrap peers first and, when none can
+be reached, fail at once with the reason for each (a PSK mismatch, a refused connection, a timeout)
+instead of waiting out their deadline.
 """
 
 from __future__ import annotations
@@ -26,7 +20,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import trio
-from multiaddr import Multiaddr
 
 from physarum.cli.flags import (
     FlagParser,
@@ -42,11 +35,11 @@ from physarum.cli.flags import (
 )
 from physarum.cli.node import (
     DIAL_ERRORS,
-    describe_dial_error,
     run_main,
     run_node,
     save_dht_state,
     setup_logging,
+    short_reason,
     start_dht,
 )
 from physarum.dht.addrs import parse_multiaddr_text
@@ -58,35 +51,54 @@ from physarum.dht.records import (
     new_expiry,
     sign_record,
 )
-from physarum.dht.service import KadDHT, PeerNotFoundError
+from physarum.dht.service import KadDHT, NotJoinedError, PeerNotFoundError
 from physarum.errors import DecodeError
 from physarum.overlay import addr as addrs_
 from physarum.overlay import ping
 from physarum.overlay.host import Host
 from physarum.overlay.identity import PeerId
+from physarum.overlay.multiaddr import Multiaddr
 
 PROG = "peer"
 LISTEN_DEFAULT = ":0"
 KEYFILE_DEFAULT: str | None = None  # a fresh identity unless -keyfile is given
 
+DESCRIPTION = """\
+Join the network through -bootstrap and stay up, or run one command and exit:
+
+  peer [flags]                            join, print our multiaddrs, stay up
+  peer [flags] ping TARGET [-count N]     ping a peer (a multiaddr, or a peer id found through the DHT);
+                                          one line per echo, then a summary as ping(8) prints
+  peer [flags] find PEER_ID_OR_NAME       a peer id: its multiaddrs, one per line; any other name:
+                                          its contact records, one JSON object per line
+  peer [flags] publish NAME -data JSON [-endpoint MADDR ...] [-ttl S]
+                                          sign and store a contact record for NAME in the DHT; print
+                                          {"id": ..., "stored": N, ...} (N = nodes that stored it)"""
+
 EPILOG = """\
 Flags take one dash (Go style, as PhysarumSM) or two; values follow a space or '='; node flags may
-come before or after the subcommand. Environment: P2P_PSK (as -psk), P2P_BOOTSTRAPS (as -bootstrap).
+come before or after the subcommand. Environment: P2P_PSK (as -psk, but out of the process list),
+P2P_BOOTSTRAPS (as -bootstrap).
 Exit status: 0 success; 1 a ping failed, the peer was unreachable, nothing was found, or nothing
 could be stored; 2 bad input."""
 
 PING_ERRORS: tuple[type[BaseException], ...] = (*DIAL_ERRORS, trio.ClosedResourceError)
+ECHO_ERRORS: tuple[type[BaseException], ...] = (*PING_ERRORS, trio.TooSlowError)
 
 #: Default deadline of ``find`` and ``publish``: joining the DHT plus the lookup or the stores.
 DHT_TIMEOUT_DEFAULT = 30.0
 
 
 def build_parser() -> FlagParser:
-    parser = FlagParser(prog=PROG, description=__doc__, epilog=EPILOG)
+    parser = FlagParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG)
     add_node_flags(parser, listen_default=LISTEN_DEFAULT, keyfile_default=KEYFILE_DEFAULT)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=FlagParser)
     ping_cmd = commands.add_parser("ping", help="ping a peer and print the RTTs", prog=f"{PROG} ping")
-    ping_cmd.add_argument("target", metavar="MADDR", help="/ip4/HOST/tcp/PORT/p2p/PEER_ID")
+    ping_cmd.add_argument(
+        "target",
+        metavar="TARGET",
+        help="/ip4/HOST/tcp/PORT/p2p/PEER_ID, or a peer id (found through the DHT: needs -bootstrap)",
+    )
     flag(ping_cmd, "count", type=positive_int, default=1, metavar="N", help="pings to send (default 1)")
     flag(
         ping_cmd,
@@ -102,7 +114,7 @@ def build_parser() -> FlagParser:
         type=positive_float,
         default=10.0,
         metavar="S",
-        help="deadline to connect, and for each ping (default 10)",
+        help="deadline to find and connect, and for each echo (default 10)",
     )
     add_node_flags(ping_cmd, listen_default=LISTEN_DEFAULT, keyfile_default=KEYFILE_DEFAULT, suppress=True)
 
@@ -168,14 +180,19 @@ def parse_args(
     args, unknown = parser.parse_known_args(normalize_bool_flags(argv))
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    needs_dht = args.command in ("find", "publish")
     if args.command == "ping":
-        args.target = parse_peer_addr(args.target, "ping")
+        args.peer_id = None if args.target.startswith("/") else _peer_id_or_none(args.target)
+        if args.peer_id is None:
+            args.target = parse_peer_addr(args.target, "ping")
+        needs_dht = args.peer_id is not None
         if args.interval < 0:
             raise UsageError("-interval must not be negative")
     opts = node_options(args, listen_default=LISTEN_DEFAULT, keyfile_default=KEYFILE_DEFAULT, env=env)
-    if args.command in ("find", "publish"):
+    if needs_dht:
         if not opts.bootstrap and not (opts.dht_state and os.path.exists(opts.dht_state)):
-            raise UsageError(f"{args.command}: give -bootstrap MADDR (or $P2P_BOOTSTRAPS) to join the network")
+            what = "to find a peer id" if args.command == "ping" else "to join the network"
+            raise UsageError(f"{args.command}: give -bootstrap MADDR (or $P2P_BOOTSTRAPS) {what}")
     if args.command == "find":
         args.peer_id = _peer_id_or_none(args.target)
     elif args.command == "publish":
@@ -206,7 +223,9 @@ def _check_publish(args: argparse.Namespace, opts: NodeOptions) -> None:
     args.endpoint = endpoints
     if args.ttl > MAX_RECORD_TTL:
         raise UsageError(f"publish: -ttl {args.ttl:g} is over the limit of {MAX_RECORD_TTL:g} s")
-    trial = ContactRecord(args.name, tuple(endpoints), args.data, seq=1, expires=new_expiry(time.time(), args.ttl))
+    trial = ContactRecord(
+        args.name, tuple(endpoints), args.data, seq=1, expires=new_expiry(time.time(), args.ttl)
+    )
     try:
         sign_record(opts.key_pair, trial)
     except (RecordError, ValueError) as e:
@@ -214,42 +233,84 @@ def _check_publish(args: argparse.Namespace, opts: NodeOptions) -> None:
 
 
 async def ping_peer(opts: NodeOptions, args: argparse.Namespace) -> int:
-    """``peer ping``: 0 if every ping came back, 1 otherwise (messages on stderr)."""
-    target = args.target
+    """``peer ping``: 0 if every echo came back, 1 otherwise (messages on stderr, summary on stdout)."""
+    if args.peer_id is not None:
+
+        async def work(dht: KadDHT, timeout: float) -> int:
+            try:
+                found = await dht.find_peer(args.peer_id, timeout=min(timeout, args.timeout))
+            except PeerNotFoundError:
+                return _fail("ping", f"peer {args.peer_id} not found in the DHT")
+            assert isinstance(dht.host, Host)  # the DHT sees it through a narrower Protocol
+            dht.host.peerstore.add_addrs(found.peer_id, list(found.addrs), prefer=True)
+            return await _ping(dht.host, args.peer_id, args.count, args.interval, args.timeout)
+
+        return await _with_dht(opts, "ping", args.timeout + args.count * (args.interval + args.timeout), work)
     host = Host(opts.key_pair, psk=opts.psk, listen=())
     async with trio.open_nursery() as nursery:
         await nursery.start(host.run)
         try:
-            return await _ping(host, target, args.count, args.interval, args.timeout)
+            return await _ping(host, args.target, args.count, args.interval, args.timeout)
         finally:
             nursery.cancel_scope.cancel()
 
 
-async def _ping(host: Host, target: Multiaddr, count: int, interval: float, timeout: float) -> int:
+async def _ping(host: Host, target: Multiaddr | PeerId, count: int, interval: float, timeout: float) -> int:
+    """Ping ``target`` ``count`` times as ping(8) does: a lost echo is counted and the next one sent
+    (on a fresh stream); a summary follows."""
     try:
         conn = await host.connect(target, timeout=timeout)
-        with trio.fail_after(timeout):
-            stream = await conn.open_stream([ping.PROTOCOL_ID])
     except PING_ERRORS as e:
-        print(f"{PROG} ping: cannot reach {target}: {describe_dial_error(e)}", file=sys.stderr, flush=True)
-        return 1
+        return _fail("ping", f"cannot reach {target}: {short_reason(e)}")
+    rtts: list[float] = []
+    started = trio.current_time()
+    stream: trio.abc.Stream | None = None
+    sent = 0
     try:
         for seq in range(1, count + 1):
             if seq > 1 and interval > 0:
                 await trio.sleep(interval)
+            sent += 1
             try:
                 with trio.fail_after(timeout):
+                    if stream is None:
+                        stream = await conn.open_stream([ping.PROTOCOL_ID])
                     rtt = await ping.ping_once(stream)
-            except trio.TooSlowError:
-                print(f"{PROG} ping: seq={seq}: no echo within {timeout:g} s", file=sys.stderr, flush=True)
-                return 1
-            except PING_ERRORS as e:
-                print(f"{PROG} ping: seq={seq}: {e}", file=sys.stderr, flush=True)
-                return 1
+            except ECHO_ERRORS as e:
+                reason = (
+                    f"no echo within {timeout:g} s" if isinstance(e, trio.TooSlowError) else short_reason(e)
+                )
+                print(f"{PROG} ping: seq={seq}: {reason}", file=sys.stderr, flush=True)
+                if stream is not None:
+                    # a late echo must never be read as the next answer
+                    await trio.aclose_forcefully(stream)
+                    stream = None
+                if conn.is_closed:
+                    break
+                continue
+            rtts.append(rtt)
             print(f"{conn.peer_id}: seq={seq} time={rtt * 1000:.3f} ms", flush=True)
     finally:
-        await stream.aclose()
-    return 0
+        if stream is not None:
+            await stream.aclose()
+    print(ping_summary(str(conn.peer_id), sent, rtts, trio.current_time() - started), flush=True)
+    return 0 if len(rtts) == count else 1
+
+
+def ping_summary(peer: str, sent: int, rtts: Sequence[float], elapsed: float) -> str:
+    """ping(8)'s closing lines: counts, loss and min/avg/max/mdev in milliseconds."""
+    lost = sent - len(rtts)
+    loss = 100.0 * lost / sent if sent else 0.0
+    lines = [
+        f"--- {peer} ping statistics ---",
+        f"{sent} transmitted, {len(rtts)} received, {loss:.0f}% packet loss, time {elapsed * 1000:.0f}ms",
+    ]
+    if rtts:
+        ms = [r * 1000 for r in rtts]
+        avg = sum(ms) / len(ms)
+        mdev = (sum((m - avg) ** 2 for m in ms) / len(ms)) ** 0.5
+        lines.append(f"rtt min/avg/max/mdev = {min(ms):.3f}/{avg:.3f}/{max(ms):.3f}/{mdev:.3f} ms")
+    return "\n".join(lines)
 
 
 # -- the DHT subcommands ---------------------------------------------------------------------------
@@ -262,15 +323,22 @@ def _fail(command: str, message: str) -> int:
 
 async def _with_dht(opts: NodeOptions, command: str, timeout: float, work: Any) -> int:
     """Run ``await work(dht, seconds_left)`` on a DHT client joined through the bootstrap peers
-    (or the peers saved in -dht-state), all within ``timeout`` seconds."""
+    (or the peers saved in -dht-state), all within ``timeout`` seconds.
+
+    The bootstrap peers are dialed first, all at once: when none answers (and no saved table can
+    stand in), the command fails right away with each address's reason on one line.
+    """
     host = Host(opts.key_pair, psk=opts.psk, listen=())
     deadline = trio.current_time() + timeout
     async with trio.open_nursery() as nursery:
         await nursery.start(host.run)
         # Client mode: we do not listen, so peers must not put us in their routing tables.
         dht = start_dht(host, opts, server=False)
-        await nursery.start(dht.run)
         try:
+            failures = await dial_all(host, opts.bootstrap, min(timeout, BOOTSTRAP_DIAL_TIMEOUT))
+            if opts.bootstrap and len(failures) == len(opts.bootstrap) and not len(dht.table):
+                return _fail(command, "cannot join the network: " + join_failures(failures))
+            await nursery.start(dht.run)
             with trio.move_on_at(deadline):
                 await dht.bootstrapped.wait()
             if not dht.bootstrapped.is_set():
@@ -280,11 +348,45 @@ async def _with_dht(opts: NodeOptions, command: str, timeout: float, work: Any) 
                 result: int = await work(dht, max(0.1, deadline - trio.current_time()))
             except trio.TooSlowError:
                 return _fail(command, f"no answer within {timeout:g} s")
+            except NotJoinedError as e:
+                return _fail(command, e.reason)
             if opts.dht_state:
                 save_dht_state(opts.dht_state, dht.table)
             return result
         finally:
             nursery.cancel_scope.cancel()
+
+
+#: Deadline of each bootstrap dial of a one-shot command (within the command's own deadline).
+BOOTSTRAP_DIAL_TIMEOUT = 10.0
+
+
+async def dial_all(host: Host, addrs: Sequence[Multiaddr], timeout: float) -> dict[Multiaddr, BaseException]:
+    """Dial ``addrs`` concurrently, each within ``timeout``; the ones that failed, with why."""
+    failures: dict[Multiaddr, BaseException] = {}
+
+    async def one(addr: Multiaddr) -> None:
+        try:
+            await host.connect(addr, timeout=timeout)
+        except DIAL_ERRORS as e:
+            failures[addr] = e
+
+    async with trio.open_nursery() as nursery:
+        for addr in addrs:
+            nursery.start_soon(one, addr)
+    return failures
+
+
+def join_failures(failures: Mapping[Multiaddr, BaseException]) -> str:
+    """``ADDR: reason; ADDR: reason`` with each peer id shortened, to keep the line short."""
+    parts = []
+    for addr, e in failures.items():
+        text = str(addr)
+        head, sep, peer = text.rpartition("/p2p/")
+        if sep and len(peer) > 16:
+            text = f"{head}/p2p/{peer[:8]}..{peer[-6:]}"
+        parts.append(f"{text}: {short_reason(e)}")
+    return "; ".join(parts)
 
 
 async def find(opts: NodeOptions, args: argparse.Namespace) -> int:

@@ -28,17 +28,29 @@ LISTEN_DEFAULT = ":4001"
 KEYFILE_DEFAULT = "~/.privKeyPing"
 PROM_DEFAULT = ":9100"
 
+DESCRIPTION = """\
+The network's bootstrap and monitor node (a drop-in for PhysarumSM's ping-monitor): it listens for
+peers, runs the Kademlia DHT in server mode (joining through its -bootstrap peers, which it keeps
+connected), pings every connected peer every second and serves the RTTs for Prometheus at /metrics."""
+
 EPILOG = """\
 Flags take one dash (Go style, as PhysarumSM) or two; values follow a space or '='.
-Environment: P2P_PSK (passphrase, as -psk), P2P_BOOTSTRAPS (space-separated multiaddrs, as -bootstrap).
+Environment: P2P_PSK (passphrase, as -psk, but out of the process list), P2P_BOOTSTRAPS
+(space-separated multiaddrs, as -bootstrap). A key file: physarum key generate -o swarm.key.
 On start the node prints its multiaddrs, one per line, ending in /p2p/<peer id>.
 Exit status 2 on bad flags, key files or addresses; SIGINT/SIGTERM stop it cleanly."""
 
 
 def build_parser() -> FlagParser:
-    parser = FlagParser(prog=PROG, description=__doc__, epilog=EPILOG)
+    parser = FlagParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG)
     add_node_flags(parser, listen_default=LISTEN_DEFAULT, keyfile_default=KEYFILE_DEFAULT)
     group = parser.add_argument_group("monitor")
+    flag(
+        group,
+        "hostname",
+        metavar="NAME",
+        help="this node's name in the host label of ping_rtt and ping_ewma_rtt (default: the machine's name)",
+    )
     flag(
         group,
         "prom-listen-addr",
