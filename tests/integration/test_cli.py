@@ -461,7 +461,7 @@ async def test_publish_exit_status_when_the_network_cannot_be_joined() -> None:
     assert result.returncode == 1
     assert result.stdout == b""
     assert result.stderr.decode().splitlines() == [
-        f"peer publish: cannot join the network: /ip4/127.0.0.1/tcp/{port}/p2p/12D3KooW..HuNVM: "
+        f"peer publish: cannot join the network: /ip4/127.0.0.1/tcp/{port}/p2p/12D3KooW..vHuNVM: "
         "connection refused"
     ]
     bad = await peer_cmd("publish", "svc", "-data", "{", "-bootstrap", dead)

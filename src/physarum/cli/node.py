@@ -331,6 +331,9 @@ def short_reason(e: BaseException) -> str:
     if isinstance(e, PeerIdMismatchError):
         return f"another peer answered ({e.actual})"
     if isinstance(e, OSError) and not isinstance(e, TimeoutError):
+        if e.errno is None and e.__cause__ is not None:
+            # trio's "all attempts to connect to HOST:PORT failed" holds the real errors as its cause
+            return short_reason(next(exception_leaves(e.__cause__)))
         return _os_reason(e)
     if isinstance(e, TimeoutError | trio.TooSlowError):
         return str(e) or "timed out"

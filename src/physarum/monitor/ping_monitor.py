@@ -204,6 +204,11 @@ class PingMonitor:
         """
         self.host.on_connect.append(self._on_connect)
         self.host.on_disconnect.append(self._on_disconnect)
+        # Identify may complete after the last ping and the sweep may see the disconnection before
+        # on_disconnect runs: learn that a peer listens the moment its identify arrives.
+        on_identify = getattr(self.host, "on_identify", None)
+        if isinstance(on_identify, list):
+            on_identify.append(self._note_listening)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -217,6 +222,8 @@ class PingMonitor:
             self._workers.clear()
             _remove(self.host.on_connect, self._on_connect)
             _remove(self.host.on_disconnect, self._on_disconnect)
+            if isinstance(on_identify, list):
+                _remove(on_identify, self._note_listening)
 
     def sweep(self) -> None:
         """Reconcile workers with the host's connections, expire peers unseen for ``expiry``."""
