@@ -341,11 +341,6 @@ def short_reason(e: BaseException) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def describe_dial_error(e: BaseException) -> str:
-    """One line saying why a dial failed."""
-    return short_reason(e)
-
-
 __all__ = [
     "DHT_STATE_SAVE_INTERVAL",
     "DIAL_ERRORS",
@@ -354,7 +349,6 @@ __all__ = [
     "MonitorOptions",
     "RunningNode",
     "backoff_delays",
-    "describe_dial_error",
     "find_usage_error",
     "keep_bootstrap_connected",
     "keep_connected",
