@@ -21,6 +21,13 @@ interpreter) and 20 physarum hosts (bench/_physarum_dht20.py: ``open_host`` + ``
 each set in one process on 127.0.0.1, joined through a bootstrap node; 50 lookups of random peers.
 Also physarum's 20 nodes over ``MemoryNetwork(codec=True)`` (no sockets, every message encoded).
 
+Swarm (``--swarm N``, bench/_swarm_run.py): N real physarum nodes in 3 processes (bench/_swarm_node.py,
+N/3 hosts + KadDHT each, TCP + Noise + yamux on 127.0.0.1) join through one bootstrap node, all at once;
+then connections per node (polled until every node holds at most the high-water mark) and 90 random
+``find_peer`` lookups. Run twice: with the default connection manager (64/96, 20 s grace) and without
+one (the same-run baseline: every peer contacted stays connected). ``--swarm-only``: just that section
+(its figures are merged into the existing results JSON).
+
 A benchmark, not a test: it never asserts a timing. Other work on the machine inflates wall times
 (the load average is printed); CPU times and counts are steadier. Results go to bench/results/dht.json.
 """
@@ -45,6 +52,9 @@ BENCH = Path(__file__).resolve().parent
 SIM = BENCH / "_dht_sim.py"
 PHY20 = BENCH / "_physarum_dht20.py"
 PY20 = BENCH / "_pylibp2p_dht.py"
+SWARM = BENCH / "_swarm_run.py"
+SWARM_PROCS = 3
+SWARM_LOOKUPS = 90
 PY_VENV_PYTHON = ROOT / "tests" / "interop" / "py" / ".venv" / "bin" / "python"
 RESULTS_JSON = BENCH / "results" / "dht.json"
 KIB = 1024
@@ -213,6 +223,109 @@ def run_partners(cfg: Config) -> dict[str, dict[str, Any]]:
     for name, res in out.items():
         if not res.get("ok"):
             progress(f"  {name}: {res.get('error') or res.get('failures')}")
+    return out
+
+
+def run_swarm(nodes: int, seed: int) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name, extra in (("connection manager", []), ("no connection manager", ["--no-trim"])):
+        progress(f"swarm: {nodes} nodes in {SWARM_PROCS} processes, {name}")
+        argv = [
+            sys.executable,
+            str(SWARM),
+            "--nodes",
+            str(nodes),
+            "--procs",
+            str(SWARM_PROCS),
+            "--lookups",
+            str(SWARM_LOOKUPS),
+            "--seed",
+            str(seed),
+            "--join-timeout",
+            "1800",
+            *extra,
+        ]
+        res = run_json(argv, timeout=3600)
+        if res.get("ok"):
+            progress(
+                f"  joined in {res['join_s']:.0f} s, connections/node max {res['connections_settled']['max']:.0f}, "
+                f"lookups {res['lookup_success']:.0%}"
+            )
+        else:
+            progress(
+                f"  failed: {res.get('error') or res.get('lookup_failures') or res.get('join_failures')}"
+            )
+        out[name] = res
+    return out
+
+
+SWARM_HEADER = [
+    "swarm",
+    "join s",
+    "conns/node med",
+    "conns/node max",
+    "after lookups max",
+    "lookup ms med",
+    "lookup ms p95",
+    "found",
+    "trimmed",
+    "CPU s",
+]
+
+
+def swarm_rows(swarm: dict[str, dict[str, Any]]) -> list[list[str]]:
+    rows = []
+    for name, res in swarm.items():
+        if "join_s" not in res:
+            rows.append([name, "failed: " + str(res.get("error"))[:80]] + ["-"] * (len(SWARM_HEADER) - 2))
+            continue
+        if res.get("trim"):
+            label = f"{name} ({res['low_water']}/{res['high_water']}, {res['grace_s']:g} s grace)"
+        else:
+            label = name
+        settled = res.get("connections_settled") or {}
+        after = res.get("connections_after_lookups") or {}
+        rows.append(
+            [
+                f"{label}, {res['nodes']} nodes",
+                fmt(res.get("join_s"), 0),
+                fmt(settled.get("median"), 0),
+                fmt(settled.get("max"), 0),
+                fmt(after.get("max"), 0),
+                fmt(med(res.get("lookup_ms")), 1),
+                fmt(med(res.get("lookup_ms"), "p95"), 1),
+                f"{round(res.get('lookup_success', 0) * res.get('lookups', 0))}/{res.get('lookups', 0)}",
+                f"{res.get('trimmed_connections', 0):,}",
+                fmt(res.get("cpu_s"), 0),
+            ]
+        )
+    return rows
+
+
+def swarm_notes(swarm: dict[str, dict[str, Any]]) -> list[str]:
+    out = []
+    for name, res in swarm.items():
+        if "join_s" not in res:
+            continue
+        net = res.get("lookup_ms_network") or {}
+        line = (
+            f"swarm, {name}: connections/node right after the join median {res['connections_after_join']['median']:.0f}, "
+            f"max {res['connections_after_join']['max']:.0f}; routing tables median {res['tables']['median']:.0f}; "
+            f"{res['table_hits']} of {res['lookups']} find_peer answered from the seeker's table, the others by a "
+            f"lookup (median {fmt(net.get('median'), 1)} ms, p95 {fmt(net.get('p95'), 1)} ms)"
+        )
+        if res.get("trim"):
+            line += (
+                f"; every node at or under {res['high_water']} {res['settle_s']:.0f} s after the join"
+                if res.get("settled")
+                else f"; NOT settled: {res.get('over_high_water')} node(s) over {res['high_water']}"
+            )
+            closes = res.get("bootstrap_closes") or {}
+            if closes:
+                line += "; connections to the bootstrap ended: " + ", ".join(
+                    f"{k} x{v}" for k, v in closes.items()
+                )
+        out.append(line)
     return out
 
 
@@ -493,13 +606,27 @@ def main() -> None:
         "--json", type=Path, default=RESULTS_JSON, help=f"where to write results (default {RESULTS_JSON})"
     )
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument(
+        "--swarm",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run N real nodes in 3 processes, with and without the connection manager (e.g. 300)",
+    )
+    ap.add_argument("--swarm-only", action="store_true", help="only the --swarm section")
     args = ap.parse_args()
     cfg = Config.make(args.quick, args.seed)
     start = time.perf_counter()
     load_start = os.getloadavg()[0]
+    if args.swarm_only:
+        if not args.swarm:
+            ap.error("--swarm-only needs --swarm N")
+        main_swarm(args, start, load_start)
+        return
     partners = run_partners(cfg)
     sims = run_simulations(cfg)
     traced = run_tracemalloc(cfg)
+    swarm = run_swarm(args.swarm, args.seed) if args.swarm else {}
     seconds = time.perf_counter() - start
     load = (load_start, os.getloadavg()[0])
 
@@ -525,8 +652,14 @@ def main() -> None:
         f"\n20-node networks on 127.0.0.1, {cfg.partner_lookups} lookups of random peers' ids (each set in one process):\n"
     )
     print(aligned(PARTNER_HEADER, prows))
+    if swarm:
+        print(
+            f"\nReal-socket swarm on 127.0.0.1: {args.swarm} nodes in {SWARM_PROCS} processes joined through one "
+            f"bootstrap node; {SWARM_LOOKUPS} random find_peer; connections per node once settled:\n"
+        )
+        print(aligned(SWARM_HEADER, swarm_rows(swarm)))
     print("\nNotes:")
-    for line in notes(sims, traced):
+    for line in notes(sims, traced) + swarm_notes(swarm):
         print(f"- {line}")
     for name, res in partners.items():
         if not res.get("ok"):
@@ -537,6 +670,9 @@ def main() -> None:
     print(markdown(SIM_HEADER, srows, left=2))
     print()
     print(markdown(PARTNER_HEADER, prows, left=1))
+    if swarm:
+        print()
+        print(markdown(SWARM_HEADER, swarm_rows(swarm)))
     print()
     print(goal_markdown(goals))
 
@@ -553,10 +689,41 @@ def main() -> None:
         "simulations": sims,
         "tracemalloc": traced,
         "partners": partners,
+        "swarm": swarm or None,
         "goals": [
             {"goal": g.name, "target": g.target, "measured": g.value, "verdict": g.verdict} for g in goals
         ],
     }
+    write_json(args.json, data)
+    print(f"\nJSON: {args.json}")
+
+
+def main_swarm(args: argparse.Namespace, start: float, load_start: float) -> None:
+    """``--swarm-only``: the swarm section alone, merged into the results JSON."""
+    swarm = run_swarm(args.swarm, args.seed)
+    seconds = time.perf_counter() - start
+    print(
+        f"physarum DHT swarm ({seconds:.0f} s, {os.cpu_count()} CPUs, 1-min load average {load_start:.1f} at start, "
+        f"{os.getloadavg()[0]:.1f} at end)\n"
+    )
+    print(
+        f"Real-socket swarm on 127.0.0.1: {args.swarm} nodes in {SWARM_PROCS} processes joined through one "
+        f"bootstrap node; {SWARM_LOOKUPS} random find_peer; connections per node once settled:\n"
+    )
+    print(aligned(SWARM_HEADER, swarm_rows(swarm)))
+    print("\nNotes:")
+    for line in swarm_notes(swarm):
+        print(f"- {line}")
+    print("\nMarkdown:\n")
+    print(markdown(SWARM_HEADER, swarm_rows(swarm)))
+    data: dict[str, Any] = {}
+    if args.json.exists():
+        try:
+            data = json.loads(args.json.read_text())
+        except ValueError:
+            data = {}
+    data["swarm"] = swarm
+    data["swarm_date"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     write_json(args.json, data)
     print(f"\nJSON: {args.json}")
 

@@ -78,6 +78,20 @@ class DialError(PhysarumError):
         self.errors = errors
 
 
+class RefusedError(PhysarumError):
+    """The peer closed the connection before sending a single byte: it is at capacity or limiting
+    connections from us (its resource manager refuses before any crypto), or it is not a libp2p node.
+    Not a sign of another pre-shared key: a peer with another key sends its pnet nonce first.
+
+    Found in a :class:`DialError`'s ``errors``; ``address`` is what was dialed, when known.
+    """
+
+    def __init__(self, reason: str, *, address: str | None = None) -> None:
+        super().__init__(reason if address is None else f"{reason} ({address})")
+        self.reason = reason
+        self.address = address
+
+
 class NotRunningError(PhysarumError, RuntimeError):
     """The object (a host) must be running for this call: start it first.
 

@@ -270,3 +270,46 @@ def test_protocol_constants() -> None:
     assert messages.PROTOCOL_ID == "/ipfs/kad/1.0.0"
     assert MAX_MESSAGE_SIZE == 4 * 1024 * 1024
     assert [t.value for t in MessageType] == [0, 1, 2, 3, 4, 5]
+
+
+# ---- bounds on what a decoded message holds ----
+
+
+def test_decoding_keeps_256_peers_of_32_addresses() -> None:
+    many = tuple(ma(f"/ip4/10.0.{i >> 8}.{i & 255}/tcp/1") for i in range(200))
+    msg = Message(MessageType.FIND_NODE, closer_peers=(Peer(PID, many),) * 300, provider_peers=(Peer(PID, many),) * 3)
+    got = decode_message(encode_message(msg))
+    assert len(got.closer_peers) == messages.MAX_PEERS_PER_LIST == 256
+    assert all(p.addrs == many[:32] for p in got.closer_peers + got.provider_peers)
+    assert len(got.provider_peers) == 3 and got.invalid_peers == 0
+
+
+def test_a_peer_looks_at_128_addresses_and_drops_oversized_ones_unparsed() -> None:
+    garbage = [b"\xff" * 3] * 200
+    oversized = ma("/dns4/" + "a" * 251 + "/tcp/1").to_bytes()
+    good = ADDRS[0].to_bytes()
+    raw = pb.encode([(1, PID.to_bytes()), *((2, a) for a in [oversized, *garbage, good])])
+    # the good address comes after 201 unusable ones: past what is looked at
+    assert messages.decode_peer(raw).addrs == ()
+    raw = pb.encode([(1, PID.to_bytes()), *((2, a) for a in [oversized, *garbage[:100], good])])
+    assert messages.decode_peer(raw).addrs == (ADDRS[0],)
+
+
+def test_a_capped_field_past_its_cap_is_still_checked() -> None:
+    entry = encode_message(Message(MessageType.FIND_NODE, closer_peers=(Peer(PID),) * 256))
+    with pytest.raises(DecodeError):
+        decode_message(entry + b"\x40\x01")  # a 257th closerPeers as a varint
+    with pytest.raises(DecodeError):
+        decode_message(entry + b"\x42\x05ab")  # a 257th running past the end
+
+
+@given(st.binary(max_size=300))
+@settings(max_examples=500)
+def test_the_bounded_scan_agrees_with_the_protobuf_decoder(data: bytes) -> None:
+    try:
+        expected = pb.decode(data)
+    except DecodeError:
+        with pytest.raises(DecodeError):
+            messages._scan(data, {})
+        return
+    assert messages._scan(data, {}) == expected

@@ -251,6 +251,10 @@ def test_oversized_envelope() -> None:
         b"\xff\xfe{}",
         b'{"x": NaN}',
         b'{"x": Infinity}',
+        # found by tests/fuzz/fuzz_records.py: valid JSON that parses to inf, so the record verified
+        # but its data could never be written as JSON again (sign_record refused it)
+        b'{"x": 1e400}',
+        b'{"x": [-1E+309]}',
         b"[" * 5000,
     ],
 )
@@ -539,3 +543,151 @@ def test_provider_bounds() -> None:
     assert store.add(b"i", peers[0], (), 0.0)
     with pytest.raises(ValueError):
         ProviderStore(validity=0)
+
+
+# ---- quotas and standing (issue 11) ----
+
+
+def keys(n: int, seed: int = 0) -> list[KeyPair]:
+    rng = Random(seed)
+    return [KeyPair(rng.randbytes(32)) for _ in range(n)]
+
+
+def test_store_a_name_full_of_strangers_is_first_come_first_served_but_history_wins() -> None:
+    since: dict[Any, float] = {}
+    store = RecordStore(max_per_id=3, standing=since.get)
+    k = keys(6)
+    for kp in k[:3]:
+        assert isinstance(store.put(sign_record(kp, rec()), NOW), Stored)
+    late = store.put(sign_record(k[3], rec()), NOW)
+    assert isinstance(late, RecordRejected) and isinstance(late.error, records.NameFullError)
+    # k[4] has been in the routing table since t=100, k[5] since t=50: both outrank strangers.
+    since[k[4].peer_id], since[k[5].peer_id] = 100.0, 50.0
+    assert isinstance(store.put(sign_record(k[4], rec()), NOW), Stored)
+    assert isinstance(store.put(sign_record(k[5], rec()), NOW), Stored)
+    # The strangers stored last gave way; the first one stays.
+    held = {s.publisher for s in store.records("receptionist", NOW)}
+    assert held == {k[0].peer_id, k[4].peer_id, k[5].peer_id}
+    # k[3] joined the table at 75: it takes the last stranger's place, and k[0] cannot come back.
+    since[k[3].peer_id] = 75.0
+    assert isinstance(store.put(sign_record(k[3], rec()), NOW), Stored)
+    assert isinstance(store.put(sign_record(k[0], rec()), NOW), RecordRejected)
+    held = {s.publisher for s in store.records("receptionist", NOW)}
+    assert held == {k[3].peer_id, k[4].peer_id, k[5].peer_id}
+    # Among the known, the longer history wins: k[0], in the table since 60, displaces k[4] (100).
+    since[k[0].peer_id] = 60.0
+    assert isinstance(store.put(sign_record(k[0], rec()), NOW), Stored)
+    held = {s.publisher for s in store.records("receptionist", NOW)}
+    assert held == {k[0].peer_id, k[3].peer_id, k[5].peer_id}
+    # ...and a newcomer with less history than all of them is refused.
+    since[k[4].peer_id] = 100.0
+    assert isinstance(store.put(sign_record(k[4], rec(seq=2)), NOW), RecordRejected)
+
+
+def test_store_publisher_quota_and_separate_pools() -> None:
+    k = keys(3, seed=1)
+    store = RecordStore(max_per_publisher=2, max_records=3, max_peer_records=1)
+    assert isinstance(store.put(sign_record(k[0], rec("a")), NOW), Stored)
+    assert isinstance(store.put(sign_record(k[0], rec("b")), NOW), Stored)
+    over = store.put(sign_record(k[0], rec("c")), NOW)
+    assert isinstance(over, RecordRejected) and isinstance(over.error, records.PublisherQuotaError)
+    assert store.held_for(k[0].peer_id) == 2
+    # Updating a held record does not count twice.
+    assert isinstance(store.put(sign_record(k[0], rec("a", seq=2)), NOW), Stored)
+    assert isinstance(store.put(sign_record(k[1], rec("c")), NOW), Stored)
+    full = store.put(sign_record(k[1], rec("d")), NOW)
+    assert isinstance(full, RecordRejected) and type(full.error) is StoreFullError
+    # Peer-id records have their own room.
+    assert isinstance(store.put(sign_record(k[2], rec(str(k[2].peer_id))), NOW), Stored)
+    second = store.put(sign_record(k[1], rec(str(k[1].peer_id))), NOW)
+    assert isinstance(second, RecordRejected) and isinstance(second.error, StoreFullError)
+    # Removing frees the quota.
+    store.remove("a", k[0].peer_id)
+    assert store.held_for(k[0].peer_id) == 1
+    assert len(store) == 3 and isinstance(store.put(sign_record(k[0], rec("c")), NOW), Stored)
+
+
+def test_store_pool_eviction_takes_strangers_stored_last_and_fits_the_bytes() -> None:
+    since: dict[Any, float] = {}
+    k = keys(6, seed=2)
+    small = [sign_record(kp, rec(f"n{i}", data={})) for i, kp in enumerate(k[:4])]
+    big_kp = k[4]
+    since[big_kp.peer_id] = 1.0
+    big = sign_record(big_kp, rec("big", data={"x": "y" * 2000}))
+    assert len(big) > 3 * len(small[0])
+    # Room for the four small ones, and for the big one once two of them are gone.
+    store = RecordStore(max_bytes=len(big) + len(small[0]) + len(small[1]), standing=since.get)
+    for env in small:
+        assert isinstance(store.put(env, NOW), Stored)
+    # The big one needs the room of several strangers' records: the ones stored last go.
+    assert isinstance(store.put(big, NOW), Stored)
+    assert [i for i in range(4) if store.get(f"n{i}", NOW)] == [0, 1]
+    assert store.total_bytes <= store.max_bytes
+    # A stranger cannot evict.
+    stranger = store.put(sign_record(k[5], rec("z", data={"x": "y" * 2000})), NOW)
+    assert isinstance(stranger, RecordRejected)
+
+
+def test_store_wrong_key_and_summaries() -> None:
+    store = RecordStore()
+    env = sign_record(ALICE, rec(data={"big": "x" * 1000}))
+    wrong = store.put(env, NOW, record_id="other")
+    assert isinstance(wrong, RecordRejected) and isinstance(wrong.error, records.WrongKeyError)
+    assert len(store) == 0
+    held = store.put(env, NOW, record_id="receptionist")
+    assert isinstance(held, Stored)
+    # Others' records are held as envelope plus summary; the envelope still has everything.
+    assert held.stored.record.data == {} and held.stored.record.endpoints == ()
+    assert held.stored.record.seq == 1 and held.stored.publisher == ALICE.peer_id
+    assert verify_record(store.get("receptionist", NOW)[0], NOW).data == {"big": "x" * 1000}
+    mine = store.put(sign_record(BOB, rec("mine")), NOW, own=True)
+    assert isinstance(mine, Stored) and mine.stored.record.data == {"role": "r"}
+
+
+def test_store_expiry_costs_what_it_drops_and_updates_do_not_pile_up() -> None:
+    store = RecordStore()
+    for i in range(200):
+        store.put(sign_record(ALICE, rec("x", seq=i + 1, ttl=100.0 + i)), NOW)
+    assert len(store) == 1 and len(store._expiry) <= 2 * len(store) + 64
+    store.put(sign_record(BOB, rec("y", ttl=50.0)), NOW)
+    assert store.expire(NOW + 60) == 1 and store.ids() == ["x"]
+    assert store.expire(NOW + 1000) == 1 and len(store) == 0 and store.total_bytes == 0
+
+
+def test_providers_standing_per_key_and_store_wide() -> None:
+    rng = Random(9)
+    since: dict[Any, float] = {}
+    store = ProviderStore(max_per_key=2, max_entries=3, standing=since.get)
+    a, b, c, d, e = (random_peer_id(rng) for _ in range(5))
+    since[a] = 10.0
+    assert store.add(b"k", a, (), 0.0) and store.add(b"k", b, (), 1.0)
+    # A stranger replaces the stranger added longest ago, never the provider with history.
+    assert store.add(b"k", c, (), 2.0)
+    assert {p.peer_id for p in store.get(b"k", 3.0)} == {a, c}
+    assert store.add(b"j", d, (), 3.0)
+    # Full store: a stranger is refused; one with history evicts the oldest stranger entry.
+    assert store.offer(b"i", e, (), 4.0) is records.ProviderOutcome.STORE_FULL
+    since[e] = 20.0
+    assert store.offer(b"i", e, (), 4.0) is records.ProviderOutcome.STORED
+    assert {p.peer_id for p in store.get(b"k", 5.0)} == {a}  # c's entry, the oldest stranger's, went
+    assert [p.peer_id for p in store.get(b"j", 5.0)] == [d]
+    assert len(store) == 3
+    # Addresses: the first 32 distinct, oversized ones dropped, and the store's estimate follows.
+    many = [ma(f"/ip4/10.0.0.{i}/tcp/1") for i in range(1, 100)]
+    assert store.offer(b"k", a, many + many, 6.0) is records.ProviderOutcome.STORED
+    assert store.get(b"k", 7.0)[0].addrs == tuple(many[:32])
+    assert store.total_bytes > 32 * 160
+    store.remove(b"k", a)
+    store.expire(1e9)
+    assert len(store) == 0 and store.total_bytes == 0
+
+
+def test_providers_expiry_follows_the_latest_add() -> None:
+    rng = Random(10)
+    store = ProviderStore(validity=100)
+    p1, p2 = random_peer_id(rng), random_peer_id(rng)
+    store.add(b"k", p1, (), 0.0)
+    store.add(b"j", p2, (), 10.0)
+    store.add(b"k", p1, (), 20.0)  # re-added: now expires after p2's entry
+    assert store.expire(110.0) == 1 and store.keys() == [b"k"]
+    assert store.expire(120.0) == 1 and len(store) == 0

@@ -551,3 +551,37 @@ def test_json_drops_our_own_id() -> None:
     data["contacts"].append({"peer_id": data["self"], "addrs": [], "last_seen": 1.0})  # type: ignore[attr-defined]
     loaded = RoutingTable.from_json(data, now=0.0, k=3)
     assert loaded.self_id not in loaded
+
+
+# ---- bounds and seniority ----
+
+
+def test_contacts_keep_at_most_max_addrs() -> None:
+    table, rng = make_table(max_addrs=4)
+    addrs = tuple(tcp(f"10.0.0.{i}") for i in range(1, 50))
+    peer = random_peer_id(rng)
+    result = table.add(Contact(peer, addrs, 0.0), 1.0)
+    assert isinstance(result, Added) and result.contact.addrs == addrs[:4]
+    again = table.add(Contact(peer, addrs[10:], 0.0), 2.0)
+    assert isinstance(again, Updated) and again.contact.addrs == addrs[10:14]
+    with pytest.raises(ValueError):
+        RoutingTable(peer, max_addrs=0)
+
+
+def test_since_is_when_the_peer_entered_and_survives_updates_and_saves() -> None:
+    table, rng = make_table()
+    peer = random_peer_id(rng)
+    assert isinstance(table.add(Contact(peer, (tcp("10.0.0.1"),), 0.0), 5.0), Added)
+    table.touch(peer, 9.0)
+    table.add(Contact(peer, (tcp("10.0.0.2"),), 0.0), 12.0)
+    contact = table.get(peer)
+    assert contact is not None and contact.since == 5.0 and contact.last_seen == 12.0
+    # Saved and loaded (table clock 20 = wall 1000, then 50 = wall 2000): it kept its seniority.
+    data = table.to_json(now=20.0, wall_now=1000.0)
+    assert data["contacts"][0]["since"] == 985.0
+    loaded = RoutingTable.from_json(data, now=50.0, wall_now=2000.0)
+    got = loaded.get(peer)
+    assert got is not None and got.since == 50.0 - 1015.0 and got.last_seen == 50.0 - 1008.0
+    bad = {**data, "contacts": [{**data["contacts"][0], "since": "long ago"}]}
+    with pytest.raises(TableFormatError):
+        RoutingTable.from_json(bad, now=0.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -13,6 +14,9 @@ from physarum.dht.table import RoutingTable
 from physarum.overlay.host import Host, open_host
 from physarum.overlay.identity import KeyPair, PeerId
 from tests.integration._util import LOOPBACK
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 
 @dataclass
@@ -38,6 +42,7 @@ async def _run_node(
     bootstrap: Sequence[object],
     table: RoutingTable | None,
     server: bool,
+    registry: CollectorRegistry | None,
     *,
     task_status: trio.TaskStatus[Node],
 ) -> None:
@@ -47,7 +52,9 @@ async def _run_node(
             async with open_host(key_pair, psk=psk, listen=[LOOPBACK]) as host:
                 # Nobody knows our address yet, so no peer has identified us: registering the kad
                 # handler now is still "before the first connection".
-                dht = KadDHT.for_host(host, server=server, bootstrap=bootstrap, table=table, query_timeout=5.0)
+                dht = KadDHT.for_host(
+                    host, server=server, bootstrap=bootstrap, table=table, query_timeout=5.0, registry=registry
+                )
                 async with trio.open_nursery() as nursery:
                     await nursery.start(dht.run)
                     task_status.started(Node(host, dht, scope, stopped))
@@ -64,9 +71,11 @@ async def start_node(
     bootstrap: Sequence[object] = (),
     table: RoutingTable | None = None,
     server: bool = True,
+    registry: CollectorRegistry | None = None,
 ) -> Node:
-    """A node running in ``nursery`` until :meth:`Node.stop` (or the nursery ends)."""
-    node: Node = await nursery.start(_run_node, psk, key_pair, bootstrap, table, server)
+    """A node running in ``nursery`` until :meth:`Node.stop` (or the nursery ends); its DHT
+    exports metrics on ``registry`` when given."""
+    node: Node = await nursery.start(_run_node, psk, key_pair, bootstrap, table, server, registry)
     return node
 
 

@@ -77,8 +77,9 @@ class Proc:
                 f"{what} not seen within {timeout} s\nstdout: {self.stdout}\nstderr: {self.stderr}"
             ) from None
 
-    async def addrs(self) -> list[str]:
-        await self.wait_for(lambda p: "\n" in p.stdout, what="listen addresses")
+    async def addrs(self, count: int = 1) -> list[str]:
+        """The printed multiaddrs, once at least ``count`` lines are in (a pipe may split them)."""
+        await self.wait_for(lambda p: p.stdout.count("\n") >= count, what="listen addresses")
         return [line for line in self.stdout.splitlines() if line]
 
     async def metrics_url(self) -> str:
@@ -595,7 +596,7 @@ async def test_announce_replaces_the_printed_addresses(tmp_path: Path) -> None:
         "/dns/node.example/tcp/4001",
     ]
     async with binary(argv) as boot:
-        addrs = await boot.addrs()
+        addrs = await boot.addrs(2)
         ids = {peer_id_of(a) for a in addrs}
         assert len(ids) == 1
         (pid,) = ids

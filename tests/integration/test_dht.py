@@ -279,3 +279,72 @@ async def test_a_lone_node_says_it_has_not_joined() -> None:
         with pytest.raises(NotJoinedError):
             await dht.find_contact("receptionist", timeout=5)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_announcing_thousands_of_addresses_costs_little_and_is_kept_small() -> None:
+    """The issue's 20 peers announcing 6,300 addresses stalled the loop ~17 s and made FIND_NODE
+    answers 1.07 MB. A peer announcing 2,500 (what fits identify's 64 KiB with its signed record)
+    is taken in with 32 at most, the server's loop keeps ticking, and answers stay small (the
+    unit tests count the work: tests/dht/test_hostile.py)."""
+    psk = os.urandom(32)
+    announced = [f"/ip4/10.{(i >> 8) & 255}.{i & 255}.1/tcp/4001" for i in range(2500)]
+    async with trio.open_nursery() as nursery:
+        server = await start_node(nursery, psk)
+        gaps: list[float] = []
+
+        async def ticker() -> None:
+            last = trio.current_time()
+            while True:
+                await trio.sleep(0.01)
+                now = trio.current_time()
+                gaps.append(now - last)
+                last = now
+
+        nursery.start_soon(ticker)
+        async with open_host(psk=psk, listen=[LOOPBACK], announce=announced) as loud:
+            KadDHT.for_host(loud)  # it speaks kad, so the server takes it in
+            conn, _ = await connect_pair(loud, server.host)
+            await wait_until(lambda: loud.peer_id in server.dht.table, what="the server takes the loud peer in")
+            contact = server.dht.table.get(loud.peer_id)
+            assert contact is not None and 0 < len(contact.addrs) <= 32
+            stream = await conn.open_stream([PROTOCOL_ID])
+            await stream.send_all(encode_framed(Message(MessageType.FIND_NODE, key=os.urandom(32))))
+            raw = await BufferedStream(stream).receive_length_prefixed(MAX_MESSAGE_SIZE)
+            reply = decode_message(raw)
+            assert all(len(p.addrs) <= 32 for p in reply.closer_peers)
+            assert len(raw) < 20 * 32 * 64
+            await stream.aclose()
+        assert gaps and max(gaps) < 0.5
+        nursery.cancel_scope.cancel()
+
+
+async def test_oversized_requests_and_keys_are_refused_on_a_real_host() -> None:
+    psk = os.urandom(32)
+    registry = CollectorRegistry()
+    async with trio.open_nursery() as nursery:
+        server = await start_node(nursery, psk, registry=registry)
+        dht = server.dht
+        async with open_host(psk=psk, listen=[LOOPBACK]) as plain:
+            conn, _ = await connect_pair(plain, server.host)
+            # Over the 64 KiB request cap (far under 4 MiB): refused from the length prefix.
+            stream = await conn.open_stream([PROTOCOL_ID])
+            await stream.send_all(varint.encode(dht.max_request_size + 1) + b"\x08")
+            assert await read_until_closed(stream) == b""
+            assert stream._reset  # type: ignore[attr-defined]
+            await stream.aclose()
+            # A 2 KiB key: refused, never echoed.
+            stream = await conn.open_stream([PROTOCOL_ID])
+            await stream.send_all(encode_framed(Message(MessageType.GET_VALUE, key=b"k" * 2048)))
+            assert await read_until_closed(stream) == b""
+            await stream.aclose()
+            # The connection still serves.
+            stream = await conn.open_stream([PROTOCOL_ID])
+            await stream.send_all(encode_framed(Message(MessageType.FIND_NODE, key=b"k" * 1024)))
+            reply = decode_message(await BufferedStream(stream).receive_length_prefixed(MAX_MESSAGE_SIZE))
+            assert reply.key == b"k" * 1024
+            await stream.aclose()
+            assert not conn.is_closed
+            get = registry.get_sample_value
+            assert get("physarum_dht_requests_refused_total", {"reason": "too_large"}) == 1
+            assert get("physarum_dht_requests_refused_total", {"reason": "key_too_large"}) == 1
+        nursery.cancel_scope.cancel()

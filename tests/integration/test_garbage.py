@@ -13,6 +13,7 @@ import trio
 from physarum.overlay import multistream, noise, pb, yamux
 from physarum.overlay.host import Connection, Host, open_host
 from physarum.overlay.identity import KEY_ED25519, KEY_RSA, KeyPair, PublicKey
+from physarum.overlay.resources import ResourceLimits
 from physarum.overlay.streamio import BufferedStream
 from physarum.overlay.yamux import YamuxStream
 from physarum.psk import generate_psk, protect
@@ -59,7 +60,7 @@ class Target:
 @asynccontextmanager
 async def target(psk: bytes | None) -> AsyncIterator[Target]:
     # A long handshake timeout: every connection closed below was closed for its garbage.
-    async with open_host(psk=psk, handshake_timeout=30) as host, open_host(psk=psk) as friend:
+    async with open_host(psk=psk, limits=ResourceLimits(handshake_timeout=30, first_byte_timeout=30)) as host, open_host(psk=psk) as friend:
         handler = HandlerLog()
         host.set_handler(ECHO, handler)
         friend_conn, _ = await connect_pair(friend, host)

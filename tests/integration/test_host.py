@@ -28,6 +28,7 @@ from physarum.overlay.host import INBOUND, OUTBOUND, Host, open_host
 from physarum.overlay.identity import KeyPair
 from physarum.overlay.multiaddr import Multiaddr
 from physarum.overlay.netif import InterfaceAddress
+from physarum.overlay.resources import ResourceLimits
 from physarum.overlay.yamux import YamuxStream
 from physarum.psk import KeyFileError, KeyFileReason, PskMismatchError, generate_psk
 from tests.integration._util import (
@@ -351,7 +352,7 @@ async def test_aclose_with_several_peers_and_streams() -> None:
 
 
 async def test_limit_error_is_not_wrapped_in_dial_error() -> None:
-    async with open_host(max_connections=1) as a, open_host() as b, open_host() as c:
+    async with open_host(limits=ResourceLimits(max_connections=1)) as a, open_host() as b, open_host() as c:
         await a.connect(b.addrs[0])
         with pytest.raises(LimitError) as info:
             await a.connect(c.addrs[0])

@@ -1,16 +1,20 @@
-"""Connection and stream limits, and handshake deadlines, against real loopback TCP."""
+"""Connection and stream limits, the handshake pool and its deadlines, refusal counts and log
+summaries, against real loopback TCP."""
 
 from __future__ import annotations
 
+import logging
 from contextlib import AsyncExitStack
 
 import pytest
 import trio
+from prometheus_client import CollectorRegistry
 
-from physarum.errors import DialError, LimitError
-from physarum.overlay import multistream, noise
+from physarum.errors import DialError, LimitError, PhysarumError, RefusedError
+from physarum.overlay import multistream, noise, ping
 from physarum.overlay.host import Host, open_host
-from physarum.psk import NONCE_SIZE, generate_psk, protect
+from physarum.overlay.resources import ResourceLimits
+from physarum.psk import NONCE_SIZE, PskMismatchError, generate_psk, protect
 from tests.integration._util import (
     ECHO,
     Recorder,
@@ -28,9 +32,26 @@ from tests.integration._util import (
 HEADER = multistream.encode(multistream.PROTOCOL_ID)
 
 
+def limits(**kw: object) -> ResourceLimits:
+    return ResourceLimits(**kw)  # type: ignore[arg-type]
+
+
+async def tcp_from(source: str, port: int) -> trio.SocketStream:
+    """A TCP connection to 127.0.0.1:port from another loopback source address (another "machine")."""
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
+    await sock.bind((source, 0))
+    await sock.connect(("127.0.0.1", port))
+    return trio.SocketStream(sock)
+
+
+def refused(registry: CollectorRegistry, reason: str, scope: str = "connection") -> float:
+    value = registry.get_sample_value("physarum_resource_refused_total", {"scope": scope, "reason": reason})
+    return value or 0.0
+
+
 async def test_max_connections() -> None:
     async with (
-        open_host(max_connections=2) as h,
+        open_host(limits=limits(max_connections=2)) as h,
         open_host() as a,
         open_host() as b,
         open_host() as c,
@@ -41,9 +62,11 @@ async def test_max_connections() -> None:
         conn_b = await b.connect(h.addrs[0])
         await rec_h.wait_connected(2)
 
-        # The third inbound connection is closed at once.
-        with trio.fail_after(2), pytest.raises(DialError):
+        # The third inbound connection is closed at once, before any byte: the dialer is told the
+        # peer refused it, not that keys differ.
+        with trio.fail_after(2), pytest.raises(DialError) as refusal:
             await c.connect(h.addrs[0])
+        assert [type(e) for e in refusal.value.errors.values()] == [RefusedError]
         assert connection_count(h) == 2 and len(rec_h.connected) == 2
         assert not c.connections and not rec_c.connected
         # Our own dial beyond the limit is refused before it starts.
@@ -65,7 +88,7 @@ async def test_max_connections() -> None:
 
 
 async def test_inbound_streams_beyond_the_limit_are_reset() -> None:
-    async with open_host() as a, open_host(max_streams_per_connection=3) as b:
+    async with open_host() as a, open_host(limits=limits(max_streams_per_connection=3)) as b:
         b.set_handler(ECHO, echo_handler)
         conn_a, conn_b = await connect_pair(a, b)
         streams = [await conn_a.open_stream([ECHO]) for _ in range(3)]
@@ -93,7 +116,7 @@ async def test_inbound_streams_beyond_the_limit_are_reset() -> None:
 
 
 async def test_opening_streams_beyond_the_limit_raises() -> None:
-    async with open_host(max_streams_per_connection=2) as a, open_host() as b:
+    async with open_host(limits=limits(max_streams_per_connection=2)) as a, open_host() as b:
         b.set_handler(ECHO, echo_handler)
         conn_a, _ = await connect_pair(a, b)
         s1 = await conn_a.open_stream([ECHO])
@@ -116,9 +139,12 @@ async def test_opening_streams_beyond_the_limit_raises() -> None:
 
 
 @pytest.mark.parametrize("psk", [None, generate_psk()], ids=["no-psk", "psk"])
-async def test_silent_client_is_cut_off_after_handshake_timeout(psk: bytes | None) -> None:
+async def test_silent_client_is_cut_off_after_the_first_byte_timeout(psk: bytes | None) -> None:
     timeout = 0.5
-    async with open_host(psk=psk, handshake_timeout=timeout, max_connections=1) as h:
+    registry = CollectorRegistry()
+    async with open_host(
+        psk=psk, limits=limits(first_byte_timeout=timeout, max_handshakes=1), registry=registry
+    ) as h:
         rec = Recorder(h)
         start = trio.current_time()
         with trio.fail_after(timeout + 3):
@@ -126,40 +152,145 @@ async def test_silent_client_is_cut_off_after_handshake_timeout(psk: bytes | Non
             data = await read_until_closed(tcp)
         elapsed = trio.current_time() - start
         await tcp.aclose()
-        assert elapsed >= timeout * 0.9, f"closed after {elapsed:.3f} s, before the handshake timeout"
-        # All the host said: its pnet nonce (with a PSK) and its multistream header.
-        if psk is None:
-            assert data == HEADER
-        else:
-            assert len(data) == NONCE_SIZE + len(HEADER)
+        assert elapsed >= timeout * 0.9, f"closed after {elapsed:.3f} s, before the first-byte timeout"
+        # All the host said: its multistream header without a PSK; with one, nothing (it waits for
+        # the dialer's nonce before it sends its own or computes anything).
+        assert data == (HEADER if psk is None else b"")
         assert not rec.connected and not h.connections
+        assert refused(registry, "first_byte_timeout") == 1
 
-        # The slot it held is free again: a real peer gets in (max_connections=1).
+        # The slot it held is free again: a real peer gets in (max_handshakes=1).
         async with open_host(psk=psk) as friend:
             assert len(await friend.ping(h.addrs[0])) == 1
             assert connection_count(h) == 1
 
 
-async def test_pending_handshake_holds_a_slot_only_until_its_timeout() -> None:
-    async with open_host(handshake_timeout=1.0, max_connections=1) as h, open_host() as friend:
-        silent = await trio.open_tcp_stream("127.0.0.1", port_of(h))
-        # The host sends its header as soon as it has accepted (and counted) the connection.
+async def test_a_full_handshake_pool_drops_its_oldest_handshake() -> None:
+    registry = CollectorRegistry()
+    async with (
+        open_host(limits=limits(max_handshakes=2, first_byte_timeout=30), registry=registry) as h,
+        open_host() as friend,
+    ):
+        silent = [await trio.open_tcp_stream("127.0.0.1", port_of(h)) for _ in range(2)]
+        await wait_until(lambda: len(h.resources.handshakes) == 2, what="both silent clients admitted")
+        # A real peer still gets in at once; the oldest silent client made room.
         with trio.fail_after(2):
-            assert await receive_exactly(silent, len(HEADER)) == HEADER
-        with trio.fail_after(2), pytest.raises(DialError):
-            await friend.connect(h.addrs[0])
-        with trio.fail_after(3):
-            await read_until_closed(silent)
-        await silent.aclose()
-        assert len(await friend.ping(h.addrs[0])) == 1
+            assert len(await friend.ping(h.addrs[0])) == 1
+            assert await read_until_closed(silent[0]) == HEADER
+        assert refused(registry, "handshake_pool_full") == 1
+        for s in silent:
+            await s.aclose()
+
+
+async def test_handshakes_per_ip_are_limited_outside_the_exempt_networks() -> None:
+    registry = CollectorRegistry()
+    lim = limits(max_handshakes_per_ip=2, exempt_networks=("127.0.0.1/32",), first_byte_timeout=30)
+    async with open_host(limits=lim, registry=registry) as h:
+        port = port_of(h)
+        held = [await tcp_from("127.0.0.2", port) for _ in range(2)]
+        await wait_until(lambda: len(h.resources.handshakes) == 2, what="two handshakes from 127.0.0.2")
+        third = await tcp_from("127.0.0.2", port)
+        with trio.fail_after(2):
+            assert await read_until_closed(third) == b""  # refused at accept, nothing sent
+        await wait_until(lambda: refused(registry, "ip_limit") == 1, what="refusal counted")
+        # Another address (and the exempt loopback one) is not affected.
+        other = await tcp_from("127.0.0.3", port)
+        exempt = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(3)]
+        await wait_until(lambda: len(h.resources.handshakes) == 6, what="other addresses admitted")
+        for s in [*held, third, other, *exempt]:
+            await s.aclose()
+
+
+async def test_a_client_without_the_key_is_refused_at_once() -> None:
+    registry = CollectorRegistry()
+    async with open_host(psk=generate_psk(), limits=limits(first_byte_timeout=30), registry=registry) as h:
+        # What every libp2p node without a pre-shared key sends first.
+        start = trio.current_time()
+        with trio.fail_after(2):
+            tcp = await trio.open_tcp_stream("127.0.0.1", port_of(h))
+            await tcp.send_all(HEADER)
+            # Only our nonce: garbage to the client, which is how it learns it is outside the network.
+            assert len(await read_until_closed(tcp)) == NONCE_SIZE
+        assert trio.current_time() - start < 1
+        await tcp.aclose()
+        assert refused(registry, "no_psk") == 1
+        # A physarum dialer without the key fails too.
+        async with open_host() as keyless:
+            with trio.fail_after(5), pytest.raises(DialError):
+                await keyless.connect(h.addrs[0])
+
+
+async def test_capacity_refusal_is_not_reported_as_a_psk_mismatch() -> None:
+    psk = generate_psk()
+    async with (
+        open_host(psk=psk, limits=limits(max_connections=1)) as h,
+        open_host(psk=psk) as a,
+        open_host(psk=psk) as b,
+    ):
+        await a.connect(h.addrs[0])
+        await wait_until(lambda: connection_count(h) == 1, what="a connected")
+        with trio.fail_after(3), pytest.raises(DialError) as info:
+            await b.connect(h.addrs[0])
+        (error,) = info.value.errors.values()
+        assert isinstance(error, RefusedError) and not isinstance(error, PskMismatchError)
+        # A real key mismatch is still named as such.
+        await a.disconnect(h.peer_id)
+        await wait_until(lambda: connection_count(h) == 0, what="a slot frees")
+        async with open_host(psk=generate_psk()) as stranger:
+            with trio.fail_after(5), pytest.raises(DialError) as info:
+                await stranger.connect(h.addrs[0])
+            assert [type(e) for e in info.value.errors.values()] == [PskMismatchError]
+
+
+async def test_a_flood_of_refusals_writes_a_few_lines(caplog: pytest.LogCaptureFixture) -> None:
+    registry = CollectorRegistry()
+    caplog.set_level(logging.INFO, logger="physarum")
+    async with open_host(psk=generate_psk(), registry=registry) as h:
+        port = port_of(h)
+        for _ in range(200):
+            tcp = await trio.open_tcp_stream("127.0.0.1", port)
+            await tcp.send_all(HEADER)
+            await read_until_closed(tcp)
+            await tcp.aclose()
+        await wait_until(lambda: refused(registry, "no_psk") == 200, what="200 refusals counted")
+        h.resources.flush_logs(trio.current_time(), force=True)
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("physarum")]
+    refusal_lines = [m for m in lines if "refused" in m]
+    assert 2 <= len(refusal_lines) <= 3, refusal_lines
+    assert any("refused 200 connections" in m and "peer uses no psk 200" in m for m in refusal_lines)
+
+
+async def test_inbound_streams_of_one_protocol_per_peer_are_limited() -> None:
+    registry = CollectorRegistry()
+    lim = limits(protocol_stream_limits={ping.PROTOCOL_ID: 2})
+    async with open_host() as a, open_host(limits=lim, registry=registry) as b:
+        conn_a, _ = await connect_pair(a, b)
+        held = [await conn_a.open_stream([ping.PROTOCOL_ID]) for _ in range(2)]
+        for s in held:
+            assert await ping.ping_once(s) >= 0
+        extra = await conn_a.open_stream([ping.PROTOCOL_ID])  # negotiated, then reset
+        with trio.fail_after(3), pytest.raises((trio.BrokenResourceError, PhysarumError)):
+            await ping.ping_once(extra)
+        assert refused(registry, "protocol_stream_limit", scope="stream") == 1
+        await held[0].aclose()
+        again = None
+        with trio.fail_after(5):
+            while again is None:  # the slot frees once b's handler sees the stream end
+                s = await conn_a.open_stream([ping.PROTOCOL_ID])
+                try:
+                    assert await ping.ping_once(s) >= 0
+                    again = s
+                except (trio.BrokenResourceError, PhysarumError):
+                    await trio.sleep(0.05)  # polling interval while the slot frees
+        await again.aclose()
+        await held[1].aclose()
 
 
 async def test_silent_clients_do_not_block_real_peers() -> None:
-    async with open_host(handshake_timeout=5.0) as h, open_host() as friend:
+    async with open_host(limits=limits(first_byte_timeout=5.0)) as h, open_host() as friend:
         silent = [await trio.open_tcp_stream("127.0.0.1", port_of(h)) for _ in range(5)]
         with trio.fail_after(2):
-            for s in silent:
-                assert await receive_exactly(s, len(HEADER)) == HEADER
+            await wait_until(lambda: len(h.resources.handshakes) == 5, what="silent clients admitted")
             assert len(await friend.ping(h.addrs[0], count=3)) == 3
         assert connection_count(h) == 1
         for s in silent:
@@ -171,7 +302,7 @@ async def test_slowloris_is_cut_off(psk: bytes | None) -> None:
     timeout = 0.5
     # What a real dialer sends first, dripped one byte every 50 ms: 1.4 s in all.
     opening = HEADER + multistream.encode(noise.PROTOCOL_ID)
-    async with open_host(psk=psk, handshake_timeout=timeout) as h:
+    async with open_host(psk=psk, limits=limits(handshake_timeout=timeout)) as h:
         rec = Recorder(h)
         tcp = await trio.open_tcp_stream("127.0.0.1", port_of(h))
         stream: trio.abc.Stream = tcp if psk is None else await protect(tcp, psk)
@@ -207,7 +338,7 @@ async def test_slowloris_is_cut_off(psk: bytes | None) -> None:
 
 
 async def test_silent_stream_is_reset_after_handshake_timeout() -> None:
-    async with open_host() as a, open_host(handshake_timeout=0.5) as b:
+    async with open_host() as a, open_host(limits=limits(stream_negotiation_timeout=0.5)) as b:
         conn_a, conn_b = await connect_pair(a, b)
         raw = await conn_a.session.open_stream()  # its SYN goes out, and then nothing
         start = trio.current_time()
@@ -223,7 +354,7 @@ async def test_silent_stream_is_reset_after_handshake_timeout() -> None:
 
 async def test_concurrent_dials_respect_max_connections() -> None:
     async with AsyncExitStack() as stack:
-        h = await stack.enter_async_context(open_host(max_connections=2))
+        h = await stack.enter_async_context(open_host(limits=limits(max_connections=2)))
         peers = [await stack.enter_async_context(open_host()) for _ in range(5)]
         outcomes: list[str] = []
 
@@ -241,7 +372,7 @@ async def test_concurrent_dials_respect_max_connections() -> None:
         assert connection_count(h) == 2
 
         # Inbound and outbound together stay within the limit too.
-        h2 = await stack.enter_async_context(open_host(max_connections=2))
+        h2 = await stack.enter_async_context(open_host(limits=limits(max_connections=2)))
         seen: list[int] = []
         h2.on_connect.append(lambda c: seen.append(connection_count(h2)))
         refused: list[BaseException] = []
@@ -263,6 +394,9 @@ async def test_concurrent_dials_respect_max_connections() -> None:
                 nursery.start_soon(inbound, p)
             for p in peers[3:]:
                 nursery.start_soon(outbound, p)
-        assert len(refused) == 3
+        # An inbound connection is refused at accept when the limit is already reached, or just after
+        # its handshake when dials took the last slots meanwhile (the peer then sees it close).
+        inbound_refusals = sum(h2.resources.connection_refusals.totals.values())
+        assert len([e for e in refused if isinstance(e, LimitError)]) + inbound_refusals == 3
         await wait_until(lambda: connection_count(h2) == 2, what="h2 settles at its limit")
         assert len(seen) == 2 and max(seen) <= 2

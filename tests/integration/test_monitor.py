@@ -51,12 +51,15 @@ class MonitorNode:
 
 @asynccontextmanager
 async def monitor_node(
-    psk: bytes | None, *, interval: float = 0.25, **kwargs: object
+    psk: bytes | None, *, interval: float = 0.25, token: str | None = None, **kwargs: object
 ) -> AsyncIterator[MonitorNode]:
+    """A monitor whose peers are established by their first answer (``established_after=0``): these
+    tests connect peers for a moment and look at what stays once they leave."""
+    kwargs.setdefault("established_after", 0)
     async with open_host(psk=psk, listen=[LOOPBACK]) as host, trio.open_nursery() as nursery:
         registry = node_registry()
         monitor = PingMonitor(host, registry, hostname=HOSTNAME, interval=interval, **kwargs)  # type: ignore[arg-type]
-        server = MetricsServer(registry, host="127.0.0.1", port=0)
+        server = MetricsServer(registry, host="127.0.0.1", port=0, token=token)
         await nursery.start(server.run)
         await nursery.start(monitor.run)
         try:
@@ -394,6 +397,95 @@ async def test_slow_and_garbage_clients_do_not_block_scrapes() -> None:
         assert answer == b"" or answer.startswith(b"HTTP/1.1 431 ")
         for s in [*silent, trickle, garbage, huge]:
             await s.aclose()
+
+
+async def test_300_slowloris_clients_do_not_starve_scrapes() -> None:
+    """300 clients that each hold a connection, sending a header line every 0.5 s and never finishing,
+    and reconnecting the moment they are dropped, against 256 slots: every real scrape, sent while
+    all the slots are taken, succeeds within 1 s."""
+    async with monitor_node(None) as node:
+        server = node.server
+        assert server.max_clients == 256
+        opened = 0
+
+        async def hold(stream: trio.SocketStream) -> None:
+            """Trickle a request head until the server closes the connection."""
+            async with trio.open_nursery() as nursery:
+
+                async def trickle() -> None:
+                    try:
+                        await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+                        while True:
+                            await trio.sleep(0.5)
+                            await stream.send_all(b"X-a: b\r\n")
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        nursery.cancel_scope.cancel()
+
+                nursery.start_soon(trickle)
+                try:
+                    while await stream.receive_some(4096):
+                        pass
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+                nursery.cancel_scope.cancel()
+
+        async def slowloris() -> None:
+            nonlocal opened
+            while True:  # until the test cancels it
+                try:
+                    stream = await trio.open_tcp_stream("127.0.0.1", node.port)
+                except OSError:
+                    await trio.sleep(0.05)
+                    continue
+                opened += 1
+                try:
+                    await hold(stream)
+                finally:
+                    await trio.aclose_forcefully(stream)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(300):
+                nursery.start_soon(slowloris)
+            await wait_until(lambda: opened >= 300, what="300 slowloris connections")
+            for _ in range(10):
+                await wait_until(lambda: server.clients == server.max_clients, what="every slot taken")
+                start = trio.current_time()
+                status, body = await fetch(node.url)
+                elapsed = trio.current_time() - start
+                assert status == 200 and b"# TYPE ping_rtt gauge" in body
+                assert elapsed < 1.0, f"a scrape took {elapsed:.2f} s"
+                await trio.sleep(0.2)
+            assert server.dropped >= 10  # each scrape took an idle client's slot, at least
+            assert server.refused == 0
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("request_", "status"),
+    [(b"GET /metrics HTTP/1.0\n", 200), (b"GET /metrics HTTP/1.1\n", 400), (b"GET /\n", 400)],
+)
+async def test_a_request_ending_in_a_bare_lf_is_answered_at_once(request_: bytes, status: int) -> None:
+    """``echo 'GET /metrics HTTP/1.0' | nc 127.0.0.1 9100``, which never sends the blank line."""
+    async with monitor_node(None) as node:
+        stream = await trio.open_tcp_stream("127.0.0.1", node.port)
+        await stream.send_all(request_)
+        data = bytearray()
+        with trio.fail_after(1):  # not the 2 s head deadline
+            while chunk := await stream.receive_some(65536):
+                data += chunk
+        assert data.startswith(f"HTTP/1.1 {status} ".encode())
+        await stream.aclose()
+
+
+async def test_bearer_token_over_a_socket() -> None:
+    token = "f00dfeed-metrics"
+    async with monitor_node(None, token=token) as node:
+        status, headers, body = await fetch_with_headers(node.url)
+        assert status == 401 and headers["www-authenticate"] == "Bearer" and b"ping_rtt" not in body
+        status, _, _ = await fetch_with_headers(node.url, headers={"Authorization": "Bearer wrong"})
+        assert status == 401
+        status, _, body = await fetch_with_headers(node.url, headers={"Authorization": f"Bearer {token}"})
+        assert status == 200 and b"# TYPE ping_rtt gauge" in body
 
 
 async def test_gzip_and_openmetrics_over_a_socket() -> None:

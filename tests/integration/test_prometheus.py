@@ -27,6 +27,7 @@ import trio
 
 from physarum.cli.flags import NodeOptions
 from physarum.cli.node import MonitorOptions, RunningNode, run_node
+from physarum.monitor.http import read_token_file
 from physarum.overlay.identity import KeyPair
 from physarum.overlay.multiaddr import Multiaddr
 from physarum.psk import psk_from_passphrase
@@ -74,14 +75,17 @@ def node_options(psk: bytes, bootstrap: list[Multiaddr], hostname: str = "physar
 
 
 @asynccontextmanager
-async def network(n_peers: int) -> AsyncIterator[tuple[RunningNode, list[RunningNode]]]:
-    """A ping-monitor (metrics on 127.0.0.1, a free port) and ``n_peers`` peers that bootstrap to it."""
+async def network(
+    n_peers: int, *, token: str | None = None
+) -> AsyncIterator[tuple[RunningNode, list[RunningNode]]]:
+    """A ping-monitor (metrics on 127.0.0.1, a free port; requiring ``token`` if given) and ``n_peers``
+    peers that bootstrap to it."""
     psk = psk_from_passphrase("prometheus test network")
     async with trio.open_nursery() as nursery:
         monitor: RunningNode = await nursery.start(
             lambda task_status: run_node(
                 node_options(psk, []),
-                monitor=MonitorOptions("127.0.0.1", 0, interval=1.0),
+                monitor=MonitorOptions("127.0.0.1", 0, interval=1.0, token=token),
                 out=io.StringIO(),
                 handle_signals=False,
                 task_status=task_status,
@@ -106,19 +110,28 @@ async def network(n_peers: int) -> AsyncIterator[tuple[RunningNode, list[Running
 
 
 @asynccontextmanager
-async def prometheus(tmp_path: Path, target_port: int) -> AsyncIterator[tuple[int, Path]]:
+async def prometheus(
+    tmp_path: Path, target_port: int, *, token_file: Path | None = None
+) -> AsyncIterator[tuple[int, Path]]:
+    """Prometheus scraping the target as job ``physarum`` (sending the token in ``token_file`` if given,
+    as ``authorization: credentials_file``) and, with a token, also as job ``anonymous`` without it."""
     binary = prometheus_binary()
     port = free_loopback_port()
     config = tmp_path / "prometheus.yml"
+    jobs = "  - job_name: physarum\n"
+    if token_file is not None:
+        jobs += f"    authorization:\n      credentials_file: {token_file}\n"
+    jobs += f"    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
+    if token_file is not None:
+        jobs += (
+            f"  - job_name: anonymous\n    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
+        )
     config.write_text(
         "global:\n"
         "  scrape_interval: 1s\n"
         "  scrape_timeout: 1s\n"
         "  evaluation_interval: 1s\n"
-        "scrape_configs:\n"
-        "  - job_name: physarum\n"
-        "    static_configs:\n"
-        f"      - targets: ['127.0.0.1:{target_port}']\n"
+        "scrape_configs:\n" + jobs
     )
     log_path = tmp_path / "prometheus.log"
     with open(log_path, "wb") as log:
@@ -212,6 +225,39 @@ async def test_real_prometheus_scrapes_one_ping_rtt_series_per_peer(tmp_path: Pa
             assert created["data"]["result"] == []
             cpu = await api_query(port, "process_cpu_seconds_total")  # node_registry's process metrics
             assert len(cpu["data"]["result"]) == 1
+
+
+async def test_prometheus_sends_the_bearer_token_from_its_credentials_file(tmp_path: Path) -> None:
+    """The README's setup: one token file for ping-monitor's -prom-token-file and for Prometheus'
+    ``authorization: credentials_file``; a scrape without it is refused (``up`` 0)."""
+    token_file = tmp_path / "metrics.token"
+    token_file.write_text("physarum-test-token-0123\n")
+    token = read_token_file(str(token_file))
+    async with network(1, token=token) as (monitor, _peers):
+        assert monitor.metrics_server is not None
+        metrics_port = monitor.metrics_server.addresses[0][1]
+        async with prometheus(tmp_path, metrics_port, token_file=token_file) as (port, log_path):
+            up: dict[str, str] = {}
+            try:
+                with trio.fail_after(60):
+                    while set(up) != {"physarum", "anonymous"}:
+                        await trio.sleep(0.25)
+                        try:
+                            answer = await api_query(port, "up")
+                        except OSError:  # not listening yet
+                            continue
+                        up = {r["metric"]["job"]: r["value"][1] for r in answer["data"]["result"]}
+            except trio.TooSlowError:
+                pytest.fail(
+                    f"Prometheus did not scrape both jobs within 60 s; last: {up}\n"
+                    f"--- prometheus log (tail) ---\n{tail(log_path)}",
+                    pytrace=False,
+                )
+            assert up == {"physarum": "1", "anonymous": "0"}
+            connected = await api_query(port, 'physarum_peers_connected{job="physarum"}')
+            assert [r["value"][1] for r in connected["data"]["result"]] == ["1"]
+            anonymous = await api_query(port, '{job="anonymous",__name__!~"up|scrape_.*"}')
+            assert anonymous["data"]["result"] == []
 
 
 def test_prometheus_setup_script_is_idempotent() -> None:

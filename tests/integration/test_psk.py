@@ -16,7 +16,7 @@ HOST_LOGGER = "physarum.overlay.host"
 
 
 def _closing_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    """The listener's "closing connection from <addr>: <reason>" records (the exception is ``r.error``)."""
+    """The listener's "refused connection from <addr>: <reason>" records (the exception is ``r.error``)."""
     return [r for r in caplog.records if r.name == HOST_LOGGER and isinstance(getattr(r, "error", None), Exception)]
 
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 import trio
@@ -10,7 +14,7 @@ import trio.testing
 from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 
-from physarum.monitor.http import INDEX_HTML, METRICS, Reply, route
+from physarum.monitor.http import INDEX_HTML, METRICS, Reply, read_token_file, route
 from physarum.monitor.metrics import CONTENT_TYPE, MetricsServer, MonitorMetrics
 
 PEER = "12D3KooWQrEbutuv991JegVdQhzqv6v3MKjckZRtkdKnKqvHuNVM"
@@ -43,7 +47,7 @@ async def exchange(server: MetricsServer, request: bytes, *, close: bool = False
         data = bytearray()
         while chunk := await client.receive_some():
             data += chunk
-    assert server._clients == 0
+    assert server.clients == 0
     return bytes(data)
 
 
@@ -75,6 +79,11 @@ def get(target: str = "/metrics", *headers: str, method: str = "GET") -> bytes:
         (b"POST", b"/metrics", 405),
         (b"DELETE", b"/", 405),
         (b"OPTIONS", b"*", 405),
+        # found by tests/fuzz/fuzz_http.py: urlsplit raises ValueError on these (an unclosed IPv6
+        # host), which the handler logged as a traceback, answering nothing
+        (b"GET", b"//[", 400),
+        (b"GET", b"http://[::1/metrics", 400),
+        (b"HEAD", b"//[x/metrics?name[]=a", 400),
     ],
 )
 def test_route(method: bytes, target: bytes, expected: str | int) -> None:
@@ -171,6 +180,27 @@ async def test_repeated_accept_headers_are_one_list() -> None:
     assert r.headers["content-encoding"] == "gzip"
 
 
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "application/openmetrics-text;version=1.",
+        "application/openmetrics-text; version=x",
+        "text/plain;version=a",
+        # echoed into Content-Type, which h11 cannot write (UnicodeEncodeError)
+        "application/openmetrics-text;version=2.0.\u00ff\u00ff",
+    ],
+)
+async def test_an_accept_version_prometheus_client_cannot_parse_gets_the_classic_format(
+    accept: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Found by tests/fuzz/fuzz_http.py: choose_encoder raises TypeError on these, or answers with a
+    # Content-Type h11 cannot encode; the handler logged a traceback and answered nothing.
+    r = await ask(MetricsServer(registry_with_a_peer()), get("/metrics", f"Accept: {accept}"))
+    assert r.status_line == "HTTP/1.1 200 OK"
+    assert r.headers["content-type"] == CONTENT_TYPE
+    assert not [rec for rec in caplog.records if rec.exc_info or rec.levelno >= logging.ERROR]
+
+
 async def test_name_filter() -> None:
     r = await ask(MetricsServer(registry_with_a_peer()), get("/metrics?name[]=physarum_peer_reachable"))
     assert r.body.splitlines() == [
@@ -223,6 +253,48 @@ async def test_malformed_requests_get_400_at_once(autojump_clock: trio.abc.Clock
     assert r.headers["connection"] == "close"
 
 
+async def test_a_target_urlsplit_refuses_gets_400_without_a_traceback(
+    autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Found by tests/fuzz/fuzz_http.py: the handler logged "metrics request failed" with a
+    # traceback and closed the connection without an answer.
+    r = await ask(NeverRender(CollectorRegistry()), get("//["))
+    assert r.status_line == "HTTP/1.1 400 Bad Request"
+    assert not [rec for rec in caplog.records if rec.exc_info or rec.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize(
+    ("request_", "status"),
+    [
+        (b"GET /metrics HTTP/1.1\n", 400),  # HTTP/1.1 needs a Host
+        (b"GET /metrics HTTP/1.1\nHost: a\n", 200),
+        (b"GET /metrics HTTP/1.0\n", 200),
+        (b"GET /metrics HTTP/1.1\r\nHost: a\r\n\n", 200),
+        (b"GET /metrics HTTP/1.1\r\nHost: a\n", 200),
+        (b"GET /\n", 400),
+        (b"GET /metrics\n", 400),
+    ],
+)
+async def test_a_request_that_stops_after_a_bare_lf_is_answered_at_once(request_: bytes, status: int) -> None:
+    """``echo 'GET /metrics HTTP/1.0' | nc``: no blank line ever comes; the head ends at the bare LF.
+    (Real time: 200s are rendered in a worker thread, which an autojump clock would jump past.)"""
+    server = MetricsServer(registry_with_a_peer(), head_timeout=30, request_timeout=60)
+    with trio.fail_after(1):  # the client never closes: not the head deadline
+        r = await ask(server, request_)
+    assert r.status == status
+
+
+async def test_a_head_with_bare_lfs_ends_where_the_data_stops() -> None:
+    server = MetricsServer(registry_with_a_peer(), head_timeout=30, request_timeout=60)
+    client, server_side = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server._handle, server_side)
+        await client.send_all(b"GET /metrics HTTP/1.0\nAccept-Encoding: gzip\n")
+        with trio.fail_after(1):
+            r = Response(await read_all(client))
+    assert r.status == 200 and r.headers["content-encoding"] == "gzip"
+
+
 async def test_bare_lf_request_that_h11_accepts_is_answered() -> None:
     """h11 reads LF-only line ends (RFC 9112 lets a server do so); with a Host header that is a request."""
     r = await ask(MetricsServer(registry_with_a_peer()), b"GET /metrics HTTP/1.1\nHost: a\n\n")
@@ -270,7 +342,7 @@ async def test_trickling_head_is_dropped_after_the_head_timeout(autojump_clock: 
         assert await client.receive_some() == b""
         assert trio.current_time() - start == pytest.approx(3.0)
         nursery.cancel_scope.cancel()
-    assert server._clients == 0
+    assert server.clients == 0
 
 
 async def test_request_timeout_bounds_everything(autojump_clock: trio.abc.Clock) -> None:
@@ -280,14 +352,220 @@ async def test_request_timeout_bounds_everything(autojump_clock: trio.abc.Clock)
     assert trio.current_time() - start == pytest.approx(3.0)
 
 
-async def test_clients_over_the_limit_are_closed_at_once(autojump_clock: trio.abc.Clock) -> None:
-    server = MetricsServer(CollectorRegistry(), max_clients=2, head_timeout=60, request_timeout=60)
+async def test_oldest_idle_client_makes_room_for_a_new_one(autojump_clock: trio.abc.Clock) -> None:
+    """All slots taken by clients still sending their head: the oldest goes, the newcomer is served."""
+    server = NeverRender(CollectorRegistry(), max_clients=2, head_timeout=60, request_timeout=60)
+    idle = [trio.testing.memory_stream_pair() for _ in range(2)]
+    client, server_side = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        for _, idle_server_side in idle:
+            nursery.start_soon(server._handle, idle_server_side)
+            await trio.testing.wait_all_tasks_blocked()
+            await trio.sleep(1)
+        await idle[0][0].send_all(b"GET /metr")  # trickling: idle all the same
+        assert server.clients == 2
+        nursery.start_soon(server._handle, server_side)
+        await client.send_all(get("/"))  # the index page: no rendering thread for the clock to jump past
+        with trio.fail_after(1):
+            assert Response(await read_all(client)).status == 200
+            assert await idle[0][0].receive_some() == b""  # the oldest was dropped
+        assert server.dropped == 1 and server.clients == 1  # the younger idle client is still there
+        nursery.cancel_scope.cancel()
+
+
+class GatedRender(MetricsServer):
+    """Renders block (in their worker thread) until ``gate`` is set; counts renders by variant."""
+
+    def __init__(self, *args: object, body: bytes = b"x\n", **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.gate = threading.Event()
+        self.body = body
+        self.renders: list[str] = []
+
+    def render(
+        self, *, accept: str = "", accept_encoding: str = "", names: Sequence[str] = ()
+    ) -> tuple[bytes, list[tuple[str, str]]]:
+        self.renders.append(accept_encoding)
+        self.gate.wait(10)
+        return self.body, [("Content-Type", CONTENT_TYPE)]
+
+
+async def renders_started(server: GatedRender, n: int) -> None:
+    """Until ``n`` renderings have entered their thread (polled under a deadline, in real time)."""
+    with trio.fail_after(5):
+        while len(server.renders) < n:
+            await trio.sleep(0.005)
+
+
+async def read_all(stream: trio.abc.ReceiveStream) -> bytes:
+    data = bytearray()
+    while chunk := await stream.receive_some():
+        data += chunk
+    return bytes(data)
+
+
+async def test_busy_slots_answer_503_to_a_newcomer() -> None:
+    """Both slots wait for a rendering (nobody idle): the third client gets a 503, not a silent close."""
+    server = GatedRender(CollectorRegistry(), max_clients=2, refusal_linger=5)
     pairs = [trio.testing.memory_stream_pair() for _ in range(3)]
     async with trio.open_nursery() as nursery:
-        for _, server_side in pairs:
+        for client, server_side in pairs[:2]:
             nursery.start_soon(server._handle, server_side)
-            await trio.testing.wait_all_tasks_blocked()
-        assert server._clients == 2
+            await client.send_all(get("/metrics"))
+        await renders_started(server, 1)
+        await trio.testing.wait_all_tasks_blocked()
+        client, server_side = pairs[2]
+        nursery.start_soon(server._handle, server_side)
+        await client.send_all(get("/metrics"))
         with trio.fail_after(1):
-            assert await pairs[2][0].receive_some() == b""
+            head = bytes(await client.receive_some())
+            await client.send_eof()  # done sending: the server stops draining and closes
+            refusal = Response(head + await read_all(client))
+        assert refusal.status_line == "HTTP/1.1 503 Service Unavailable"
+        assert refusal.headers["retry-after"] == "1" and refusal.headers["connection"] == "close"
+        assert server.refused == 1 and server.dropped == 0
+        server.gate.set()
+        with trio.fail_after(5):
+            for client, _ in pairs[:2]:
+                assert Response(await read_all(client)).status == 200
+
+
+async def test_a_client_that_stops_reading_its_answer_becomes_idle() -> None:
+    """Real time (the answer is rendered in a thread), with wide margins around ``stall_timeout``."""
+    server = GatedRender(CollectorRegistry(), body=b"x" * 1_000_000, max_clients=1, stall_timeout=1.0)
+    server.gate.set()
+    stalled, stalled_side = trio.testing.lockstep_stream_pair()  # a send waits for the reader
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server._handle, stalled_side)
+        await stalled.send_all(get("/metrics"))
+        received = len(await stalled.receive_some(100))  # the first bytes of the answer, then nothing more
+        early, early_side = trio.testing.lockstep_stream_pair()
+        nursery.start_soon(server._handle, early_side)
+        with trio.fail_after(1):
+            assert Response(bytes(await early.receive_some(4096))).status == 503  # not stalled long enough
+        await early.aclose()
+        await trio.sleep(1.2)
+        late, late_side = trio.testing.memory_stream_pair()
+        nursery.start_soon(server._handle, late_side)
+        await late.send_all(get("/metrics"))
+        with trio.fail_after(2):
+            answer = Response(await read_all(late))
+        assert answer.status == 200 and len(answer.body) == 1_000_000
+        assert server.dropped == 1 and server.refused == 1
+        try:  # the stalled client's connection was closed before the end of its answer
+            while chunk := await stalled.receive_some(1_000_000):
+                received += len(chunk)
+        except trio.BrokenResourceError:
+            pass
+        assert received < 1_000_000
         nursery.cancel_scope.cancel()
+
+
+async def test_requests_waiting_for_a_rendering_share_the_next_one() -> None:
+    """While one rendering runs, every identical request that arrives shares the next one: a burst of
+    scrapes costs two renderings, and each sees data rendered after it arrived."""
+    server = GatedRender(CollectorRegistry())
+    async with trio.open_nursery() as nursery:
+        server._nursery = nursery  # as run() does
+        clients = []
+        for encoding in ["", "", "", "", "", "gzip"]:
+            client, server_side = trio.testing.memory_stream_pair()
+            nursery.start_soon(server._handle, server_side)
+            await client.send_all(get("/metrics", f"Accept-Encoding: {encoding}"))
+            await renders_started(server, 1)
+            await trio.testing.wait_all_tasks_blocked()
+            clients.append(client)
+        assert server.renders == [""]  # the first rendering waits at the gate; the others are queued
+        server.gate.set()
+        with trio.fail_after(5):
+            for client in clients:
+                assert Response(await read_all(client)).status == 200
+        assert sorted(server.renders) == ["", "", "gzip"]
+        assert server._renders == {}
+
+
+async def test_a_rendering_nobody_waits_for_is_cancelled() -> None:
+    server = GatedRender(CollectorRegistry(), request_timeout=0.3)
+    async with trio.open_nursery() as nursery:
+        server._nursery = nursery
+        clients = []
+        for names in ["a", "b", "c"]:  # three variants, the last two queued behind the first
+            client, server_side = trio.testing.memory_stream_pair()
+            nursery.start_soon(server._handle, server_side)
+            await client.send_all(get(f"/metrics?name[]={names}"))
+            await renders_started(server, 1)
+            clients.append(client)
+        with trio.fail_after(5):
+            for client in clients:
+                assert await read_all(client) == b""  # every client timed out
+        assert server._renders == {}
+        server.gate.set()
+        nursery.cancel_scope.cancel()
+    assert len(server.renders) == 1
+
+
+# -- bearer token --
+
+
+TOKEN = "s3cret-T0ken_with.chars~"
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ((), 401),
+        ((f"Authorization: Bearer {TOKEN}",), 200),
+        ((f"Authorization: bearer {TOKEN}",), 200),
+        ((f"Authorization: Bearer  {TOKEN} ",), 200),
+        ((f"Authorization: Bearer {TOKEN}x",), 401),
+        ((f"Authorization: Bearer {TOKEN[:-1]}",), 401),
+        ((f"Authorization: Basic {TOKEN}",), 401),
+        (("Authorization: Bearer",), 401),
+        ((f"Authorization: Bearer {TOKEN}", f"Authorization: Bearer {TOKEN}"), 401),
+    ],
+)
+async def test_token_required(headers: tuple[str, ...], status: int) -> None:
+    server = MetricsServer(registry_with_a_peer(), token=TOKEN)
+    r = await ask(server, get("/metrics", *headers))
+    assert r.status == status
+    if status == 401:
+        assert r.headers["www-authenticate"] == "Bearer"
+        assert PEER.encode() not in r.body
+    else:
+        assert PEER.encode() in r.body
+
+
+async def test_token_guards_every_path() -> None:
+    server = NeverRender(CollectorRegistry(), token=TOKEN)
+    for target in ["/", "/nope", "/metrics"]:
+        assert (await ask(server, get(target))).status == 401
+    assert (await ask(server, get("/", f"Authorization: Bearer {TOKEN}"))).status == 200
+
+
+async def test_no_token_no_check() -> None:
+    r = await ask(MetricsServer(registry_with_a_peer()), get("/metrics", "Authorization: Bearer whatever"))
+    assert r.status == 200
+
+
+@pytest.mark.parametrize("bad", ["", "two words", "tab\there", "caf\u00e9", "x" * 4097, "nl\n"])
+def test_bad_tokens_are_refused(bad: str) -> None:
+    with pytest.raises(ValueError):
+        MetricsServer(CollectorRegistry(), token=bad)
+
+
+def test_token_file_is_read_as_prometheus_reads_credentials_file(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text(f"  {TOKEN}\n")
+    assert read_token_file(str(path)) == TOKEN
+    for bad in [b"", b" \n", b"two words\n", b"\xff\xfe"]:
+        path.write_bytes(bad)
+        with pytest.raises(ValueError):
+            read_token_file(str(path))
+    with pytest.raises(OSError):
+        read_token_file(str(tmp_path / "missing"))
+
+
+def test_other_bounds_must_be_positive() -> None:
+    for bad in [{"max_clients": 0}, {"head_timeout": 0}, {"request_timeout": -1}, {"stall_timeout": 0}]:
+        with pytest.raises(ValueError):
+            MetricsServer(CollectorRegistry(), **bad)  # type: ignore[arg-type]

@@ -6,11 +6,13 @@ import gzip
 
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
 from physarum.monitor.metrics import (
     CONTENT_TYPE,
+    DROP_REASONS,
     FAILURE_REASONS,
     PING_RTT_HELP,
     RTT_BUCKETS,
@@ -90,6 +92,34 @@ def test_forget_removes_every_series_and_tolerates_missing_ones() -> None:
         for _, labels, _ in samples:
             assert TARGET not in labels.values()
     assert registry.get_sample_value("ping_rtt", {"targetHost": "other", "host": "h"}) == 2.0
+
+
+def test_forget_history_keeps_only_reachability() -> None:
+    registry = CollectorRegistry()
+    m = MonitorMetrics(registry, hostname="h")
+    m.observe(TARGET, 0.001, 1.0)
+    m.failed(TARGET, "timeout")
+    m.forget_history(TARGET)
+    named = [(name, labels) for samples in families(registry).values() for name, labels, _ in samples]
+    assert [name for name, labels in named if TARGET in labels.values()] == ["physarum_peer_reachable"]
+    assert registry.get_sample_value("physarum_peer_reachable", {"peer": TARGET}) == 0
+
+
+def test_aggregates_start_at_zero_for_every_label() -> None:
+    """Every ``result`` and drop ``reason`` is there from the start, so rate() sees the first increase."""
+    registry = CollectorRegistry()
+    m = MonitorMetrics(registry, hostname="h")
+    get = registry.get_sample_value
+    for result in ("ok", *FAILURE_REASONS):
+        assert get("physarum_pings_total", {"result": result}) == 0
+    for reason in DROP_REASONS:
+        assert get("physarum_metrics_peers_dropped_total", {"reason": reason}) == 0
+    assert get("physarum_peers_reachable") == 0 and get("physarum_metrics_peers") == 0
+    m.ping_result("ok")
+    m.ping_result("timeout")
+    m.ping_result("ok")
+    assert get("physarum_pings_total", {"result": "ok"}) == 2
+    assert get("physarum_pings_total", {"result": "timeout"}) == 1
 
 
 def test_label_names() -> None:
@@ -185,6 +215,28 @@ def test_openmetrics_when_asked(accept: str) -> None:
     assert metrics["ping_rtt"] == [({"targetHost": TARGET, "host": "h"}, 1.0)]
     assert metrics["physarum_ping_failures_total"] == [({"peer": "other", "reason": "timeout"}, 1.0)]
     assert "process_cpu_seconds_total" in metrics or "python_info" in metrics
+
+
+@pytest.mark.parametrize(
+    "accept", ["application/openmetrics-text", PROMETHEUS_2_ACCEPT, PROMETHEUS_3_ACCEPT, "text/plain"]
+)
+@pytest.mark.parametrize("odd_name", [None, "recorded:by_rule", "dotted.name"])
+def test_the_same_bytes_as_prometheus_clients_own_encoder(accept: str, odd_name: str | None) -> None:
+    """OpenMetrics is rendered without prometheus_client's per-character escaping of names when every
+    name is plain: the bytes must be those of its own encoder all the same, and so when a name is not."""
+    registry = CollectorRegistry()  # no process metrics: they change between two collections
+    m = MonitorMetrics(registry, hostname="h")
+    m.observe(TARGET, 0.001, 1.0)
+    m.failed("other", "timeout")
+    if odd_name == "recorded:by_rule":
+        Counter(odd_name, "a name with a colon", registry=registry).inc()
+    elif odd_name is not None:
+        Counter(odd_name, "UTF-8 names", ["label.name"], registry=registry).labels("x").inc()
+    body, headers = render_exposition(registry, accept=accept)
+    encoder, content_type = choose_encoder(accept)
+    assert body == encoder(WithoutCreated(registry))
+    if accept != "text/plain":
+        assert headers == [("Content-Type", content_type)]
 
 
 def test_text_format_1_0_0_when_asked_for_it() -> None:

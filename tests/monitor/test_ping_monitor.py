@@ -263,16 +263,20 @@ async def test_a_ping_slower_than_the_interval_but_within_timeout_is_a_success(
 # -- disconnects and expiry --
 
 
-async def test_disconnect_removes_rtt_at_once_and_everything_at_expiry(
+async def test_established_peer_keeps_history_for_the_grace_and_reachable_0_until_expiry(
     autojump: trio.testing.MockClock,
 ) -> None:
     host = FakeHost()
     peer, other = FakePeer(0.002), FakePeer(0.002)
     host.connect(peer)
     host.connect(other)
-    async with running(host, interval=1.0, expiry=600.0) as (monitor, registry):
+    async with running(host, interval=1.0, expiry=600.0, established_after=2.0, grace=60.0) as (
+        monitor,
+        registry,
+    ):
         await sleep_until(2.5)
         assert rtt_ms(registry, peer) is not None
+        assert monitor.peers[peer.peer_id].established  # answered 2 s into its connection
         host.disconnect(peer)
         assert rtt_ms(registry, peer) is None
         assert ewma_ms(registry, peer) is None
@@ -281,15 +285,20 @@ async def test_disconnect_removes_rtt_at_once_and_everything_at_expiry(
         gone_at = trio.current_time()
         await trio.sleep(0.001)
         assert peer.streams[0].closed  # the worker ended with its stream
-        await sleep_until(gone_at + 598)
-        assert set(series_of(registry, peer)) == {
+        await sleep_until(gone_at + 59)
+        histogram = {
             "physarum_ping_rtt_seconds_bucket",
             "physarum_ping_rtt_seconds_count",
             "physarum_ping_rtt_seconds_sum",
             "physarum_ping_rtt_seconds_created",
-            "physarum_peer_reachable",
         }
+        assert set(series_of(registry, peer)) == {*histogram, "physarum_peer_reachable"}
+        await sleep_until(gone_at + 61.01)  # the grace is over: only the series an alert needs
+        assert series_of(registry, peer) == ["physarum_peer_reachable"]
+        assert reachable(registry, peer) == 0
         assert peer.peer_id in monitor.peers
+        await sleep_until(gone_at + 598)
+        assert series_of(registry, peer) == ["physarum_peer_reachable"]
         await sleep_until(gone_at + 601.01)
         assert series_of(registry, peer) == []
         assert peer.peer_id not in monitor.peers
@@ -298,12 +307,15 @@ async def test_disconnect_removes_rtt_at_once_and_everything_at_expiry(
 
 async def test_expiry_removes_failure_counters_too(autojump: trio.testing.MockClock) -> None:
     host = FakeHost()
-    peer = FakePeer(0.002, mode=HANG)
+    peer = FakePeer(0.002)
     host.connect(peer)
-    async with running(host, interval=1.0, timeout=0.5, expiry=30.0) as (_, registry):
-        await sleep_until(3)
+    async with running(host, interval=1.0, timeout=0.5, expiry=30.0, established_after=0) as (_, registry):
+        await sleep_until(0.5)
+        peer.mode = HANG
+        await sleep_until(3.9)
         assert failures(registry, peer, "timeout") == 3
         host.disconnect(peer)
+        assert reachable(registry, peer) == 0
         await sleep_until(35)
         assert series_of(registry, peer) == []
 
@@ -318,7 +330,7 @@ async def test_connected_peer_failing_pings_is_still_seen(autojump: trio.testing
         assert failures(registry, peer, "timeout") == 31
 
 
-# -- short-lived clients --
+# -- peers seen only briefly --
 
 
 @pytest.mark.parametrize(
@@ -331,7 +343,7 @@ async def test_client_is_forgotten_as_soon_as_it_disconnects(
     peer, node = FakePeer(0.002, **client), FakePeer(0.002)  # type: ignore[arg-type]
     host.connect(peer)
     host.connect(node)
-    async with running(host, interval=1.0, expiry=600.0) as (monitor, registry):
+    async with running(host, interval=1.0, expiry=600.0, established_after=0) as (monitor, registry):
         await sleep_until(2.5)
         assert rtt_ms(registry, peer) == pytest.approx(2.0)  # pinged like any peer while connected
         assert reachable(registry, peer) == 1
@@ -413,7 +425,7 @@ async def test_identify_arriving_after_connect_makes_a_node(autojump: trio.testi
     host = FakeHost()
     by_ping, by_disconnect = FakePeer(0.002, identified=False), FakePeer(0.002, identified=False)
     conn_ping, conn_disconnect = host.connect(by_ping), host.connect(by_disconnect)
-    async with running(host, interval=1.0) as (monitor, registry):
+    async with running(host, interval=1.0, established_after=0) as (monitor, registry):
         await sleep_until(0.5)
         assert not monitor.peers[by_ping.peer_id].listening
         conn_ping.identify_info = FakeIdentify(["/ip4/192.0.2.8/tcp/4001"])
@@ -434,7 +446,7 @@ async def test_a_node_stays_a_node_across_reconnects(autojump: trio.testing.Mock
     host = FakeHost()
     peer = FakePeer(0.002)
     host.connect(peer)
-    async with running(host, interval=1.0) as (monitor, registry):
+    async with running(host, interval=1.0, established_after=0) as (monitor, registry):
         await sleep_until(0.5)
         host.disconnect(peer)
         peer.identified = False
@@ -465,7 +477,7 @@ async def test_missed_callbacks_are_caught_by_the_sweep(autojump: trio.testing.M
     host = FakeHost()
     before = FakePeer(0.002)
     host.connect(before)  # connected before the monitor started
-    async with running(host, interval=1.0) as (monitor, registry):
+    async with running(host, interval=1.0, established_after=0) as (monitor, registry):
         await sleep_until(0.5)
         assert rtt_ms(registry, before) == pytest.approx(2.0)
         silent = FakePeer(0.002)
@@ -555,10 +567,20 @@ def test_two_monitors_cannot_share_a_registry() -> None:
         PingMonitor(FakeHost(), registry, hostname="b")
 
 
-@pytest.mark.parametrize("bad", [{"interval": 0}, {"timeout": -1}, {"expiry": 0}])
-def test_rejects_non_positive_settings(bad: dict[str, float]) -> None:
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"interval": 0},
+        {"timeout": -1},
+        {"expiry": 0},
+        {"max_peer_series": 0},
+        {"grace": -1},
+        {"established_after": -0.5},
+    ],
+)
+def test_rejects_bad_settings(bad: dict[str, float]) -> None:
     with pytest.raises(ValueError):
-        PingMonitor(FakeHost(), CollectorRegistry(), hostname="a", **bad)
+        PingMonitor(FakeHost(), CollectorRegistry(), hostname="a", **bad)  # type: ignore[arg-type]
 
 
 async def test_many_peers_churning(autojump: trio.testing.MockClock) -> None:
@@ -588,3 +610,191 @@ async def test_many_peers_churning(autojump: trio.testing.MockClock) -> None:
         assert set(monitor._workers) == {peers[i].peer_id for i in connected}
         await trio.sleep(25)
         assert set(monitor.peers) == {peers[i].peer_id for i in connected}
+
+
+# -- which peers leave series behind, and how many peers have series --
+
+
+def peer_labels(registry: CollectorRegistry) -> set[str]:
+    """Every peer id that appears in a series."""
+    return {
+        v
+        for m in registry.collect()
+        for s in m.samples
+        for k, v in s.labels.items()
+        if k in ("peer", "targetHost")
+    }
+
+
+async def test_a_brief_visit_leaves_nothing_behind(autojump: trio.testing.MockClock) -> None:
+    """A node that listens and answers, but leaves before ``established_after``: forgotten at once."""
+    host = FakeHost()
+    brief, stays = FakePeer(0.002), FakePeer(0.002)
+    host.connect(brief)
+    host.connect(stays)
+    async with running(host, interval=1.0, established_after=30.0) as (monitor, registry):
+        await sleep_until(29.5)  # its last answer came 29 s into the connection
+        assert reachable(registry, brief) == 1
+        assert not monitor.peers[brief.peer_id].established
+        host.disconnect(brief)
+        assert series_of(registry, brief) == []
+        assert brief.peer_id not in monitor.peers
+        await sleep_until(30.5)
+        assert monitor.peers[stays.peer_id].established  # answered 30 s into its connection
+        host.disconnect(stays)
+        assert reachable(registry, stays) == 0
+
+
+async def test_a_peer_that_never_answers_leaves_nothing_behind(autojump: trio.testing.MockClock) -> None:
+    host = FakeHost()
+    silent = FakePeer(mode=HANG)
+    host.connect(silent)
+    async with running(host, interval=1.0, timeout=0.5, established_after=0) as (monitor, registry):
+        await sleep_until(100)
+        assert reachable(registry, silent) == 0 and failures(registry, silent, "timeout") == 100
+        host.disconnect(silent)
+        assert series_of(registry, silent) == []
+        assert silent.peer_id not in monitor.peers
+
+
+async def test_established_stays_across_short_reconnects(autojump: trio.testing.MockClock) -> None:
+    """A node that flaps after having been up for a while still ends as ``reachable 0``."""
+    host = FakeHost()
+    peer = FakePeer(0.002)
+    host.connect(peer)
+    async with running(host, interval=1.0, established_after=10.0) as (monitor, registry):
+        await sleep_until(10.5)
+        host.disconnect(peer)
+        for t in (20, 40):
+            await sleep_until(t)
+            host.connect(peer)
+            await sleep_until(t + 1.5)
+            host.disconnect(peer)
+            assert reachable(registry, peer) == 0
+        assert monitor.peers[peer.peer_id].established
+
+
+async def test_peers_over_the_limit_are_pinged_without_series(autojump: trio.testing.MockClock) -> None:
+    host = FakeHost()
+    peers = [FakePeer(0.002) for _ in range(5)]
+    for p in peers:
+        host.connect(p)
+    async with running(host, interval=1.0, timeout=0.5, max_peer_series=3) as (monitor, registry):
+        await sleep_until(2.5)
+        tracked, untracked = peers[:3], peers[3:]
+        assert peer_labels(registry) == {str(p.peer_id) for p in tracked}
+        assert all(monitor.peers[p.peer_id].successes == 3 for p in peers)  # everyone is pinged
+        assert value(registry, "physarum_metrics_peers") == 3
+        assert value(registry, "physarum_metrics_peers_dropped_total", reason="limit") == 2
+        assert value(registry, "physarum_metrics_peers_dropped_total", reason="evicted") == 0
+        assert value(registry, "physarum_peers_connected") == 5
+        assert value(registry, "physarum_peers_reachable") == 5
+        assert value(registry, "physarum_pings_total", result="ok") == 15
+        untracked[0].mode = HANG
+        await sleep_until(10)
+        assert value(registry, "physarum_peers_reachable") == 4
+        assert value(registry, "physarum_pings_total", result="timeout") >= 1  # type: ignore[operator]
+        assert failures(registry, untracked[0], "timeout") is None
+        # a tracked peer leaves (briefly seen: forgotten): the sweep gives its slot to the longest waiting
+        host.disconnect(tracked[0])
+        await sleep_until(11.6)  # the sweep at 11 s, then the failure of the ping sent at 11 s
+        assert peer_labels(registry) == {str(p.peer_id) for p in (*tracked[1:], untracked[0])}
+        assert reachable(registry, untracked[0]) == 0
+        assert failures(registry, untracked[0], "timeout") in (1, 2)  # counted from its promotion on
+        assert value(registry, "physarum_metrics_peers") == 3
+
+
+async def test_a_newcomer_evicts_the_peer_that_left_first(autojump: trio.testing.MockClock) -> None:
+    host = FakeHost()
+    first, second, stays = FakePeer(0.002), FakePeer(0.002), FakePeer(0.002)
+    for p in (first, second, stays):
+        host.connect(p)
+    async with running(host, interval=1.0, established_after=0, max_peer_series=3) as (monitor, registry):
+        await sleep_until(1.5)
+        host.disconnect(first)
+        await sleep_until(2.5)
+        host.disconnect(second)
+        assert reachable(registry, first) == reachable(registry, second) == 0
+        newcomer = FakePeer(0.002)
+        host.connect(newcomer)
+        await sleep_until(3)
+        assert series_of(registry, first) == [] and first.peer_id not in monitor.peers
+        assert reachable(registry, second) == 0
+        assert reachable(registry, newcomer) == 1
+        assert value(registry, "physarum_metrics_peers_dropped_total", reason="evicted") == 1
+        # every slot now belongs to a connected peer or to `second`; connected peers are never evicted
+        host.connect(second)
+        late = FakePeer(0.002)
+        host.connect(late)
+        await sleep_until(4)
+        assert series_of(registry, late) == []
+        assert value(registry, "physarum_metrics_peers_dropped_total", reason="limit") == 1
+        assert [rtt_ms(registry, p) for p in (second, stays, newcomer)] == pytest.approx([2.0, 2.0, 2.0])
+
+
+def exposition_size(monitor: PingMonitor) -> int:
+    return len(monitor.metrics.exposition())
+
+
+async def test_five_rounds_of_1000_throwaway_identities_leave_no_series(
+    autojump: trio.testing.MockClock,
+) -> None:
+    """The issue's attack: identities that listen and answer pings, come by the thousand, and go."""
+    host = FakeHost()
+    honest = [FakePeer(0.002), FakePeer(0.003)]
+    for p in honest:
+        host.connect(p)
+    async with running(host, interval=1.0) as (monitor, registry):  # the defaults
+        await sleep_until(40)
+        start = exposition_size(monitor)
+        for _ in range(5):
+            crowd = [FakePeer(0.001) for _ in range(1000)]
+            for p in crowd:
+                host.connect(p)
+            await trio.sleep(2.5)
+            assert value(registry, "physarum_peers_reachable") == 1002
+            assert exposition_size(monitor) > 1000 * 2000  # they did have series (some 2.4 KB each)
+            for p in crowd:
+                host.disconnect(p)
+            assert abs(exposition_size(monitor) - start) < 200  # a few more digits in counters
+            assert set(monitor.peers) == {p.peer_id for p in honest}
+        assert peer_labels(registry) == {str(p.peer_id) for p in honest}
+        assert all(rtt_ms(registry, p) is not None for p in honest)
+
+
+async def test_established_identities_churning_stay_within_the_limit(
+    autojump: trio.testing.MockClock,
+) -> None:
+    """The same attack by identities that wait to be established: at most ``max_peer_series`` peers
+    have series, departed ones keep one series after the grace, and honest connected peers keep theirs."""
+    host = FakeHost()
+    honest = [FakePeer(0.002), FakePeer(0.003)]
+    for p in honest:
+        host.connect(p)
+    limit = 1500
+    async with running(
+        host, interval=1.0, established_after=2.0, grace=10.0, expiry=600.0, max_peer_series=limit
+    ) as (monitor, registry):
+        await sleep_until(5)
+        start = exposition_size(monitor)
+        per_peer = start  # an upper bound: two peers' series and everything else
+        line = len(f'physarum_peer_reachable{{peer="{honest[0].peer_id}"}} 0.0\n')
+        for _ in range(5):
+            crowd = [FakePeer(0.001) for _ in range(1000)]
+            for p in crowd:
+                host.connect(p)
+            await trio.sleep(3)
+            assert len(peer_labels(registry)) <= limit
+            assert exposition_size(monitor) < limit * per_peer
+            for p in crowd:
+                host.disconnect(p)
+            await trio.sleep(11)  # the grace: the departed keep only physarum_peer_reachable 0
+            assert exposition_size(monitor) <= start + limit * line
+            assert all(rtt_ms(registry, p) is not None for p in honest)
+        assert value(registry, "physarum_metrics_peers") == limit
+        assert value(registry, "physarum_metrics_peers_dropped_total", reason="evicted") == 5000 - (limit - 2)
+        assert value(registry, "physarum_metrics_peers_dropped_total", reason="limit") == 0
+        await trio.sleep(600)
+        assert peer_labels(registry) == {str(p.peer_id) for p in honest}
+        assert abs(exposition_size(monitor) - start) < 200
+        assert set(monitor.peers) == {p.peer_id for p in honest}

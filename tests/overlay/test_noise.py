@@ -874,6 +874,18 @@ async def test_replayed_transport_message_breaks_the_stream() -> None:
             await r.receive_some()
 
 
+async def test_empty_transport_message_is_not_end_of_stream() -> None:
+    # Found by tests/fuzz/fuzz_noise.py: an empty message (a bare 16-byte tag) came out of
+    # receive_some as b"", which every reader above takes for the end of the stream.
+    raw, r, send = await _raw_injection_pair()
+    wire = b"".join(noise.frame(send.encrypt(None, m)) for m in (b"", b"after", b""))
+    await raw.send_all(wire)
+    await raw.send_eof()  # type: ignore[attr-defined]
+    with trio.fail_after(TIMEOUT):
+        assert await r.receive_some() == b"after"
+        assert await r.receive_some() == b""
+
+
 async def test_stream_ending_inside_a_message() -> None:
     raw, r, send = await _raw_injection_pair()
     frame = noise.frame(send.encrypt(None, b"cut short"))

@@ -268,3 +268,14 @@ def test_fuzz_mutated_valid_messages(pairs: list[tuple[int, int | bytes]], where
     except DecodeError:
         return
     assert isinstance(fields, dict)
+
+
+def test_field_number_past_protobuf_range_is_refused() -> None:
+    # Found by tests/fuzz/fuzz_pb.py: a key varint may carry a field number of 2**29 or more, which
+    # encode() refuses and protobuf's decoders reject; decoding it made a message that could not be
+    # re-encoded.
+    assert pb.decode(b"\xfa\xff\xff\xff\x0f\x00") == {2**29 - 1: [b""]}
+    with pytest.raises(DecodeError):
+        pb.decode(varint.encode(2**29 << 3 | pb.LEN) + b"\x00")
+    with pytest.raises(DecodeError):
+        pb.decode(bytes.fromhex("b89e9ec216bfbfbf0a"))

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import contextlib
+import logging
+import math
 import struct
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -12,6 +15,7 @@ from hypothesis import strategies as st
 
 from physarum.errors import DecodeError, LimitError
 from physarum.overlay import yamux
+from physarum.overlay.resources import MemoryBudget
 from physarum.overlay.yamux import YamuxSession, YamuxStream
 
 
@@ -21,7 +25,7 @@ async def session_pair(
     **kwargs: object,
 ) -> AsyncIterator[tuple[YamuxSession, YamuxSession, trio.MemoryReceiveChannel[YamuxStream]]]:
     a_t, b_t = maker()
-    send, receive = trio.open_memory_channel[YamuxStream](100)
+    send, receive = trio.open_memory_channel[YamuxStream](math.inf)
     client = YamuxSession(a_t, is_client=True, on_stream=lambda s: send.send_nowait(s), **kwargs)  # type: ignore[arg-type]
     server = YamuxSession(b_t, is_client=False, on_stream=lambda s: send.send_nowait(s), **kwargs)  # type: ignore[arg-type]
     async with trio.open_nursery() as nursery:
@@ -169,3 +173,300 @@ async def test_ping_is_answered() -> None:
             reply = await a_t.receive_some()
         assert reply == yamux.encode_header(yamux.TYPE_PING, yamux.FLAG_ACK, 0, 1234)
         nursery.cancel_scope.cancel()
+
+
+# -- bounded control frames ------------------------------------------------------------------------
+
+PING_SYN = yamux.encode_header(yamux.TYPE_PING, yamux.FLAG_SYN, 0, 7)
+
+
+def _frames(data: bytes) -> list[tuple[int, int, int, int, int]]:
+    assert len(data) % 12 == 0
+    return [struct.unpack(">BBHII", data[i : i + 12]) for i in range(0, len(data), 12)]
+
+
+async def test_a_ping_flood_from_a_peer_that_does_not_read_queues_few_pongs(autojump_clock: object) -> None:
+    # lockstep: our writes block until the attacker reads, which it does not.
+    attacker, ours = trio.testing.lockstep_stream_pair()
+    server = YamuxSession(ours, is_client=False, on_stream=lambda s: None)
+    flood = 10_000
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        with trio.fail_after(30):
+            await attacker.send_all(PING_SYN * flood)  # returns once the server read it all
+            await trio.testing.wait_all_tasks_blocked()
+        assert not server.broken
+        # At most one backlog of pongs queued, and one more stuck in the transport's write.
+        assert server._pending_pongs <= yamux.DEFAULT_MAX_PENDING_PONGS
+        assert len(server._pending) <= yamux.DEFAULT_MAX_PENDING_PONGS * 12
+        assert server.pongs_dropped >= flood - 2 * yamux.DEFAULT_MAX_PENDING_PONGS
+        # Once the peer reads, what was queued arrives and new pings are answered again.
+        got = b""
+        with trio.fail_after(30):
+            while len(got) < 12 * (flood - server.pongs_dropped):
+                got += await attacker.receive_some()
+            assert all(f == (0, yamux.TYPE_PING, yamux.FLAG_ACK, 0, 7) for f in _frames(got))
+            await attacker.send_all(yamux.encode_header(yamux.TYPE_PING, yamux.FLAG_SYN, 0, 99))
+            pong = await attacker.receive_some()
+            assert pong == yamux.encode_header(yamux.TYPE_PING, yamux.FLAG_ACK, 0, 99)
+        nursery.cancel_scope.cancel()
+
+
+def _churn(first_id: int, count: int) -> bytes:
+    """Open and reset ``count`` streams: each costs the server an ACK (12 bytes) to send."""
+    out = bytearray()
+    for i in range(count):
+        sid = first_id + 2 * i
+        out += yamux.encode_header(yamux.TYPE_WINDOW_UPDATE, yamux.FLAG_SYN, sid, 0)
+        out += yamux.encode_header(yamux.TYPE_WINDOW_UPDATE, yamux.FLAG_RST, sid, 0)
+    return bytes(out)
+
+
+async def test_a_peer_that_does_not_read_its_control_frames_is_disconnected(
+    autojump_clock: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    attacker, ours = trio.testing.lockstep_stream_pair()
+    budget = MemoryBudget(1 << 20)
+    opened: list[YamuxStream] = []
+    server = YamuxSession(ours, is_client=False, on_stream=opened.append, memory=budget)
+    caplog.set_level(logging.INFO, logger="physarum.overlay.yamux")
+
+    async def attack() -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await attacker.send_all(_churn(1, 20_000))  # 20,000 ACKs = 234 KiB
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        nursery.start_soon(attack)
+        with trio.fail_after(30):
+            await server.closed.wait()
+        nursery.cancel_scope.cancel()
+    assert isinstance(server.close_reason, LimitError)
+    assert server.close_reason.limit == yamux.DEFAULT_MAX_PENDING_CONTROL
+    assert not server._pending and not server.streams
+    # It stopped at the cap (queued ACKs, plus those the stuck write took, at most a cap's
+    # worth too), not after reading the whole flood.
+    assert len(opened) <= 2 * (yamux.DEFAULT_MAX_PENDING_CONTROL // 12)
+    lines = [r for r in caplog.records if "not reading" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.INFO
+    assert budget.used == 0
+
+
+async def test_overflow_with_no_write_in_flight_says_go_away() -> None:
+    # Three SYNs arrive in one read: their three ACKs (36 bytes) overflow a 24-byte cap before
+    # the flusher ever ran, so no frame is half written and a GoAway can go out.
+    peer, ours = trio.testing.memory_stream_pair()
+    server = YamuxSession(ours, is_client=False, on_stream=lambda s: None, max_pending_control=24)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        await peer.send_all(_churn(1, 1)[:12] + _churn(3, 1)[:12] + _churn(5, 1)[:12])
+        with trio.fail_after(5):
+            await server.closed.wait()
+            reply = b""
+            while data := await peer.receive_some():
+                reply += data
+    assert _frames(reply) == [(0, yamux.TYPE_GO_AWAY, 0, 0, yamux.GO_AWAY_INTERNAL_ERROR)]
+    with pytest.raises(ValueError):
+        YamuxSession(ours, is_client=False, max_pending_control=11)
+
+
+async def test_honest_heavy_use_never_trips_the_control_cap(
+    autojump_clock: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hundreds of streams opened and closed, bulk both ways (window updates), pings, over a
+    transport whose every write waits for the reader: the control queue stays far below its cap."""
+    peak = 0
+    queue = YamuxSession._queue
+
+    def measuring_queue(self: YamuxSession, frame: bytes) -> None:
+        nonlocal peak
+        queue(self, frame)
+        peak = max(peak, len(self._pending))
+
+    monkeypatch.setattr(YamuxSession, "_queue", measuring_queue)
+    async with session_pair(trio.testing.lockstep_stream_pair, max_streams=256) as (client, server, inbound):
+
+        async def echo(s: YamuxStream) -> None:
+            while data := await s.receive_some():
+                await s.send_all(data)
+            await s.send_eof()
+            await s.aclose()
+
+        async def serve() -> None:
+            async with trio.open_nursery() as n:
+                async for s in inbound:
+                    n.start_soon(echo, s)
+
+        async def exchange(size: int) -> None:
+            s = await client.open_stream()
+            payload = bytes(range(256)) * (size // 256)
+            got = bytearray()
+
+            async def reader() -> None:
+                while data := await s.receive_some():
+                    got.extend(data)
+
+            async with trio.open_nursery() as n:
+                n.start_soon(reader)
+                await s.send_all(payload)
+                await s.send_eof()
+            assert got == payload
+            await s.aclose()
+
+        async def pinger() -> None:
+            for i in range(2000):
+                await client._write(yamux.encode_header(yamux.TYPE_PING, yamux.FLAG_SYN, 0, i))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve)
+            with trio.fail_after(600):
+                async with trio.open_nursery() as n:
+                    n.start_soon(pinger)
+                    for _ in range(2):
+                        n.start_soon(exchange, 8 << 20)  # 8 windows each way
+                    for _ in range(200):
+                        n.start_soon(exchange, 256)
+                for _ in range(1000):
+                    await exchange(64)
+            nursery.cancel_scope.cancel()
+        assert not client.broken and not server.broken
+        assert client.pongs_dropped == server.pongs_dropped == 0
+    assert 0 < peak < yamux.DEFAULT_MAX_PENDING_CONTROL // 8
+
+
+# -- stream receive buffers and the memory budget ------------------------------------------------------
+
+
+async def _open_pair(
+    client: YamuxSession, inbound: trio.MemoryReceiveChannel[YamuxStream], first: bytes = b"x"
+) -> tuple[YamuxStream, YamuxStream]:
+    s = await client.open_stream()
+    await s.send_all(first)
+    with trio.fail_after(5):
+        r = await inbound.receive()
+        await _wait_until(lambda: bool(r._buf) or r._fin_received)
+    return s, r
+
+
+async def _wait_until(cond: Callable[[], bool]) -> None:
+    while not cond():
+        await trio.sleep(0.001)
+
+
+async def test_buffered_bytes_are_reserved_until_read() -> None:
+    system = MemoryBudget(10 << 20, name="system")
+    peer = MemoryBudget(4 << 20, parent=system, name="peer")
+    async with session_pair() as (client, server, inbound):
+        server.memory = peer
+        assert server.memory is peer
+        s, r = await _open_pair(client, inbound, b"hello")
+        assert peer.used == system.used == 5
+        await s.send_all(b"a" * 100_000)
+        with trio.fail_after(5):
+            await _wait_until(lambda: peer.used == 100_005)
+        assert await r.receive_some(3) == b"hel"
+        assert peer.used == 100_002
+        got = b""
+        while len(got) < 100_002:
+            got += await r.receive_some()
+        assert peer.used == system.used == 0
+        # Bytes a negotiation put back count again, and are released when read.
+        r.unread(b"again")
+        assert peer.used == 5
+        assert await r.receive_some() == b"again"
+        assert peer.used == 0
+
+
+async def test_a_stream_over_the_budget_is_reset_not_the_connection() -> None:
+    budget = MemoryBudget(300_000)
+    async with session_pair() as (client, server, inbound):
+        server.memory = budget
+        greedy, greedy_in = await _open_pair(client, inbound)
+        other, other_in = await _open_pair(client, inbound)
+        assert budget.used == 2
+        await greedy.send_all(b"g" * 200_000)  # fits
+        with trio.fail_after(5):
+            await _wait_until(lambda: budget.used == 200_002)
+        await greedy.send_all(b"g" * 200_000)  # does not: that stream is reset
+        with trio.fail_after(5):
+            await _wait_until(lambda: server.streams_reset_for_memory == 1)
+        assert budget.used == 1  # only the other stream's byte
+        with pytest.raises(trio.BrokenResourceError, match="memory budget"):
+            await greedy_in.receive_some()
+        with trio.fail_after(5), pytest.raises(trio.BrokenResourceError):
+            await greedy.receive_some()  # the sender saw the RST
+        # The connection and the other stream are fine.
+        assert await other_in.receive_some() == b"x"
+        await other.send_all(b"still here")
+        with trio.fail_after(5):
+            assert await other_in.receive_some() == b"still here"
+        assert not server.broken and not client.broken
+        assert budget.used == 0
+
+
+@pytest.mark.parametrize("how", ["aclose", "local reset", "peer reset", "fin then aclose"])
+async def test_closing_a_stream_releases_what_it_buffered(how: str) -> None:
+    budget = MemoryBudget(4 << 20)
+    async with session_pair() as (client, server, inbound):
+        server.memory = budget
+        s, r = await _open_pair(client, inbound, b"z" * 70_000)
+        with trio.fail_after(5):
+            await _wait_until(lambda: budget.used == 70_000)
+        if how == "aclose":
+            await r.aclose()
+        elif how == "local reset":
+            r.reset()
+        elif how == "peer reset":
+            s.reset()
+            with trio.fail_after(5):
+                await _wait_until(lambda: r._reset)
+            with pytest.raises(trio.BrokenResourceError):
+                await r.receive_some()  # unread data is dropped with the reset
+        else:
+            await s.send_eof()
+            with trio.fail_after(5):
+                await _wait_until(lambda: r._fin_received)
+            await r.send_eof()  # both sides done: the session forgets the stream, data unread
+            assert r.stream_id not in server.streams
+            assert budget.used == 70_000
+            await r.aclose()
+        assert budget.used == 0
+
+
+async def test_a_broken_session_gives_everything_back_and_keeps_data_readable() -> None:
+    system = MemoryBudget(10 << 20)
+    budget = MemoryBudget(4 << 20, parent=system)
+    a_t, b_t = trio.testing.memory_stream_pair()
+    send, inbound = trio.open_memory_channel[YamuxStream](10)
+    client = YamuxSession(a_t, is_client=True)
+    server = YamuxSession(b_t, is_client=False, on_stream=send.send_nowait, memory=budget)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        await nursery.start(server.run)
+        _s1, r1 = await _open_pair(client, inbound, b"last words")
+        s2, r2 = await _open_pair(client, inbound, b"q" * 1000)
+        await s2.send_eof()
+        await r2.send_eof()  # forgotten by the session, still holding its data
+        with trio.fail_after(5):
+            await _wait_until(lambda: budget.used == 1010 and r2.stream_id not in server.streams)
+        await a_t.aclose()  # the peer hangs up
+        with trio.fail_after(5):
+            await server.closed.wait()
+        assert budget.used == system.used == 0
+        # A peer's last message before it hung up can still be read; reading it releases nothing twice.
+        assert await r1.receive_some() == b"last words"
+        assert await r2.receive_some() == b"q" * 1000
+        r2.unread(b"late")
+        await r1.aclose()
+        await r2.aclose()
+        assert budget.used == system.used == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_without_a_budget_nothing_is_counted() -> None:
+    async with session_pair() as (client, server, inbound):
+        assert server.memory is None
+        _s, r = await _open_pair(client, inbound, b"abc")
+        assert r._reserved == 0 and server._reserved == 0
+        assert await r.receive_some() == b"abc"
+        assert server.streams_reset_for_memory == 0

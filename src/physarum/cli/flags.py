@@ -23,8 +23,10 @@ from typing import NoReturn
 from physarum import __version__
 from physarum.overlay import addr as addrs_
 from physarum.overlay.addr import AddressError
+from physarum.overlay.connmgr import ConnManagerOptions
 from physarum.overlay.identity import IdentityKeyError, KeyPair, load_or_create_key_pair
 from physarum.overlay.multiaddr import Multiaddr
+from physarum.overlay.resources import ResourceLimits
 from physarum.psk import KeyFileError, generate_psk, load_key_file, psk_from_passphrase
 
 ENV_PSK = "P2P_PSK"
@@ -244,6 +246,32 @@ def add_node_flags(
     )
     flag(
         group,
+        "max-connections",
+        type=_positive_int,
+        default=default(None),
+        metavar="N",
+        help=f"open connections at most, both directions (default {ResourceLimits.max_connections})",
+    )
+    flag(
+        group,
+        "conn-low",
+        type=positive_int,
+        default=default(None),
+        metavar="N",
+        help="connection manager: trim down to N connections (default "
+        f"{ConnManagerOptions.low_water}; ping-monitor: no trimming unless -conn-low or -conn-high is given)",
+    )
+    flag(
+        group,
+        "conn-high",
+        type=positive_int,
+        default=default(None),
+        metavar="N",
+        help="connection manager: trim when over N connections, each at least "
+        f"{ConnManagerOptions.grace_period:g} s old, bootstrap peers never (default {ConnManagerOptions.high_water})",
+    )
+    flag(
+        group,
         "debug",
         action="store_true",
         default=default(False),
@@ -274,6 +302,12 @@ class NodeOptions:
     """Addresses to advertise instead of the listen addresses (``-announce``)."""
     psk_in_argv: bool = False
     """The key came from ``-psk`` on the command line (readable by every local user)."""
+    limits: ResourceLimits = field(default_factory=ResourceLimits)
+    """The host's resource limits (``-max-connections``; the rest at their defaults)."""
+    conn_manager: ConnManagerOptions = field(default_factory=ConnManagerOptions)
+    """The connection manager's water marks (``-conn-low``, ``-conn-high``)."""
+    conn_manager_set: bool = False
+    """``-conn-low`` or ``-conn-high`` was given (the ping-monitor trims only then)."""
 
 
 def resolve_psk(
@@ -365,7 +399,42 @@ def node_options(
         dht_state,
         announce=announce,
         psk_in_argv=args.psk is not None and args.psk != "",
+        limits=_limits(args),
+        conn_manager=resolve_conn_manager(getattr(args, "conn_low", None), getattr(args, "conn_high", None)),
+        conn_manager_set=getattr(args, "conn_low", None) is not None or getattr(args, "conn_high", None) is not None,
     )
+
+
+def resolve_conn_manager(low: int | None, high: int | None) -> ConnManagerOptions:
+    """The water marks from ``-conn-low``/``-conn-high``; one not given is its default, moved to
+    fit the other (``-conn-high 20`` alone also lowers the low-water mark to 20).
+
+    Raises:
+        UsageError: ``-conn-low`` above ``-conn-high``.
+    """
+    d = ConnManagerOptions()
+    if low is not None and high is not None and low > high:
+        raise UsageError(f"-conn-low {low} is above -conn-high {high}")
+    if high is None:
+        high = max(d.high_water, low or 0)
+    if low is None:
+        low = min(d.low_water, high)
+    return ConnManagerOptions(low_water=low, high_water=high)
+
+
+def _limits(args: argparse.Namespace) -> ResourceLimits:
+    n = getattr(args, "max_connections", None)
+    return ResourceLimits() if n is None else ResourceLimits(max_connections=n)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
 
 
 def parse_announce_addr(text: str) -> Multiaddr:
@@ -443,6 +512,7 @@ __all__ = [
     "parse_peer_addr",
     "positive_float",
     "positive_int",
+    "resolve_conn_manager",
     "resolve_dht_state",
     "resolve_key_pair",
     "resolve_psk",

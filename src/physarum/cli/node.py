@@ -28,7 +28,7 @@ from physarum.dht.service import KadDHT
 from physarum.dht.table import RoutingTable, TableFormatError
 from physarum.errors import DialError, PeerIdMismatchError, exception_leaves
 from physarum.monitor.metrics import MetricsServer, node_registry
-from physarum.monitor.ping_monitor import PingMonitor
+from physarum.monitor.ping_monitor import MAX_PEER_SERIES, PingMonitor
 from physarum.overlay import addr as addrs_
 from physarum.overlay.backoff import (
     DIAL_ERRORS,
@@ -37,6 +37,7 @@ from physarum.overlay.backoff import (
     keep_bootstrap_connected,
     keep_connected,
 )
+from physarum.overlay.connmgr import ConnManagerOptions
 from physarum.overlay.host import Host
 from physarum.overlay.identity import PeerId
 from physarum.psk import PskMismatchError
@@ -59,6 +60,9 @@ class MonitorOptions:
     interval: float = 1.0
     timeout: float = 5.0
     expiry: float = 600.0
+    max_peer_series: int = MAX_PEER_SERIES
+    token: str | None = None
+    """Bearer token every /metrics request must carry (None: none needed)."""
 
 
 @dataclass
@@ -124,6 +128,22 @@ async def _save_dht_state_periodically(path: str, table: RoutingTable, interval:
         save_dht_state(path, table)
 
 
+def conn_manager_options(opts: NodeOptions, *, monitor: bool) -> ConnManagerOptions | None:
+    """The connection manager's water marks (``-conn-low``/``-conn-high``, else the defaults); None,
+    no trimming, for the ping-monitor unless either flag is given: it monitors every connected peer,
+    and a peer it trims drops out of its metrics."""
+    return None if monitor and not opts.conn_manager_set else opts.conn_manager
+
+
+def protect_bootstraps(host: Host, opts: NodeOptions) -> None:
+    """Never trim the connections to the ``-bootstrap`` peers: they are how this node (re)joins,
+    and in PhysarumSM's layout the bootstrap is the monitor that pings us."""
+    for address in opts.bootstrap:
+        peer = addrs_.tcp_endpoint(address).peer_id
+        if peer is not None:
+            host.conn_manager.protect(peer, "bootstrap")
+
+
 def start_dht(
     host: Host, opts: NodeOptions, *, server: bool = True, registry: CollectorRegistry | None = None
 ) -> KadDHT:
@@ -171,9 +191,13 @@ async def run_node(
     async with trio.open_nursery() as nursery:
         if handle_signals:
             await nursery.start(_stop_on_signals, nursery.cancel_scope)
-        host = Host(opts.key_pair, psk=opts.psk, listen=(), announce=opts.announce)
-        await nursery.start(host.run)
         registry = node_registry() if monitor is not None else None
+        host = Host(
+            opts.key_pair, psk=opts.psk, listen=(), announce=opts.announce, limits=opts.limits, registry=registry,
+            conn_manager=conn_manager_options(opts, monitor=monitor is not None),
+        )
+        protect_bootstraps(host, opts)
+        await nursery.start(host.run)
         dht = start_dht(host, opts, registry=registry)
         await _serve(nursery, host, dht, registry, opts, monitor, out, task_status)
 
@@ -210,8 +234,9 @@ async def _serve(
             interval=monitor.interval,
             timeout=monitor.timeout,
             expiry=monitor.expiry,
+            max_peer_series=monitor.max_peer_series,
         )
-        server = MetricsServer(registry, host=monitor.prom_host, port=monitor.prom_port)
+        server = MetricsServer(registry, host=monitor.prom_host, port=monitor.prom_port, token=monitor.token)
         try:
             await nursery.start(server.run)
         except OSError as e:
@@ -349,10 +374,12 @@ __all__ = [
     "MonitorOptions",
     "RunningNode",
     "backoff_delays",
+    "conn_manager_options",
     "find_usage_error",
     "keep_bootstrap_connected",
     "keep_connected",
     "load_dht_state",
+    "protect_bootstraps",
     "run_main",
     "run_node",
     "run_sync_main",

@@ -14,14 +14,18 @@ from collections.abc import Mapping, Sequence
 from physarum.cli.flags import (
     FlagParser,
     NodeOptions,
+    UsageError,
     add_node_flags,
     flag,
     node_options,
     normalize_bool_flags,
     positive_float,
+    positive_int,
     split_host_port,
 )
 from physarum.cli.node import MonitorOptions, run_main, run_node, setup_logging
+from physarum.monitor.http import read_token_file
+from physarum.monitor.ping_monitor import MAX_PEER_SERIES
 
 PROG = "ping-monitor"
 LISTEN_DEFAULT = ":4001"
@@ -57,6 +61,22 @@ def build_parser() -> FlagParser:
         default=PROM_DEFAULT,
         metavar="ADDR",
         help=f"serve /metrics on HOST:PORT, :PORT for every interface (default {PROM_DEFAULT})",
+    )
+    flag(
+        group,
+        "prom-token-file",
+        metavar="PATH",
+        help="require 'Authorization: Bearer TOKEN' on /metrics, TOKEN read from PATH (Prometheus: "
+        "authorization: {credentials_file: PATH}); default: no token",
+    )
+    flag(
+        group,
+        "max-peer-series",
+        type=positive_int,
+        default=MAX_PEER_SERIES,
+        metavar="N",
+        help="peers with series of their own at most; others are pinged and counted in totals only "
+        f"(default {MAX_PEER_SERIES})",
     )
     flag(
         group,
@@ -101,9 +121,25 @@ def parse_args(
         interval=args.ping_interval,
         timeout=args.ping_timeout,
         expiry=args.expiry,
+        max_peer_series=args.max_peer_series,
+        token=_read_token(args.prom_token_file),
     )
     opts = node_options(args, listen_default=LISTEN_DEFAULT, keyfile_default=KEYFILE_DEFAULT, env=env)
     return opts, monitor
+
+
+def _read_token(path: str | None) -> str | None:
+    """The token in ``-prom-token-file``, or None without the flag.
+
+    Raises:
+        UsageError: the file cannot be read or holds no valid token.
+    """
+    if path is None:
+        return None
+    try:
+        return read_token_file(os.path.expanduser(path))
+    except (OSError, ValueError) as e:
+        raise UsageError(f"bad -prom-token-file {path}: {getattr(e, 'strerror', None) or e}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,6 +18,15 @@ missing id, or an id that is not a valid peer id is skipped (the rest of the lis
 address that is not a valid multiaddr is dropped from its peer (:func:`physarum.dht.addrs.parse_multiaddr_bytes`
 decides); an unknown connection type reads as ``NOT_CONNECTED``. A malformed top-level message or
 record, or an unknown message type, raises :class:`DecodeError`, and only that.
+
+What a decoded message may hold is bounded, whatever the sender put in it: a peer list keeps its
+first :data:`MAX_PEERS_PER_LIST` (256) entries (libp2p sends ``k`` = 20 closer peers); a peer
+looks at its first :data:`MAX_ADDRS_EXAMINED` (128) addresses and keeps the first
+:data:`~physarum.dht.addrs.MAX_ADDRS_PER_PEER` (32) valid ones, an address over
+:data:`~physarum.dht.addrs.MAX_ADDR_SIZE` bytes being dropped before it is parsed. Entries past
+these caps are still checked to be well-formed protobuf (a malformed message is refused
+whole) but never copied or parsed. So decoding a 4 MiB answer costs one scan of it, and what it
+allocates is bounded by the caps rather than by the number of fields the sender packed in.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from physarum.dht.addrs import parse_multiaddr_bytes
+from physarum.dht.addrs import MAX_ADDR_SIZE, MAX_ADDRS_PER_PEER, addr_allowed, parse_multiaddr_bytes
 from physarum.errors import DecodeError, IncompleteError, LimitError
 from physarum.overlay import pb, varint
 from physarum.overlay.identity import PeerId
@@ -35,6 +44,10 @@ from physarum.overlay.identity import PeerId
 PROTOCOL_ID = "/ipfs/kad/1.0.0"
 #: Largest kad message, sent or received (libp2p's limit).
 MAX_MESSAGE_SIZE = 4 * 1024 * 1024
+#: Entries of one peer list (``closerPeers``, ``providerPeers``) that are decoded; later ones are ignored.
+MAX_PEERS_PER_LIST = 256
+#: Addresses of one peer entry that are looked at; later ones are ignored.
+MAX_ADDRS_EXAMINED = 4 * MAX_ADDRS_PER_PEER
 
 
 class MessageType(enum.IntEnum):
@@ -116,22 +129,29 @@ def encode_peer(peer: Peer) -> bytes:
 
 
 def decode_peer(data: bytes) -> Peer:
-    """Parse a ``Peer`` protobuf, dropping addresses that are not valid multiaddrs.
+    """Parse a ``Peer`` protobuf, dropping addresses that are not valid multiaddrs or over the
+    size and component bounds, and keeping at most :data:`~physarum.dht.addrs.MAX_ADDRS_PER_PEER`.
 
     Raises:
         DecodeError: malformed protobuf, a missing or invalid peer id, wrong wire types.
     """
-    fields = pb.decode(data)
+    fields = _scan(data, {2: MAX_ADDRS_EXAMINED})
     raw_id = pb.get_bytes(fields, 1)
     if raw_id is None:
         raise DecodeError("peer entry without an id")
     peer_id = PeerId.from_bytes(raw_id)
     addrs = []
     for raw in pb.get_repeated_bytes(fields, 2):
+        if len(raw) > MAX_ADDR_SIZE:
+            continue  # dropped unparsed: cheap, whatever the peer sent
         try:
-            addrs.append(parse_multiaddr_bytes(raw))
+            addr = parse_multiaddr_bytes(raw)
         except DecodeError:
             continue
+        if addr_allowed(addr):
+            addrs.append(addr)
+            if len(addrs) >= MAX_ADDRS_PER_PEER:
+                break
     raw_conn = pb.get_int(fields, 3, 0)
     assert raw_conn is not None
     try:
@@ -177,7 +197,7 @@ def decode_message(data: bytes | bytearray | memoryview) -> Message:
     """
     if len(data) > MAX_MESSAGE_SIZE:
         raise DecodeError(f"kad message of {len(data)} bytes exceeds {MAX_MESSAGE_SIZE}")
-    fields = pb.decode(data)
+    fields = _scan(data, {8: MAX_PEERS_PER_LIST, 9: MAX_PEERS_PER_LIST})
     raw_type = pb.get_int(fields, 1, 0)
     assert raw_type is not None
     try:
@@ -198,6 +218,62 @@ def decode_message(data: bytes | bytearray | memoryview) -> Message:
         if level < -(1 << 31):
             raise DecodeError("clusterLevelRaw out of int32 range")
     return Message(msg_type, key, record, closer, providers, level, bad_closer + bad_providers)
+
+
+def _scan(data: bytes | bytearray | memoryview, caps: dict[int, int]) -> pb.Fields:
+    """:func:`physarum.overlay.pb.decode`, keeping at most ``caps[n]`` values of the
+    length-delimited field ``n``: the rest are checked (wire type, bounds) but never copied.
+    One-byte varints (nearly every tag and length) are read inline: this runs once per field of
+    whatever a peer sent.
+
+    Raises:
+        DecodeError: as ``pb.decode``, or a capped field that is not length-delimited.
+    """
+    fields: pb.Fields = {}
+    pos = 0
+    end = len(data)
+    decode = varint.decode
+    try:
+        while pos < end:
+            key = data[pos]
+            if key < 0x80:
+                pos += 1
+            else:
+                key, pos = decode(data, pos)
+            number, wire = key >> 3, key & 7
+            if not 0 < number < 1 << 29:
+                raise DecodeError(f"protobuf field number {number} out of range")
+            cap = caps.get(number)
+            if cap is not None and wire != pb.LEN:
+                raise DecodeError(f"field {number} should be length-delimited")
+            value: int | bytes
+            if wire == pb.LEN:
+                if pos < end and data[pos] < 0x80:
+                    length = data[pos]
+                    pos += 1
+                else:
+                    length, pos = decode(data, pos)
+                if pos + length > end:
+                    raise DecodeError("protobuf length-delimited field runs past the end")
+                start, pos = pos, pos + length
+                if cap is not None:
+                    held = fields.get(number)
+                    if held is not None and len(held) >= cap:
+                        continue
+                value = bytes(data[start:pos])
+            elif wire == pb.VARINT:
+                value, pos = decode(data, pos)
+            elif wire in (pb.I64, pb.I32):
+                pos += 8 if wire == pb.I64 else 4
+                if pos > end:
+                    raise DecodeError("protobuf fixed-width field runs past the end")
+                continue
+            else:
+                raise DecodeError(f"unsupported protobuf wire type {wire}")
+            fields.setdefault(number, []).append(value)
+    except IncompleteError as e:
+        raise DecodeError("protobuf truncated inside a varint") from e
+    return fields
 
 
 def _decode_peers(entries: Sequence[bytes]) -> tuple[tuple[Peer, ...], int]:

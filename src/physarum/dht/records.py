@@ -31,6 +31,13 @@ written in its canonical base58btc form, so one peer has one key). Anyone may pu
 an entity name; stores keep, per (id, publisher), only the highest ``seq``, and readers decide whom
 to trust from the publishers and data they get back.
 
+Holding records for others (:class:`RecordStore`) and provider entries (:class:`ProviderStore`)
+is bounded per publisher, per name or key, and per store, so that a few throwaway identities can
+neither fill a node nor take a name from an established publisher: when a bound is hit, publishers
+with a history in our routing table (the longer, the higher) win over those without, and among
+equals contact records are first come, first served while provider entries favour the freshest.
+A peer's own peer-id record has room that entity-name records cannot take. See the two classes.
+
 Verification (:func:`verify_record`) rejects, with a :class:`RecordError` subclass: envelopes over
 16 KiB, malformed envelopes or payloads, foreign payload types, non-Ed25519 keys, bad signatures,
 peer-id records from another publisher, data over 8 KiB or not a JSON object, expired records and
@@ -46,13 +53,16 @@ Time: ``expires`` is compared across machines, so the ``now`` given to :func:`ve
 
 from __future__ import annotations
 
+import enum
+import heapq
 import json
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from physarum.dht import keyspace
-from physarum.dht.addrs import parse_multiaddr_bytes
+from physarum.dht.addrs import MAX_ADDRS_PER_PEER, addr_footprint, bounded_addrs, parse_multiaddr_bytes
 from physarum.errors import DecodeError, PhysarumError
 from physarum.overlay import envelope as signed_envelope
 from physarum.overlay import pb
@@ -129,6 +139,10 @@ class ExpiryTooFarError(RecordError):
 
 class StaleRecordError(RecordError):
     """The store already holds this publisher's record for this id with an equal or higher seq."""
+
+
+class WrongKeyError(RecordError):
+    """The record was put under the DHT key of another id."""
 
 
 class StoreFullError(RecordError):
@@ -294,19 +308,28 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    # 1e400 is valid JSON but parses to inf, which encode_data (and any JSON reader) refuses.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range for a float")
+    return value
+
+
 def decode_data(raw: bytes) -> JSONObject:
     """Parse an application payload: strict UTF-8 JSON whose top level is an object (empty = ``{}``).
 
     Raises:
         RecordTooLargeError: over :data:`MAX_DATA_SIZE`.
-        InvalidDataError: not UTF-8, not JSON (NaN/Infinity included, nesting too deep), or not an object.
+        InvalidDataError: not UTF-8, not JSON (NaN/Infinity included, and numbers like 1e400 that only
+            a float's infinity holds; nesting too deep), or not an object.
     """
     if len(raw) > MAX_DATA_SIZE:
         raise RecordTooLargeError(f"record data of {len(raw)} bytes exceeds {MAX_DATA_SIZE}")
     if not raw:
         return {}
     try:
-        value = json.loads(raw.decode(), parse_constant=_reject_constant)
+        value = json.loads(raw.decode(), parse_constant=_reject_constant, parse_float=_finite_float)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise InvalidDataError(f"record data is not JSON: {e}") from None
     if not isinstance(value, dict):
@@ -441,7 +464,14 @@ def decode_record_set(data: bytes, *, max_count: int = MAX_RECORD_SET) -> list[b
 
 @dataclass(frozen=True, slots=True)
 class StoredRecord:
-    """A verified record as the store holds it: decoded, its envelope bytes, and when it was stored."""
+    """A verified record as the store holds it: decoded, its envelope bytes, and when it was stored.
+
+    For our own records ``record`` is the whole decoded record. For records held for others it is
+    a summary (id, seq, expires, publisher; no endpoints, empty data): readers get the envelope,
+    which they verify and decode themselves, and a held record then costs its envelope bytes and
+    a fixed overhead, whatever its JSON would cost once parsed (an 8 KiB payload of empty lists
+    is ~170 KB of Python objects).
+    """
 
     record: ContactRecord
     envelope: bytes
@@ -482,13 +512,54 @@ class RecordRejected:
 PutResult = Stored | Unchanged | RecordRejected
 
 
-class _Entry:
-    __slots__ = ("last_published", "own", "stored")
+class NameFullError(StoreFullError):
+    """The id already has ``max_per_id`` publishers, none with less standing than this one."""
 
-    def __init__(self, stored: StoredRecord, own: bool, last_published: float) -> None:
+
+class PublisherQuotaError(StoreFullError):
+    """The publisher already holds ``max_per_publisher`` records here."""
+
+
+#: ``standing(publisher)``: since when the publisher has been in our routing table, or None.
+Standing = Callable[[PeerId], float | None]
+
+#: A publisher with no history here ranks below every publisher with one.
+_STRANGER = -math.inf
+
+
+def _no_history(publisher: PeerId) -> float | None:
+    return None
+
+
+def _rank(known_since: float | None) -> float:
+    """Standing from history: earlier ``known_since`` ranks higher; None (a stranger) lowest."""
+    return _STRANGER if known_since is None else -known_since
+
+
+_NAMES = 0  # records for entity names
+_PEERS = 1  # records whose id is their publisher's peer id
+
+
+class _Entry:
+    __slots__ = ("known_since", "last_published", "order", "own", "pool", "stored")
+
+    def __init__(
+        self, stored: StoredRecord, own: bool, last_published: float, known_since: float | None, pool: int, order: int
+    ) -> None:
         self.stored = stored
         self.own = own
         self.last_published = last_published
+        self.known_since = known_since
+        self.pool = pool
+        self.order = order  # when it was first stored, as a counter: ties among equals go by it
+
+    @property
+    def key(self) -> tuple[str, PeerId]:
+        return (self.stored.record.id, self.stored.publisher)
+
+    @property
+    def size(self) -> int:
+        return len(self.stored.envelope)
 
 
 def _newest_first(entry: _Entry) -> tuple[int, int, bytes]:
@@ -498,34 +569,94 @@ def _newest_first(entry: _Entry) -> tuple[int, int, bytes]:
     return (-rec.expires, -rec.seq, rec.publisher.to_bytes())
 
 
+def _summary(record: ContactRecord) -> ContactRecord:
+    return ContactRecord(record.id, (), {}, record.seq, record.expires, record.publisher)
+
+
 class RecordStore:
     """Verified contact records by (id, publisher), highest seq only. Pure: ``now`` is injected.
 
     ``now`` is wall-clock unix time (records carry absolute expiry times). Our own records (put with
-    ``own=True``) ignore the bounds and are offered by :meth:`due_for_republish`.
+    ``own=True``) ignore every bound, count against none, and are offered by :meth:`due_for_republish`.
+
+    Quotas, so that a few throwaway identities cannot fill the store or take a name:
+
+    * Two pools with their own bounds: records for entity names (``max_records``, ``max_bytes``)
+      and peer-id records, those whose id is their publisher's peer id (``max_peer_records``,
+      ``max_peer_bytes``). A flood of names never takes the room of a peer's own peer-id record.
+    * Per publisher: at most ``max_per_publisher`` entity-name records (a publisher has only one
+      peer-id record, its own). Updates of a held record never count twice.
+    * Per name: at most ``max_per_id`` publishers.
+
+    Standing: ``standing(publisher)`` says since when the publisher has been in our routing table
+    (any steady clock; None when it is not there: a stranger). Earlier is higher; strangers rank
+    lowest. Kademlia keeps a
+    live contact rather than admit a newcomer, so a place held for long is history a throwaway
+    identity cannot fake; a publisher's id or its closeness to the key could be ground cheaply, and
+    a connection's age only measures how long an attacker has been attacking. When a bound is hit:
+
+    * a full name: the newcomer takes the place of the holder with the lowest standing (the one
+      stored last among equals) if that standing is strictly lower than its own, else it is
+      refused. So among strangers it is first come, first served (squatters cannot push out the
+      incumbents, honest ones included), while a publisher with history always gets a place
+      among strangers, however many came first;
+    * a full pool: a newcomer with history evicts strangers' records, those stored last first; a
+      stranger is refused. Publishers with history never lose records to anyone but each other's
+      name limits.
+
+    A publisher's standing is the one it had when it last stored (an update re-ranks it).
+
+    Expiry costs a heap operation per record, so :meth:`put` drops expired records as it goes.
 
     Args:
-        max_records: most records held in all.
-        max_bytes: most envelope bytes held in all.
-        max_per_id: most publishers held for one id.
+        standing: the publisher's standing, as above (default: everyone is a stranger); a
+            :class:`~physarum.dht.service.KadDHT` sets it to seniority in its routing table.
+        max_records: most entity-name records held for others.
+        max_bytes: most envelope bytes of entity-name records held for others.
+        max_per_id: most publishers held for one id (ours not counted).
+        max_per_publisher: most entity-name records held for one publisher.
+        max_peer_records: most peer-id records held for others.
+        max_peer_bytes: most envelope bytes of peer-id records held for others.
         max_ttl: passed to :func:`verify_record`.
+
+    The defaults bound what others can make a node hold to about 24 MiB of envelopes plus ~600
+    bytes per record (20,000 records).
     """
 
     def __init__(
         self,
         *,
+        standing: Standing | None = None,
         max_records: int = 10_000,
-        max_bytes: int = 32 * 1024 * 1024,
+        max_bytes: int = 16 * 1024 * 1024,
         max_per_id: int = 16,
+        max_per_publisher: int = 64,
+        max_peer_records: int = 10_000,
+        max_peer_bytes: int = 8 * 1024 * 1024,
         max_ttl: float = MAX_RECORD_TTL,
     ) -> None:
         self.max_records = max_records
         self.max_bytes = max_bytes
         self.max_per_id = max_per_id
+        self.max_per_publisher = max_per_publisher
+        self.max_peer_records = max_peer_records
+        self.max_peer_bytes = max_peer_bytes
         self.max_ttl = max_ttl
+        self.standing: Standing = standing if standing is not None else _no_history
         self._by_id: dict[str, dict[PeerId, _Entry]] = {}
         self._count = 0
         self._bytes = 0
+        # what others hold here, per pool (own records excluded)
+        self._pool_count = [0, 0]
+        self._pool_bytes = [0, 0]
+        # strangers' entries per pool, in the order they were first stored
+        self._strangers: list[dict[tuple[str, PeerId], _Entry]] = [{}, {}]
+        self._stranger_bytes = [0, 0]
+        self._per_publisher: dict[PeerId, int] = {}
+        self._own: dict[tuple[str, PeerId], _Entry] = {}  # so republishing never scans others' records
+        self._expiry: list[tuple[int, int, _Entry]] = []  # (expires, push count, entry), lazily pruned
+        self._pushes = 0
+        self._order = 0
 
     def __len__(self) -> int:
         return self._count
@@ -539,13 +670,20 @@ class RecordStore:
         """Every id with at least one record held (expired ones included until :meth:`expire`)."""
         return list(self._by_id)
 
-    def put(self, envelope: bytes, now: float, *, own: bool = False) -> PutResult:
-        """Verify and store a signed record (a PUT_VALUE, or our own with ``own=True``). Never raises.
+    def held_for(self, publisher: PeerId) -> int:
+        """How many entity-name records are held for ``publisher`` (its quota use)."""
+        return self._per_publisher.get(publisher, 0)
+
+    def put(self, envelope: bytes, now: float, *, own: bool = False, record_id: str | None = None) -> PutResult:
+        """Verify and store a signed record (a PUT_VALUE, or our own with ``own=True``). Never raises
+        (unless ``standing`` does). With ``record_id`` (the id of the key it was put under), a
+        record for another id is refused (:class:`WrongKeyError`) and nothing held changes.
 
         Returns :class:`Stored` (new, or a higher seq that replaced the old one), :class:`Unchanged`
         (the same envelope again), or :class:`RecordRejected` with a :class:`RecordError`: whatever
         :func:`verify_record` raises, :class:`StaleRecordError` for a lower seq or an equal seq with
-        other contents, :class:`StoreFullError` at a bound.
+        other contents, :class:`PublisherQuotaError`, :class:`NameFullError` or
+        :class:`StoreFullError` at a bound.
         """
         try:
             record = verify_record(envelope, now, max_ttl=self.max_ttl)
@@ -553,11 +691,18 @@ class RecordStore:
             return RecordRejected(e)
         publisher = record.publisher
         assert publisher is not None
+        if record_id is not None and record.id != record_id:
+            return RecordRejected(
+                WrongKeyError(
+                    f"record for {record.id!r} under the key of {record_id!r}", record_id=record.id, publisher=publisher
+                )
+            )
         envelope = bytes(envelope)
+        self.expire(now)
+        known_since = None if own else self.standing(publisher)
+        rank = _rank(known_since)
+        pool = _PEERS if record.id == str(publisher) else _NAMES
         publishers = self._by_id.get(record.id)
-        if publishers is not None:
-            self._expire_id(record.id, publishers, now)
-            publishers = self._by_id.get(record.id)
         old = publishers.get(publisher) if publishers is not None else None
         if old is not None:
             held = old.stored.record.seq
@@ -572,30 +717,62 @@ class RecordStore:
                 )
             if record.seq == held:
                 if own and not old.own:
+                    self._unaccount(old)
                     old.own, old.last_published = True, now
+                    self._account(old)
                 return Unchanged(old.stored)
-            growth = len(envelope) - len(old.stored.envelope)
-            if not (own or old.own) and self._bytes + growth > self.max_bytes:
-                return RecordRejected(StoreFullError("record store is full (bytes)", record_id=record.id))
-            stored = StoredRecord(record, envelope, now)
+            if not (own or old.own):
+                victims = self._room(pool, 0, len(envelope) - old.size, rank, keep=old)
+                if victims is None:
+                    return RecordRejected(StoreFullError("record store is full (bytes)", record_id=record.id))
+                for victim in victims:
+                    self._drop(victim)
+            stored = StoredRecord(record if own or old.own else _summary(record), envelope, now)
+            self._unaccount(old)
             old.stored = stored
             old.own = old.own or own
+            if not old.own:
+                old.known_since = known_since
             if own:
                 old.last_published = now
-            self._bytes += growth
+            self._account(old)
             return Stored(stored, replaced=True)
         if not own:
-            full = self._full_for(record.id, publishers, len(envelope))
-            if full is not None:
-                self.expire(now)
-                publishers = self._by_id.get(record.id)
-                full = self._full_for(record.id, publishers, len(envelope))
-                if full is not None:
-                    return RecordRejected(StoreFullError(full, record_id=record.id, publisher=publisher))
-        stored = StoredRecord(record, envelope, now)
-        self._by_id.setdefault(record.id, {})[publisher] = _Entry(stored, own, now)
-        self._count += 1
-        self._bytes += len(envelope)
+            leaving = None
+            if pool == _NAMES:
+                if self._per_publisher.get(publisher, 0) >= self.max_per_publisher:
+                    return RecordRejected(
+                        PublisherQuotaError(
+                            f"publisher holds {self.max_per_publisher} records here, the limit",
+                            record_id=record.id,
+                            publisher=publisher,
+                        )
+                    )
+                others = [e for e in publishers.values() if not e.own] if publishers is not None else []
+                if len(others) >= self.max_per_id:
+                    leaving = min(others, key=lambda e: (_rank(e.known_since), -e.order))
+                    if _rank(leaving.known_since) >= rank:
+                        return RecordRejected(
+                            NameFullError(
+                                f"record store holds {len(others)} publishers for {record.id!r}, the limit,"
+                                " none with less standing",
+                                record_id=record.id,
+                                publisher=publisher,
+                            )
+                        )
+            victims = self._room(pool, 1, len(envelope), rank, leaving=leaving)
+            if victims is None:
+                what = "peer-id records" if pool == _PEERS else "records"
+                return RecordRejected(
+                    StoreFullError(f"record store is full ({what})", record_id=record.id, publisher=publisher)
+                )
+            for victim in ([leaving] if leaving is not None else []) + victims:
+                self._drop(victim)
+        stored = StoredRecord(record if own else _summary(record), envelope, now)
+        self._order += 1
+        entry = _Entry(stored, own, now, None if own else known_since, pool, self._order)
+        self._by_id.setdefault(record.id, {})[publisher] = entry
+        self._account(entry)
         return Stored(stored)
 
     def get(self, record_id: str, now: float, *, limit: int | None = None) -> list[bytes]:
@@ -603,7 +780,7 @@ class RecordStore:
         return [s.envelope for s in self.records(record_id, now, limit=limit)]
 
     def records(self, record_id: str, now: float, *, limit: int | None = None) -> list[StoredRecord]:
-        """Like :meth:`get`, with the decoded records."""
+        """Like :meth:`get`, with the held records (summaries for others' records, see :class:`StoredRecord`)."""
         publishers = self._by_id.get(record_id)
         if not publishers:
             return []
@@ -623,21 +800,28 @@ class RecordStore:
         publishers = self._by_id.get(record_id)
         if not publishers:
             return 0
-        victims = list(publishers) if publisher is None else [publisher] if publisher in publishers else []
-        for p in victims:
-            self._drop(record_id, publishers, p)
+        victims = list(publishers.values()) if publisher is None else [publishers[publisher]] if publisher in publishers else []
+        for entry in victims:
+            self._drop(entry)
         return len(victims)
 
     def expire(self, now: float) -> int:
-        """Drop every record with ``expires <= now`` (our own included); returns how many went."""
-        before = self._count
-        for record_id, publishers in list(self._by_id.items()):
-            self._expire_id(record_id, publishers, now)
-        return before - self._count
+        """Drop every record with ``expires <= now`` (our own included); returns how many went.
+
+        Amortised O(log n) per record dropped: records wait in a heap by expiry.
+        """
+        dropped = 0
+        heap = self._expiry
+        while heap and heap[0][0] <= now:
+            expires, _, entry = heapq.heappop(heap)
+            if entry.stored.record.expires == expires and self._holds(entry):
+                self._drop(entry)
+                dropped += 1
+        return dropped
 
     def own_records(self) -> list[StoredRecord]:
         """Our own records (put with ``own=True``), expired or not."""
-        return [e.stored for pubs in self._by_id.values() for e in pubs.values() if e.own]
+        return [e.stored for e in self._own.values()]
 
     def due_for_republish(self, now: float, interval: float) -> list[StoredRecord]:
         """Our own unexpired records last published at least ``interval`` ago.
@@ -648,19 +832,13 @@ class RecordStore:
         """
         return [
             e.stored
-            for pubs in self._by_id.values()
-            for e in pubs.values()
-            if e.own and e.stored.record.expires > now and now - e.last_published >= interval
+            for e in self._own.values()
+            if e.stored.record.expires > now and now - e.last_published >= interval
         ]
 
     def expiring_own(self, now: float, within: float) -> list[StoredRecord]:
         """Our own records that expire within ``within`` seconds (or already have): re-sign these."""
-        return [
-            e.stored
-            for pubs in self._by_id.values()
-            for e in pubs.values()
-            if e.own and e.stored.record.expires - now <= within
-        ]
+        return [e.stored for e in self._own.values() if e.stored.record.expires - now <= within]
 
     def mark_republished(self, record_id: str, publisher: PeerId, now: float) -> bool:
         """Note that our record was published at ``now``; False when no such own record is held."""
@@ -670,25 +848,113 @@ class RecordStore:
         entry.last_published = now
         return True
 
-    def _full_for(self, record_id: str, publishers: dict[PeerId, _Entry] | None, size: int) -> str | None:
-        if publishers is not None and len(publishers) >= self.max_per_id:
-            return f"record store holds {len(publishers)} publishers for {record_id!r}, the limit"
-        if self._count >= self.max_records:
-            return f"record store holds {self._count} records, the limit"
-        if self._bytes + size > self.max_bytes:
-            return f"record store would exceed {self.max_bytes} bytes"
-        return None
+    # -- accounting --
 
-    def _expire_id(self, record_id: str, publishers: dict[PeerId, _Entry], now: float) -> None:
-        for p in [p for p, e in publishers.items() if e.stored.record.expires <= now]:
-            self._drop(record_id, publishers, p)
+    def _limits(self, pool: int) -> tuple[int, int]:
+        if pool == _PEERS:
+            return self.max_peer_records, self.max_peer_bytes
+        return self.max_records, self.max_bytes
 
-    def _drop(self, record_id: str, publishers: dict[PeerId, _Entry], publisher: PeerId) -> None:
-        entry = publishers.pop(publisher)
+    def _room(
+        self,
+        pool: int,
+        count: int,
+        size: int,
+        rank: float,
+        *,
+        leaving: _Entry | None = None,
+        keep: _Entry | None = None,
+    ) -> list[_Entry] | None:
+        """Strangers' entries to evict so that ``count`` more entries and ``size`` more bytes fit in
+        ``pool`` once ``leaving`` is gone: [] when they fit already, None when they cannot (or
+        when the newcomer, of standing ``rank``, may not evict). ``keep`` is never chosen."""
+        max_count, max_bytes = self._limits(pool)
+        n = self._pool_count[pool] + count
+        b = self._pool_bytes[pool] + size
+        if leaving is not None:
+            n -= 1
+            b -= leaving.size
+        if n <= max_count and b <= max_bytes:
+            return []
+        if rank == _STRANGER:
+            return None
+        strangers = self._strangers[pool]
+        spare_n, spare_b = len(strangers), self._stranger_bytes[pool]
+        for entry in (leaving, keep):
+            if entry is not None and entry.key in strangers and strangers[entry.key] is entry:
+                spare_n -= 1
+                spare_b -= entry.size
+        if n - spare_n > max_count or b - spare_b > max_bytes:
+            return None
+        victims = []
+        for entry in reversed(strangers.values()):  # stored last, evicted first: incumbents stay
+            if entry is leaving or entry is keep:
+                continue
+            victims.append(entry)
+            n -= 1
+            b -= entry.size
+            if n <= max_count and b <= max_bytes:
+                break
+        return victims
+
+    def _holds(self, entry: _Entry) -> bool:
+        return self._by_id.get(entry.stored.record.id, {}).get(entry.stored.publisher) is entry
+
+    def _account(self, entry: _Entry) -> None:
+        """Count a (new or changed) entry that is in ``_by_id``."""
+        self._count += 1
+        self._bytes += entry.size
+        if entry.own:
+            self._own[entry.key] = entry
+        else:
+            pool = entry.pool
+            self._pool_count[pool] += 1
+            self._pool_bytes[pool] += entry.size
+            if pool == _NAMES:
+                publisher = entry.stored.publisher
+                self._per_publisher[publisher] = self._per_publisher.get(publisher, 0) + 1
+            if entry.known_since is None:
+                self._strangers[pool][entry.key] = entry
+                self._stranger_bytes[pool] += entry.size
+        self._pushes += 1
+        heapq.heappush(self._expiry, (entry.stored.record.expires, self._pushes, entry))
+        if len(self._expiry) > 2 * self._count + 64:
+            # updates leave stale heap items behind: rebuild before they outnumber the records
+            self._expiry = []
+            for pubs in self._by_id.values():
+                for e in pubs.values():
+                    self._pushes += 1
+                    self._expiry.append((e.stored.record.expires, self._pushes, e))
+            heapq.heapify(self._expiry)
+
+    def _unaccount(self, entry: _Entry) -> None:
+        """Undo :meth:`_account` (the heap item goes stale and is skipped)."""
         self._count -= 1
-        self._bytes -= len(entry.stored.envelope)
+        self._bytes -= entry.size
+        if entry.own:
+            del self._own[entry.key]
+        else:
+            pool = entry.pool
+            self._pool_count[pool] -= 1
+            self._pool_bytes[pool] -= entry.size
+            if pool == _NAMES:
+                publisher = entry.stored.publisher
+                left = self._per_publisher[publisher] - 1
+                if left:
+                    self._per_publisher[publisher] = left
+                else:
+                    del self._per_publisher[publisher]
+            if entry.known_since is None:
+                del self._strangers[pool][entry.key]
+                self._stranger_bytes[pool] -= entry.size
+
+    def _drop(self, entry: _Entry) -> None:
+        record_id, publisher = entry.key
+        publishers = self._by_id[record_id]
+        del publishers[publisher]
         if not publishers:
             del self._by_id[record_id]
+        self._unaccount(entry)
 
 
 # -- providers ---------------------------------------------------------------------------------
@@ -696,20 +962,63 @@ class RecordStore:
 
 @dataclass(frozen=True, slots=True)
 class Provider:
-    """A peer that said (ADD_PROVIDER) it can provide a key: its id, addresses, and when."""
+    """A peer that said (ADD_PROVIDER) it can provide a key: its id, addresses, and when.
+
+    ``known_since`` is the standing it had when it said so (see :class:`ProviderStore`).
+    """
 
     peer_id: PeerId
     addrs: tuple[Any, ...]
     added: float
     expires: float
+    known_since: float | None = None
+
+
+class ProviderOutcome(enum.Enum):
+    """What :meth:`ProviderStore.offer` did."""
+
+    STORED = "stored"
+    """Held (new, or refreshed)."""
+    BAD_KEY = "bad_key"
+    """An empty key, or one over ``max_key_size``."""
+    PROVIDER_QUOTA = "provider_quota"
+    """The provider already provides ``max_keys_per_provider`` keys here."""
+    KEY_FULL = "key_full"
+    """The key has ``max_per_key`` providers, all with more standing."""
+    STORE_FULL = "store_full"
+    """The store is at ``max_entries``, ``max_keys`` or ``max_bytes``, and the newcomer may not
+    evict (a stranger), or evicting every stranger would not make room."""
+
+
+#: Memory of one provider entry beside its addresses (the object, its dict slots, the key's share).
+_PROVIDER_OVERHEAD = 400
+
+
+def _provider_cost(key: bytes, addrs: Sequence[Any]) -> int:
+    return _PROVIDER_OVERHEAD + len(key) + sum(addr_footprint(a) for a in addrs)
 
 
 class ProviderStore:
     """Provider entries by key, each living ``validity`` seconds from its latest ADD_PROVIDER.
 
     Pure: ``now`` is injected, from any steady clock (only times this store recorded are compared).
-    At ``max_per_key`` the entry added longest ago makes room (providers re-provide periodically, so
-    the freshest are the most useful); a new key past ``max_keys`` is refused.
+    Entries expire ``validity`` after their latest ADD_PROVIDER (libp2p's 24 h); since that is the
+    same for every entry, the entries kept in order of their latest add are also in order of
+    expiry, and :meth:`expire` costs only what it drops.
+
+    Bounds, so that peers who announce and leave cannot make a node hold more than ``max_bytes``:
+    an entry keeps the provider's first ``max_addrs`` distinct addresses within the size bounds of
+    :mod:`physarum.dht.addrs`; a key has at most ``max_per_key`` providers; a provider provides at
+    most ``max_keys_per_provider`` keys here; the store holds at most ``max_entries`` entries over
+    ``max_keys`` keys, and ``max_bytes`` of (estimated) memory.
+
+    Standing, as for records (:class:`RecordStore`): ``standing(provider)`` says since when the
+    provider has been in our routing table, None for a stranger (the default for everyone);
+    earlier is higher. At ``max_per_key``
+    the entry of the lowest standing that was added longest ago makes room, if that standing is
+    not above the newcomer's (providers re-provide periodically, so among equals the freshest are
+    the most useful); with the store full, a newcomer with history evicts strangers' entries,
+    those added longest ago first, and a stranger is refused.
 
     Raises:
         ValueError: a bound below 1 or a non-positive ``validity``.
@@ -719,50 +1028,93 @@ class ProviderStore:
         self,
         *,
         validity: float = DEFAULT_PROVIDER_VALIDITY,
+        standing: Standing | None = None,
         max_per_key: int = 64,
-        max_keys: int = 100_000,
+        max_keys: int = 10_000,
         max_key_size: int = 256,
+        max_entries: int = 10_000,
+        max_keys_per_provider: int = 256,
+        max_bytes: int = 8 * 1024 * 1024,
+        max_addrs: int = MAX_ADDRS_PER_PEER,
     ) -> None:
-        if validity <= 0 or max_per_key < 1 or max_keys < 1 or max_key_size < 1:
+        bounds = (max_per_key, max_keys, max_key_size, max_entries, max_keys_per_provider, max_bytes, max_addrs)
+        if validity <= 0 or min(bounds) < 1:
             raise ValueError("provider store bounds and validity must be positive")
         self.validity = validity
+        self.standing: Standing = standing if standing is not None else _no_history
         self.max_per_key = max_per_key
         self.max_keys = max_keys
         self.max_key_size = max_key_size
+        self.max_entries = max_entries
+        self.max_keys_per_provider = max_keys_per_provider
+        self.max_bytes = max_bytes
+        self.max_addrs = max_addrs
         # per key, insertion order = least recently (re-)added first
         self._by_key: dict[bytes, dict[PeerId, Provider]] = {}
-        self._count = 0
+        # every entry, least recently (re-)added first (so also soonest to expire first)
+        self._order: dict[tuple[bytes, PeerId], Provider] = {}
+        self._strangers: dict[tuple[bytes, PeerId], Provider] = {}
+        self._stranger_bytes = 0
+        self._per_provider: dict[PeerId, int] = {}
+        self._bytes = 0
 
     def __len__(self) -> int:
         """How many (key, provider) entries are held."""
-        return self._count
+        return len(self._order)
+
+    @property
+    def total_bytes(self) -> int:
+        """Estimated memory held by the entries."""
+        return self._bytes
 
     def keys(self) -> list[bytes]:
         return list(self._by_key)
 
     def add(self, key: bytes, provider: PeerId, addrs: Sequence[Any], now: float) -> bool:
+        """:meth:`offer`; True when the entry is held."""
+        return self.offer(key, provider, addrs, now) is ProviderOutcome.STORED
+
+    def offer(self, key: bytes, provider: PeerId, addrs: Sequence[Any], now: float) -> ProviderOutcome:
         """Record that ``provider`` provides ``key`` as of ``now`` (re-adding refreshes it).
 
-        Returns False, storing nothing, for an empty or over-long key or when a new key would pass
-        ``max_keys``. Never raises.
+        ``addrs`` are cut to the first ``max_addrs`` distinct allowed ones. Returns what happened
+        (see :class:`ProviderOutcome`); anything but ``STORED`` stores nothing, and a refused
+        re-add leaves the old entry as it was. Never raises (unless ``standing`` does).
         """
         if not key or len(key) > self.max_key_size:
-            return False
+            return ProviderOutcome.BAD_KEY
+        self.expire(now)
+        known_since = self.standing(provider)
+        kept = bounded_addrs(addrs, self.max_addrs)
+        entry = Provider(provider, kept, now, now + self.validity, known_since)
+        cost = _provider_cost(key, kept)
         providers = self._by_key.get(key)
-        if providers is None:
-            if len(self._by_key) >= self.max_keys:
-                self.expire(now)
-                if len(self._by_key) >= self.max_keys:
-                    return False
-            providers = self._by_key[key] = {}
-        if providers.pop(provider, None) is not None:
-            self._count -= 1
-        while len(providers) >= self.max_per_key:
-            del providers[next(iter(providers))]
-            self._count -= 1
-        providers[provider] = Provider(provider, tuple(addrs), now, now + self.validity)
-        self._count += 1
-        return True
+        old = providers.get(provider) if providers is not None else None
+        rank = _rank(known_since)
+        leaving: Provider | None = old
+        if old is None:
+            if self._per_provider.get(provider, 0) >= self.max_keys_per_provider:
+                return ProviderOutcome.PROVIDER_QUOTA
+            if providers is not None and len(providers) >= self.max_per_key:
+                # lowest standing first, then added longest ago (dicts keep that order)
+                leaving = min(providers.values(), key=lambda p: _rank(p.known_since))
+                if _rank(leaving.known_since) > rank:
+                    return ProviderOutcome.KEY_FULL
+        victims = self._room(key, cost, rank, leaving, new_key=providers is None)
+        if victims is None:
+            return ProviderOutcome.STORE_FULL
+        if leaving is not None:
+            self._drop(key, leaving)
+        for victim_key, victim in victims:
+            self._drop(victim_key, victim)
+        self._by_key.setdefault(key, {})[provider] = entry
+        self._order[(key, provider)] = entry
+        if known_since is None:
+            self._strangers[(key, provider)] = entry
+            self._stranger_bytes += cost
+        self._per_provider[provider] = self._per_provider.get(provider, 0) + 1
+        self._bytes += cost
+        return ProviderOutcome.STORED
 
     def get(self, key: bytes, now: float, *, limit: int | None = None) -> list[Provider]:
         """The unexpired providers of ``key``, most recently added first."""
@@ -774,21 +1126,72 @@ class ProviderStore:
 
     def remove(self, key: bytes, provider: PeerId) -> bool:
         """Forget one provider of ``key``; False when it was not held."""
-        providers = self._by_key.get(key)
-        if not providers or providers.pop(provider, None) is None:
+        entry = self._by_key.get(key, {}).get(provider)
+        if entry is None:
             return False
-        self._count -= 1
-        if not providers:
-            del self._by_key[key]
+        self._drop(key, entry)
         return True
 
     def expire(self, now: float) -> int:
         """Drop every entry with ``expires <= now``; returns how many went."""
-        before = self._count
-        for key, providers in list(self._by_key.items()):
-            for peer_id in [p for p, e in providers.items() if e.expires <= now]:
-                del providers[peer_id]
-                self._count -= 1
-            if not providers:
-                del self._by_key[key]
-        return before - self._count
+        dropped = 0
+        while self._order:
+            (key, _), entry = next(iter(self._order.items()))
+            if entry.expires > now:
+                break
+            self._drop(key, entry)
+            dropped += 1
+        return dropped
+
+    def _room(
+        self, key: bytes, cost: int, rank: float, leaving: Provider | None, *, new_key: bool
+    ) -> list[tuple[bytes, Provider]] | None:
+        """Strangers' entries to evict so that one more entry of ``cost`` fits once ``leaving``
+        (an entry of ``key``) is gone: [] when it fits already, None when it cannot."""
+        n = len(self._order) + 1
+        b = self._bytes + cost
+        keys = len(self._by_key) + (1 if new_key else 0)
+        if leaving is not None:
+            n -= 1
+            b -= _provider_cost(key, leaving.addrs)
+        if n <= self.max_entries and b <= self.max_bytes and keys <= self.max_keys:
+            return []
+        if rank == _STRANGER:
+            return None
+        spare_n, spare_b = len(self._strangers), self._stranger_bytes
+        if leaving is not None and leaving.known_since is None:
+            spare_n -= 1
+            spare_b -= _provider_cost(key, leaving.addrs)
+        if n - spare_n > self.max_entries or b - spare_b > self.max_bytes:
+            return None
+        victims: list[tuple[bytes, Provider]] = []
+        emptied: dict[bytes, int] = {}
+        for (victim_key, _peer), victim in self._strangers.items():  # added longest ago first
+            if victim is leaving:
+                continue
+            victims.append((victim_key, victim))
+            n -= 1
+            b -= _provider_cost(victim_key, victim.addrs)
+            if victim_key != key:
+                emptied[victim_key] = emptied.get(victim_key, 0) + 1
+                if emptied[victim_key] == len(self._by_key[victim_key]):
+                    keys -= 1
+            if n <= self.max_entries and b <= self.max_bytes and keys <= self.max_keys:
+                return victims
+        return None
+
+    def _drop(self, key: bytes, entry: Provider) -> None:
+        providers = self._by_key[key]
+        del providers[entry.peer_id]
+        if not providers:
+            del self._by_key[key]
+        del self._order[(key, entry.peer_id)]
+        cost = _provider_cost(key, entry.addrs)
+        if self._strangers.pop((key, entry.peer_id), None) is not None:
+            self._stranger_bytes -= cost
+        left = self._per_provider[entry.peer_id] - 1
+        if left:
+            self._per_provider[entry.peer_id] = left
+        else:
+            del self._per_provider[entry.peer_id]
+        self._bytes -= cost

@@ -13,8 +13,29 @@ Requests are answered by :meth:`KadDHT.rpc` (named ``rpc_*`` per message type) a
 ``call_*`` methods. We send each request on a new stream and read one answer; as a server we answer
 every message a stream carries, in order (go and js may send several on one stream), until the asker
 closes its side or the stream idles for ``stream_idle_timeout``. ADD_PROVIDER is never answered
-(libp2p sends it without waiting). A malformed message, or one over 4 MiB, resets that stream and
-nothing else.
+(libp2p sends it without waiting). A refused request resets that stream and nothing else.
+
+Hostile peers (what one peer can make a node hold or do, whatever it sends):
+
+* Requests are small: a request over ``max_request_size`` (64 KiB; the largest legitimate one, a
+  PUT_VALUE of one contact record, is ~17 KiB: a 16 KiB envelope and its key twice) is refused
+  from its length prefix alone, before its body is read; a key (or record key) over
+  ``max_key_size`` (1 KiB: ours are at most 274 bytes, a CID or ``/ipns/`` key under 100; no
+  reply ever echoes more) is refused; a request must arrive whole within ``request_timeout``
+  (10 s) of its first byte. Each message read, request or answer, is reserved from the peer's
+  memory budget (``stream.session.memory``, see :mod:`physarum.dht.framing`) while it is
+  buffered and refused when the budget is spent. Answers we read may be up to 4 MiB (libp2p's
+  limit). The host bounds the kad streams one peer may open at once.
+* Addresses are bounded and handled in linear time wherever a peer's input reaches: identify,
+  answers we decode, provider entries, contacts (see :mod:`physarum.dht.addrs`): at most 32 per
+  peer, deduplicated with a set in one pass that stops once it has 32. An answer we send holds
+  at most ``k`` peers of 32 addresses each.
+* Records and providers have quotas per publisher, per name or key, and per store, and rank
+  publishers by their history in our routing table (see :class:`~physarum.dht.records.RecordStore`
+  and :class:`~physarum.dht.records.ProviderStore`): throwaway identities can neither fill the
+  store nor lock an established publisher out of a name.
+* Refusals are counted (metrics below), logged one by one at DEBUG, and summed up at INFO at most
+  once per ``refusal_log_interval`` (60 s).
 
 On a real host (:meth:`KadDHT.for_host`):
 
@@ -55,8 +76,13 @@ could ask nobody:
 
 Metrics (with ``registry=``): ``physarum_routing_table_peers`` (gauge, set on the trio thread
 whenever the table changes), ``physarum_dht_requests_total{type}`` (requests served, by message
-type, e.g. ``find_node``) and ``physarum_dht_lookups_total`` (iterative lookups started, our
-callers' and the table maintenance's).
+type, e.g. ``find_node``), ``physarum_dht_lookups_total`` (iterative lookups started, our
+callers' and the table maintenance's), and the refusals:
+``physarum_dht_requests_refused_total{reason}`` (``too_large``, ``key_too_large``, ``memory``,
+``malformed``, ``slow``), ``physarum_dht_records_refused_total{reason}`` (``invalid``, ``stale``,
+``wrong_key``, ``publisher_quota``, ``name_full``, ``store_full``) and
+``physarum_dht_providers_refused_total{reason}`` (``bad_key``, ``provider_quota``, ``key_full``,
+``store_full``).
 """
 
 from __future__ import annotations
@@ -73,7 +99,14 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar
 import trio
 
 from physarum.dht import keyspace
-from physarum.dht.addrs import parse_multiaddr_bytes
+from physarum.dht.addrs import (
+    MAX_ADDR_SIZE,
+    MAX_ADDRS_PER_PEER,
+    addr_allowed,
+    bounded_addrs,
+    parse_multiaddr_bytes,
+)
+from physarum.dht.framing import MemoryRefusedError, MessageReader, MessageTooLargeError, stream_budget
 from physarum.dht.lookup import Lookup, LookupStats
 from physarum.dht.messages import (
     MAX_MESSAGE_SIZE,
@@ -82,16 +115,21 @@ from physarum.dht.messages import (
     MessageType,
     Peer,
     Record,
-    decode_message,
     encode_framed,
 )
 from physarum.dht.records import (
     DEFAULT_RECORD_TTL,
     ContactRecord,
+    NameFullError,
+    ProviderOutcome,
     ProviderStore,
+    PublisherQuotaError,
     RecordError,
     RecordRejected,
     RecordStore,
+    StaleRecordError,
+    StoreFullError,
+    WrongKeyError,
     decode_record_set,
     encode_record_set,
     new_expiry,
@@ -104,9 +142,9 @@ from physarum.dht.table import Added, BucketFull, Contact, RoutingTable
 from physarum.errors import DecodeError, DialError, PhysarumError
 from physarum.overlay import addr as addrs_
 from physarum.overlay.backoff import backoff_delays, keep_bootstrap_connected, keep_connected
+from physarum.overlay.connmgr import KBUCKET_WEIGHT
 from physarum.overlay.identity import KeyPair, PeerId
 from physarum.overlay.multiaddr import Multiaddr
-from physarum.overlay.streamio import BufferedStream
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -120,6 +158,18 @@ PROTOCOL_ID = "/ipfs/kad/1.0.0"
 
 #: What a peer that cannot be reached or answer in time makes a request raise.
 _PEER_FAILURES = (PhysarumError, trio.BrokenResourceError, OSError, trio.TooSlowError)
+
+#: Largest request served by default: a PUT_VALUE of one full-size contact record is ~17 KiB.
+DEFAULT_MAX_REQUEST_SIZE = 64 * 1024
+#: Longest key (and record key) served by default.
+DEFAULT_MAX_KEY_SIZE = 1024
+
+#: Why a request was refused (``physarum_dht_requests_refused_total{reason}``).
+REQUEST_REFUSALS = ("too_large", "key_too_large", "memory", "malformed", "slow")
+#: Why a PUT_VALUE record was refused (``physarum_dht_records_refused_total{reason}``).
+RECORD_REFUSALS = ("invalid", "stale", "wrong_key", "publisher_quota", "name_full", "store_full")
+#: Why an ADD_PROVIDER entry was refused (``physarum_dht_providers_refused_total{reason}``).
+PROVIDER_REFUSALS = tuple(o.value for o in ProviderOutcome if o is not ProviderOutcome.STORED)
 
 
 class PeerNotFoundError(PhysarumError):
@@ -238,6 +288,29 @@ class _Metrics:
             "Iterative Kademlia lookups this node started (its callers' and its table maintenance's).",
             registry=registry,
         )
+        refused = Counter(
+            "physarum_dht_requests_refused_total",
+            "Kademlia requests refused (their stream reset), by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        records = Counter(
+            "physarum_dht_records_refused_total",
+            "Contact records refused in PUT_VALUE requests, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        providers = Counter(
+            "physarum_dht_providers_refused_total",
+            "Provider entries refused in ADD_PROVIDER requests, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.refused = {
+            "request": {r: refused.labels(r) for r in REQUEST_REFUSALS},
+            "record": {r: records.labels(r) for r in RECORD_REFUSALS},
+            "provider": {r: providers.labels(r) for r in PROVIDER_REFUSALS},
+        }
 
 
 class KadTransport(Protocol):
@@ -261,8 +334,11 @@ class HostTransport:
         self.host = host
 
     async def request(self, peer: PeerId, addrs: Sequence[Multiaddr], message: Message) -> Message:
-        """Raises: DialError, NegotiationError, DecodeError, LimitError, trio.BrokenResourceError,
-        trio.TooSlowError."""
+        """The answer is read within the 4 MiB message limit and reserved from the connection's
+        memory budget while it is read (see :mod:`physarum.dht.framing`).
+
+        Raises: DialError, NegotiationError, DecodeError, LimitError (MessageTooLargeError,
+        MemoryRefusedError among them), trio.BrokenResourceError, trio.TooSlowError."""
         if addrs and self.host.connection(peer) is None:
             self.host.peerstore.add_addrs(peer, list(addrs))
         stream = await self.host.new_stream(peer, [PROTOCOL_ID])
@@ -276,10 +352,9 @@ class HostTransport:
                     while await stream.receive_some():
                         pass
                 return message
-            reply = await BufferedStream(stream).receive_length_prefixed(MAX_MESSAGE_SIZE)
+            return await MessageReader(stream, budget=stream_budget(stream)).receive(MAX_MESSAGE_SIZE)
         finally:
             await stream.aclose()
-        return decode_message(reply)
 
 
 @dataclass(frozen=True)
@@ -308,9 +383,19 @@ class KadDHT:
         table: a routing table to start from (e.g. loaded with ``RoutingTable.from_json``); it must
             be ours (``table.self_id``). :meth:`run` rejoins through its contacts.
         stream_idle_timeout: an inbound kad stream with no new request for this long is closed.
+        request_timeout: an inbound request must arrive whole within this long of its first byte
+            (default 10 s), else its stream is reset.
+        max_request_size: largest inbound request, in bytes (default 64 KiB, see the module notes).
+        max_key_size: longest key or record key in a request, in bytes (default 1 KiB).
+        records, providers: the stores to hold others' records and provider entries in, built
+            with the bounds wanted (default: :class:`RecordStore` and :class:`ProviderStore`
+            with theirs); the DHT sets their ``standing`` to seniority in its routing table.
+        refusal_log_interval: refused requests, records and providers are summed up in one INFO
+            line at most this often (default 60 s); each is logged at DEBUG.
         registry: a ``prometheus_client.CollectorRegistry`` to export the DHT's metrics on
             (``physarum_routing_table_peers``, ``physarum_dht_requests_total{type}``,
-            ``physarum_dht_lookups_total``); None exports nothing. One DHT per registry
+            ``physarum_dht_lookups_total`` and the refusal counters of the module notes); None
+            exports nothing. One DHT per registry
             (prometheus_client refuses the same names twice).
 
     Lifetimes, on a real host (:meth:`for_host`):
@@ -351,6 +436,12 @@ class KadDHT:
         table: RoutingTable | None = None,
         liveness_check: Callable[[PeerId], Awaitable[bool]] | None = None,
         stream_idle_timeout: float = 60.0,
+        request_timeout: float = 10.0,
+        max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
+        max_key_size: int = DEFAULT_MAX_KEY_SIZE,
+        records: RecordStore | None = None,
+        providers: ProviderStore | None = None,
+        refusal_log_interval: float = 60.0,
         registry: CollectorRegistry | None = None,
     ) -> None:
         if table is not None and table.self_id != key_pair.peer_id:
@@ -370,8 +461,15 @@ class KadDHT:
         self.wall_clock = wall_clock
         self.table = table if table is not None else RoutingTable(self.peer_id, k=k, now=_now())
         self.stream_idle_timeout = stream_idle_timeout
-        self.records = RecordStore()
-        self.providers = ProviderStore()
+        self.request_timeout = request_timeout
+        self.max_request_size = max_request_size
+        self.max_key_size = max_key_size
+        self.records = records if records is not None else RecordStore()
+        self.providers = providers if providers is not None else ProviderStore()
+        self.records.standing = self.providers.standing = self._standing
+        self.refusal_log_interval = refusal_log_interval
+        self._refusals: dict[str, int] = {}  # "kind reason" -> count since the last summary line
+        self._refusals_logged_at = -math.inf
         self.liveness_check = liveness_check
         self.own_addrs: Callable[[], list[Multiaddr]] = list
         self._nursery: trio.Nursery | None = None
@@ -427,6 +525,9 @@ class KadDHT:
         if server:
             host.set_handler(PROTOCOL_ID, dht._handle_stream)
         host.on_identify.append(dht._on_identify)
+        manager = getattr(host, "conn_manager", None)  # a Host's ConnectionManager: trim others first
+        if manager is not None:
+            manager.add_tag_source("kbucket", lambda peer: KBUCKET_WEIGHT if peer in dht.table else 0)
         for conns in list(host.connections.values()):
             for conn in conns:
                 if conn.identify_info is not None:
@@ -456,20 +557,23 @@ class KadDHT:
             self._nursery.start_soon(self._quietly, self._join())
 
     async def _handle_stream(self, stream: YamuxStream) -> None:
-        buf = BufferedStream(stream)
+        reader = MessageReader(stream, budget=stream_budget(stream))
         sender = stream.peer_id
         while True:
             try:
                 with trio.move_on_after(self.stream_idle_timeout) as idle:
-                    raw = await buf.receive_length_prefixed(MAX_MESSAGE_SIZE)
-                if idle.cancelled_caught:
-                    return  # no new request for a while: the host closes the stream
-                request = decode_message(raw)
+                    more = await reader.wait_message()
+                if idle.cancelled_caught or not more:
+                    return  # idle, or the asker closed its side: the host closes the stream
+                with trio.fail_after(self.request_timeout):
+                    request = await reader.receive(self.max_request_size)
             except trio.BrokenResourceError:
-                return  # the asker closed its side: one request per stream is the norm
-            except DecodeError as e:
-                # malformed, or over MAX_MESSAGE_SIZE (refused before reading the body)
-                log.info("kad stream from %s: %s; resetting it", sender, e)
+                return  # the asker closed or reset mid-request: nothing to answer
+            except (MessageTooLargeError, MemoryRefusedError, DecodeError, trio.TooSlowError) as e:
+                if isinstance(e, trio.TooSlowError):
+                    self._refuse("request", "slow", sender, f"not whole within {self.request_timeout:g} s")
+                else:
+                    self._refuse("request", _request_refusal(e), sender, str(e))
                 stream.reset()
                 return
             reply = self.rpc(sender, request)
@@ -477,7 +581,7 @@ class KadDHT:
                 stream.reset()
                 return
             if request.type != MessageType.ADD_PROVIDER:  # libp2p never answers ADD_PROVIDER
-                await buf.send_all(encode_framed(reply))
+                await stream.send_all(encode_framed(reply))
 
     # -- lifecycle --
 
@@ -677,10 +781,14 @@ class KadDHT:
     # -- routing table --
 
     def add_peer(self, peer_id: PeerId, addrs: Sequence[Multiaddr]) -> None:
-        """Offer a peer that speaks kad to the routing table (Kademlia's eviction rule applies)."""
+        """Offer a peer that speaks kad to the routing table (Kademlia's eviction rule applies).
+
+        The contact keeps the first ``table.max_addrs`` (32) distinct addresses within the size
+        bounds of :mod:`physarum.dht.addrs` (one pass; it stops reading once it has them)."""
         if peer_id == self.peer_id:
             return
-        result = self.table.add(Contact(peer_id, tuple(addrs), _now()), _now())
+        kept = bounded_addrs(addrs, self.table.max_addrs)
+        result = self.table.add(Contact(peer_id, kept, _now()), _now())
         if isinstance(result, Added):
             self._changed()
         elif isinstance(result, BucketFull) and self._nursery is not None:
@@ -719,13 +827,45 @@ class KadDHT:
     def _peer_entry(self, contact: Contact) -> Peer:
         return Peer(contact.peer_id, tuple(contact.addrs), ConnectionType.CAN_CONNECT)
 
+    def _standing(self, peer: PeerId) -> float | None:
+        """Since when ``peer`` has been in the routing table (trio clock), None when it is not:
+        the history the record and provider stores rank publishers by. We rank above everyone
+        (our own provider entries, say)."""
+        if peer == self.peer_id:
+            return -math.inf
+        contact = self.table.get(peer)
+        return None if contact is None else contact.since
+
+    def _refuse(self, kind: str, reason: str, sender: PeerId | None, detail: str) -> None:
+        """Count a refusal (``kind`` is request, record or provider), log it at DEBUG, and sum
+        the refusals up at INFO at most once per ``refusal_log_interval``."""
+        if self._metrics is not None:
+            self._metrics.refused[kind][reason].inc()
+        log.debug("kad %s from %s refused (%s): %s", kind, sender, reason, detail)
+        what = f"{kind} {reason}"
+        self._refusals[what] = self._refusals.get(what, 0) + 1
+        now = _now()
+        if now - self._refusals_logged_at >= self.refusal_log_interval:
+            since = now - self._refusals_logged_at
+            window = f"in {since:.0f} s" if math.isfinite(since) else "so far"
+            summary = ", ".join(f"{k} {n:,}" for k, n in sorted(self._refusals.items()))
+            log.info("kad: refused %s: %s (details at DEBUG)", window, summary)
+            self._refusals.clear()
+            self._refusals_logged_at = now
+
     def closest_peers(self, key: int, exclude: Sequence[PeerId] = ()) -> list[Peer]:
         return [self._peer_entry(c) for c in self.table.closest(key, self.k, exclude=exclude)]
 
     # -- answering (rpc_*) --
 
     def rpc(self, sender: PeerId | None, request: Message) -> Message | None:
-        """Answer one request; None means refuse it (the stream is reset)."""
+        """Answer one request; None means refuse it (the stream is reset).
+
+        A key or record key over ``max_key_size`` is refused before anything else is done."""
+        longest = max(len(request.key), len(request.record.key) if request.record is not None else 0)
+        if longest > self.max_key_size:
+            self._refuse("request", "key_too_large", sender, f"key of {longest} bytes, at most {self.max_key_size}")
+            return None
         handler = {
             MessageType.FIND_NODE: self.rpc_find_node,
             MessageType.GET_VALUE: self.rpc_get_value,
@@ -747,7 +887,7 @@ class KadDHT:
         exclude = [sender] if sender is not None else []
         peers = self.closest_peers(keyspace.kad_key(request.key), exclude)
         if request.key == self.peer_id.to_bytes():
-            peers = [Peer(self.peer_id, tuple(self.own_addrs()), ConnectionType.CONNECTED), *peers]
+            peers = [Peer(self.peer_id, bounded_addrs(self.own_addrs()), ConnectionType.CONNECTED), *peers]
         return Message(MessageType.FIND_NODE, key=request.key, closer_peers=tuple(peers[: self.k]))
 
     def rpc_get_value(self, sender: PeerId | None, request: Message) -> Message:
@@ -766,22 +906,19 @@ class KadDHT:
 
     def rpc_put_value(self, sender: PeerId | None, request: Message) -> Message | None:
         if request.record is None:
+            self._refuse("record", "invalid", sender, "PUT_VALUE without a record")
             return None
         try:
             record_id = record_id_from_key(request.record.key)
             envelopes = decode_record_set(request.record.value)
         except (RecordError, DecodeError) as e:
-            log.info("PUT_VALUE from %s refused: %s", sender, e)
+            self._refuse("record", "invalid", sender, str(e))
             return None
         now = self.wall_clock()
         for envelope in envelopes:
-            result = self.records.put(envelope, now)
+            result = self.records.put(envelope, now, record_id=record_id)
             if isinstance(result, RecordRejected):
-                log.info("PUT_VALUE from %s: record refused: %s", sender, result.reason)
-                return None
-            if result.stored.record.id != record_id:
-                self.records.remove(result.stored.record.id, result.stored.publisher)
-                log.info("PUT_VALUE from %s: record for %r under key of %r", sender, result.stored.record.id, record_id)
+                self._refuse("record", _record_refusal(result.error), sender, result.reason)
                 return None
         return request
 
@@ -799,7 +936,9 @@ class KadDHT:
             # Only a peer can say it provides: anything else would let one peer enlist others.
             if sender is not None and provider.peer_id != sender:
                 continue
-            self.providers.add(request.key, provider.peer_id, provider.addrs, _now())
+            outcome = self.providers.offer(request.key, provider.peer_id, provider.addrs, _now())
+            if outcome is not ProviderOutcome.STORED:
+                self._refuse("provider", outcome.value, sender, f"provider entry for a key of {len(request.key)} bytes")
         return None if sender is None else Message(MessageType.ADD_PROVIDER, key=request.key)
 
     # -- asking (call_*) --
@@ -828,7 +967,7 @@ class KadDHT:
             try:
                 envelopes = decode_record_set(reply.record.value)
             except (RecordError, DecodeError) as e:
-                log.info("GET_VALUE answer from %s has a bad record set: %s", peer, e)
+                log.debug("GET_VALUE answer from %s has a bad record set: %s", peer, e)
         return envelopes, list(reply.closer_peers)
 
     async def call_put_value(self, peer: PeerId, addrs: Sequence[Multiaddr], key: bytes, value: bytes) -> None:
@@ -841,7 +980,7 @@ class KadDHT:
         return list(reply.provider_peers), list(reply.closer_peers)
 
     async def call_add_provider(self, peer: PeerId, addrs: Sequence[Multiaddr], key: bytes) -> None:
-        me = Peer(self.peer_id, tuple(self.own_addrs()), ConnectionType.CONNECTED)
+        me = Peer(self.peer_id, bounded_addrs(self.own_addrs()), ConnectionType.CONNECTED)
         # ADD_PROVIDER has no answer in libp2p: the transport sends it and does not wait for one.
         message = Message(MessageType.ADD_PROVIDER, key=key, provider_peers=(me,))
         with trio.move_on_after(self.query_timeout):
@@ -1072,7 +1211,7 @@ class KadDHT:
             try:
                 record = verify_record(envelope, self.wall_clock())
             except RecordError as e:
-                log.info("ignoring a bad record for %r: %s", record_id, e)
+                log.debug("ignoring a bad record for %r: %s", record_id, e)
                 return
             if record.id != record_id or record.publisher is None:
                 return
@@ -1181,23 +1320,57 @@ def _addr_peer(addr: Multiaddr) -> PeerId | None:
         return None
 
 
-def _dialable(addrs: Iterable[Multiaddr]) -> list[Multiaddr]:
-    """Checked TCP addresses without ``/p2p/``, in order, without duplicates: what a contact holds.
+def _dialable(addrs: Iterable[Multiaddr], limit: int = MAX_ADDRS_PER_PEER) -> list[Multiaddr]:
+    """The first ``limit`` distinct checked TCP addresses without ``/p2p/``, in order: what a
+    contact holds.
 
-    Addresses from identify are wrapped unchecked by the host; the table needs checked ones (it
-    reads their bytes, and saves their text form).
+    Addresses from identify or the peer store may come unchecked; the table needs checked ones
+    (it reads their bytes, and saves their text form). Linear in what it reads, and it stops
+    reading once it has ``limit``: repeats are skipped by a set lookup on their bytes before
+    any parsing, oversized ones by their length.
     """
-    out: list[Multiaddr] = []
+    out: dict[Multiaddr, None] = {}
+    seen: set[bytes] = set()
     for a in addrs:
+        raw = a.to_bytes()
+        if raw in seen or len(raw) > MAX_ADDR_SIZE:
+            continue
+        seen.add(raw)
         try:
             checked = parse_multiaddr_bytes(addrs_.without_peer(a).to_bytes())
             ep = addrs_.tcp_endpoint(checked)
         except (PhysarumError, ValueError):
             continue
-        if ep.port == 0 or addrs_.is_unspecified(checked) or checked in out:
+        if ep.port == 0 or checked in out or not addr_allowed(checked) or addrs_.is_unspecified(checked):
             continue
-        out.append(checked)
-    return out
+        out[checked] = None
+        if len(out) >= limit:
+            break
+    return list(out)
+
+
+def _request_refusal(error: PhysarumError) -> str:
+    """The ``physarum_dht_requests_refused_total`` reason for a request that could not be read."""
+    if isinstance(error, MessageTooLargeError):
+        return "too_large"
+    if isinstance(error, MemoryRefusedError):
+        return "memory"
+    return "malformed"
+
+
+def _record_refusal(error: RecordError) -> str:
+    """The ``physarum_dht_records_refused_total`` reason for a refused record."""
+    if isinstance(error, StaleRecordError):
+        return "stale"
+    if isinstance(error, WrongKeyError):
+        return "wrong_key"
+    if isinstance(error, PublisherQuotaError):
+        return "publisher_quota"
+    if isinstance(error, NameFullError):
+        return "name_full"
+    if isinstance(error, StoreFullError):
+        return "store_full"
+    return "invalid"
 
 
 def _ping_check(host: KadHost) -> Callable[[PeerId], Awaitable[bool]]:

@@ -18,6 +18,14 @@ uses ``trio.current_time()``); the table never reads a clock and never starts ta
 
 Contacts hold their addresses as ``Multiaddr`` objects, already checked (see
 :mod:`physarum.dht.addrs`): the host dials them as they are, and IP grouping reads their bytes.
+A contact keeps at most ``max_addrs`` of them (:data:`~physarum.dht.addrs.MAX_ADDRS_PER_PEER`,
+32, by default; :meth:`RoutingTable.add` cuts longer lists, so an answer we send names at most
+``k`` x 32 addresses); callers deduplicate (:func:`~physarum.dht.addrs.bounded_addrs`).
+
+Seniority: a contact remembers ``since``, when it entered the table proper; updates and touches
+keep it. It is the history the record and provider stores rank publishers by (see
+:mod:`physarum.dht.records`): Kademlia never evicts a live contact for a newcomer, so a place held
+for long is something a throwaway identity cannot have.
 
 IP diversity (see :class:`DiversityLimits`): after libp2p's routing-table diversity filter, a
 bucket holds at most 2 contacts per IPv4 /24 or IPv6 /48 and the whole table at most 3, so one
@@ -31,8 +39,8 @@ too; set a limit to None to disable it.
 
 Persistence: :meth:`RoutingTable.to_json` / :meth:`RoutingTable.from_json` write and read a
 versioned JSON object ``{"version": 2, "self": <peer id>, "saved_at": <unix time>, "contacts":
-[{"peer_id", "addrs", "last_seen"}]}`` with multiaddrs in text form and ``last_seen`` in unix
-seconds: the table's own clock (``trio.current_time()`` in a node) means nothing to another
+[{"peer_id", "addrs", "last_seen", "since"}]}`` with multiaddrs in text form and ``last_seen``
+and ``since`` in unix seconds (``since`` is optional when reading): the table's own clock (``trio.current_time()`` in a node) means nothing to another
 process, so the caller passes both clocks' readings (``now`` and ``wall_now``) and the table
 converts, reading no clock itself. Version 1 files (``last_seen`` in the saving process's clock,
 without ``saved_at``) still load. Never pickle.
@@ -51,7 +59,7 @@ from random import Random
 from typing import Any
 
 from physarum.dht import keyspace
-from physarum.dht.addrs import IPAddress, ip_address_of, parse_multiaddr_text
+from physarum.dht.addrs import MAX_ADDRS_PER_PEER, IPAddress, ip_address_of, parse_multiaddr_text
 from physarum.errors import DecodeError
 from physarum.overlay.identity import PeerId
 
@@ -75,13 +83,16 @@ class Contact:
 
     ``addrs`` are ``Multiaddr`` objects (checked ones: build them with
     :func:`physarum.dht.addrs.parse_multiaddr_bytes` / ``parse_multiaddr_text`` when they come
-    from outside). ``key`` is the peer's Kademlia key, computed once. Contacts are immutable; the
-    table stores new ones when it updates ``last_seen`` or addresses.
+    from outside). ``key`` is the peer's Kademlia key, computed once. ``since`` is when the table
+    took the peer in (set by :meth:`RoutingTable.add`, kept by later updates; what a caller
+    passes is used only by :meth:`RoutingTable.from_json`). Contacts are immutable; the table
+    stores new ones when it updates ``last_seen`` or addresses.
     """
 
     peer_id: PeerId
     addrs: tuple[Any, ...] = ()
     last_seen: float = 0.0
+    since: float | None = field(default=None, compare=False)
     key: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -89,12 +100,13 @@ class Contact:
             object.__setattr__(self, "addrs", tuple(self.addrs))
         object.__setattr__(self, "key", keyspace.peer_key(self.peer_id))
 
-    def _evolve(self, addrs: tuple[Any, ...], last_seen: float) -> Contact:
+    def _evolve(self, addrs: tuple[Any, ...], last_seen: float, since: float | None = None) -> Contact:
         # same peer, so skip re-hashing the peer id
         new = object.__new__(Contact)
         object.__setattr__(new, "peer_id", self.peer_id)
         object.__setattr__(new, "addrs", addrs)
         object.__setattr__(new, "last_seen", last_seen)
+        object.__setattr__(new, "since", self.since if since is None else since)
         object.__setattr__(new, "key", self.key)
         return new
 
@@ -204,9 +216,11 @@ class RoutingTable:
         now: creation time; buckets count as active since then for :meth:`stale_buckets`.
         replacement_size: replacement cache bound per bucket (default ``k``).
         diversity: IP range limits, or None for none (see :class:`DiversityLimits`).
+        max_addrs: most addresses a contact keeps (the first ones); default
+            :data:`~physarum.dht.addrs.MAX_ADDRS_PER_PEER` (32).
 
     Raises:
-        ValueError: ``k`` or ``replacement_size`` is below 1 (or 0 for the cache).
+        ValueError: ``k`` or ``max_addrs`` is below 1, or ``replacement_size`` below 0.
     """
 
     def __init__(
@@ -217,9 +231,12 @@ class RoutingTable:
         now: float = 0.0,
         replacement_size: int | None = None,
         diversity: DiversityLimits | None = DiversityLimits(),
+        max_addrs: int = MAX_ADDRS_PER_PEER,
     ) -> None:
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
+        if max_addrs < 1:
+            raise ValueError(f"max_addrs must be at least 1, got {max_addrs}")
         if replacement_size is not None and replacement_size < 0:
             raise ValueError(f"replacement_size must not be negative, got {replacement_size}")
         self.self_id = self_id
@@ -227,6 +244,7 @@ class RoutingTable:
         self.k = k
         self.replacement_size = k if replacement_size is None else replacement_size
         self.diversity = diversity
+        self.max_addrs = max_addrs
         self.created = now
         self._buckets: list[_Bucket | None] = [None] * keyspace.KEY_BITS
         self._contacts: dict[PeerId, Contact] = {}
@@ -342,13 +360,16 @@ class RoutingTable:
 
         Known peer: moved to the tail of its bucket with ``last_seen = now`` and, when ``contact``
         lists addresses, those addresses (unless they would break the diversity limits; then the
-        old ones stay) -> :class:`Updated`. New peer with room -> :class:`Added`. New peer, bucket
-        full -> :class:`BucketFull` and the newcomer is kept in the replacement cache. Our own id or
-        an address range over its limits -> :class:`Rejected`. Never raises.
+        old ones stay) -> :class:`Updated`. New peer with room -> :class:`Added`, with ``since =
+        now``. New peer, bucket full -> :class:`BucketFull` and the newcomer is kept in the
+        replacement cache. Our own id or an address range over its limits -> :class:`Rejected`.
+        Only the first ``max_addrs`` addresses are kept. Never raises.
         """
         peer_id = contact.peer_id
         if peer_id == self.self_id:
             return Rejected(contact, RejectReason.SELF)
+        if len(contact.addrs) > self.max_addrs:
+            contact = contact._evolve(contact.addrs[: self.max_addrs], contact.last_seen)
         index = keyspace.KEY_BITS - (self.self_key ^ contact.key).bit_length()
         bucket = self._bucket_for(index)
         if now > bucket.last_activity:
@@ -367,7 +388,7 @@ class RoutingTable:
             bucket.contacts[peer_id] = updated
             self._contacts[peer_id] = updated
             return Updated(updated)
-        new = contact._evolve(contact.addrs, now)
+        new = contact._evolve(contact.addrs, now, now)
         groups = self._groups_of(new.addrs)
         if not self._fits(bucket, groups, _NO_GROUPS):
             return Rejected(new, RejectReason.IP_DIVERSITY)
@@ -504,6 +525,7 @@ class RoutingTable:
                     "peer_id": str(c.peer_id),
                     "addrs": [str(a) for a in c.addrs],
                     "last_seen": c.last_seen + offset,
+                    "since": (c.since if c.since is not None else c.last_seen) + offset,
                 }
                 for c in self
             ],
@@ -528,7 +550,8 @@ class RoutingTable:
         and contacts over the diversity limits are dropped; overflow goes to the replacement
         caches), so each bucket keeps its least-recently-seen order. A version 2 file keeps each
         contact's age: ``last_seen`` becomes ``now - (wall_now - saved last_seen)``, never later
-        than ``now`` (a saved time in the future, from a clock that was reset, counts as ``now``).
+        than ``now`` (a saved time in the future, from a clock that was reset, counts as ``now``),
+        and its seniority (``since``, converted the same way; without it, ``last_seen``).
         Without ``wall_now``, and for version 1 files (whose times came from the saving process's
         monotonic clock), every contact is stamped ``now``. Bucket refresh clocks start at ``now``.
 
@@ -568,10 +591,20 @@ class RoutingTable:
             seen = now
             if keep_ages and wall_now is not None:
                 seen = now - max(0.0, wall_now - contact.last_seen)
-            table.add(contact, seen)
+            result = table.add(contact, seen)
+            if keep_ages and wall_now is not None and contact.since is not None and isinstance(result, Added):
+                table._set_since(contact.peer_id, min(seen, now - max(0.0, wall_now - contact.since)))
         return table
 
     # -- internals -----------------------------------------------------------------------------
+
+    def _set_since(self, peer_id: PeerId, since: float) -> None:
+        contact = self._contacts[peer_id]
+        bucket = self._buckets[keyspace.KEY_BITS - (self.self_key ^ contact.key).bit_length()]
+        assert bucket is not None
+        updated = contact._evolve(contact.addrs, contact.last_seen, since)
+        bucket.contacts[peer_id] = updated  # an existing key keeps its place in the bucket
+        self._contacts[peer_id] = updated
 
     def _bucket_or_none(self, index: int) -> _Bucket | None:
         if not 0 <= index < keyspace.KEY_BITS:
@@ -673,6 +706,13 @@ def _contact_from_json(index: int, entry: object) -> Contact:
         except DecodeError as e:
             raise TableFormatError(f"{where}: bad multiaddr: {e.reason}") from None
     last_seen = entry.get("last_seen", 0.0)
-    if isinstance(last_seen, bool) or not isinstance(last_seen, (int, float)) or not math.isfinite(last_seen):
+    if not _finite(last_seen):
         raise TableFormatError(f"{where}: 'last_seen' is not a finite number")
-    return Contact(peer_id, tuple(addrs), float(last_seen))
+    since = entry.get("since")
+    if since is not None and not _finite(since):
+        raise TableFormatError(f"{where}: 'since' is not a finite number")
+    return Contact(peer_id, tuple(addrs), float(last_seen), None if since is None else float(since))
+
+
+def _finite(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)

@@ -22,8 +22,19 @@ units, ``_total`` counters, snake_case labels, ``peer`` for the peer id), beside
     Pings that failed; ``reason`` is one of :data:`FAILURE_REASONS`.
 ``physarum_peers_connected``
     Peers with at least one open connection (updated on every connect and disconnect).
+``physarum_peers_reachable``
+    Connected peers whose last ping succeeded, with or without per-peer series.
 ``physarum_peer_reachable{peer}``
     1 while the peer's last ping succeeded, 0 after a failure or a disconnection (until it expires).
+``physarum_pings_total{result}``
+    Every ping, of every peer (per-peer series or not): ``result`` is ``ok`` or a failure reason.
+``physarum_metrics_peers``
+    Peers that have per-peer series now (at most the monitor's ``max_peer_series``).
+``physarum_metrics_peers_dropped_total{reason}``
+    Peers left without per-peer series: ``limit``, a peer that connected when ``max_peer_series`` peers
+    already had series (it is still pinged and counted in the aggregates above, and gets series once
+    there is room); ``evicted``, a departed peer whose remaining series were removed before its expiry
+    to make room for a connected one.
 ``physarum_build_info{version, python}``
     Always 1; the labels say which physarum and which Python run the node.
 
@@ -41,11 +52,13 @@ From prometheus_client's own collectors, on every :func:`node_registry`:
 No ``_created`` series are served: the server renders through
 :class:`~physarum.monitor.http.WithoutCreated`, leaving prometheus_client's global setting alone.
 
-Staleness: the RTT gauges are removed (not zeroed: a zero would read as a perfect link) the moment a
-peer's ping fails or its last connection closes, so ``ping_rtt`` only ever shows an RTT measured on a
-connection that is still answering. ``physarum_peer_reachable`` stays, at 0, until the peer expires;
-then every series of that peer goes. A short-lived client (a peer that never told us a listen address)
-loses every series as soon as it disconnects (see :class:`physarum.monitor.ping_monitor.PingMonitor`).
+Staleness and cardinality: the RTT gauges are removed (not zeroed: a zero would read as a perfect link)
+the moment a peer's ping fails or its last connection closes, so ``ping_rtt`` only ever shows an RTT
+measured on a connection that is still answering. What else stays after a peer leaves depends on whether
+it was *established* (see :class:`physarum.monitor.ping_monitor.PingMonitor`): a peer seen only briefly
+loses every series at once; an established one keeps its histogram and failure counters for a short
+grace, so the next scrape still sees their final values, and ``physarum_peer_reachable 0`` until it
+expires, for alerts on lost nodes. At most ``max_peer_series`` peers have per-peer series at all.
 """
 
 from __future__ import annotations
@@ -104,6 +117,9 @@ RTT_BUCKETS: tuple[float, ...] = (
 #: the connection has no room for another stream.
 FAILURE_REASONS: tuple[str, ...] = ("timeout", "closed", "protocol", "unsupported", "limit")
 
+#: Why a peer has no per-peer series (``physarum_metrics_peers_dropped_total{reason}``).
+DROP_REASONS: tuple[str, ...] = ("limit", "evicted")
+
 #: The PhysarumSM help text, kept verbatim for dashboards that show it.
 PING_RTT_HELP = "Historical ping RTTs over time (ms)"
 
@@ -146,6 +162,32 @@ class MonitorMetrics:
         self.peers_connected = Gauge(
             "physarum_peers_connected", "Peers with at least one open connection.", registry=registry
         )
+        self.peers_reachable = Gauge(
+            "physarum_peers_reachable",
+            "Connected peers whose last ping succeeded (with or without per-peer series).",
+            registry=registry,
+        )
+        self.pings = Counter(
+            "physarum_pings",
+            "Pings to connected peers, by result: ok or the failure reason (every peer, with or without "
+            "per-peer series).",
+            ["result"],
+            registry=registry,
+        )
+        for result in ("ok", *FAILURE_REASONS):
+            self.pings.labels(result)
+        self.series_peers = Gauge(
+            "physarum_metrics_peers", "Peers that have per-peer series.", registry=registry
+        )
+        self.peers_dropped = Counter(
+            "physarum_metrics_peers_dropped",
+            "Peers left without per-peer series: limit (max peer series reached when the peer connected), "
+            "evicted (a departed peer's series removed before expiry to make room).",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in DROP_REASONS:
+            self.peers_dropped.labels(reason)
         self.reachable = Gauge(
             "physarum_peer_reachable",
             "1 if the last ping to the peer succeeded, 0 if it failed or the peer disconnected.",
@@ -158,14 +200,16 @@ class MonitorMetrics:
         self.build_info.info({"version": __version__, "python": platform.python_version()})
 
     def observe(self, peer: str, rtt: float, ewma_ms: float) -> None:
-        """Record a successful ping: ``rtt`` in seconds, the updated EWMA in milliseconds."""
+        """Record a successful ping in the per-peer series: ``rtt`` in seconds, the updated EWMA in
+        milliseconds (:meth:`ping_result` counts it in the aggregate)."""
         self.ping_rtt.labels(peer, self.hostname).set(rtt * 1000.0)
         self.ping_ewma_rtt.labels(peer, self.hostname).set(ewma_ms)
         self.rtt_seconds.labels(peer).observe(rtt)
         self.reachable.labels(peer).set(1)
 
     def failed(self, peer: str, reason: str) -> None:
-        """Record a failed ping: count it, drop the RTT gauges, mark the peer unreachable."""
+        """Record a failed ping in the per-peer series: count it, drop the RTT gauges, mark the peer
+        unreachable."""
         self.failures.labels(peer, reason).inc()
         self.unreachable(peer)
 
@@ -176,13 +220,22 @@ class MonitorMetrics:
         self.reachable.labels(peer).set(0)
 
     def forget(self, peer: str) -> None:
-        """Remove every series of ``peer`` (it expired, or was a client that left)."""
+        """Remove every series of ``peer`` (it expired, or was seen only briefly)."""
+        self.forget_history(peer)
         self.ping_rtt.remove(peer, self.hostname)
         self.ping_ewma_rtt.remove(peer, self.hostname)
-        self.rtt_seconds.remove(peer)
         self.reachable.remove(peer)
+
+    def forget_history(self, peer: str) -> None:
+        """Remove the RTT histogram and failure counters of ``peer`` (a departed peer after its grace);
+        its reachability stays."""
+        self.rtt_seconds.remove(peer)
         for reason in FAILURE_REASONS:
             self.failures.remove(peer, reason)
+
+    def ping_result(self, result: str) -> None:
+        """Count one ping of any peer: ``result`` is ``ok`` or one of :data:`FAILURE_REASONS`."""
+        self.pings.labels(result).inc()
 
     def set_peers_connected(self, n: int) -> None:
         self.peers_connected.set(n)
@@ -204,6 +257,7 @@ def node_registry() -> CollectorRegistry:
 
 __all__ = [
     "CONTENT_TYPE",
+    "DROP_REASONS",
     "FAILURE_REASONS",
     "HEAD_TIMEOUT",
     "MAX_CLIENTS",

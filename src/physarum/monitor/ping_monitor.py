@@ -30,17 +30,29 @@ This is PhysarumSM's ping-monitor behaviour (its metric names and labels are kep
   connection that answered its latest ping; at most ``timeout`` seconds can pass while a ping that
   will fail is still in flight.
 * **Expiry**: a peer is *seen* while it is connected and whenever it answers a ping. One that has
-  not been seen for ``expiry`` seconds (default 600, PhysarumSM's 10 minutes) loses every series,
-  its failure counters and histogram included. A connected peer that keeps failing pings is still
-  seen: it keeps ``reachable 0`` and a growing failure count, which is what an operator needs to see.
-* **Short-lived clients leave no series behind.** ``peer find``, ``peer publish`` and other one-shot
-  programs connect with a fresh identity, stay a second and go. A peer that never told us a listen
-  address (its identify had no ``listen_addrs``, or it never completed identify on any connection the
-  monitor saw) is such a client: when its last connection closes, every series of it goes at once,
-  instead of ``physarum_peer_reachable 0`` for ``expiry`` seconds, which would pile up a series per run
-  and page whoever alerts on unreachable peers. A peer that did tell us a listen address once (on any
-  connection, checked at connect, at each ping and at disconnect) is a node others may dial: it keeps
-  the behaviour above (reachable 0 until it expires). While connected, both kinds are pinged alike.
+  not been seen for ``expiry`` seconds (default 600, PhysarumSM's 10 minutes) loses every series it
+  still has. A connected peer that keeps failing pings is still seen: it keeps ``reachable 0`` and a
+  growing failure count, which is what an operator needs to see.
+* **Only established peers leave series behind.** ``peer find``, ``peer publish`` and other one-shot
+  programs connect with a fresh identity, stay a second and go; so can a thousand throwaway identities.
+  A peer is *established* once it has told us a listen address (in identify: a node others may dial,
+  checked at connect, at each ping and at disconnect) **and** has answered a ping at least
+  ``established_after`` seconds (default 30) after its connection began; it stays established until
+  it expires. When the last connection of a peer that is not established closes, every series of it
+  goes at once: a brief visitor, or a peer that never answered, leaves nothing behind, and pages
+  nobody who alerts on unreachable peers. When an established peer leaves, its RTT gauges go at once,
+  its histogram and failure counters after ``grace`` seconds (default 60: a scrape at Prometheus'
+  default 1-minute interval still sees their final values), and ``physarum_peer_reachable 0`` stays
+  until it expires: that is the series an alert on a lost node needs. While connected, every peer is
+  pinged alike.
+* **At most ``max_peer_series`` peers have per-peer series** (default 2,000: some 4.9 MB of exposition,
+  twice the 0.3-0.4 s it takes to render that of 1,000 peers). A peer that connects when the limit is reached takes the slot of the peer
+  that departed longest ago (its remaining series go early: counted as ``evicted``); if every slot
+  belongs to a connected peer, the newcomer is pinged and counted in the aggregates
+  (``physarum_peers_connected``, ``physarum_peers_reachable``, ``physarum_pings_total``) but gets no
+  series of its own (counted as ``limit``) until a slot frees up (checked at every sweep, longest
+  connected first). Connected peers are never evicted: an attacker's identities cannot push an honest
+  peer's series out while it is up.
 * Connections come and go through the host's ``on_connect``/``on_disconnect`` callbacks; a sweep
   every ``interval`` also reconciles workers with ``host.connected_peers()`` and runs expiry, so a
   missed callback costs at most one interval. The monitor never dials or disconnects anyone.
@@ -65,6 +77,15 @@ log = logging.getLogger(__name__)
 
 #: PhysarumSM's EWMA factor: weight of the newest sample.
 EWMA_ALPHA = 0.1
+
+#: Seconds into a connection after which a listening peer's answered ping makes it established.
+ESTABLISHED_AFTER = 30.0
+
+#: Seconds a departed established peer keeps its histogram and failure counters.
+GRACE = 60.0
+
+#: Peers that may have per-peer series at once (each has about 22: 4.9 MB of exposition for 2,000).
+MAX_PEER_SERIES = 2000
 
 
 class ListenInfo(Protocol):
@@ -133,13 +154,22 @@ class PeerStats:
     """Seconds; None before the first success and after the peer disconnects."""
     ewma_ms: float | None = None
     successes: int = 0
+    last_success_at: float | None = None
     failures: int = 0
     streams_opened: int = 0
     """Ping streams opened to the peer (one is reused while it works)."""
     failures_by_reason: dict[str, int] = field(default_factory=dict)
     listening: bool = False
-    """The peer told us a listen address (in identify): a node, kept until expiry after it leaves.
-    False for a short-lived client, forgotten as soon as it disconnects."""
+    """The peer told us a listen address (in identify): a node others may dial."""
+    connected_since: float = 0.0
+    """When its current (or last) run of connections began."""
+    established: bool = False
+    """It listens and answered a ping ``established_after`` seconds into a connection: it keeps
+    ``physarum_peer_reachable 0`` until it expires once it leaves. Others are forgotten as they leave."""
+    tracked: bool = False
+    """It has per-peer series (at most ``max_peer_series`` peers do)."""
+    history_until: float | None = None
+    """A departed established peer: when its histogram and failure counters go."""
 
 
 @dataclass
@@ -164,11 +194,15 @@ class PingMonitor:
         hostname: the ``host`` label of the PhysarumSM gauges (this node's name).
         interval: seconds between two pings of the same peer.
         timeout: deadline of one ping, including opening its stream if needed.
-        expiry: seconds a peer that listens may go unseen before all its series are removed (a client
-            that never told us a listen address loses them when it disconnects).
+        expiry: seconds an established peer may go unseen before all its series are removed.
+        established_after: seconds into a connection after which a ping answered by a peer that listens
+            makes it established (see above); 0: its first answer does.
+        grace: seconds a departed established peer keeps its histogram and failure counters.
+        max_peer_series: peers that may have per-peer series at once.
 
     Raises:
-        ValueError: a non-positive interval, timeout or expiry, or metrics already on ``registry``.
+        ValueError: a non-positive interval, timeout, expiry or max_peer_series, a negative grace or
+            established_after, or metrics already on ``registry``.
     """
 
     def __init__(
@@ -180,19 +214,37 @@ class PingMonitor:
         interval: float = 1.0,
         timeout: float = 5.0,
         expiry: float = 600.0,
+        established_after: float = ESTABLISHED_AFTER,
+        grace: float = GRACE,
+        max_peer_series: int = MAX_PEER_SERIES,
     ) -> None:
-        for name, value in (("interval", interval), ("timeout", timeout), ("expiry", expiry)):
+        for name, value in (
+            ("interval", interval),
+            ("timeout", timeout),
+            ("expiry", expiry),
+            ("max_peer_series", max_peer_series),
+        ):
             if not value > 0:
                 raise ValueError(f"{name} must be positive, got {value}")
+        for name, value in (("established_after", established_after), ("grace", grace)):
+            if not value >= 0:
+                raise ValueError(f"{name} must not be negative, got {value}")
         self.host = host
         self.hostname = hostname
         self.interval = interval
         self.timeout = timeout
         self.expiry = expiry
+        self.established_after = established_after
+        self.grace = grace
+        self.max_peer_series = max_peer_series
         self.metrics = MonitorMetrics(registry, hostname=hostname)
         self.peers: dict[PeerId, PeerStats] = {}
         self._workers: dict[PeerId, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
+        self._tracked: set[PeerId] = set()
+        # Departed peers that still have series, in the order they left: the first is evicted first.
+        self._departed: dict[PeerId, None] = {}
+        self._reachable = 0  # connected peers whose last ping succeeded
 
     # -- lifecycle --
 
@@ -226,14 +278,24 @@ class PingMonitor:
                 _remove(on_identify, self._note_listening)
 
     def sweep(self) -> None:
-        """Reconcile workers with the host's connections, expire peers unseen for ``expiry``."""
+        """Reconcile workers with the host's connections; end the grace of departed peers; expire peers
+        unseen for ``expiry``; give series to connected peers left without while there is room."""
         self._reconcile()
         now = trio.current_time()
-        for peer, stats in list(self.peers.items()):
-            if not stats.connected and now - stats.last_seen >= self.expiry:
+        for peer in list(self._departed):
+            stats = self.peers[peer]
+            if now - stats.last_seen >= self.expiry:
                 log.debug("forgetting %s: unseen for %.0f s", stats.label, now - stats.last_seen)
-                self.metrics.forget(stats.label)
-                del self.peers[peer]
+                self._forget(stats)
+            elif stats.history_until is not None and now >= stats.history_until:
+                stats.history_until = None
+                self.metrics.forget_history(stats.label)
+        if len(self._tracked) < self.max_peer_series:
+            waiting = [s for s in self.peers.values() if s.connected and not s.tracked]
+            waiting.sort(key=lambda s: s.connected_since)
+            for stats in waiting[: self.max_peer_series - len(self._tracked)]:
+                self._track(stats)
+        self.metrics.series_peers.set(len(self._tracked))
 
     # -- connections --
 
@@ -259,8 +321,11 @@ class PingMonitor:
             stats.listening = True
 
     def _reconcile(self) -> None:
-        connected = set(self.host.connected_peers())
-        for peer in connected | set(self._workers):
+        # In the host's order, not a set's: which peers get series first when the limit is reached
+        # must not depend on hashing.
+        peers = self.host.connected_peers()
+        connected = set(peers)
+        for peer in [*peers, *(p for p in self._workers if p not in connected)]:
             self._peer_changed(peer, peer in connected)
         self.metrics.set_peers_connected(len(connected))
 
@@ -275,11 +340,20 @@ class PingMonitor:
     def _start_worker(self, peer: PeerId) -> None:
         if self._nursery is None:
             return
+        now = trio.current_time()
         stats = self.peers.get(peer)
         if stats is None:
             stats = self.peers[peer] = PeerStats(peer, str(peer))
         stats.connected = True
-        stats.last_seen = trio.current_time()
+        stats.connected_since = now
+        stats.last_seen = now
+        stats.history_until = None
+        self._departed.pop(peer, None)
+        if not stats.tracked and not self._make_room():
+            self.metrics.peers_dropped.labels("limit").inc()
+            log.debug("%s gets no per-peer series: %d peers have them", stats.label, len(self._tracked))
+        else:
+            self._track(stats)
         scope = self._workers[peer] = trio.CancelScope()
         self._nursery.start_soon(self._peer_loop, stats, scope)
 
@@ -288,17 +362,65 @@ class PingMonitor:
         stats = self.peers.get(peer)
         if stats is None:
             return
-        if not stats.listening:
-            log.debug("forgetting %s: a client (no listen address) disconnected", stats.label)
-            self.metrics.forget(stats.label)
-            del self.peers[peer]
+        now = trio.current_time()
+        self._set_reachable(stats, False)
+        self._check_established(stats, now)
+        if not stats.established or not stats.tracked:
+            log.debug("forgetting %s: disconnected, not established", stats.label)
+            self._forget(stats)
             return
         stats.connected = False
-        stats.reachable = False
-        stats.last_seen = trio.current_time()
+        stats.last_seen = now
         stats.last_rtt = None
         stats.ewma_ms = None
+        stats.history_until = now + self.grace
+        self._departed[peer] = None
         self.metrics.unreachable(stats.label)
+
+    # -- per-peer series --
+
+    def _track(self, stats: PeerStats) -> None:
+        """Give ``stats`` per-peer series (they appear with its next ping); the caller checked for room."""
+        if not stats.tracked:
+            stats.tracked = True
+            self._tracked.add(stats.peer_id)
+            self.metrics.series_peers.set(len(self._tracked))
+
+    def _make_room(self) -> bool:
+        """True if a peer may get per-peer series, after evicting the peer that departed longest ago if
+        the limit is reached; False if every slot belongs to a connected peer."""
+        if len(self._tracked) < self.max_peer_series:
+            return True
+        if not self._departed:
+            return False
+        oldest = self.peers[next(iter(self._departed))]
+        log.debug("forgetting %s early: %d peers have series", oldest.label, len(self._tracked))
+        self.metrics.peers_dropped.labels("evicted").inc()
+        self._forget(oldest)
+        return True
+
+    def _forget(self, stats: PeerStats) -> None:
+        """Remove every series of ``stats`` and the monitor's record of it."""
+        if stats.tracked:
+            self.metrics.forget(stats.label)
+            self._tracked.discard(stats.peer_id)
+            self.metrics.series_peers.set(len(self._tracked))
+        self._set_reachable(stats, False)
+        self._departed.pop(stats.peer_id, None)
+        self.peers.pop(stats.peer_id, None)
+
+    def _check_established(self, stats: PeerStats, now: float) -> None:
+        """Mark ``stats`` established if it listens and answered a ping late enough into its connection."""
+        if stats.established or not stats.listening or stats.last_success_at is None:
+            return
+        if stats.last_success_at - stats.connected_since >= self.established_after:
+            stats.established = True
+
+    def _set_reachable(self, stats: PeerStats, reachable: bool) -> None:
+        if stats.reachable != reachable:
+            stats.reachable = reachable
+            self._reachable += 1 if reachable else -1
+            self.metrics.peers_reachable.set(self._reachable)
 
     # -- pinging --
 
@@ -387,21 +509,27 @@ class PingMonitor:
             raise _PingFailed("closed", e) from None
 
     def _record_success(self, stats: PeerStats, rtt: float) -> None:
+        now = trio.current_time()
         ms = rtt * 1000.0
         stats.ewma_ms = ms if stats.ewma_ms is None else EWMA_ALPHA * ms + (1 - EWMA_ALPHA) * stats.ewma_ms
         stats.last_rtt = rtt
-        stats.last_seen = trio.current_time()
-        stats.reachable = True
+        stats.last_seen = stats.last_success_at = now
         stats.successes += 1
-        self.metrics.observe(stats.label, rtt, stats.ewma_ms)
+        self._set_reachable(stats, True)
+        self._check_established(stats, now)
+        self.metrics.ping_result("ok")
+        if stats.tracked:
+            self.metrics.observe(stats.label, rtt, stats.ewma_ms)
 
     def _record_failure(self, stats: PeerStats, failure: _PingFailed) -> None:
         log.debug("ping to %s failed: %s", stats.label, failure)
-        stats.reachable = False
         stats.last_rtt = None
         stats.failures += 1
         stats.failures_by_reason[failure.reason] = stats.failures_by_reason.get(failure.reason, 0) + 1
-        self.metrics.failed(stats.label, failure.reason)
+        self._set_reachable(stats, False)
+        self.metrics.ping_result(failure.reason)
+        if stats.tracked:
+            self.metrics.failed(stats.label, failure.reason)
 
 
 async def _close(stream: trio.abc.Stream) -> None:
@@ -430,7 +558,10 @@ def _remove(callbacks: CallbackList[ConnectionCallback], cb: ConnectionCallback)
 
 
 __all__ = [
+    "ESTABLISHED_AFTER",
     "EWMA_ALPHA",
+    "GRACE",
+    "MAX_PEER_SERIES",
     "CallbackList",
     "ConnectionCallback",
     "ListenInfo",

@@ -19,6 +19,7 @@ import trio
 from physarum.errors import PhysarumError
 from physarum.overlay import addr as addrs_
 from physarum.overlay.multiaddr import Multiaddr
+from physarum.overlay.yamux import GO_AWAY_GARBAGE_COLLECTED
 
 if TYPE_CHECKING:
     from physarum.overlay.identity import PeerId
@@ -129,7 +130,9 @@ async def keep_bootstrap_connected(
 
     ``on_connected`` runs after each (re)connection, whichever side dialed, before the connection
     is watched for its end (the DHT joins the network there); a :data:`DIAL_ERRORS` it raises is
-    logged and does not stop the loop.
+    logged and does not stop the loop. A connection the bootstrap peer closed with yamux GoAway
+    code ``GO_AWAY_GARBAGE_COLLECTED`` (its connection manager trimmed us: it is up, and has enough
+    peers) is dialed again after ``max_delay`` seconds rather than at once.
 
     Raises:
         AddressError: ``address`` has no peer id.
@@ -145,14 +148,25 @@ async def keep_bootstrap_connected(
         return host.connection(peer) is not None
 
     async def wait_disconnected() -> None:
-        conn = host.connection(peer)
-        if conn is not None and on_connected is not None:
+        last = host.connection(peer)
+        if last is not None and on_connected is not None:
             try:
-                await on_connected(conn)
+                await on_connected(last)
             except DIAL_ERRORS as e:
                 log.info("bootstrap %s: %s", address, e)
         while (conn := host.connection(peer)) is not None:
+            last = conn
             await conn.session.closed.wait()
+        # The last connection to close says how it went (it may have closed during on_connected).
+        if last is not None and getattr(last.session, "go_away_code", None) == GO_AWAY_GARBAGE_COLLECTED:
+            # Its connection manager closed us to stay under its limits: it is up, and would trim
+            # a new connection too (and N nodes redialing one bootstrap keep it over its limit).
+            log.info(
+                "bootstrap %s trimmed our connection (it has enough peers); dialing it again in %g s",
+                address,
+                max_delay,
+            )
+            await sleep(max_delay)
 
     await keep_connected(
         dial, is_connected, wait_disconnected, name=f"bootstrap {address}", sleep=sleep, max_delay=max_delay

@@ -33,6 +33,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import trio
+from prometheus_client import CollectorRegistry
 
 from physarum import __version__
 from physarum.errors import (
@@ -42,19 +43,30 @@ from physarum.errors import (
     NotMultistreamError,
     NotRunningError,
     PhysarumError,
+    RefusedError,
     SelfDialError,
     exception_leaves,
 )
 from physarum.overlay import addr as addrs_
 from physarum.overlay import identify, multistream, netif, noise, ping, varint, yamux
+from physarum.overlay.connmgr import DEFAULT_CONN_MANAGER, ConnectionManager, ConnManagerOptions
 from physarum.overlay.envelope import seal_peer_record
 from physarum.overlay.identify import OBSERVED_ADDR_THRESHOLD, IdentifyInfo, ObservedAddrs
 from physarum.overlay.identity import KeyPair, PeerId
 from physarum.overlay.multiaddr import Multiaddr
 from physarum.overlay.peerstore import PeerStore
+from physarum.overlay.resources import (
+    Handshake,
+    Refusal,
+    ResourceCollector,
+    ResourceLimits,
+    ResourceManager,
+    Usage,
+)
 from physarum.overlay.streamio import BufferedStream
 from physarum.overlay.yamux import YamuxSession, YamuxStream
 from physarum.psk import PSK_SIZE, KeyFileError, KeyFileReason, PskMismatchError, protect
+from physarum.psk.protector import NONCE_SIZE, PskStream
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +139,16 @@ class Host:
     ``announce``: when given, exactly the addresses we advertise (identify, peer record, DHT,
     :attr:`addrs`), e.g. a NAT's public address or a DNS name; ``/ip4|ip6|dns*/HOST/tcp/PORT``,
     a ``/p2p/<our id>`` suffix is dropped. Without it, see :meth:`advertised_addrs`.
-    Limits: ``max_connections`` (inbound ones over it are closed at once; dials raise
-    :class:`LimitError`), ``max_streams_per_connection``, and ``handshake_timeout`` for upgrading
-    a connection or negotiating an inbound stream, so a silent peer cannot hold a slot.
+    Limits: ``limits`` (:class:`~physarum.overlay.resources.ResourceLimits`, every default documented
+    there) bound connections, handshakes, streams and what peers can make us buffer; a connection or
+    stream over a limit is refused and counted, and a flood of refusals is summarised in one log
+    line a minute. ``registry``: where ``physarum_resource_*`` metrics go (none when not given).
     Identify push: a change is sent ``identify_push_delay`` seconds after the first one of a
     burst (later ones join it), to at most ``identify_push_concurrency`` peers at a time, each
     within ``identify_push_timeout`` seconds. ``address_cache_ttl``: how long the list of this
-    machine's interface addresses is reused (seconds).
+    machine's interface addresses is reused (seconds). ``conn_manager``: the connection manager's
+    water marks and grace period (:mod:`physarum.overlay.connmgr`; None: never trim), run as
+    :attr:`conn_manager`.
 
     Raises:
         AddressError: a malformed ``listen`` or ``announce`` address, or an ``announce`` one that
@@ -148,15 +163,15 @@ class Host:
         psk: bytes | None = None,
         listen: Sequence[str | Multiaddr] = (),
         announce: Sequence[str | Multiaddr] = (),
-        max_connections: int = 1024,
-        max_streams_per_connection: int = 256,
-        handshake_timeout: float = 10.0,
+        limits: ResourceLimits | None = None,
+        registry: CollectorRegistry | None = None,
         agent_version: str = f"physarum/{__version__}",
         peerstore_capacity: int = 10_000,
         identify_push_delay: float = 0.05,
         identify_push_timeout: float = 5.0,
         identify_push_concurrency: int = 16,
         address_cache_ttl: float = netif.DEFAULT_MAX_AGE,
+        conn_manager: ConnManagerOptions | None = DEFAULT_CONN_MANAGER,
     ) -> None:
         if psk is not None and len(psk) != PSK_SIZE:
             raise KeyFileError(
@@ -167,9 +182,9 @@ class Host:
         self.psk = psk
         self._listen_requests = [addrs_.parse(a) for a in listen]
         self._announce = self._check_announce(announce)
-        self.max_connections = max_connections
-        self.max_streams_per_connection = max_streams_per_connection
-        self.handshake_timeout = handshake_timeout
+        self.resources = ResourceManager(limits, logger=log)
+        self.limits = self.resources.limits
+        self.handshake_timeout = self.limits.handshake_timeout
         self.agent_version = agent_version
         self.identify_push_delay = identify_push_delay
         self.identify_push_timeout = identify_push_timeout
@@ -180,9 +195,10 @@ class Host:
         self.on_connect: list[ConnectionCallback] = []
         self.on_disconnect: list[ConnectionCallback] = []
         self.on_identify: list[ConnectionCallback] = []
+        # Water marks, grace period, protected and tagged peers (None: never trims; see connmgr).
+        self.conn_manager = ConnectionManager(conn_manager, registry=registry)
         self._handlers: dict[str, Handler] = {}
         self._nursery: trio.Nursery | None = None
-        self._pending_inbound = 0
         self._pending_outbound = 0
         self._record: tuple[tuple[Multiaddr, ...], bytes] | None = None
         self._closed = False
@@ -196,6 +212,8 @@ class Host:
         self.set_handler(ping.PROTOCOL_ID, self._handle_ping)
         self.set_handler(identify.PROTOCOL_ID, self._handle_identify)
         self.set_handler(identify.PUSH_PROTOCOL_ID, self._handle_identify_push)
+        if registry is not None:
+            registry.register(ResourceCollector(self.resources, self._usage))
 
     # -- lifecycle --
 
@@ -223,6 +241,8 @@ class Host:
                     for group in listeners:
                         await self._serve(nursery, group)
                     nursery.start_soon(self._push_loop)
+                    await nursery.start(self.conn_manager.run, self)
+                    nursery.start_soon(self._flush_refusal_logs)
                     task_status.started()
                     await trio.sleep_forever()
             except BaseExceptionGroup as errors:
@@ -232,6 +252,7 @@ class Host:
         finally:
             self._closed = True
             self._nursery = None
+            self.resources.flush_logs(trio.current_time(), force=True)
             with trio.CancelScope(shield=True):
                 for group in listeners:  # closed by serve_listeners once it started; closing twice is fine
                     for lst in group:
@@ -240,6 +261,22 @@ class Host:
                     await trio.aclose_forcefully(conn.session.transport)
         if failed is not None:
             raise failed  # outside the except block: no group in its context
+
+    async def _flush_refusal_logs(self) -> None:
+        while True:
+            await trio.sleep(5)
+            self.resources.flush_logs(trio.current_time())
+
+    def _usage(self) -> Usage:
+        inbound = outbound = streams = 0
+        for conns in self.connections.values():
+            for c in conns:
+                streams += len(c.session.streams)
+                if c.direction == INBOUND:
+                    inbound += 1
+                else:
+                    outbound += 1
+        return Usage(inbound, outbound, self._pending_outbound, streams)
 
     def _require_running(self) -> trio.Nursery:
         if self._nursery is None:
@@ -408,9 +445,6 @@ class Host:
     def _connection_count(self) -> int:
         return sum(len(c) for c in self.connections.values())
 
-    def _slots_in_use(self) -> int:
-        """Open connections plus handshakes in progress, either way: what max_connections bounds."""
-        return self._connection_count() + self._pending_inbound + self._pending_outbound
 
     async def connect(self, target: str | Multiaddr | PeerId, *, timeout: float = 10.0) -> Connection:
         """Return an open connection to ``target``, dialing if needed.
@@ -423,7 +457,8 @@ class Host:
             DialError: every address failed; ``errors`` says why for each (a wrong PSK shows as
                 PskMismatchError, another identity as PeerIdMismatchError, ourselves as
                 SelfDialError).
-            LimitError: ``max_connections`` reached.
+            LimitError: ``limits.max_connections`` connections are open, or ``limits.max_dials``
+                dials are in progress.
             NotRunningError: the host is not running.
         """
         self._require_running()
@@ -470,13 +505,17 @@ class Host:
         raise DialError(peer, errors)
 
     async def _dial(self, ma: Multiaddr, peer: PeerId | None, phase: list[str] | None = None) -> Connection:
-        if self._slots_in_use() >= self.max_connections:
-            raise LimitError(f"{self.max_connections} connections already open", limit=self.max_connections)
+        limits = self.limits
+        if self._connection_count() + self._pending_outbound >= limits.max_connections:
+            raise LimitError(f"{limits.max_connections} connections already open", limit=limits.max_connections)
+        if self._pending_outbound >= limits.max_dials:
+            raise LimitError(f"{limits.max_dials} dials already in progress", limit=limits.max_dials)
         ep = addrs_.tcp_endpoint(ma)
         if peer == self.peer_id:
             raise SelfDialError("that is our own peer id", address=str(ma))
-        # Dials in progress hold a slot, as inbound handshakes do, so concurrent dials cannot
-        # overshoot the limit. The slot is given back once the connection is registered.
+        # Dials in progress hold a connection slot, so concurrent dials cannot overshoot the limit;
+        # it is given back once the connection is registered. Inbound handshakes have a pool of
+        # their own and never take these slots.
         self._pending_outbound += 1
         try:
             tcp = await trio.open_tcp_stream(ep.host, ep.port)
@@ -500,30 +539,67 @@ class Host:
         except OSError:
             await trio.aclose_forcefully(tcp)
             return
+        now = trio.current_time()
         where = _ipport(remote)
-        if self._closed or self._slots_in_use() >= self.max_connections:
-            reason = "host closing" if self._closed else f"{self.max_connections} connections open"
-            log.warning("refusing connection from %s: %s", where, reason)
+        res = self.resources
+        # Refusals happen here, before any crypto and before we send a byte: the dialer sees the
+        # connection closed without our pnet nonce and reports RefusedError, not a PSK mismatch.
+        admitted: Handshake | Refusal
+        if self._closed:
+            admitted = Refusal.CLOSING
+        elif self._connection_count() >= self.limits.max_connections and not self._room_for_inbound():
+            admitted = Refusal.CONNECTION_LIMIT
+        else:
+            admitted = res.admit_handshake(addrs_.tcp_endpoint(remote).host, now)
+        if isinstance(admitted, Refusal):
+            res.refuse_connection(admitted, f"from {where}", now)
             await trio.aclose_forcefully(tcp)
             return
-        self._pending_inbound += 1
+        hs = admitted
         try:
-            with trio.move_on_after(self.handshake_timeout) as scope:
+            with hs.cancel_scope, trio.move_on_after(self.limits.handshake_timeout) as deadline:
                 conn = await self._upgrade(tcp, INBOUND, None, remote, local)
-            if scope.cancelled_caught:
-                log.info(
-                    "closing connection from %s: no handshake within %g s", where, self.handshake_timeout
-                )
+            if hs.cancel_scope.cancelled_caught or deadline.cancelled_caught:
+                why = Refusal.HANDSHAKE_POOL if hs.evicted else Refusal.HANDSHAKE_TIMEOUT
+                res.refuse_connection(why, f"from {where}", trio.current_time())
                 await trio.aclose_forcefully(tcp)
                 return
+        except _FirstBytesTimeout:
+            res.refuse_connection(Refusal.FIRST_BYTE_TIMEOUT, f"from {where}", trio.current_time())
+            await trio.aclose_forcefully(tcp)
+            return
         except (PhysarumError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
-            # The exception itself rides along as ``record.error`` for handlers and tests.
-            log.info("closing connection from %s: %s", where, _reason(e), extra={"error": e})
+            res.refuse_connection(_refusal_of(e), f"from {where}", trio.current_time(), error=e)
+            log.debug("closing connection from %s: %s", where, _reason(e))
             await trio.aclose_forcefully(tcp)
             return
         finally:
-            self._pending_inbound -= 1
+            res.handshakes.release(hs)
+        refusal = self._admit_established(conn)
+        if refusal is not None:
+            res.refuse_connection(refusal, f"from {where} ({_short(conn.peer_id)})", trio.current_time())
+            await trio.aclose_forcefully(conn.session.transport)
+            return
         await self._run_connection(conn)
+
+    async def _first_bytes(self, tcp: trio.abc.Stream, max_bytes: int) -> bytes:
+        """What an inbound peer sends first, within ``limits.first_byte_timeout``: a peer that
+        connects and stays silent loses its handshake slot early."""
+        with trio.move_on_after(self.limits.first_byte_timeout):
+            return bytes(await tcp.receive_some(max_bytes))
+        raise _FirstBytesTimeout
+
+    def _room_for_inbound(self) -> bool:
+        """At the connection limit: whether the connection manager would close one to make room."""
+        return False
+
+    def _admit_established(self, conn: Connection) -> Refusal | None:
+        """Whether a connection that finished its handshake may join the open ones."""
+        if len(self.connections.get(conn.peer_id, ())) >= self.limits.max_connections_per_peer:
+            return Refusal.PEER_LIMIT
+        if self._connection_count() + self._pending_outbound >= self.limits.max_connections:
+            return Refusal.CONNECTION_LIMIT
+        return None
 
     async def _upgrade(
         self,
@@ -535,16 +611,50 @@ class Host:
         phase: list[str] | None = None,
     ) -> Connection:
         initiator = direction == OUTBOUND
-        raw: trio.abc.Stream = tcp if self.psk is None else await protect(tcp, self.psk)
-        buf = BufferedStream(raw)
+        raw: trio.abc.Stream
+        greeted = False
+        if self.psk is None:
+            raw = tcp
+            first = b""
+            if not initiator:
+                # Our header goes out first, as multistream-select's listener always sends it: a
+                # dialer with a key reads it as a garbled nonce and names the mismatch.
+                await tcp.send_all(multistream.encode(multistream.PROTOCOL_ID))
+                greeted = True
+                first = await self._first_bytes(tcp, 4096)
+                if not first:
+                    raise trio.BrokenResourceError("the peer closed the connection at once")
+        else:
+            first = b"" if initiator else await self._first_bytes(tcp, NONCE_SIZE)
+            # Our nonce goes out here, also to a peer refused just below: its garbled view of our
+            # header tells it (as our PskMismatchError) that it is outside the network.
+            raw = await protect(tcp, self.psk, received=first)
+            if first and _PLAINTEXT_HEADER.startswith(first[: len(_PLAINTEXT_HEADER)]):
+                # A libp2p node without our key opens with multistream in the clear; a nonce (24
+                # random bytes) starts this way with probability 2^-160. No need to wait for more.
+                raise PskMismatchError(
+                    "the peer speaks multistream-select in the clear: it uses no pre-shared key",
+                    address=str(remote),
+                    no_psk=True,
+                )
+            first = b""
+        buf = BufferedStream(raw, first)
         if phase is not None:
             phase[0] = "header"
         try:
             if initiator:
                 await multistream.select(buf, [noise.PROTOCOL_ID])
             else:
-                await multistream.handle(buf, noise.PROTOCOL_ID.__eq__, lambda: [noise.PROTOCOL_ID])
+                await multistream.handle(
+                    buf, noise.PROTOCOL_ID.__eq__, lambda: [noise.PROTOCOL_ID], greeted=greeted
+                )
         except (NotMultistreamError, trio.BrokenResourceError) as e:
+            if initiator and _closed_before_first_byte(e, raw, buf):
+                raise RefusedError(
+                    "the peer closed the connection before sending anything: it is at capacity or"
+                    " refusing connections from us, or is not a libp2p node",
+                    address=str(remote),
+                ) from e
             # pnet has no MAC: another key (or none) shows up as a garbled header or a peer
             # that hangs up on our garbled one.
             if self.psk is not None:
@@ -573,9 +683,10 @@ class Host:
         session = YamuxSession(
             secure,
             is_client=initiator,
-            max_streams=self.max_streams_per_connection,
+            max_streams=self.limits.max_streams_per_connection,
             peer_id=peer_id,
             initial=buf2.take_buffer(),
+            memory=self.resources.peer_memory(peer_id),
         )
         conn = Connection(self, session, peer_id, remote, local, direction)
         session.on_stream = lambda stream: self._on_stream(conn, stream)
@@ -602,6 +713,7 @@ class Host:
             if not conns:
                 self.connections.pop(conn.peer_id, None)
                 self._observed.forget(conn.peer_id)
+                self.resources.forget_peer(conn.peer_id)
             self.peerstore.info(conn.peer_id).last_seen = trio.current_time()
             why = conn.session.close_reason
             log.debug(
@@ -630,23 +742,37 @@ class Host:
         self._nursery.start_soon(self._serve_stream, conn, stream)
 
     async def _serve_stream(self, conn: Connection, stream: YamuxStream) -> None:
+        counted: str | None = None
         try:
-            with trio.move_on_after(self.handshake_timeout):
+            with trio.move_on_after(self.limits.stream_negotiation_timeout):
                 buf = BufferedStream(stream)
                 handlers = self._handlers
                 stream.protocol = await multistream.handle(buf, handlers.__contains__, lambda: list(handlers))
                 stream.unread(buf.take_buffer())
             handler = self._handlers.get(stream.protocol or "")
-            if handler is None:
+            if handler is None or stream.protocol is None:
                 stream.reset()
                 return
+            if not self.resources.open_inbound_stream(conn.peer_id, stream.protocol):
+                self.resources.refuse_stream(
+                    Refusal.STREAM_LIMIT,
+                    f"{_clip(stream.protocol, 60)} from {_short(conn.peer_id)}",
+                    trio.current_time(),
+                )
+                stream.reset()
+                return
+            counted = stream.protocol
             await handler(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
             log.debug(
                 "stream %s from %s ended: %s", _clip(stream.protocol, 60), _short(conn.peer_id), _reason(e)
             )
         except PhysarumError as e:
-            log.info("stream %s from %s: %s", _clip(stream.protocol, 60), _short(conn.peer_id), _reason(e))
+            self.resources.refuse_stream(
+                Refusal.PROTOCOL_ERROR,
+                f"{_clip(stream.protocol, 60)} from {_short(conn.peer_id)} ({_reason(e)})",
+                trio.current_time(),
+            )
             stream.reset()
         except Exception:
             log.exception(
@@ -654,6 +780,8 @@ class Host:
             )
             stream.reset()
         finally:
+            if counted is not None:
+                self.resources.close_inbound_stream(conn.peer_id, counted)
             await stream.aclose()
 
     async def new_stream(
@@ -859,6 +987,31 @@ class Host:
             ) as e:
                 conn._identify_sent = None  # not told: a later identify of theirs tells them
                 log.debug("identify push to %s failed: %s", _short(conn.peer_id), _reason(e))
+
+
+class _FirstBytesTimeout(Exception):
+    """An inbound peer sent nothing within ``first_byte_timeout``."""
+
+
+#: What a libp2p node without a pre-shared key sends first: multistream-select's header in the clear.
+_PLAINTEXT_HEADER = b"\x13/multistream/1.0.0\n"
+
+
+def _closed_before_first_byte(e: BaseException, raw: trio.abc.Stream, buf: BufferedStream) -> bool:
+    """Whether a dial failed because the peer closed before sending its first byte (with a
+    pre-shared key: before the first byte of its pnet nonce)."""
+    if not isinstance(e, trio.BrokenResourceError):
+        return False
+    if isinstance(raw, PskStream):
+        return raw.nonce_bytes_received == 0
+    return buf.received == 0
+
+
+def _refusal_of(e: BaseException) -> Refusal:
+    """The refusal counter an inbound handshake failure goes under."""
+    if isinstance(e, PskMismatchError):
+        return Refusal.NO_PSK if e.no_psk else Refusal.PSK_MISMATCH
+    return Refusal.HANDSHAKE_FAILED
 
 
 def _is_dialable(a: Multiaddr) -> bool:

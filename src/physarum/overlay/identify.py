@@ -3,12 +3,20 @@
 ``Identify{publicKey=1, listenAddrs=2, protocols=3, observedAddr=4, protocolVersion=5,
 agentVersion=6, signedPeerRecord=8}``, sent uvarint-length-prefixed by the answering side,
 which then closes the stream.
+
+A message is at most :data:`MAX_MESSAGE` bytes, but what it says can still cost far more once
+parsed (a 64 KiB message of one-byte protocols is 30,000 strings). :func:`trim` cuts a parsed
+message down to :class:`IdentifyLimits` before anything keeps it; the peer store applies the same
+limits to what it stores.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import sys
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from physarum.errors import DecodeError, IncompleteError, PhysarumError
@@ -28,6 +36,42 @@ MAX_OBSERVED_ADDRS = 32
 #: Distinct peers that must report an address before :meth:`ObservedAddrs.confirmed` lists it
 #: (go-libp2p's activation threshold is 4 too): one or two peers, mistaken or lying, are not enough.
 OBSERVED_ADDR_THRESHOLD = 4
+
+
+@dataclass(frozen=True)
+class IdentifyLimits:
+    """What is kept of a peer's identify message (see :func:`trim`); every field has a default.
+
+    With these defaults one trimmed message retains at most about 115 KiB (measured with
+    tracemalloc; :func:`retained_size` says 128 KiB) for 32 addresses of 256 bytes and 16
+    components, 128 protocols of 256 bytes, the largest key and record; an honest one (5
+    addresses, 20 protocols) about 3 KiB.
+    """
+
+    max_protocols: int = 128
+    """Protocols kept per peer (js-libp2p and kubo announce 10-30); the first ones are kept."""
+    max_protocol_length: int = 256
+    """Longest protocol id kept, in UTF-8 bytes; longer ones are dropped, not cut (a cut id would
+    name another protocol). Real ids are under 60 bytes."""
+    max_listen_addrs: int = 32
+    """Listen addresses kept per peer, the first ones announced (go-libp2p keeps a similar bound)."""
+    max_addr_length: int = 256
+    """Longest address kept, in binary bytes (real ones are under 150, with two certificate
+    hashes and a peer id); longer ones are dropped."""
+    max_addr_components: int = 16
+    """Most components (``/ip4/..``, ``/tcp/..``) in a kept address: each costs about 70 bytes
+    once parsed, so this bounds an address's memory as its length cannot. Real ones have under 10."""
+    max_version_length: int = 256
+    """Agent and protocol version strings are cut to this many characters."""
+    max_public_key_length: int = 2048
+    """A public key whose key bytes are longer is dropped (an RSA-8192 key is about 1,050)."""
+    max_signed_record: int = 8 * 1024
+    """A signed peer record envelope over this many bytes is dropped (go-libp2p caps a whole
+    identify message carrying one at 8 KiB)."""
+
+
+#: The limits :func:`trim` and the peer store apply by default.
+DEFAULT_LIMITS = IdentifyLimits()
 
 
 @dataclass
@@ -100,6 +144,112 @@ def decode_message(data: bytes) -> IdentifyInfo:
     except (DecodeError, IncompleteError):
         pass
     return decode(data)
+
+
+def addr_allowed(addr: Multiaddr, limits: IdentifyLimits = DEFAULT_LIMITS) -> bool:
+    """Whether ``addr`` is within ``limits``' length and component bounds."""
+    return (
+        len(addr.to_bytes()) <= limits.max_addr_length
+        and len(addr.protocols()) <= limits.max_addr_components
+    )
+
+
+def protocol_allowed(protocol: str, limits: IdentifyLimits = DEFAULT_LIMITS) -> bool:
+    """Whether ``protocol`` is a non-empty id within ``limits.max_protocol_length`` UTF-8 bytes."""
+    n = len(protocol)
+    if n == 0 or n > limits.max_protocol_length:
+        return False
+    return protocol.isascii() or len(protocol.encode("utf-8", "replace")) <= limits.max_protocol_length
+
+
+def bounded_addrs(
+    addrs: Iterable[Multiaddr], limit: int, limits: IdentifyLimits = DEFAULT_LIMITS
+) -> list[Multiaddr]:
+    """The first ``limit`` distinct addresses of ``addrs`` that ``limits`` allow (linear)."""
+    out: dict[Multiaddr, None] = {}
+    for a in addrs:
+        if len(out) >= limit:
+            break
+        if a not in out and addr_allowed(a, limits):
+            out[a] = None
+    return list(out)
+
+
+def bounded_protocols(protocols: Iterable[str], limits: IdentifyLimits = DEFAULT_LIMITS) -> list[str]:
+    """The first ``limits.max_protocols`` distinct allowed protocol ids of ``protocols`` (linear)."""
+    out: dict[str, None] = {}
+    for p in protocols:
+        if len(out) >= limits.max_protocols:
+            break
+        if p not in out and protocol_allowed(p, limits):
+            out[p] = None
+    return list(out)
+
+
+def bounded_text(text: str | None, limits: IdentifyLimits = DEFAULT_LIMITS) -> str | None:
+    """``text`` cut to ``limits.max_version_length`` characters."""
+    if text is None or len(text) <= limits.max_version_length:
+        return text
+    return text[: limits.max_version_length]
+
+
+def trim(info: IdentifyInfo, limits: IdentifyLimits = DEFAULT_LIMITS) -> IdentifyInfo:
+    """A copy of ``info`` cut to ``limits``: call it on every parsed message before keeping it.
+
+    Keeps the first ``max_listen_addrs`` distinct addresses and ``max_protocols`` distinct
+    protocols within their length limits, in the peer's order; cuts the version strings; drops
+    an oversized observed address, public key or signed peer record. Linear in the message.
+    """
+    key = info.public_key
+    if key is not None and len(key.data) > limits.max_public_key_length:
+        key = None
+    observed = info.observed_addr
+    if observed is not None and not addr_allowed(observed, limits):
+        observed = None
+    record = info.signed_peer_record
+    if record is not None and len(record) > limits.max_signed_record:
+        record = None
+    return dataclasses.replace(
+        info,
+        public_key=key,
+        listen_addrs=bounded_addrs(info.listen_addrs, limits.max_listen_addrs, limits),
+        protocols=bounded_protocols(info.protocols, limits),
+        observed_addr=observed,
+        protocol_version=bounded_text(info.protocol_version, limits),
+        agent_version=bounded_text(info.agent_version, limits),
+        signed_peer_record=record,
+    )
+
+
+# Approximate retained sizes (CPython 3.11, 64-bit, measured with tracemalloc): what keeping a
+# value costs, including the object headers and the list slot that holds it.
+_ADDR_BASE = 200  # the Multiaddr, its bytes object and parts tuple, the list slot
+_ADDR_PER_COMPONENT = 72  # one (protocol, start, value start) tuple and its ints
+_ADDR_PER_BYTE = 4  # the bytes, and the text form cached once it is printed
+
+
+def addr_size(addr: Multiaddr) -> int:
+    """About how many bytes keeping ``addr`` costs (an upper estimate)."""
+    return _ADDR_BASE + _ADDR_PER_COMPONENT * len(addr.protocols()) + _ADDR_PER_BYTE * len(addr.to_bytes())
+
+
+def text_size(text: str | None) -> int:
+    """About how many bytes keeping ``text`` (in a list or an attribute) costs."""
+    return 0 if text is None else sys.getsizeof(text) + 8
+
+
+def retained_size(info: IdentifyInfo) -> int:
+    """About how many bytes keeping ``info`` costs: what a memory budget should be charged."""
+    size = 200  # the IdentifyInfo and its two lists
+    size += sum(map(addr_size, info.listen_addrs)) + sum(map(text_size, info.protocols))
+    if info.observed_addr is not None:
+        size += addr_size(info.observed_addr)
+    size += text_size(info.protocol_version) + text_size(info.agent_version)
+    if info.public_key is not None:
+        size += 100 + len(info.public_key.data)
+    if info.signed_peer_record is not None:
+        size += 40 + len(info.signed_peer_record)
+    return size
 
 
 def check_against(info: IdentifyInfo, peer_id: PeerId) -> IdentifyInfo:

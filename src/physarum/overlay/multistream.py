@@ -97,15 +97,22 @@ async def select(stream: BufferedStream, protocols: Iterable[str]) -> str:
     raise NegotiationError(f"listener supports none of {candidates}")
 
 
-async def handle(stream: BufferedStream, supports: Callable[[str], bool], listing: Callable[[], list[str]]) -> str:
-    """Answer proposals until one is supported; return it.
+async def handle(
+    stream: BufferedStream,
+    supports: Callable[[str], bool],
+    listing: Callable[[], list[str]],
+    *,
+    greeted: bool = False,
+) -> str:
+    """Answer proposals until one is supported; return it. ``greeted``: our header already went out.
 
     Raises:
         NegotiationError: the dialer does not speak multistream or gave up.
         DecodeError: garbage from the dialer.
         trio.BrokenResourceError: the stream broke (also when the dialer gives up and closes).
     """
-    await stream.send_all(encode(PROTOCOL_ID))
+    if not greeted:
+        await stream.send_all(encode(PROTOCOL_ID))
     await _read_header(stream)
     while True:
         proposal = await _read(stream)

@@ -364,7 +364,9 @@ class NoiseStream(trio.abc.HalfCloseableStream):
             length = raw[pos] << 8 | raw[pos + 1]
             if end - pos - 2 < length:
                 break
-            plain.append(decrypt(None, bytes(raw[pos + 2 : pos + 2 + length])))
+            message = decrypt(None, bytes(raw[pos + 2 : pos + 2 + length]))
+            if message:  # an empty message is legal but carries nothing; b"" would read as end of stream
+                plain.append(message)
             pos += 2 + length
         if raw is self._raw:
             if pos:

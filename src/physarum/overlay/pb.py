@@ -49,7 +49,8 @@ def decode(data: bytes | bytearray | memoryview) -> Fields:
     """Decode a whole message into ``{field number: [values]}``; fixed-width fields are skipped.
 
     Raises:
-        DecodeError: truncated or malformed input, field number 0, or a group wire type.
+        DecodeError: truncated or malformed input, a field number outside 1..2**29-1, or a group
+            wire type.
     """
     fields: Fields = {}
     pos = 0
@@ -58,8 +59,9 @@ def decode(data: bytes | bytearray | memoryview) -> Fields:
         while pos < end:
             key, pos = varint.decode(data, pos)
             number, wire = key >> 3, key & 7
-            if number == 0:
-                raise DecodeError("protobuf field number 0")
+            if not 0 < number < 1 << 29:
+                # What encode() refuses to write, and protobuf's own decoders refuse to read.
+                raise DecodeError(f"protobuf field number {number} out of range")
             value: int | bytes
             if wire == VARINT:
                 value, pos = varint.decode(data, pos)

@@ -6,14 +6,27 @@ with a mock clock see virtual time.
 
 from __future__ import annotations
 
+import logging
 import os
+from typing import Protocol, runtime_checkable
 
 import trio
 
 from physarum.errors import ProtocolError
 
+log = logging.getLogger(__name__)
+
 PROTOCOL_ID = "/ipfs/ping/1.0.0"
 PING_SIZE = 32
+#: How long :func:`handle_ping` waits for the next ping on a stream before resetting it: go-libp2p's
+#: ``pingTimeout`` (60 s). Monitors ping about once a second on one stream, js-libp2p every 10 s on
+#: fresh streams, so only a stream a peer holds open and idle ever reaches it.
+DEFAULT_IDLE_TIMEOUT = 60.0
+
+
+@runtime_checkable
+class _Resettable(Protocol):
+    def reset(self) -> None: ...
 
 
 async def _receive_exactly(stream: trio.abc.Stream, n: int) -> bytes:
@@ -26,16 +39,32 @@ async def _receive_exactly(stream: trio.abc.Stream, n: int) -> bytes:
     return data
 
 
-async def handle_ping(stream: trio.abc.HalfCloseableStream) -> None:
+async def handle_ping(
+    stream: trio.abc.HalfCloseableStream, *, idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+) -> None:
     """Echo 32-byte pings until the peer ends its side.
 
+    Each ping must be whole within ``idle_timeout`` seconds of the previous echo (of the call,
+    for the first): a stream held open longer is reset (when the stream can be) and the handler
+    returns, so idle ping streams do not pile up. It reads at most 32 bytes at a time.
+
     js-libp2p half-closes right after its 32 bytes, so the echo must still go out after EOF.
+
+    Raises:
+        trio.BrokenResourceError: the stream broke.
     """
-    while True:
-        data = await _receive_exactly(stream, PING_SIZE)
-        if len(data) < PING_SIZE:
-            return
-        await stream.send_all(data)
+    # One scope whose deadline moves on after each echo: cheaper than a scope per ping.
+    with trio.CancelScope(deadline=trio.current_time() + idle_timeout) as scope:
+        while True:
+            data = await _receive_exactly(stream, PING_SIZE)
+            if len(data) < PING_SIZE:
+                return
+            await stream.send_all(data)
+            scope.deadline = trio.current_time() + idle_timeout
+    if scope.cancelled_caught:
+        log.debug("ping: resetting a stream idle for %g s", idle_timeout)
+        if isinstance(stream, _Resettable):
+            stream.reset()
 
 
 async def ping_once(stream: trio.abc.Stream) -> float:

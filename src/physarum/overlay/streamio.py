@@ -33,12 +33,14 @@ def check_max_bytes(max_bytes: int | None) -> int | None:
 
 
 class BufferedStream(trio.abc.HalfCloseableStream):
-    """``transport_stream`` with a read-ahead buffer and exact-size reads."""
+    """``transport_stream`` with a read-ahead buffer and exact-size reads. ``received`` counts the
+    bytes that came in (``initial`` included): 0 after a failure means the peer never sent any."""
 
     def __init__(self, transport_stream: trio.abc.Stream, initial: bytes = b"") -> None:
         self.transport_stream = transport_stream
         self._buf = bytearray(initial)
         self._closed = False
+        self.received = len(initial)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -48,6 +50,7 @@ class BufferedStream(trio.abc.HalfCloseableStream):
         data = await self.transport_stream.receive_some(_READ_SIZE)
         if not data:
             raise trio.BrokenResourceError("peer closed the connection mid-message")
+        self.received += len(data)
         self._buf += data
 
     async def receive_exactly(self, n: int) -> bytes:

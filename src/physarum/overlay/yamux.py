@@ -8,6 +8,19 @@ connection buffer more than a window per stream.
 One reader task per session parses frames (:func:`decode_header` is the pure codec); writes go
 straight to the transport under a lock, with control frames (window updates, FIN, RST, pong)
 queued and written ahead of the next frame so no caller blocks on them and order is kept.
+
+What a peer can make a session hold is bounded:
+
+- queued control frames, by ``max_pending_control`` bytes. They pile up only while a write is
+  stuck because the peer does not read (that write holds at most as much again, what was queued
+  when it started); past the cap the session is closed, with GoAway(internal error) when no
+  frame is half written.
+- pong answers, by ``max_pending_pongs`` unsent at a time (go-yamux's ping backlog, 32): further
+  pings are dropped unanswered, so a ping flood costs nothing while nobody reads our answers.
+- received data, by each stream's window and, when the session has a ``memory`` budget, by that
+  budget: a data frame that does not fit resets its stream (not the connection). Bytes are
+  reserved while buffered and released when read, or when the stream is closed or reset or the
+  session breaks.
 """
 
 from __future__ import annotations
@@ -23,6 +36,7 @@ import trio
 
 from physarum.errors import DecodeError, LimitError, ProtocolError
 from physarum.overlay.identity import PeerId
+from physarum.overlay.resources import MemoryBudget
 from physarum.overlay.streamio import check_max_bytes
 
 log = logging.getLogger(__name__)
@@ -42,6 +56,9 @@ FLAG_RST = 8
 GO_AWAY_NORMAL = 0
 GO_AWAY_PROTOCOL_ERROR = 1
 GO_AWAY_INTERNAL_ERROR = 2
+#: go-libp2p's ConnGarbageCollected (libp2p's connection error codes): a connection manager closed
+#: the connection to stay under its limits. The peer is up; dialing it again at once gets trimmed again.
+GO_AWAY_GARBAGE_COLLECTED = 0x1005
 
 HEADER_SIZE = 12
 INITIAL_WINDOW = 256 * 1024
@@ -52,6 +69,15 @@ DEFAULT_WINDOW = 1024 * 1024
 #: Data frames we write carry at most this much; bigger sends are split. The receiver hands data
 #: on only once a whole frame is in, so frames well under the window let both sides work at once.
 MAX_DATA_FRAME = 65535 - 16 - HEADER_SIZE  # header and data fill one Noise message exactly
+#: Control frames (12 bytes each) a session queues for a peer that is not reading before it gives
+#: up on the connection. Honest traffic queues a few frames per open stream at most (an ACK or
+#: SYN, a window update per half window read, a FIN), a few KiB for hundreds of streams.
+DEFAULT_MAX_PENDING_CONTROL = 64 * 1024
+#: Pong answers queued and not yet written before further pings go unanswered (go-yamux's
+#: ``PingBacklog``): honest peers have one ping in flight at a time.
+DEFAULT_MAX_PENDING_PONGS = 32
+#: How long a closing session tries to write its GoAway (it is best effort).
+GO_AWAY_TIMEOUT = 1.0
 
 _HEADER = struct.Struct(">BBHII")
 
@@ -100,6 +126,8 @@ class YamuxStream(trio.abc.HalfCloseableStream):
         self._closed = False
         self._sending = False
         self._receiving = False
+        self._reserved = 0  # bytes of _buf reserved in session.memory
+        self._reset_reason = "was reset by the peer"
 
     @property
     def peer_id(self) -> PeerId | None:
@@ -109,9 +137,33 @@ class YamuxStream(trio.abc.HalfCloseableStream):
         return f"<YamuxStream {self.stream_id} {self.protocol or ''} peer={self.session.peer_id}>"
 
     def unread(self, data: bytes) -> None:
-        """Put bytes a negotiation layer read ahead back in front of the stream."""
+        """Put bytes a negotiation layer read ahead back in front of the stream.
+
+        They count against the session's memory budget again when it has room; when it has not
+        they stay unaccounted (at most one negotiation read ahead) rather than be lost.
+        """
         if data:
             self._buf.appendleft(bytes(data))
+            session = self.session
+            memory = session.memory
+            if memory is not None and not session.broken and memory.try_reserve(len(data)):
+                self._reserved += len(data)
+                session._reserved += len(data)
+
+    def _release(self, n: int) -> None:
+        """Give back up to ``n`` reserved bytes (what was read or dropped)."""
+        n = min(n, self._reserved)
+        self._reserved -= n
+        session = self.session
+        # A broken session gave back all its streams' bytes at once.
+        if session.memory is not None and not session.broken:
+            session._reserved -= n
+            session.memory.release(n)
+
+    def _drop_buffer(self) -> None:
+        self._buf.clear()
+        if self._reserved:
+            self._release(self._reserved)
 
     # -- called by the session's reader (synchronous) --
 
@@ -126,7 +178,9 @@ class YamuxStream(trio.abc.HalfCloseableStream):
         self._recv_lot.unpark_all()
 
     def _on_reset(self) -> None:
+        # Like go-yamux, a reset stream's unread data is dropped: reads fail from now on.
         self._reset = True
+        self._drop_buffer()
         self._recv_lot.unpark_all()
         self._send_lot.unpark_all()
 
@@ -138,7 +192,7 @@ class YamuxStream(trio.abc.HalfCloseableStream):
 
     def _broken(self) -> trio.BrokenResourceError:
         if self._reset:
-            return trio.BrokenResourceError(f"stream {self.stream_id} was reset by the peer")
+            return trio.BrokenResourceError(f"stream {self.stream_id} {self._reset_reason}")
         return trio.BrokenResourceError(f"connection to {self.session.peer_id} is broken")
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -209,6 +263,8 @@ class YamuxStream(trio.abc.HalfCloseableStream):
                     out = out[:max_bytes]
                 else:
                     buf.popleft()
+            if self._reserved:
+                self._release(len(out))
             self._consumed += len(out)
             if self._consumed >= self.session.window // 2 and not self._fin_received:
                 self._recv_window += self._consumed
@@ -238,7 +294,7 @@ class YamuxStream(trio.abc.HalfCloseableStream):
             if not (self._reset or self._fin_sent or self.session.broken):
                 self._fin_sent = True
                 self.session._queue(encode_header(TYPE_WINDOW_UPDATE, FLAG_FIN, self.stream_id, 0))
-            self._buf.clear()
+            self._drop_buffer()
             self._recv_lot.unpark_all()
             self._send_lot.unpark_all()
             self.session._maybe_forget(self)
@@ -259,6 +315,13 @@ class YamuxSession:
     Inbound streams are handed to ``on_stream`` (synchronously, from the reader task); the
     callback must not block (start a task). ``max_streams`` bounds open streams per session:
     beyond it, a peer's new streams are reset and our :meth:`open_stream` raises LimitError.
+
+    ``max_pending_control`` (default :data:`DEFAULT_MAX_PENDING_CONTROL`, 64 KiB) caps the
+    control frames queued while the peer does not read; past it the session closes.
+    ``max_pending_pongs`` (default :data:`DEFAULT_MAX_PENDING_PONGS`, 32) caps unsent pong
+    answers; pings beyond it are dropped and counted in ``pongs_dropped``. ``memory`` (default
+    None: no budget) is charged for every received byte a stream buffers; a frame it refuses resets
+    that stream, counted in ``streams_reset_for_memory``.
     """
 
     def __init__(
@@ -271,6 +334,9 @@ class YamuxSession:
         window: int = DEFAULT_WINDOW,
         peer_id: PeerId | None = None,
         initial: bytes = b"",
+        max_pending_control: int = DEFAULT_MAX_PENDING_CONTROL,
+        max_pending_pongs: int = DEFAULT_MAX_PENDING_PONGS,
+        memory: MemoryBudget | None = None,
     ) -> None:
         self.transport = transport
         self._initial = initial
@@ -282,6 +348,15 @@ class YamuxSession:
         self._next_id = 1 if is_client else 2
         self._pending = bytearray()
         self._pending_event = trio.Event()
+        if max_pending_control < HEADER_SIZE:
+            raise ValueError(f"max_pending_control must hold at least one frame ({HEADER_SIZE} bytes)")
+        self.max_pending_control = max_pending_control
+        self.max_pending_pongs = max_pending_pongs
+        self._pending_pongs = 0  # pong frames in _pending
+        self.pongs_dropped = 0
+        self.memory = memory
+        self._reserved = 0  # bytes this session's streams hold reserved in memory
+        self.streams_reset_for_memory = 0
         if window < INITIAL_WINDOW:
             raise ValueError(f"yamux windows are at least {INITIAL_WINDOW} bytes")
         self.window = window
@@ -291,16 +366,41 @@ class YamuxSession:
         self._write_lot = trio.lowlevel.ParkingLot()
         self.broken = False
         self.go_away_received = False
+        self.go_away_code: int | None = None
+        """The error code of the peer's GoAway (e.g. GO_AWAY_GARBAGE_COLLECTED), None until one came."""
         self.closed = trio.Event()
         self.close_reason: BaseException | str | None = None
+        self._run_scope: trio.CancelScope | None = None
+        self._final_go_away: int | None = None  # GoAway code run() writes on its way out
 
     # -- writing --
 
     def _queue(self, frame: bytes) -> None:
         if self.broken:
             return
+        if len(self._pending) + len(frame) > self.max_pending_control:
+            self._overflow()
+            return
         self._pending += frame
         self._pending_event.set()
+
+    def _overflow(self) -> None:
+        """The peer let ``max_pending_control`` bytes of our control frames pile up: it is not
+        reading. Close rather than buffer more."""
+        log.info(
+            "yamux: closing connection to %s: over %d bytes of control frames unsent, it is not reading",
+            self.peer_id,
+            self.max_pending_control,
+        )
+        if not self._writing:
+            # No frame is half written, so a GoAway can still go out cleanly.
+            self._final_go_away = GO_AWAY_INTERNAL_ERROR
+        self._break(
+            LimitError(
+                f"over {self.max_pending_control} bytes of control frames unsent to {self.peer_id}",
+                limit=self.max_pending_control,
+            )
+        )
 
     async def _write(self, frame: bytes | bytearray) -> None:
         if self.broken:
@@ -314,9 +414,11 @@ class YamuxSession:
             if self._pending:
                 frame = self._pending + frame
                 self._pending = bytearray()
+                self._pending_pongs = 0
             await self.transport.send_all(frame)
             while self._pending:
                 chunk, self._pending = self._pending, bytearray()
+                self._pending_pongs = 0
                 await self.transport.send_all(chunk)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
             self._break(e)
@@ -392,6 +494,7 @@ class YamuxSession:
         never raised, since they are the peer's fault.
         """
         async with trio.open_nursery() as nursery:
+            self._run_scope = nursery.cancel_scope
             nursery.start_soon(self._flusher)
             task_status.started()
             try:
@@ -408,21 +511,45 @@ class YamuxSession:
                 nursery.cancel_scope.cancel()
                 self._break("the session ended")
                 with trio.CancelScope(shield=True):
+                    if self._final_go_away is not None:
+                        await self._write_final_go_away(self._final_go_away)
                     await trio.aclose_forcefully(self.transport)
+
+    async def _write_final_go_away(self, code: int) -> None:
+        """GoAway on a session already broken, when no frame is half written; best effort."""
+        if self._writing:
+            return
+        self._writing = True
+        try:
+            with trio.move_on_after(GO_AWAY_TIMEOUT):
+                await self.transport.send_all(encode_header(TYPE_GO_AWAY, 0, 0, code))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self._writing = False
 
     def _break(self, reason: BaseException | str) -> None:
         if self.broken:
             return
         self.broken = True
         self.close_reason = reason
+        if self.memory is not None and self._reserved:
+            # Every stream's reservation at once; streams skip their own releases from now on.
+            # Data already buffered stays readable: a peer's last message before it hung up.
+            self.memory.release(self._reserved)
+            self._reserved = 0
         for stream in list(self.streams.values()):
             stream._recv_lot.unpark_all()
             stream._send_lot.unpark_all()
         self.streams.clear()
         self._pending.clear()
+        self._pending_pongs = 0
         self._pending_event.set()
         self._write_lot.unpark_all()
         self.closed.set()
+        if self._run_scope is not None:
+            # Stop reading too: frames after the break must not open streams or queue answers.
+            self._run_scope.cancel()
 
     async def _read_loop(self) -> None:
         buf: bytes | bytearray = bytearray()
@@ -442,7 +569,7 @@ class YamuxSession:
             data = b""
             pos = 0
             end = len(buf)
-            while end - pos >= HEADER_SIZE:
+            while end - pos >= HEADER_SIZE and not self.broken:
                 try:
                     header = decode_header(buf, pos)
                 except DecodeError as e:
@@ -468,11 +595,16 @@ class YamuxSession:
         type_, flags, stream_id, length = header
         if type_ == TYPE_PING:
             if flags & FLAG_SYN:
-                self._queue(encode_header(TYPE_PING, FLAG_ACK, 0, length))
+                if self._pending_pongs >= self.max_pending_pongs:
+                    self.pongs_dropped += 1
+                else:
+                    self._pending_pongs += 1
+                    self._queue(encode_header(TYPE_PING, FLAG_ACK, 0, length))
             return
         if type_ == TYPE_GO_AWAY:
             self.go_away_received = True
-            if length != GO_AWAY_NORMAL:
+            self.go_away_code = length
+            if length not in (GO_AWAY_NORMAL, GO_AWAY_GARBAGE_COLLECTED):
                 log.info("yamux: %s sent GoAway with error code %d", self.peer_id, length)
             return
         if stream_id == 0:
@@ -509,6 +641,14 @@ class YamuxSession:
                     stream.reset()
                     return
             elif body:
+                memory = self.memory
+                if memory is not None:
+                    n = len(body)
+                    if not memory.try_reserve(n):
+                        self._reset_for_memory(stream, n)
+                        return
+                    stream._reserved += n
+                    self._reserved += n
                 stream._on_data(body)
         if flags & FLAG_RST:
             stream._on_reset()
@@ -518,19 +658,35 @@ class YamuxSession:
             stream._on_fin()
             self._maybe_forget(stream)
 
+    def _reset_for_memory(self, stream: YamuxStream, n: int) -> None:
+        self.streams_reset_for_memory += 1
+        log.debug(
+            "yamux: resetting stream %d from %s: %d more bytes do not fit its memory budget %r",
+            stream.stream_id,
+            self.peer_id,
+            n,
+            self.memory,
+        )
+        # Reset it as the peer would have: the application's reads and writes fail (Broken, not
+        # Closed: it did not close the stream itself).
+        stream._reset_reason = "was reset: its data went over the connection's memory budget"
+        self._queue(encode_header(TYPE_WINDOW_UPDATE, FLAG_RST, stream.stream_id, 0))
+        stream._on_reset()
+        self._forget(stream)
+
     async def _go_away(self, code: int) -> None:
         """Tell the peer we are leaving, best effort: at most a second, even when cancelled."""
         self._queue(encode_header(TYPE_GO_AWAY, 0, 0, code))
-        with trio.move_on_after(1) as scope:
+        with trio.move_on_after(GO_AWAY_TIMEOUT) as scope:
             scope.shield = True
             try:
                 await self._write(b"")
             except trio.BrokenResourceError:
                 pass
 
-    async def aclose(self) -> None:
-        """Say GoAway and close the connection; every stream breaks."""
+    async def aclose(self, code: int = GO_AWAY_NORMAL) -> None:
+        """Say GoAway (with ``code``) and close the connection; every stream breaks."""
         if not self.broken:
-            await self._go_away(GO_AWAY_NORMAL)
+            await self._go_away(code)
             self._break("closed locally")
         await trio.aclose_forcefully(self.transport)

@@ -40,7 +40,7 @@ class PskMismatchError(PhysarumError):
 
     pnet cannot detect this itself (it has no MAC), so a mismatch shows up as garbage where the
     multistream-select header should be; the host raises this error then. ``peer_id`` and ``address``
-    say who it was, when known.
+    say who it was, when known; ``no_psk`` is True when the peer was seen to use no key at all.
     """
 
     def __init__(
@@ -49,11 +49,13 @@ class PskMismatchError(PhysarumError):
         *,
         peer_id: object | None = None,
         address: str | None = None,
+        no_psk: bool = False,
     ) -> None:
         where = ", ".join(f"{k} {v}" for k, v in (("peer", peer_id), ("address", address)) if v is not None)
         super().__init__(f"{message} ({where})" if where else message)
         self.peer_id = peer_id
         self.address = address
+        self.no_psk = no_psk
 
 
 class TruncatedNonceError(PhysarumError):
@@ -101,21 +103,25 @@ class PskStream(trio.abc.Stream):
 
     transport_stream: trio.abc.Stream
 
-    def __init__(self, transport_stream: trio.abc.Stream, psk: bytes) -> None:
-        """Wrap ``transport_stream``; no I/O happens here.
+    def __init__(self, transport_stream: trio.abc.Stream, psk: bytes, *, received: bytes = b"") -> None:
+        """Wrap ``transport_stream``; no I/O happens here. ``received``: the first bytes of the peer's
+        nonce, already read from the transport by the caller (a listener looking at them before it
+        commits to a handshake).
 
         Raises:
-            ValueError: if ``psk`` is not 32 bytes.
+            ValueError: if ``psk`` is not 32 bytes, or ``received`` is longer than a nonce.
         """
         if len(psk) != PSK_SIZE:
             raise ValueError(f"a pre-shared key is {PSK_SIZE} bytes, got {len(psk)}")
+        if len(received) > NONCE_SIZE:
+            raise ValueError(f"received holds {len(received)} bytes, more than a {NONCE_SIZE}-byte nonce")
         self.transport_stream = transport_stream
         self._psk: bytes | None = bytes(psk)
         nonce = secrets.token_bytes(NONCE_SIZE)
         self._encryptor = XSalsa20(psk, nonce)
         self._unsent_nonce: bytes | None = nonce
         self._decryptor: XSalsa20 | None = None
-        self._peer_nonce = bytearray()
+        self._peer_nonce = bytearray(received)
         self._closed = False
         self._eof_sent = False
         self._send_broken = False
@@ -187,6 +193,11 @@ class PskStream(trio.abc.Stream):
                 decryptor = await self._receive_nonce()
             return decryptor.process(await self.transport_stream.receive_some(max_bytes))
 
+    @property
+    def nonce_bytes_received(self) -> int:
+        """How many bytes of the peer's nonce arrived (0: the peer has sent nothing yet)."""
+        return len(self._peer_nonce) if self._decryptor is None else NONCE_SIZE
+
     async def aclose(self) -> None:
         """Close the transport stream (without sending our nonce if it never went out)."""
         self._closed = True
@@ -250,13 +261,15 @@ class HalfCloseablePskStream(PskStream, trio.abc.HalfCloseableStream):
 
     transport_stream: trio.abc.HalfCloseableStream
 
-    def __init__(self, transport_stream: trio.abc.HalfCloseableStream, psk: bytes) -> None:
-        """Wrap ``transport_stream``; no I/O happens here.
+    def __init__(
+        self, transport_stream: trio.abc.HalfCloseableStream, psk: bytes, *, received: bytes = b""
+    ) -> None:
+        """Wrap ``transport_stream``; no I/O happens here (``received``: see :class:`PskStream`).
 
         Raises:
-            ValueError: if ``psk`` is not 32 bytes.
+            ValueError: if ``psk`` is not 32 bytes, or ``received`` is longer than a nonce.
         """
-        super().__init__(transport_stream, psk)
+        super().__init__(transport_stream, psk, received=received)
 
     async def send_eof(self) -> None:
         """Close our sending side; the peer's ``receive_some`` returns ``b""`` after the data sent so far.
@@ -286,27 +299,30 @@ class HalfCloseablePskStream(PskStream, trio.abc.HalfCloseableStream):
 
 
 @overload
-async def protect(transport_stream: trio.abc.HalfCloseableStream, psk: bytes) -> HalfCloseablePskStream: ...
+async def protect(
+    transport_stream: trio.abc.HalfCloseableStream, psk: bytes, *, received: bytes = b""
+) -> HalfCloseablePskStream: ...
 @overload
-async def protect(transport_stream: trio.abc.Stream, psk: bytes) -> PskStream: ...
-async def protect(transport_stream: trio.abc.Stream, psk: bytes) -> PskStream:
+async def protect(transport_stream: trio.abc.Stream, psk: bytes, *, received: bytes = b"") -> PskStream: ...
+async def protect(transport_stream: trio.abc.Stream, psk: bytes, *, received: bytes = b"") -> PskStream:
     """Wrap ``transport_stream`` in pnet protection under ``psk`` and send our nonce straight away.
 
     Only our nonce is sent; the peer's is read by the first ``receive_some``, so both sides can call
     this at once without waiting for each other, and the dialer's first data costs no extra round trip.
     The result is a :class:`HalfCloseablePskStream` when the transport can half-close.
+    ``received``: the start of the peer's nonce when the caller already read it (at most 24 bytes).
 
     On failure the transport is left open for the caller to close.
 
     Raises:
-        ValueError: if ``psk`` is not 32 bytes.
+        ValueError: if ``psk`` is not 32 bytes, or ``received`` is longer than a nonce.
         trio.BrokenResourceError: if the transport broke while sending the nonce.
         trio.ClosedResourceError: if the transport was already closed.
     """
     stream: PskStream
     if isinstance(transport_stream, trio.abc.HalfCloseableStream):
-        stream = HalfCloseablePskStream(transport_stream, psk)
+        stream = HalfCloseablePskStream(transport_stream, psk, received=received)
     else:
-        stream = PskStream(transport_stream, psk)
+        stream = PskStream(transport_stream, psk, received=received)
     await stream._send_nonce()
     return stream
