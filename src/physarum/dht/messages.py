@@ -135,7 +135,7 @@ def decode_peer(data: bytes) -> Peer:
     Raises:
         DecodeError: malformed protobuf, a missing or invalid peer id, wrong wire types.
     """
-    fields = _scan(data, {2: MAX_ADDRS_EXAMINED})
+    fields = pb.decode(data, {2: MAX_ADDRS_EXAMINED})
     raw_id = pb.get_bytes(fields, 1)
     if raw_id is None:
         raise DecodeError("peer entry without an id")
@@ -197,7 +197,7 @@ def decode_message(data: bytes | bytearray | memoryview) -> Message:
     """
     if len(data) > MAX_MESSAGE_SIZE:
         raise DecodeError(f"kad message of {len(data)} bytes exceeds {MAX_MESSAGE_SIZE}")
-    fields = _scan(data, {8: MAX_PEERS_PER_LIST, 9: MAX_PEERS_PER_LIST})
+    fields = pb.decode(data, {8: MAX_PEERS_PER_LIST, 9: MAX_PEERS_PER_LIST})
     raw_type = pb.get_int(fields, 1, 0)
     assert raw_type is not None
     try:
@@ -218,62 +218,6 @@ def decode_message(data: bytes | bytearray | memoryview) -> Message:
         if level < -(1 << 31):
             raise DecodeError("clusterLevelRaw out of int32 range")
     return Message(msg_type, key, record, closer, providers, level, bad_closer + bad_providers)
-
-
-def _scan(data: bytes | bytearray | memoryview, caps: dict[int, int]) -> pb.Fields:
-    """:func:`physarum.overlay.pb.decode`, keeping at most ``caps[n]`` values of the
-    length-delimited field ``n``: the rest are checked (wire type, bounds) but never copied.
-    One-byte varints (nearly every tag and length) are read inline: this runs once per field of
-    whatever a peer sent.
-
-    Raises:
-        DecodeError: as ``pb.decode``, or a capped field that is not length-delimited.
-    """
-    fields: pb.Fields = {}
-    pos = 0
-    end = len(data)
-    decode = varint.decode
-    try:
-        while pos < end:
-            key = data[pos]
-            if key < 0x80:
-                pos += 1
-            else:
-                key, pos = decode(data, pos)
-            number, wire = key >> 3, key & 7
-            if not 0 < number < 1 << 29:
-                raise DecodeError(f"protobuf field number {number} out of range")
-            cap = caps.get(number)
-            if cap is not None and wire != pb.LEN:
-                raise DecodeError(f"field {number} should be length-delimited")
-            value: int | bytes
-            if wire == pb.LEN:
-                if pos < end and data[pos] < 0x80:
-                    length = data[pos]
-                    pos += 1
-                else:
-                    length, pos = decode(data, pos)
-                if pos + length > end:
-                    raise DecodeError("protobuf length-delimited field runs past the end")
-                start, pos = pos, pos + length
-                if cap is not None:
-                    held = fields.get(number)
-                    if held is not None and len(held) >= cap:
-                        continue
-                value = bytes(data[start:pos])
-            elif wire == pb.VARINT:
-                value, pos = decode(data, pos)
-            elif wire in (pb.I64, pb.I32):
-                pos += 8 if wire == pb.I64 else 4
-                if pos > end:
-                    raise DecodeError("protobuf fixed-width field runs past the end")
-                continue
-            else:
-                raise DecodeError(f"unsupported protobuf wire type {wire}")
-            fields.setdefault(number, []).append(value)
-    except IncompleteError as e:
-        raise DecodeError("protobuf truncated inside a varint") from e
-    return fields
 
 
 def _decode_peers(entries: Sequence[bytes]) -> tuple[tuple[Peer, ...], int]:

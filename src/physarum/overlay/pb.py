@@ -7,7 +7,7 @@ dependency list small while still skipping unknown fields the way protobuf requi
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from physarum.errors import DecodeError, IncompleteError
 from physarum.overlay import varint
@@ -45,32 +45,53 @@ def encode(fields: Iterable[tuple[int, int | bytes | str | None]]) -> bytes:
     return bytes(out)
 
 
-def decode(data: bytes | bytearray | memoryview) -> Fields:
+def decode(data: bytes | bytearray | memoryview, caps: Mapping[int, int] | None = None) -> Fields:
     """Decode a whole message into ``{field number: [values]}``; fixed-width fields are skipped.
 
+    ``caps``: keep at most ``caps[n]`` values of the length-delimited field ``n``; the rest are
+    checked (wire type, bounds) but never copied, so a peer's oversized list costs one pass.
+    One-byte varints (nearly every tag and length) are read inline: this runs once per field of
+    whatever a peer sent.
+
     Raises:
-        DecodeError: truncated or malformed input, a field number outside 1..2**29-1, or a group
-            wire type.
+        DecodeError: truncated or malformed input, a field number outside 1..2**29-1, a group
+            wire type, or a capped field that is not length-delimited.
     """
     fields: Fields = {}
     pos = 0
     end = len(data)
+    read = varint.decode
     try:
         while pos < end:
-            key, pos = varint.decode(data, pos)
+            key = data[pos]
+            if key < 0x80:
+                pos += 1
+            else:
+                key, pos = read(data, pos)
             number, wire = key >> 3, key & 7
             if not 0 < number < 1 << 29:
                 # What encode() refuses to write, and protobuf's own decoders refuse to read.
                 raise DecodeError(f"protobuf field number {number} out of range")
+            cap = None if caps is None else caps.get(number)
+            if cap is not None and wire != LEN:
+                raise DecodeError(f"field {number} should be length-delimited")
             value: int | bytes
-            if wire == VARINT:
-                value, pos = varint.decode(data, pos)
-            elif wire == LEN:
-                length, pos = varint.decode(data, pos)
+            if wire == LEN:
+                if pos < end and data[pos] < 0x80:
+                    length = data[pos]
+                    pos += 1
+                else:
+                    length, pos = read(data, pos)
                 if pos + length > end:
                     raise DecodeError("protobuf length-delimited field runs past the end")
-                value = bytes(data[pos : pos + length])
-                pos += length
+                start, pos = pos, pos + length
+                if cap is not None:
+                    held = fields.get(number)
+                    if held is not None and len(held) >= cap:
+                        continue
+                value = bytes(data[start:pos])
+            elif wire == VARINT:
+                value, pos = read(data, pos)
             elif wire in (I64, I32):
                 pos += 8 if wire == I64 else 4
                 if pos > end:
