@@ -547,7 +547,7 @@ class Host:
         admitted: Handshake | Refusal
         if self._closed:
             admitted = Refusal.CLOSING
-        elif self._connection_count() >= self.limits.max_connections and not self._room_for_inbound():
+        elif self._connection_count() >= self.limits.max_connections:
             admitted = Refusal.CONNECTION_LIMIT
         else:
             admitted = res.admit_handshake(addrs_.tcp_endpoint(remote).host, now)
@@ -589,10 +589,6 @@ class Host:
             return bytes(await tcp.receive_some(max_bytes))
         raise _FirstBytesTimeout
 
-    def _room_for_inbound(self) -> bool:
-        """At the connection limit: whether the connection manager would close one to make room."""
-        return False
-
     def _admit_established(self, conn: Connection) -> Refusal | None:
         """Whether a connection that finished its handshake may join the open ones."""
         if len(self.connections.get(conn.peer_id, ())) >= self.limits.max_connections_per_peer:
@@ -619,7 +615,7 @@ class Host:
             if not initiator:
                 # Our header goes out first, as multistream-select's listener always sends it: a
                 # dialer with a key reads it as a garbled nonce and names the mismatch.
-                await tcp.send_all(multistream.encode(multistream.PROTOCOL_ID))
+                await tcp.send_all(_PLAINTEXT_HEADER)
                 greeted = True
                 first = await self._first_bytes(tcp, 4096)
                 if not first:
@@ -994,7 +990,7 @@ class _FirstBytesTimeout(Exception):
 
 
 #: What a libp2p node without a pre-shared key sends first: multistream-select's header in the clear.
-_PLAINTEXT_HEADER = b"\x13/multistream/1.0.0\n"
+_PLAINTEXT_HEADER = multistream.encode(multistream.PROTOCOL_ID)
 
 
 def _closed_before_first_byte(e: BaseException, raw: trio.abc.Stream, buf: BufferedStream) -> bool:

@@ -106,8 +106,8 @@ class ResourceLimits:
     handshake must show its first bytes within ``first_byte_timeout`` and finish within
     ``handshake_timeout``. Then an *established* connection needs a slot among ``max_connections``
     (both directions) and fewer than ``max_connections_per_peer`` to that peer; when full, the
-    connection manager may close a less valuable connection to make room (see
-    :mod:`physarum.overlay.connmgr`), else the newcomer is refused. Outbound dials in progress are
+    newcomer is refused (the connection manager trims at its own, lower, water marks; see
+    :mod:`physarum.overlay.connmgr`). Outbound dials in progress are
     bounded apart (``max_dials``), so inbound floods never take an outbound dial's place.
 
     Streams: ``max_streams_per_connection`` open at once on a connection, and a peer may hold at most
