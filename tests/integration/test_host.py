@@ -353,6 +353,7 @@ async def test_aclose_with_several_peers_and_streams() -> None:
 
 async def test_limit_error_is_not_wrapped_in_dial_error() -> None:
     async with open_host(limits=ResourceLimits(max_connections=1)) as a, open_host() as b, open_host() as c:
+        a.conn_manager.protect(b.peer_id, "test")  # no victim to make room with
         await a.connect(b.addrs[0])
         with pytest.raises(LimitError) as info:
             await a.connect(c.addrs[0])

@@ -112,11 +112,26 @@ def _worst_message() -> bytes:
 def test_a_maximal_message_trims_to_the_bounds() -> None:
     body = _worst_message()
     assert len(body) <= identify.MAX_MESSAGE
-    info = identify.decode(body)
+    info = identify.decode(body, limits=None)
     assert len(info.protocols) > 9_000
     t = identify.trim(info)
     assert len(t.protocols) == DEFAULT_LIMITS.max_protocols
     assert identify.retained_size(t) < identify.retained_size(info) // 50
+    # What a peer sends is cut while it is parsed: the same result, without 9,000 strings.
+    assert identify.decode(body) == t
+
+
+def test_decode_parses_no_more_than_twice_the_limits() -> None:
+    limits = IdentifyLimits(max_protocols=2, max_listen_addrs=2)
+    # Duplicates and bad entries within twice the limit still leave room for good ones...
+    fields: list[tuple[int, int | bytes | str | None]] = [(3, "/a"), (3, "/a"), (3, "/b"), (3, "/c")]
+    fields += [(2, _addr(1).to_bytes()), (2, b"\xff"), (2, _addr(2).to_bytes())]
+    info = identify.decode(pb.encode(fields), limits)
+    assert info.protocols == ["/a", "/b"]
+    assert info.listen_addrs == [_addr(1), _addr(2)]
+    # ...but past it nothing is parsed, even when everything before was a duplicate.
+    fields = [(3, "/a")] * 4 + [(3, "/b")]
+    assert identify.decode(pb.encode(fields), limits).protocols == ["/a"]
 
 
 def test_the_retained_size_of_a_worst_case_message_is_bounded() -> None:

@@ -64,7 +64,7 @@ from physarum.overlay.resources import (
     Usage,
 )
 from physarum.overlay.streamio import BufferedStream
-from physarum.overlay.yamux import YamuxSession, YamuxStream
+from physarum.overlay.yamux import GO_AWAY_GARBAGE_COLLECTED, YamuxSession, YamuxStream
 from physarum.psk import PSK_SIZE, KeyFileError, KeyFileReason, PskMismatchError, protect
 from physarum.psk.protector import NONCE_SIZE, PskStream
 
@@ -200,6 +200,8 @@ class Host:
         self._handlers: dict[str, Handler] = {}
         self._nursery: trio.Nursery | None = None
         self._pending_outbound = 0
+        self._evicting: set[Connection] = set()
+        self._joining: set[Connection] = set()
         self._record: tuple[tuple[Multiaddr, ...], bytes] | None = None
         self._closed = False
         self._interfaces = netif.InterfaceCache(address_cache_ttl)
@@ -443,7 +445,56 @@ class Host:
         return None
 
     def _connection_count(self) -> int:
-        return sum(len(c) for c in self.connections.values())
+        """Open connections, with those admitted but not registered yet, and without those being
+        closed to make room (they are leaving)."""
+        return sum(len(c) for c in self.connections.values()) + len(self._joining) - len(self._evicting)
+
+    def _make_room(self, newcomer: Connection) -> Refusal | None:
+        """Whether ``newcomer`` (its handshake done) may join the open connections. At ``max_connections`` the connection
+        manager's victim (:func:`~physarum.overlay.connmgr.pick_victim`) is closed to make room, with
+        GoAway 0x1005; with no victim (every connection protected) the newcomer is refused."""
+        limits = self.limits
+        if len(self.connections.get(newcomer.peer_id, ())) >= limits.max_connections_per_peer:
+            return Refusal.PEER_LIMIT
+        # Dials in progress hold no slot: each one, like each inbound handshake, makes room (or is
+        # refused) when it is done, so the count never passes the limit.
+        excess = self._connection_count() + 1 - limits.max_connections
+        if excess <= 0:
+            self._joining.add(newcomer)  # until _run_connection registers it
+            return None
+        # Not those still joining: their sessions do not run yet, so they could not be told why.
+        candidates = [c for conns in self.connections.values() for c in conns if c not in self._evicting]
+        victims = []
+        for _ in range(excess):  # one, unless the limit was lowered
+            victim = self.conn_manager.pick_victim(candidates)
+            if victim is None:
+                return Refusal.CONNECTION_LIMIT
+            victims.append(victim)
+            candidates.remove(victim)
+        nursery = self._require_running()
+        for victim in victims:
+            self._evicting.add(victim)
+            log.debug("closing %s to make room for %s", victim, _short(newcomer.peer_id))
+            nursery.start_soon(self._evict, victim)
+        self._joining.add(newcomer)  # until _run_connection registers it
+        return None
+
+    def _all_protected(self) -> bool:
+        """Whether no open connection could make room (every one is protected or leaving)."""
+        protected = self.conn_manager.is_protected
+        return all(
+            protected(peer) or all(c in self._evicting for c in conns) for peer, conns in self.connections.items()
+        )
+
+    async def _evict(self, victim: Connection) -> None:
+        try:
+            await victim.session.aclose(GO_AWAY_GARBAGE_COLLECTED)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass  # already going: closed is what we wanted
+        finally:
+            # Counted as leaving until its connection task has removed it (or it never ran).
+            if victim not in self.connections.get(victim.peer_id, ()):
+                self._evicting.discard(victim)
 
 
     async def connect(self, target: str | Multiaddr | PeerId, *, timeout: float = 10.0) -> Connection:
@@ -457,8 +508,8 @@ class Host:
             DialError: every address failed; ``errors`` says why for each (a wrong PSK shows as
                 PskMismatchError, another identity as PeerIdMismatchError, ourselves as
                 SelfDialError).
-            LimitError: ``limits.max_connections`` connections are open, or ``limits.max_dials``
-                dials are in progress.
+            LimitError: ``limits.max_connections`` connections are open and all are protected,
+                or ``limits.max_dials`` dials are in progress.
             NotRunningError: the host is not running.
         """
         self._require_running()
@@ -506,16 +557,13 @@ class Host:
 
     async def _dial(self, ma: Multiaddr, peer: PeerId | None, phase: list[str] | None = None) -> Connection:
         limits = self.limits
-        if self._connection_count() + self._pending_outbound >= limits.max_connections:
-            raise LimitError(f"{limits.max_connections} connections already open", limit=limits.max_connections)
         if self._pending_outbound >= limits.max_dials:
             raise LimitError(f"{limits.max_dials} dials already in progress", limit=limits.max_dials)
         ep = addrs_.tcp_endpoint(ma)
         if peer == self.peer_id:
             raise SelfDialError("that is our own peer id", address=str(ma))
-        # Dials in progress hold a connection slot, so concurrent dials cannot overshoot the limit;
-        # it is given back once the connection is registered. Inbound handshakes have a pool of
-        # their own and never take these slots.
+        # Counted apart (max_dials): inbound handshakes have a pool of their own and never take
+        # a dial's place.
         self._pending_outbound += 1
         try:
             tcp = await trio.open_tcp_stream(ep.host, ep.port)
@@ -523,11 +571,22 @@ class Host:
                 remote = addrs_.from_sockaddr(tcp.socket.getpeername())
                 local = addrs_.from_sockaddr(tcp.socket.getsockname())
                 conn = await self._upgrade(tcp, OUTBOUND, peer, remote, local, phase)
+                refusal = self._make_room(conn)
+                if refusal is not None:
+                    raise LimitError(
+                        f"{limits.max_connections} connections already open, all protected"
+                        if refusal == Refusal.CONNECTION_LIMIT
+                        else f"{limits.max_connections_per_peer} connections to {_short(conn.peer_id)} already open",
+                        limit=limits.max_connections,
+                    )
             except BaseException:
                 await trio.aclose_forcefully(tcp)
                 raise
             self.peerstore.add_addrs(conn.peer_id, [addrs_.without_peer(ma)], prefer=True)
-            await self._require_running().start(self._run_connection, conn)
+            try:
+                await self._require_running().start(self._run_connection, conn)
+            finally:
+                self._joining.discard(conn)  # registered by now, or never will be
         finally:
             self._pending_outbound -= 1
         return conn
@@ -547,9 +606,11 @@ class Host:
         admitted: Handshake | Refusal
         if self._closed:
             admitted = Refusal.CLOSING
-        elif self._connection_count() >= self.limits.max_connections:
-            admitted = Refusal.CONNECTION_LIMIT
+        elif self._connection_count() >= self.limits.max_connections and self._all_protected():
+            admitted = Refusal.CONNECTION_LIMIT  # nothing could make room: refuse before any crypto
         else:
+            # At the connection limit a victim may make room once the handshake is done; the
+            # handshake pool bounds what handshakes cost meanwhile.
             admitted = res.admit_handshake(addrs_.tcp_endpoint(remote).host, now)
         if isinstance(admitted, Refusal):
             res.refuse_connection(admitted, f"from {where}", now)
@@ -575,7 +636,7 @@ class Host:
             return
         finally:
             res.handshakes.release(hs)
-        refusal = self._admit_established(conn)
+        refusal = self._make_room(conn)
         if refusal is not None:
             res.refuse_connection(refusal, f"from {where} ({_short(conn.peer_id)})", trio.current_time())
             await trio.aclose_forcefully(conn.session.transport)
@@ -588,14 +649,6 @@ class Host:
         with trio.move_on_after(self.limits.first_byte_timeout):
             return bytes(await tcp.receive_some(max_bytes))
         raise _FirstBytesTimeout
-
-    def _admit_established(self, conn: Connection) -> Refusal | None:
-        """Whether a connection that finished its handshake may join the open ones."""
-        if len(self.connections.get(conn.peer_id, ())) >= self.limits.max_connections_per_peer:
-            return Refusal.PEER_LIMIT
-        if self._connection_count() + self._pending_outbound >= self.limits.max_connections:
-            return Refusal.CONNECTION_LIMIT
-        return None
 
     async def _upgrade(
         self,
@@ -692,6 +745,7 @@ class Host:
         self, conn: Connection, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         self.connections.setdefault(conn.peer_id, []).append(conn)
+        self._joining.discard(conn)
         self.peerstore.info(conn.peer_id).last_seen = trio.current_time()
         log.debug("connected %s", conn)
         try:
@@ -706,6 +760,7 @@ class Host:
             conns = self.connections.get(conn.peer_id, [])
             if conn in conns:
                 conns.remove(conn)
+            self._evicting.discard(conn)
             if not conns:
                 self.connections.pop(conn.peer_id, None)
                 self._observed.forget(conn.peer_id)
@@ -900,7 +955,10 @@ class Host:
                     await stream.aclose()
             self._store_identify(conn, info)
         except (PhysarumError, trio.BrokenResourceError, trio.TooSlowError) as e:
-            log.info("identify of %s failed: %s", _short(conn.peer_id), _reason(e))
+            # A connection closed meanwhile (trimmed, made room for another, the peer left) is
+            # not news; a peer that answers identify wrongly is.
+            level = logging.DEBUG if conn.is_closed else logging.INFO
+            log.log(level, "identify of %s failed: %s", _short(conn.peer_id), _reason(e))
             conn.identified.set()
             return
         if conn._identify_sent is not None and conn._identify_sent != self._identify_epoch:
@@ -909,7 +967,15 @@ class Host:
             self._push_wanted.set()
 
     async def _handle_identify_push(self, stream: YamuxStream) -> None:
-        info = await self._read_identify(stream)
+        # A push is one message: a stream held open without one is a slot taken for nothing.
+        try:
+            with trio.fail_after(self.handshake_timeout):
+                info = await self._read_identify(stream)
+        except trio.TooSlowError:
+            log.debug("identify push from %s: no message within %g s", _short(stream.session.peer_id),
+                      self.handshake_timeout)
+            stream.reset()
+            return
         self._store_identify(self._conn_of(stream), info, push=True)
 
     async def identify(self, peer: PeerId, *, timeout: float = 10.0) -> IdentifyInfo:

@@ -18,10 +18,11 @@ log = logging.getLogger(__name__)
 
 PROTOCOL_ID = "/ipfs/ping/1.0.0"
 PING_SIZE = 32
-#: How long :func:`handle_ping` waits for the next ping on a stream before resetting it: go-libp2p's
-#: ``pingTimeout`` (60 s). Monitors ping about once a second on one stream, js-libp2p every 10 s on
-#: fresh streams, so only a stream a peer holds open and idle ever reaches it.
-DEFAULT_IDLE_TIMEOUT = 60.0
+#: How long :func:`handle_ping` waits for the next ping on a stream before resetting it (go-libp2p's
+#: handler resets after 10 s too). A monitor pinging less often than this loses its stream between
+#: pings and opens a fresh one; physarum's monitor does so without counting a failure. Only a
+#: stream a peer holds open and idle is ever cut.
+DEFAULT_IDLE_TIMEOUT = 10.0
 
 
 @runtime_checkable

@@ -105,10 +105,13 @@ class ResourceLimits:
     room (honest handshakes take milliseconds, so the oldest is the likeliest to be stalled). A
     handshake must show its first bytes within ``first_byte_timeout`` and finish within
     ``handshake_timeout``. Then an *established* connection needs a slot among ``max_connections``
-    (both directions) and fewer than ``max_connections_per_peer`` to that peer; when full, the
-    newcomer is refused (the connection manager trims at its own, lower, water marks; see
-    :mod:`physarum.overlay.connmgr`). Outbound dials in progress are
-    bounded apart (``max_dials``), so inbound floods never take an outbound dial's place.
+    (both directions) and fewer than ``max_connections_per_peer`` to that peer. When
+    ``max_connections`` are open, the connection manager's least valuable unprotected connection
+    (inbound first, from the most crowded IP, the newest; see
+    :func:`~physarum.overlay.connmgr.pick_victim`) is closed to make room, and the newcomer is
+    refused only when every connection is protected: a flood of valid identities cannot lock honest
+    newcomers out. The connection manager trims at its own, lower, water marks. Outbound dials in
+    progress are bounded apart (``max_dials``), so inbound floods never take an outbound dial's place.
 
     Streams: ``max_streams_per_connection`` open at once on a connection, and a peer may hold at most
     ``protocol_stream_limits[protocol]`` (default ``max_inbound_streams_per_protocol``) inbound streams
