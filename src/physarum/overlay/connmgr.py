@@ -73,6 +73,7 @@ trimming), ``physarum_connmgr_trims_total`` (passes that closed something),
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 from collections import Counter
@@ -256,15 +257,19 @@ def plan_trim(
 def pick_victim(conns: Sequence[ConnInfo[_T]]) -> _T | None:
     """The connection to close to make room for a newcomer at the hard limit, or None when every
     one is protected; the order is the module notes' (grace periods do not count here)."""
+    victims = rank_victims(conns, 1)
+    return victims[0] if victims else None
+
+
+def rank_victims(conns: Sequence[ConnInfo[_T]], n: int) -> list[_T]:
+    """The first ``n`` connections :func:`pick_victim` would choose, in order (the per-IP counts
+    as they are now): one pass for a burst of newcomers instead of one per newcomer."""
     candidates = [c for c in conns if not c.protected]
-    if not candidates:
-        return None
     per_ip = Counter(c.ip for c in conns)
-    best = min(
-        candidates,
-        key=lambda c: (not c.spare, c.value, c.outbound, -per_ip[c.ip], -c.opened_at),
+    ranked = heapq.nsmallest(
+        n, candidates, key=lambda c: (not c.spare, c.value, c.outbound, -per_ip[c.ip], -c.opened_at)
     )
-    return best.conn
+    return [c.conn for c in ranked]
 
 
 # -- the manager ----------------------------------------------------------------------------------
@@ -417,6 +422,15 @@ class ConnectionManager:
         if victim is not None:
             self.victims_total += 1
         return victim
+
+    def rank_victims(self, connections: Iterable[_C], n: int) -> list[_C]:
+        """The next ``n`` victims (see :func:`rank_victims`), for a caller that closes them one at a
+        time as newcomers arrive and counts each in :attr:`victims_total` (:meth:`note_victim`)."""
+        return rank_victims(self.snapshot(connections, trio.current_time()), n)
+
+    def note_victim(self) -> None:
+        """Count a connection closed to make room (chosen from :meth:`rank_victims`)."""
+        self.victims_total += 1
 
     async def trim(self, host: ManagedHost[_C]) -> float | None:
         """One trim pass now (whatever ``min_trim_interval`` says): close what :func:`plan_trim`
