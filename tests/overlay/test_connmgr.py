@@ -18,6 +18,7 @@ from physarum.overlay.connmgr import (
     ConnInfo,
     ConnManagerOptions,
     pick_victim,
+    rank_victims,
     plan_trim,
 )
 from physarum.overlay.identity import PeerId
@@ -166,6 +167,21 @@ def test_a_flood_of_fresh_connections_evicts_itself_not_established_or_new_hones
         conns = [c for c in conns if c.conn != victim] + [newcomer]
     names = {c.conn for c in conns}
     assert {"honest0", "honest1", "honest2", "honest-new"} <= names
+
+
+def test_rank_victims_lists_pick_victims_order() -> None:
+    conns = [
+        info("valuable", value=5, opened_at=1.0),
+        info("out", outbound=True, opened_at=5.0),
+        info("p", protected=True),
+        *[info(f"crowd{i}", ip="127.0.0.2", opened_at=float(i)) for i in range(3)],
+        info("alone", ip="127.0.0.3", opened_at=9.0),
+    ]
+    ranked = rank_victims(conns, 10)
+    assert ranked == ["crowd2", "crowd1", "crowd0", "alone", "out", "valuable"]
+    assert ranked[0] == pick_victim(conns)
+    assert rank_victims(conns, 2) == ranked[:2]
+    assert rank_victims([info("p", protected=True)], 5) == []
 
 
 # -- tags and protection ----------------------------------------------------------------------------
