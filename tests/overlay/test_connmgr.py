@@ -18,8 +18,8 @@ from physarum.overlay.connmgr import (
     ConnInfo,
     ConnManagerOptions,
     pick_victim,
-    rank_victims,
     plan_trim,
+    rank_victims,
 )
 from physarum.overlay.identity import PeerId
 from physarum.overlay.multiaddr import Multiaddr

@@ -126,7 +126,9 @@ def test_peer_budgets_live_inside_the_system_budget_and_go_when_empty() -> None:
 def test_the_collector_exports_usage_limits_and_refusals() -> None:
     res = ResourceManager(ResourceLimits(max_connections=10))
     registry = CollectorRegistry()
-    registry.register(ResourceCollector(res, lambda: Usage(inbound=2, outbound=1, dials=3, streams=7)))
+    registry.register(
+        ResourceCollector(res, lambda: Usage(inbound=2, outbound=1, dials=3, streams=7, memory_resets=4, pongs_dropped=5))
+    )
     res.refuse_connection(Refusal.PSK_MISMATCH, "from x", 0.0)
     res.refuse_stream(Refusal.STREAM_LIMIT, "ping from y", 0.0)
     get = registry.get_sample_value
@@ -136,3 +138,6 @@ def test_the_collector_exports_usage_limits_and_refusals() -> None:
     assert get("physarum_resource_limit", {"resource": "connections"}) == 10
     assert get("physarum_resource_refused_total", {"scope": "connection", "reason": "psk_mismatch"}) == 1
     assert get("physarum_resource_refused_total", {"scope": "stream", "reason": "protocol_stream_limit"}) == 1
+    # yamux's own resets and dropped pongs, summed by the host over its sessions
+    assert get("physarum_resource_refused_total", {"scope": "stream", "reason": "memory"}) == 4
+    assert get("physarum_resource_pongs_dropped_total") == 5

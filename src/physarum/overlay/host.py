@@ -210,6 +210,9 @@ class Host:
         self._evicting: set[Connection] = set()
         self._joining: set[Connection] = set()
         self._registered = 0  # connections in self.connections
+        # yamux's counters of the sessions that ended, for the metrics (see _usage)
+        self._closed_memory_resets = 0
+        self._closed_pongs_dropped = 0
         self._victims: collections.deque[Connection] = collections.deque()  # see _next_victim
         self._victims_at = -math.inf
         self._record: tuple[tuple[Multiaddr, ...], bytes] | None = None
@@ -281,14 +284,17 @@ class Host:
 
     def _usage(self) -> Usage:
         inbound = outbound = streams = 0
+        memory_resets, pongs_dropped = self._closed_memory_resets, self._closed_pongs_dropped
         for conns in self.connections.values():
             for c in conns:
                 streams += len(c.session.streams)
+                memory_resets += c.session.streams_reset_for_memory
+                pongs_dropped += c.session.pongs_dropped
                 if c.direction == INBOUND:
                     inbound += 1
                 else:
                     outbound += 1
-        return Usage(inbound, outbound, self._pending_outbound, streams)
+        return Usage(inbound, outbound, self._pending_outbound, streams, memory_resets, pongs_dropped)
 
     def _require_running(self) -> trio.Nursery:
         if self._nursery is None:
@@ -795,6 +801,8 @@ class Host:
             if conn in conns:
                 conns.remove(conn)
                 self._registered -= 1
+                self._closed_memory_resets += conn.session.streams_reset_for_memory
+                self._closed_pongs_dropped += conn.session.pongs_dropped
             self._evicting.discard(conn)
             if not conns:
                 self.connections.pop(conn.peer_id, None)

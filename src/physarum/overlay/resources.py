@@ -305,6 +305,10 @@ class Usage(NamedTuple):
     outbound: int
     dials: int
     streams: int
+    memory_resets: int = 0
+    """Streams yamux reset because their data did not fit a memory budget, ever."""
+    pongs_dropped: int = 0
+    """yamux pings left unanswered because the peer was not reading the answers, ever."""
 
 
 class ResourceManager:
@@ -413,9 +417,17 @@ class ResourceCollector(Collector):
             labels=["scope", "reason"],
         )
         for scope, book in (("connection", m.connection_refusals), ("stream", m.stream_refusals)):
-            for reason, n in sorted(book.totals.items()):
+            totals = dict(book.totals)
+            if scope == "stream" and u.memory_resets:
+                totals[Refusal.MEMORY] = totals.get(Refusal.MEMORY, 0) + u.memory_resets
+            for reason, n in sorted(totals.items()):
                 refused.add_metric([scope, reason.value], n)
         yield refused
+        yield CounterMetricFamily(
+            "physarum_resource_pongs_dropped",
+            "yamux pings left unanswered because the peer did not read the answers",
+            value=u.pongs_dropped,
+        )
 
 
 __all__ = [
