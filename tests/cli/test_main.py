@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import errno
+import json
 import logging
+import os
+import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -13,8 +17,11 @@ import physarum
 from physarum.cli import __main__ as physarum_main
 from physarum.cli import key, peer
 from physarum.cli.flags import UsageError
-from physarum.cli.node import MAX_LOG_LINE, setup_logging, short_reason
+from physarum.cli.node import MAX_LOG_LINE, load_dht_state, save_dht_state, setup_logging, short_reason
+from physarum.dht.table import Contact, RoutingTable
 from physarum.errors import DialError, PeerIdMismatchError
+from physarum.overlay.identity import KeyPair
+from physarum.overlay.multiaddr import Multiaddr
 from physarum.psk import PskMismatchError, load_key_file
 
 
@@ -32,14 +39,18 @@ def test_physarum_command_dispatch(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_help_texts_are_plain(capsys: pytest.CaptureFixture[str]) -> None:
-    for command in ("ping-monitor", "bootstrap", "peer", "demo", "key"):
+    commands = [["ping-monitor"], ["bootstrap"], ["peer"], ["demo"], ["key"], ["key", "generate"]]
+    commands += [["peer", sub] for sub in ("ping", "find", "publish")]
+    for command in commands:
         with pytest.raises(SystemExit):
-            physarum_main.main([command, "-help"])
-        text = capsys.readouterr().out
+            physarum_main.main([*command, "-help"])
+        # argparse wraps lines, so "(default" and "None)" may sit on two of them
+        text = " ".join(capsys.readouterr().out.split())
+        assert text.startswith("usage:"), command
         assert "``" not in text and ":func:" not in text and ":class:" not in text, command
-        assert "(default None)" not in text, command
+        assert "default None" not in text and "(default )" not in text, command
         # -hostname labels metrics: only the node that serves them takes it
-        assert ("-hostname" in text) == (command == "ping-monitor"), command
+        assert ("-hostname" in text) == (command == ["ping-monitor"]), command
 
 
 def test_key_generate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -121,6 +132,25 @@ def test_main_api_is_importable_from_the_package() -> None:
         assert getattr(physarum, name) is not None
     with pytest.raises(AttributeError):
         _ = physarum.nothing_here  # type: ignore[attr-defined]
+
+
+async def test_dht_state_is_private_and_in_unix_time(tmp_path: Path) -> None:
+    me, other = KeyPair.generate().peer_id, KeyPair.generate().peer_id
+    table = RoutingTable(me)
+    table.add(Contact(other, (Multiaddr("/ip4/127.0.0.1/tcp/4001"),)), trio.current_time())
+    path = tmp_path / "dht.json"
+    old_umask = os.umask(0)  # the table lists who we talk to: private whatever the umask
+    try:
+        assert save_dht_state(str(path), table)
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    saved = json.loads(path.read_text())
+    # unix seconds, not trio's clock (which starts near 0 in a fresh process)
+    assert abs(saved["saved_at"] - time.time()) < 60
+    assert [abs(c["last_seen"] - time.time()) < 60 for c in saved["contacts"]] == [True]
+    loaded = load_dht_state(str(path), me)
+    assert loaded is not None and [c.peer_id for c in loaded] == [other]
 
 
 def test_usage_error_exit_code() -> None:

@@ -98,6 +98,20 @@ async def test_lookup_through_the_wire_codec(autojump_clock: trio.testing.MockCl
     assert records[0].data["port"] == 7
 
 
+async def test_publish_takes_endpoints_as_text_and_checks_them_first(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    net, nodes = make_network(10)
+    await join_all(net, nodes)
+    endpoints = ["/ip4/127.0.0.1/tcp/7000", Multiaddr("/dns4/svc.example/tcp/443")]
+    assert await nodes[3].publish_contact("receptionist", endpoints, {"port": 7000}) > 0
+    (record,) = await nodes[7].find_contact("receptionist")
+    assert record.endpoints == (Multiaddr("/ip4/127.0.0.1/tcp/7000"), Multiaddr("/dns4/svc.example/tcp/443"))
+    with pytest.raises(AddressError):
+        await nodes[3].publish_contact("other", ["/ip4/300.0.0.1/tcp/1"])
+    assert nodes[3].records.get_from("other", nodes[3].peer_id, nodes[3].wall_clock()) is None
+
+
 async def test_silent_peers_cost_deadlines_not_answers(autojump_clock: trio.testing.MockClock) -> None:
     net, nodes = make_network(120, codec=False, seed=3)
     await join_all(net, nodes)

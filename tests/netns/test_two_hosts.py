@@ -129,6 +129,17 @@ async def test_ping_monitor_on_the_wildcard_advertises_its_veth_address(
                 code, out, err = await _ping_from(pair, key_file, target)
                 assert code == 0, f"peer ping {target} exited {code}: {err}"
                 assert re.findall(r"seq=(\d+) time=", out) == ["1", "2"], out
+            # ...and joins the network through the printed address: a DHT lookup of the monitor.
+            monitor_id = ip4[0].rsplit("/p2p/", 1)[1]
+            find = [PYTHON, "-m", "physarum.cli", "peer", "-psk-file", str(key_file), "-bootstrap", ip4[0],
+                    "find", monitor_id]  # fmt: skip
+            with trio.fail_after(60):
+                found = await trio.run_process(
+                    pair.exec_argv(pair.b, *find), capture_stdout=True, capture_stderr=True, check=False, env=ENV
+                )
+            out = found.stdout.decode(errors="replace")
+            assert found.returncode == 0, found.stderr.decode(errors="replace")
+            assert f"/ip4/{pair.ip4_a}/tcp/" in out, out
             nursery.cancel_scope.cancel()
     finally:
         if process.returncode is None:

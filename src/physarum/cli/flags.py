@@ -218,7 +218,10 @@ def add_node_flags(
         metavar="PATH",
         help="private network key file (a libp2p swarm key, made by: physarum key generate -o FILE)",
     )
-    keyfile_help = f"identity key file, created (0600) if missing (default {keyfile_default})"
+    keyfile_help = (
+        "identity key file, created (0600) if missing"
+        f" (default {keyfile_default or 'none: a fresh identity each run'})"
+    )
     flag(group, "keyfile", default=default(None), metavar="PATH", help=keyfile_help)
     flag(
         group,

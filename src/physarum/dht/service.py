@@ -1129,7 +1129,7 @@ class KadDHT:
     async def publish_contact(
         self,
         record_id: str,
-        endpoints: Sequence[Multiaddr] | None = None,
+        endpoints: Sequence[str | Multiaddr] | None = None,
         data: dict[str, Any] | None = None,
         *,
         ttl: float = DEFAULT_RECORD_TTL,
@@ -1137,16 +1137,18 @@ class KadDHT:
     ) -> int:
         """Sign and store a contact record for ``record_id`` at the ``k`` closest nodes (and here).
 
-        ``endpoints`` default to our own addresses. Returns how many remote nodes stored it (0 when
-        none of the nodes the lookup reached stored it or none answered; the record is then still
-        held here, served to those who ask and republished). ``timeout`` covers the wait for the
-        join and the lookup; each store then has ``query_timeout``.
+        ``endpoints`` (text or :class:`Multiaddr`) default to our own addresses. Returns how many
+        remote nodes stored it (0 when none of the nodes the lookup reached stored it or none
+        answered; the record is then still held here, served to those who ask and republished).
+        ``timeout`` covers the wait for the join and the lookup; each store then has ``query_timeout``.
 
         Raises:
+            AddressError: a malformed endpoint (checked before anything else).
             NotJoinedError: nobody to ask (checked before anything is signed or stored).
             RecordError: the record is invalid (oversized data, a peer id that is not ours, ...).
             trio.TooSlowError: ``timeout`` passed.
         """
+        own_endpoints = tuple(addrs_.parse(e) for e in endpoints) if endpoints is not None else None
         deadline = _deadline(timeout)
         await self._until_joined(deadline)
         wall = self.wall_clock()
@@ -1155,7 +1157,7 @@ class KadDHT:
         seq = max(int(wall * 1000), previous.record.seq + 1 if previous else 0)
         record = ContactRecord(
             record_id,
-            tuple(endpoints if endpoints is not None else self.own_addrs()),
+            own_endpoints if own_endpoints is not None else tuple(self.own_addrs()),
             data or {},
             seq=seq,
             expires=new_expiry(wall, ttl),
