@@ -20,6 +20,7 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from physarum.overlay.host import open_host
 from physarum.overlay.identity import KeyPair, load_key_pair, save_key_pair
 from physarum.psk import load_key_file
 
@@ -491,6 +492,18 @@ async def test_one_shot_with_a_wrong_key_fails_fast_naming_the_psk_mismatch(tmp_
             assert line.startswith(f"peer {command[0]}: cannot join the network: ") and "PSK mismatch" in line
             assert len(line) < 200
             assert took < 3, f"took {took:.1f} s"
+
+
+async def test_one_shot_through_a_bootstrap_without_kad_fails_at_once(tmp_path: Path) -> None:
+    key = write_key(tmp_path / "swarm.key")
+    async with open_host(psk=load_key_file(key), listen=["/ip4/127.0.0.1/tcp/0"]) as plain:  # no DHT
+        started = trio.current_time()
+        result = await peer_cmd("find", "receptionist", "-bootstrap", str(plain.addrs[0]), "-psk-file", key)
+        took = trio.current_time() - started
+    assert result.returncode == 1
+    (line,) = result.stderr.decode().splitlines()
+    assert line.startswith("peer find: cannot join the network: ") and "does not serve /ipfs/kad/1.0.0" in line
+    assert took < 10, f"took {took:.1f} s (the command's deadline is 30 s)"
 
 
 async def test_peer_ping_by_peer_id_through_the_dht(tmp_path: Path) -> None:

@@ -51,6 +51,7 @@ from physarum.dht.records import (
     new_expiry,
     sign_record,
 )
+from physarum.dht.service import PROTOCOL_ID as KAD_PROTOCOL_ID
 from physarum.dht.service import KadDHT, NotJoinedError, PeerNotFoundError
 from physarum.errors import DecodeError
 from physarum.overlay import addr as addrs_
@@ -336,8 +337,13 @@ async def _with_dht(opts: NodeOptions, command: str, timeout: float, work: Any) 
         dht = start_dht(host, opts, server=False)
         try:
             failures = await dial_all(host, opts.bootstrap, min(timeout, BOOTSTRAP_DIAL_TIMEOUT))
-            if opts.bootstrap and len(failures) == len(opts.bootstrap) and not len(dht.table):
-                return _fail(command, "cannot join the network: " + join_failures(failures))
+            if opts.bootstrap and not len(dht.table):
+                # A bootstrap that answers but does not serve kad cannot let us join: say so now,
+                # not after the whole deadline.
+                with trio.move_on_at(deadline):
+                    failures |= await _without_kad(host, [a for a in opts.bootstrap if a not in failures])
+                if len(failures) == len(opts.bootstrap):
+                    return _fail(command, "cannot join the network: " + join_failures(failures))
             await nursery.start(dht.run)
             with trio.move_on_at(deadline):
                 await dht.bootstrapped.wait()
@@ -355,6 +361,28 @@ async def _with_dht(opts: NodeOptions, command: str, timeout: float, work: Any) 
             return result
         finally:
             nursery.cancel_scope.cancel()
+
+
+class _NoKadError(Exception):
+    """A bootstrap peer that answered identify without /ipfs/kad/1.0.0."""
+
+    def __str__(self) -> str:
+        return f"does not serve {KAD_PROTOCOL_ID}"
+
+
+async def _without_kad(host: Host, addrs: Sequence[Multiaddr]) -> dict[Multiaddr, BaseException]:
+    """The bootstrap peers among ``addrs`` (dialed already) whose identify lists no kad."""
+    out: dict[Multiaddr, BaseException] = {}
+    for addr in addrs:
+        peer = addr.peer_id()
+        conn = host.connection(peer) if peer is not None else None
+        if conn is None:
+            continue
+        await conn.identified.wait()
+        info = conn.identify_info
+        if info is not None and KAD_PROTOCOL_ID not in info.protocols:
+            out[addr] = _NoKadError()
+    return out
 
 
 #: Deadline of each bootstrap dial of a one-shot command (within the command's own deadline).
