@@ -1,5 +1,9 @@
 """Multiaddr helpers: parse with clear errors, split TCP endpoints, attach ``/p2p/<id>``.
 
+Every transport physarum has runs over TCP: plain (``/ip4/1.2.3.4/tcp/4001``) or inside a
+WebSocket (``/ip4/1.2.3.4/tcp/4002/ws``). :func:`tcp_endpoint` splits both shapes; the layers
+above TCP (``("ws",)``) say which transport the address is for.
+
 :class:`Multiaddr` and :class:`AddressError` live in :mod:`physarum.overlay.multiaddr` (the codec)
 and are re-exported here.
 """
@@ -20,6 +24,7 @@ __all__ = [
     "is_unspecified",
     "parse",
     "tcp_endpoint",
+    "with_host",
     "with_peer",
     "without_peer",
 ]
@@ -31,6 +36,8 @@ class TcpEndpoint(NamedTuple):
     host: str
     port: int
     peer_id: PeerId | None
+    layers: tuple[str, ...] = ()
+    """What runs over TCP: ``()`` for plain TCP, ``("ws",)`` for a WebSocket."""
 
 
 def parse(text: str | bytes | Multiaddr) -> Multiaddr:
@@ -45,32 +52,47 @@ def parse(text: str | bytes | Multiaddr) -> Multiaddr:
 
 
 def tcp_endpoint(addr: Multiaddr) -> TcpEndpoint:
-    """Split ``/ip4|ip6|dns*/HOST/tcp/PORT[/p2p/ID]``.
+    """Split ``/ip4|ip6|dns*/HOST/tcp/PORT[/ws][/p2p/ID]``.
 
     Raises:
-        AddressError: any other shape (physarum speaks TCP only).
+        AddressError: any other shape (every physarum transport runs over TCP).
     """
     parts = list(addr)
-    if len(parts) not in (2, 3) or parts[0][0] not in _IP_PROTOCOLS or parts[1][0] != "tcp":
-        raise AddressError(addr, "want /ip4|ip6|dns/HOST/tcp/PORT, optionally followed by /p2p/PEER_ID")
+    if len(parts) < 2 or parts[0][0] not in _IP_PROTOCOLS or parts[1][0] != "tcp":
+        raise AddressError(addr, "want /ip4|ip6|dns/HOST/tcp/PORT, optionally /ws, then /p2p/PEER_ID")
+    rest = parts[2:]
     peer: PeerId | None = None
-    if len(parts) == 3:
-        if parts[2][0] != "p2p":
-            raise AddressError(addr, f"unsupported protocol /{parts[2][0]} after /tcp")
+    if rest and rest[-1][0] == "p2p":
         peer = addr.peer_id()
+        rest = rest[:-1]
+    layers = tuple(name for name, _ in rest)
+    if layers not in ((), ("ws",)):
+        raise AddressError(addr, f"unsupported protocol /{'/'.join(layers)} after /tcp (physarum has /tcp and /tcp/PORT/ws)")
     # the codec checked the values: the port is a decimal 0..65535, the peer id well-formed
-    return TcpEndpoint(parts[0][1], int(parts[1][1]), peer)
+    return TcpEndpoint(parts[0][1], int(parts[1][1]), peer, layers)
 
 
-def from_sockaddr(sockaddr: tuple[object, ...]) -> Multiaddr:
-    """``/ip4|ip6/HOST/tcp/PORT`` of a socket address.
+def from_sockaddr(sockaddr: tuple[object, ...], layers: tuple[str, ...] = ()) -> Multiaddr:
+    """``/ip4|ip6/HOST/tcp/PORT`` of a socket address, followed by ``layers`` (``("ws",)``).
 
     Raises:
         AddressError: not an IP address and port.
     """
     host, port = str(sockaddr[0]), int(str(sockaddr[1]))
     family = "ip6" if ":" in host else "ip4"
-    return Multiaddr(f"/{family}/{host}/tcp/{port}")
+    return Multiaddr(f"/{family}/{host}/tcp/{port}" + "".join(f"/{layer}" for layer in layers))
+
+
+def with_host(addr: Multiaddr, ip: str) -> Multiaddr:
+    """``addr`` with its IP address or DNS name replaced by the IP address ``ip`` (same port and
+    layers, no ``/p2p``): how a wildcard listen address becomes an advertised one.
+
+    Raises:
+        AddressError: ``addr`` is not a TCP address, or ``ip`` is not an IP address.
+    """
+    ep = tcp_endpoint(addr)
+    family = "ip6" if ":" in ip else "ip4"
+    return Multiaddr(f"/{family}/{ip}/tcp/{ep.port}" + "".join(f"/{layer}" for layer in ep.layers))
 
 
 def with_peer(addr: Multiaddr, peer_id: PeerId) -> Multiaddr:

@@ -42,20 +42,18 @@ from physarum.errors import (
     DecodeError,
     DialError,
     LimitError,
-    NotMultistreamError,
     NotRunningError,
     PhysarumError,
-    RefusedError,
     SelfDialError,
     exception_leaves,
 )
 from physarum.overlay import addr as addrs_
-from physarum.overlay import identify, multistream, netif, noise, ping, varint, yamux
+from physarum.overlay import identify, multistream, netif, ping, varint
 from physarum.overlay.connmgr import DEFAULT_CONN_MANAGER, ConnectionManager, ConnManagerOptions
 from physarum.overlay.envelope import seal_peer_record
 from physarum.overlay.identify import OBSERVED_ADDR_THRESHOLD, IdentifyInfo, ObservedAddrs
 from physarum.overlay.identity import KeyPair, PeerId
-from physarum.overlay.multiaddr import Multiaddr
+from physarum.overlay.multiaddr import AddressError, Multiaddr
 from physarum.overlay.peerstore import PeerStore
 from physarum.overlay.resources import (
     Handshake,
@@ -66,9 +64,11 @@ from physarum.overlay.resources import (
     Usage,
 )
 from physarum.overlay.streamio import BufferedStream
+from physarum.overlay.transport import RawConnection, TcpTransport, Transport
+from physarum.overlay.upgrader import DialPhase, FirstBytesTimeout, Upgrader
+from physarum.overlay.websocket import WebSocketTransport
 from physarum.overlay.yamux import GO_AWAY_GARBAGE_COLLECTED, YamuxSession, YamuxStream
-from physarum.psk import PSK_SIZE, KeyFileError, KeyFileReason, PskMismatchError, protect
-from physarum.psk.protector import NONCE_SIZE, PskStream
+from physarum.psk import PSK_SIZE, KeyFileError, KeyFileReason, PskMismatchError
 
 log = logging.getLogger(__name__)
 
@@ -139,10 +139,12 @@ class Connection:
 
 
 class Host:
-    """A libp2p host over TCP, in a private network when ``psk`` is given.
+    """A libp2p host, in a private network when ``psk`` is given.
 
     Run it with ``async with open_host(...) as host`` or ``await nursery.start(host.run)``.
-    ``listen`` addresses are ``/ip4|ip6/HOST/tcp/PORT`` (port 0 picks a free port).
+    ``listen`` addresses are ``/ip4|ip6/HOST/tcp/PORT`` or ``/ip4|ip6/HOST/tcp/PORT/ws`` (port 0
+    picks a free port). ``transports``: how connections are made (default: TCP and WebSocket, see
+    :mod:`physarum.overlay.transport`); each is upgraded by :attr:`upgrader` (pnet, Noise, yamux).
     ``announce``: when given, exactly the addresses we advertise (identify, peer record, DHT,
     :attr:`addrs`), e.g. a NAT's public address or a DNS name; ``/ip4|ip6|dns*/HOST/tcp/PORT``,
     a ``/p2p/<our id>`` suffix is dropped. Without it, see :meth:`advertised_addrs`.
@@ -179,6 +181,7 @@ class Host:
         identify_push_concurrency: int = 16,
         address_cache_ttl: float = netif.DEFAULT_MAX_AGE,
         conn_manager: ConnManagerOptions | None = DEFAULT_CONN_MANAGER,
+        transports: Sequence[Transport] | None = None,
     ) -> None:
         if psk is not None and len(psk) != PSK_SIZE:
             raise KeyFileError(
@@ -191,6 +194,16 @@ class Host:
         self._announce = self._check_announce(announce)
         self.resources = ResourceManager(limits, logger=log)
         self.limits = self.resources.limits
+        self.transports: list[Transport] = (
+            list(transports) if transports is not None else [TcpTransport(), WebSocketTransport()]
+        )
+        self.upgrader = Upgrader(
+            self.key_pair,
+            psk,
+            first_byte_timeout=self.limits.first_byte_timeout,
+            max_streams=self.limits.max_streams_per_connection,
+            peer_memory=self.resources.peer_memory,
+        )
         self.handshake_timeout = self.limits.handshake_timeout
         self.agent_version = agent_version
         self.identify_push_delay = identify_push_delay
@@ -235,26 +248,23 @@ class Host:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen, serve, and report started once every listener is bound.
 
-        Errors come out as themselves, not wrapped in an ExceptionGroup: binding happens before
-        the host's nursery opens, and a group holding a single exception (an internal failure
-        while serving) is unwrapped. A group of several stays a group.
+        Errors come out as themselves, not wrapped in an ExceptionGroup: a group holding a single
+        exception (a bind that failed, an internal failure while serving) is unwrapped. A group of
+        several stays a group.
 
         Raises:
-            AddressError: a listen address is malformed or not TCP.
+            AddressError: a listen address is malformed or no transport handles it.
             OSError: a listen address cannot be bound (port in use, no such interface).
         """
-        listeners: list[list[trio.SocketListener]] = []
         failed: BaseException | None = None
         try:
-            # Bind before opening the nursery, so a bad address raises AddressError or OSError
-            # itself rather than wrapped in an ExceptionGroup.
-            for a in self._listen_requests:
-                listeners.append(await self._bind(a))
             try:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
-                    for group in listeners:
-                        await self._serve(nursery, group)
+                    # A bad address or a port in use fails here, before started(): the error
+                    # comes out of the nursery alone and is unwrapped below.
+                    for a in self._listen_requests:
+                        await self._listen_on(nursery, a)
                     nursery.start_soon(self._push_loop)
                     await nursery.start(self.conn_manager.run, self)
                     nursery.start_soon(self._flush_refusal_logs)
@@ -269,9 +279,6 @@ class Host:
             self._nursery = None
             self.resources.flush_logs(trio.current_time(), force=True)
             with trio.CancelScope(shield=True):
-                for group in listeners:  # closed by serve_listeners once it started; closing twice is fine
-                    for lst in group:
-                        await trio.aclose_forcefully(lst)
                 for conn in [c for conns in self.connections.values() for c in conns]:
                     await trio.aclose_forcefully(conn.session.transport)
         if failed is not None:
@@ -314,19 +321,26 @@ class Host:
             NotRunningError: the host is not running.
         """
         nursery = self._require_running()
-        return await self._serve(nursery, await self._bind(address))
+        return await self._listen_on(nursery, address)
 
-    async def _bind(self, address: str | Multiaddr) -> list[trio.SocketListener]:
+    async def _listen_on(self, nursery: trio.Nursery, address: str | Multiaddr) -> list[Multiaddr]:
         ma = addrs_.parse(address)
-        ep = addrs_.tcp_endpoint(ma)
-        return await trio.open_tcp_listeners(ep.port, host=ep.host)
-
-    async def _serve(self, nursery: trio.Nursery, listeners: list[trio.SocketListener]) -> list[Multiaddr]:
-        bound = [addrs_.from_sockaddr(lst.socket.getsockname()) for lst in listeners]
-        await nursery.start(trio.serve_listeners, self._handle_inbound, listeners)
+        bound = await self._transport_for(ma).listen(ma, self._handle_inbound, nursery)
         self.listen_addrs += bound
         self.advertised_addrs()  # notices the change, so connected peers hear of it
         return bound
+
+    def _transport_for(self, ma: Multiaddr) -> Transport:
+        """The transport for ``ma`` (without ``/p2p``).
+
+        Raises:
+            AddressError: no transport handles it.
+        """
+        bare = ma.decapsulate("p2p") if ma.peer_id() is not None else ma
+        for t in self.transports:
+            if t.handles(bare):
+                return t
+        raise AddressError(ma, "no transport for this address (physarum has /tcp/PORT and /tcp/PORT/ws)")
 
     async def aclose(self) -> None:
         """Close every connection and stop listening."""
@@ -395,10 +409,9 @@ class Host:
                 if not addrs_.is_unspecified(a):
                     out.append(a)
                     continue
-                ep = addrs_.tcp_endpoint(a)
-                six = ":" in ep.host
+                six = ":" in addrs_.tcp_endpoint(a).host
                 for ip in netif.select_advertised(self._interface_addresses(six)):
-                    out.append(Multiaddr(f"/{'ip6' if six else 'ip4'}/{ip}/tcp/{ep.port}"))
+                    out.append(addrs_.with_host(a, str(ip)))
             out = list(dict.fromkeys(out))
         current = tuple(out)
         if current != self._advertised:
@@ -570,10 +583,10 @@ class Host:
                 return existing
             candidates = [ma]
         errors: dict[str, BaseException] = {}
-        phase = ["tcp"]
+        phase = DialPhase()
         with trio.move_on_after(timeout) as scope:
             for ma in candidates:
-                phase[0] = "tcp"
+                phase.reset()
                 try:
                     return await self._dial(ma, peer, phase)
                 except (PhysarumError, OSError, trio.BrokenResourceError) as e:
@@ -581,35 +594,39 @@ class Host:
                         raise
                     errors[str(ma)] = e
         if scope.cancelled_caught:
-            if self.psk is not None and phase[0] == "header":
-                # The peer took the TCP connection but never sent a header our key decodes:
-                # peers with another key often wait silently for more of our garbage.
+            if self.psk is not None and phase.name == "header" and phase.heard:
+                # The peer sent its nonce but never a header our key decodes: peers with another
+                # key often wait silently for more of our garbage.
                 errors[str(ma)] = PskMismatchError(
                     f"no multistream header within {timeout} s: the peer is probably not in this "
                     "private network (pre-shared keys differ) or is not using a PSK",
                     peer_id=peer,
                     address=str(ma),
                 )
+            elif phase.name == "header":
+                # Not even a nonce: a stuck or overloaded peer, not a key mismatch.
+                errors[str(ma)] = TimeoutError(f"the peer took the connection and sent nothing within {timeout} s")
             else:
                 errors["(deadline)"] = TimeoutError(f"no connection within {timeout} s")
         raise DialError(peer, errors)
 
-    async def _dial(self, ma: Multiaddr, peer: PeerId | None, phase: list[str] | None = None) -> Connection:
+    async def _dial(self, ma: Multiaddr, peer: PeerId | None, phase: DialPhase | None = None) -> Connection:
         limits = self.limits
         if self._pending_outbound >= limits.max_dials:
             raise LimitError(f"{limits.max_dials} dials already in progress", limit=limits.max_dials)
-        ep = addrs_.tcp_endpoint(ma)
+        transport = self._transport_for(ma)
         if peer == self.peer_id:
             raise SelfDialError("that is our own peer id", address=str(ma))
         # Counted apart (max_dials): inbound handshakes have a pool of their own and never take
         # a dial's place.
         self._pending_outbound += 1
         try:
-            tcp = await trio.open_tcp_stream(ep.host, ep.port)
+            raw = await transport.dial(ma.decapsulate("p2p") if ma.peer_id() is not None else ma)
             try:
-                remote = addrs_.from_sockaddr(tcp.socket.getpeername())
-                local = addrs_.from_sockaddr(tcp.socket.getsockname())
-                conn = await self._upgrade(tcp, OUTBOUND, peer, remote, local, phase)
+                session = await self.upgrader.upgrade(
+                    raw.stream, initiator=True, expected=peer, remote=raw.remote, phase=phase
+                )
+                conn = self._connection(session, raw, OUTBOUND)
                 refusal = self._make_room(conn)
                 if refusal is not None:
                     raise LimitError(
@@ -619,7 +636,7 @@ class Host:
                         limit=limits.max_connections,
                     )
             except BaseException:
-                await trio.aclose_forcefully(tcp)
+                await trio.aclose_forcefully(raw.stream)
                 raise
             self.peerstore.add_addrs(conn.peer_id, [addrs_.without_peer(ma)], prefer=True)
             try:
@@ -630,13 +647,14 @@ class Host:
             self._pending_outbound -= 1
         return conn
 
-    async def _handle_inbound(self, tcp: trio.SocketStream) -> None:
-        try:
-            remote = addrs_.from_sockaddr(tcp.socket.getpeername())
-            local = addrs_.from_sockaddr(tcp.socket.getsockname())
-        except OSError:
-            await trio.aclose_forcefully(tcp)
-            return
+    def _connection(self, session: YamuxSession, raw: RawConnection, direction: str) -> Connection:
+        assert session.peer_id is not None  # the upgrader proved it
+        conn = Connection(self, session, session.peer_id, raw.remote, raw.local, direction)
+        session.on_stream = lambda stream: self._on_stream(conn, stream)
+        return conn
+
+    async def _handle_inbound(self, raw: RawConnection) -> None:
+        tcp, remote = raw.stream, raw.remote
         now = trio.current_time()
         where = _ipport(remote)
         res = self.resources
@@ -650,7 +668,7 @@ class Host:
         else:
             # At the connection limit a victim may make room once the handshake is done; the
             # handshake pool bounds what handshakes cost meanwhile.
-            admitted = res.admit_handshake(addrs_.tcp_endpoint(remote).host, now)
+            admitted = res.admit_handshake(raw.ip, now)
         if isinstance(admitted, Refusal):
             res.refuse_connection(admitted, f"from {where}", now)
             await trio.aclose_forcefully(tcp)
@@ -658,13 +676,13 @@ class Host:
         hs = admitted
         try:
             with hs.cancel_scope, trio.move_on_after(self.limits.handshake_timeout) as deadline:
-                conn = await self._upgrade(tcp, INBOUND, None, remote, local)
+                session = await self.upgrader.upgrade(tcp, initiator=False, expected=None, remote=remote)
             if hs.cancel_scope.cancelled_caught or deadline.cancelled_caught:
                 why = Refusal.HANDSHAKE_POOL if hs.evicted else Refusal.HANDSHAKE_TIMEOUT
                 res.refuse_connection(why, f"from {where}", trio.current_time())
                 await trio.aclose_forcefully(tcp)
                 return
-        except _FirstBytesTimeout:
+        except FirstBytesTimeout:
             res.refuse_connection(Refusal.FIRST_BYTE_TIMEOUT, f"from {where}", trio.current_time())
             await trio.aclose_forcefully(tcp)
             return
@@ -675,110 +693,13 @@ class Host:
             return
         finally:
             res.handshakes.release(hs)
+        conn = self._connection(session, raw, INBOUND)
         refusal = self._make_room(conn)
         if refusal is not None:
             res.refuse_connection(refusal, f"from {where} ({_short(conn.peer_id)})", trio.current_time())
             await trio.aclose_forcefully(conn.session.transport)
             return
         await self._run_connection(conn)
-
-    async def _first_bytes(self, tcp: trio.abc.Stream, max_bytes: int) -> bytes:
-        """What an inbound peer sends first, within ``limits.first_byte_timeout``: a peer that
-        connects and stays silent loses its handshake slot early."""
-        with trio.move_on_after(self.limits.first_byte_timeout):
-            return bytes(await tcp.receive_some(max_bytes))
-        raise _FirstBytesTimeout
-
-    async def _upgrade(
-        self,
-        tcp: trio.abc.HalfCloseableStream,
-        direction: str,
-        expected: PeerId | None,
-        remote: Multiaddr,
-        local: Multiaddr | None,
-        phase: list[str] | None = None,
-    ) -> Connection:
-        initiator = direction == OUTBOUND
-        raw: trio.abc.Stream
-        greeted = False
-        if self.psk is None:
-            raw = tcp
-            first = b""
-            if not initiator:
-                # Our header goes out first, as multistream-select's listener always sends it: a
-                # dialer with a key reads it as a garbled nonce and names the mismatch.
-                await tcp.send_all(_PLAINTEXT_HEADER)
-                greeted = True
-                first = await self._first_bytes(tcp, 4096)
-                if not first:
-                    raise trio.BrokenResourceError("the peer closed the connection at once")
-        else:
-            first = b"" if initiator else await self._first_bytes(tcp, NONCE_SIZE)
-            # Our nonce goes out here, also to a peer refused just below: its garbled view of our
-            # header tells it (as our PskMismatchError) that it is outside the network.
-            raw = await protect(tcp, self.psk, received=first)
-            if first and _PLAINTEXT_HEADER.startswith(first[: len(_PLAINTEXT_HEADER)]):
-                # A libp2p node without our key opens with multistream in the clear; a nonce (24
-                # random bytes) starts this way with probability 2^-160. No need to wait for more.
-                raise PskMismatchError(
-                    "the peer speaks multistream-select in the clear: it uses no pre-shared key",
-                    address=str(remote),
-                    no_psk=True,
-                )
-            first = b""
-        buf = BufferedStream(raw, first)
-        if phase is not None:
-            phase[0] = "header"
-        try:
-            if initiator:
-                await multistream.select(buf, [noise.PROTOCOL_ID])
-            else:
-                await multistream.handle(
-                    buf, noise.PROTOCOL_ID.__eq__, lambda: [noise.PROTOCOL_ID], greeted=greeted
-                )
-        except (NotMultistreamError, trio.BrokenResourceError) as e:
-            if initiator and _closed_before_first_byte(e, raw, buf):
-                raise RefusedError(
-                    "the peer closed the connection before sending anything: it is at capacity or"
-                    " refusing connections from us, or is not a libp2p node",
-                    address=str(remote),
-                ) from e
-            # pnet has no MAC: another key (or none) shows up as a garbled header or a peer
-            # that hangs up on our garbled one.
-            if self.psk is not None:
-                raise PskMismatchError(peer_id=expected, address=str(remote)) from e
-            if isinstance(e, NotMultistreamError):
-                # The mirror image: we have no key and the peer's first bytes are garbage, which
-                # is what a peer in a private network sends us (its nonce, then ciphertext).
-                raise PskMismatchError(
-                    "the peer does not speak multistream-select in the clear: it is probably in a"
-                    " private network (uses a pre-shared key) and we are not",
-                    peer_id=expected,
-                    address=str(remote),
-                ) from e
-            raise
-        if phase is not None:
-            phase[0] = "noise"
-        secure = await noise.handshake(buf, self.key_pair, initiator=initiator, expected_peer=expected)
-        peer_id = secure.remote_peer
-        if peer_id == self.peer_id:
-            raise SelfDialError("the remote is ourselves", address=str(remote))
-        buf2 = BufferedStream(secure)
-        if initiator:
-            await multistream.select(buf2, [yamux.PROTOCOL_ID])
-        else:
-            await multistream.handle(buf2, yamux.PROTOCOL_ID.__eq__, lambda: [yamux.PROTOCOL_ID])
-        session = YamuxSession(
-            secure,
-            is_client=initiator,
-            max_streams=self.limits.max_streams_per_connection,
-            peer_id=peer_id,
-            initial=buf2.take_buffer(),
-            memory=self.resources.peer_memory(peer_id),
-        )
-        conn = Connection(self, session, peer_id, remote, local, direction)
-        session.on_stream = lambda stream: self._on_stream(conn, stream)
-        return conn
 
     async def _run_connection(
         self, conn: Connection, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -1092,24 +1013,6 @@ class Host:
             ) as e:
                 conn._identify_sent = None  # not told: a later identify of theirs tells them
                 log.debug("identify push to %s failed: %s", _short(conn.peer_id), _reason(e))
-
-
-class _FirstBytesTimeout(Exception):
-    """An inbound peer sent nothing within ``first_byte_timeout``."""
-
-
-#: What a libp2p node without a pre-shared key sends first: multistream-select's header in the clear.
-_PLAINTEXT_HEADER = multistream.encode(multistream.PROTOCOL_ID)
-
-
-def _closed_before_first_byte(e: BaseException, raw: trio.abc.Stream, buf: BufferedStream) -> bool:
-    """Whether a dial failed because the peer closed before sending its first byte (with a
-    pre-shared key: before the first byte of its pnet nonce)."""
-    if not isinstance(e, trio.BrokenResourceError):
-        return False
-    if isinstance(raw, PskStream):
-        return raw.nonce_bytes_received == 0
-    return buf.received == 0
 
 
 def _refusal_of(e: BaseException) -> Refusal:

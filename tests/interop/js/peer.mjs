@@ -9,6 +9,7 @@
 //   node peer.mjs [--listen MADDR]... [--no-listen] [--psk-file PATH] [--kad]
 //                 [--seed HEX64] [--inbound-threshold N] [--no-connection-monitor]
 //                 [--identify-push]   (also run identify/push: send and accept /ipfs/id/push/1.0.0)
+//   MADDR may be /ip4/127.0.0.1/tcp/N (TCP) or /ip4/127.0.0.1/tcp/N/ws (WebSocket); both are dialled.
 //
 // Out (events):   {"event":"ready","peer_id":"12D3Koo...","addrs":[".../p2p/12D3Koo..."]}
 //                 {"event":"connect","peer_id":...}   {"event":"disconnect","peer_id":...}
@@ -39,6 +40,7 @@ import { peerIdFromString } from '@libp2p/peer-id'
 import { ping } from '@libp2p/ping'
 import { preSharedKey } from '@libp2p/pnet'
 import { tcp } from '@libp2p/tcp'
+import { webSockets } from '@libp2p/websockets'
 import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
 
@@ -186,7 +188,8 @@ async function makeNode (opts) {
   const init = {
     privateKey,
     addresses: { listen: opts.listen },
-    transports: [tcp()],
+    // /tcp and /tcp/N/ws (plain WebSocket; /wss would need a certificate)
+    transports: [tcp(), webSockets()],
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
     services,
