@@ -506,6 +506,35 @@ async def test_one_shot_through_a_bootstrap_without_kad_fails_at_once(tmp_path: 
     assert took < 10, f"took {took:.1f} s (the command's deadline is 30 s)"
 
 
+async def test_every_binary_listens_on_websocket_addresses(tmp_path: Path) -> None:
+    """A /ws listen address works in the three binaries: each prints it, and a one-shot command
+    joins through a /ws bootstrap address and finds a peer that listens on /ws only."""
+    key = write_key(tmp_path / "swarm.key")
+    ws = ["-p2p-listen-addr", "/ip4/127.0.0.1/tcp/0/ws"]
+    monitor_argv = [*script("ping-monitor"), "-ephemeral", *ws, "-prom-listen-addr", "127.0.0.1:0", "-psk-file", key]
+    async with binary(monitor_argv) as monitor:
+        (monitor_addr,) = await monitor.addrs()
+        assert re.fullmatch(r"/ip4/127\.0\.0\.1/tcp/\d+/ws/p2p/12D3KooW\w+", monitor_addr), monitor_addr
+        boot_argv = [*script("bootstrap"), "-ephemeral", *ws, "-psk-file", key, "-bootstrap", monitor_addr]
+        async with binary(boot_argv) as boot:
+            (boot_addr,) = await boot.addrs()
+            assert boot_addr.split("/p2p/")[0].endswith("/ws"), boot_addr
+            async with binary([*script("peer"), *ws, "-psk-file", key, "-bootstrap", boot_addr]) as target:
+                (target_addr,) = await target.addrs()
+                assert target_addr.split("/p2p/")[0].endswith("/ws"), target_addr
+                target_id = peer_id_of(target_addr)
+                with trio.fail_after(20):
+                    while True:
+                        result = await peer_cmd("find", target_id, "-bootstrap", monitor_addr, "-psk-file", key)
+                        if result.returncode == 0:
+                            break
+                        assert "not found" in result.stderr.decode(), result.stderr
+                assert target_addr.split("/p2p/")[0] in result.stdout.decode()
+                result = await peer_cmd("ping", target_addr, "-count", "2", "-psk-file", key)
+                assert result.returncode == 0, result.stderr
+                assert "2 transmitted, 2 received, 0% packet loss" in result.stdout.decode()
+
+
 async def test_peer_ping_by_peer_id_through_the_dht(tmp_path: Path) -> None:
     key = write_key(tmp_path / "swarm.key")
     async with binary([*script("bootstrap"), "-ephemeral", *LOCAL, "-psk-file", key]) as boot:
