@@ -76,7 +76,7 @@ def test_bin_wrappers(name: str, tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         f"{name}: bad -p2p-listen-addr '/ip4/1.2.3.4/udp/1': want /ip4|ip6|dns/HOST/tcp/PORT, "
-        "optionally followed by /p2p/PEER_ID"
+        "optionally /ws, then /p2p/PEER_ID"
     ]
     help_result = run([str(wrapper), "-help"], tmp_path)
     assert help_result.returncode == 0 and "-p2p-listen-addr" in help_result.stdout

@@ -272,7 +272,7 @@ def test_no_created_series_in_either_format(accept: str) -> None:
     assert b"_created" not in MonitorMetrics(CollectorRegistry(), hostname="h").exposition()
     # prometheus_client itself still makes them: nothing global was switched off
     raw = {s.name for m in registry.collect() for s in m.samples}
-    assert {"physarum_ping_failures_created", "physarum_ping_rtt_seconds_created"} <= raw
+    assert {"physarum_pings_created", "physarum_metrics_peers_dropped_created"} <= raw
     c = Counter("embedder_events", "An embedding program's counter.", registry=CollectorRegistry())
     assert any(s.name == "embedder_events_created" for m in c.collect() for s in m.samples)
 
@@ -298,3 +298,71 @@ def test_name_filter_as_prometheus_client() -> None:
     body, _ = render_exposition(busy_registry(), names=["ping_rtt", "physarum_peer_reachable"])
     metrics = scraped(body, CONTENT_TYPE)
     assert set(metrics) == {"ping_rtt", "physarum_peer_reachable"}
+
+
+# -- per-peer series: compact, and safe to scrape from another thread --
+
+
+def test_a_peer_costs_well_under_a_kilobyte_of_series() -> None:
+    """prometheus_client's labelled children cost ~6.4 KB a peer (a value and a lock per number)."""
+    import tracemalloc
+
+    m = MonitorMetrics(CollectorRegistry(), hostname="h")
+    peers = [f"12D3KooW{i:044d}" for i in range(1000)]
+    m.observe("warm-up", 0.001, 1.0)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for peer in peers:
+            m.observe(peer, 0.001, 1.0)
+            m.failed(peer, "timeout")
+            m.observe(peer, 0.002, 1.1)
+        per_peer = (tracemalloc.get_traced_memory()[0] - before) / len(peers)
+    finally:
+        tracemalloc.stop()
+    assert per_peer < 1024
+    assert len(m.peer_series) == 1001
+
+
+def test_scrapes_in_another_thread_while_series_change() -> None:
+    """The exposition is rendered in a worker thread while the trio thread changes the series."""
+    import sys
+    import threading
+
+    registry = CollectorRegistry()
+    m = MonitorMetrics(registry, hostname="h")
+    for i in range(500):
+        m.observe(f"stays-{i}", 0.001, 1.0)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    scrapes = 0
+
+    def scrape() -> None:
+        nonlocal scrapes
+        while not stop.is_set():
+            try:
+                render_exposition(registry, accept="")
+            except BaseException as e:  # what the test looks for
+                errors.append(e)
+                return
+            scrapes += 1
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often, so a scrape overlaps the changes
+    thread = threading.Thread(target=scrape)
+    thread.start()
+    try:
+        round_ = 0
+        while (scrapes < 5 and not errors) or round_ < 5:
+            for i in range(100):
+                m.observe(f"p{round_}-{i}", 0.001, 1.0)
+                if i % 2:
+                    m.failed(f"p{round_}-{i}", "closed")
+            for i in range(100):
+                m.forget(f"p{round_}-{i}")
+            round_ += 1
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(switch)
+    assert errors == [] and scrapes > 0

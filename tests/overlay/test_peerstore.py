@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import tracemalloc
 
@@ -162,3 +163,75 @@ def test_the_peer_store_and_trim_agree() -> None:
     entry.protocols = info.protocols
     t = identify.trim(info)
     assert entry.addrs == t.listen_addrs and entry.protocols == t.protocols
+
+
+# -- peers that left --
+
+
+def _identified(store: PeerStore, addrs: list[Multiaddr]) -> PeerInfo:
+    """An entry as identify leaves it: protocols, versions, key, observed address, and ``addrs``."""
+    entry = store.info(_peer())
+    entry.protocols = ["/ipfs/id/1.0.0", "/ipfs/ping/1.0.0", "/ipfs/kad/1.0.0"]
+    entry.agent_version = "physarum/1"
+    entry.protocol_version = "ipfs/0.1.0"
+    entry.public_key = PublicKey(1, os.urandom(32))
+    entry.observed_addr = _addr(9999)
+    entry.addrs = addrs
+    return entry
+
+
+def test_a_departed_peer_without_addresses_is_forgotten() -> None:
+    """An inbound-only client (``peer find``, a throwaway identity) leaves nothing behind."""
+    store = PeerStore()
+    client = _identified(store, [])
+    node = _identified(store, [_addr(1)])
+    used = store.bytes_used
+    store.departed(client.peer_id, 12.0)
+    assert client.peer_id not in store and store.get(client.peer_id) is None
+    assert store.peers() == [node.peer_id] and store.bytes_used == used - client.size
+
+
+def test_a_departed_peer_keeps_its_addresses_and_nothing_else() -> None:
+    """A node's addresses stay for a later dial by peer id; what its identify said goes."""
+    store = PeerStore()
+    node = _identified(store, [_addr(1), _addr(2)])
+    before = store.bytes_used
+    store.departed(node.peer_id, 12.0)
+    entry = store.get(node.peer_id)
+    assert entry is node
+    assert entry.addrs == [_addr(1), _addr(2)] and store.addrs(node.peer_id) == [_addr(1), _addr(2)]
+    assert entry.protocols == [] and entry.public_key is None and entry.observed_addr is None
+    assert entry.agent_version is None and entry.protocol_version is None
+    assert entry.last_seen == 12.0
+    assert entry.size < before and store.bytes_used == entry.size
+
+
+def test_departed_creates_nothing_and_does_not_refresh_recency() -> None:
+    store = PeerStore(capacity=2)
+    store.departed(_peer(), 1.0)  # never seen: nothing to do
+    assert len(store) == 0
+    old = _identified(store, [_addr(1)])
+    new = _identified(store, [_addr(2)])
+    store.departed(old.peer_id, 2.0)
+    store.info(_peer())  # over capacity: the least recently used goes, the departed one
+    assert old.peer_id not in store and new.peer_id in store
+
+
+def test_a_crowd_of_departed_clients_leaves_no_memory_behind() -> None:
+    """1,000 identified clients that left cost nothing afterwards (measured, not estimated)."""
+    store = PeerStore()
+    store.departed(_identified(store, []).peer_id, 0.0)  # first-use costs (interned names) paid here
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        crowd = [_identified(store, []).peer_id for _ in range(1000)]
+        assert tracemalloc.get_traced_memory()[0] - before > 500_000  # the crowd, while it is there
+        for peer in crowd:
+            store.departed(peer, 1.0)
+        del crowd
+        gc.collect()
+        assert len(store) == 0 and store.bytes_used == 0
+        # What stays is the store's hash table, sized for the crowd (a dict does not shrink): ~53 KB.
+        assert tracemalloc.get_traced_memory()[0] - before < 100_000
+    finally:
+        tracemalloc.stop()

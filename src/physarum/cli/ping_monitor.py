@@ -26,6 +26,7 @@ from physarum.cli.flags import (
 from physarum.cli.node import MonitorOptions, run_main, run_node, setup_logging
 from physarum.monitor.http import read_token_file
 from physarum.monitor.ping_monitor import MAX_PEER_SERIES
+from physarum.monitor.reclaim import restart_with_system_malloc
 
 PROG = "ping-monitor"
 LISTEN_DEFAULT = ":4001"
@@ -144,6 +145,8 @@ def _read_token(path: str | None) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: ``ping-monitor [flags]``."""
+    if argv is None:  # the program itself, not a caller in-process: memory must come back after crowds
+        restart_with_system_malloc(["-m", "physarum.cli.ping_monitor", *sys.argv[1:]])
     argv = sys.argv[1:] if argv is None else argv
 
     async def start() -> None:

@@ -24,17 +24,20 @@ from physarum.monitor.ping_monitor import (
     PingConnection,
     PingMonitor,
 )
+from physarum.monitor.reclaim import MemoryReclaimer, malloc_trim
 
 __all__ = [
     "EWMA_ALPHA",
     "FAILURE_REASONS",
     "RTT_BUCKETS",
     "ListenInfo",
+    "MemoryReclaimer",
     "MetricsServer",
     "MonitorMetrics",
     "MonitoredHost",
     "PeerStats",
     "PingConnection",
     "PingMonitor",
+    "malloc_trim",
     "node_registry",
 ]

@@ -292,8 +292,10 @@ class Host:
     def _usage(self) -> Usage:
         inbound = outbound = streams = 0
         memory_resets, pongs_dropped = self._closed_memory_resets, self._closed_pongs_dropped
-        for conns in self.connections.values():
-            for c in conns:
+        # Called from the metrics server's render thread while trio changes these: list() copies
+        # each in one step under the GIL, where iterating the live dict could see it resized.
+        for conns in list(self.connections.values()):
+            for c in list(conns):
                 streams += len(c.session.streams)
                 memory_resets += c.session.streams_reset_for_memory
                 pongs_dropped += c.session.pongs_dropped
@@ -729,7 +731,12 @@ class Host:
                 self.connections.pop(conn.peer_id, None)
                 self._observed.forget(conn.peer_id)
                 self.resources.forget_peer(conn.peer_id)
-            self.peerstore.info(conn.peer_id).last_seen = trio.current_time()
+                self.peerstore.departed(conn.peer_id, trio.current_time())
+            else:
+                self.peerstore.info(conn.peer_id).last_seen = trio.current_time()
+            # on_stream's closure holds conn, which holds the session: a cycle that would keep the
+            # connection (its buffers, ciphers and socket, ~50 KB) until a full collection.
+            conn.session.on_stream = None
             why = conn.session.close_reason
             log.debug(
                 "disconnected %s: %s", conn, _reason(why) if isinstance(why, BaseException) else _clip(why)

@@ -22,6 +22,12 @@ are estimated at 1.4 KiB (3 addresses learned from the DHT; measured 1.2 KiB) to
 identified peer with 5 addresses and 20 protocols; measured 2.7 KiB): 16 MiB holds about 3,800
 identified peers, or all 10,000 DHT-learned ones. The least recently used entries go first,
 whichever bound is hit.
+
+What a peer's connection told us (identify: protocols, versions, key, observed address) describes
+that connection: when the peer's last connection closes, :meth:`PeerStore.departed` drops it and
+keeps only the addresses a later dial by peer id needs. A peer that left no address (an inbound-only
+client: ``peer find``, a throwaway identity) is forgotten at once, so a thousand identities that
+connect and leave leave nothing behind (measured: 1,000 such entries kept 0.7 MiB before).
 """
 
 from __future__ import annotations
@@ -256,6 +262,25 @@ class PeerStore:
     def addrs(self, peer_id: PeerId) -> list[Multiaddr]:
         entry = self._peers.get(peer_id)
         return entry.addrs if entry else []
+
+    def departed(self, peer_id: PeerId, now: float) -> None:
+        """``peer_id``'s last connection closed at ``now``: keep its addresses (and ``last_seen``),
+        which a later dial by peer id needs, and drop what its identify said, which is asked again
+        on the next connection; forget it altogether if it has no address. Does not create an
+        entry, nor mark one recently used."""
+        entry = self._peers.get(peer_id)
+        if entry is None:
+            return
+        if not entry._addrs:
+            self.forget(peer_id)
+            return
+        entry.last_seen = now
+        entry._protocols = ()
+        entry._public_key = None
+        entry._agent_version = None
+        entry._protocol_version = None
+        entry._observed_addr = None
+        entry._changed()
 
     def forget(self, peer_id: PeerId) -> None:
         """Drop what is known of ``peer_id``."""

@@ -344,8 +344,11 @@ class ResourceManager:
         """The budget of what ``peer`` may make us buffer (created on first use)."""
         budget = self._peer_memory.get(peer)
         if budget is None:
+            # Not str(peer): a PeerId's text is cached process-wide, and every fresh identity of a
+            # crowd would leave an entry (and the heap pages it sits on) behind.
+            name = peer.hex() if isinstance(peer, bytes) else str(peer)
             budget = self._peer_memory[peer] = MemoryBudget(
-                self.limits.memory_per_peer, parent=self.memory, name=str(peer)
+                self.limits.memory_per_peer, parent=self.memory, name=name
             )
         return budget
 

@@ -107,6 +107,15 @@ def decode_header(buf: bytes | bytearray, pos: int = 0) -> Header:
     return Header(type_, flags, stream_id, length)
 
 
+def _drop_tracebacks(error: object) -> None:
+    """Clear the tracebacks of ``error`` and of the exceptions it was raised from or during."""
+    for _ in range(8):  # a chain is short; a cycle in it must not loop
+        if not isinstance(error, BaseException):
+            return
+        error.__traceback__ = None
+        error = error.__cause__ or error.__context__
+
+
 class YamuxStream(trio.abc.HalfCloseableStream):
     """One multiplexed stream. ``protocol`` and ``peer_id`` are filled in by the host."""
 
@@ -514,6 +523,10 @@ class YamuxSession:
                     if self._final_go_away is not None:
                         await self._write_final_go_away(self._final_go_away)
                     await trio.aclose_forcefully(self.transport)
+                # The reason stays (the host logs it), its tracebacks go: their frames hold this
+                # session (run's self), a cycle that would keep it, its buffers and socket until a
+                # full collection.
+                _drop_tracebacks(self.close_reason)
 
     async def _write_final_go_away(self, code: int) -> None:
         """GoAway on a session already broken, when no frame is half written; best effort."""
