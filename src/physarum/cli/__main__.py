@@ -54,6 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if program is None:
         print(f"physarum: unknown command {args[0]!r} (see physarum -help)", file=sys.stderr)
         return 2
+    if argv is None and args[0] == "ping-monitor":
+        # As `ping-monitor` itself does: the system allocator, so memory returns after crowds.
+        from physarum.monitor.reclaim import restart_with_system_malloc
+
+        restart_with_system_malloc(["-m", "physarum.cli", *args])
     return program(args[1:])
 
 

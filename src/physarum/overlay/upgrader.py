@@ -17,6 +17,7 @@ What a failure says (the errors are the dialer's diagnosis, so they are chosen w
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import trio
@@ -113,17 +114,20 @@ class Upgrader:
                     raise trio.BrokenResourceError("the peer closed the connection at once")
         else:
             first = b"" if initiator else await self._first_bytes(stream, NONCE_SIZE)
-            # Our nonce goes out here, also to a peer refused just below: its garbled view of our
-            # header tells it (as our PskMismatchError) that it is outside the network.
-            raw = await protect(stream, self.psk, received=first)
             if first and PLAINTEXT_HEADER.startswith(first[: len(PLAINTEXT_HEADER)]):
                 # A libp2p node without our key opens with multistream in the clear; a nonce (24
-                # random bytes) starts this way with probability 2^-160. No need to wait for more.
+                # random bytes) starts this way with probability 2^-160. No need to wait for more,
+                # nor to set up a cipher (~170 us, and floods of these come fast): 24 random bytes
+                # look like our nonce to it, and its garbled view of them tells it (as our
+                # PskMismatchError) that it is outside the network.
+                await stream.send_all(os.urandom(NONCE_SIZE))
                 raise PskMismatchError(
                     "the peer speaks multistream-select in the clear: it uses no pre-shared key",
                     address=str(remote),
                     no_psk=True,
                 )
+            # Our nonce goes out here.
+            raw = await protect(stream, self.psk, received=first)
             first = b""
         buf = BufferedStream(raw, first)
         if phase is not None:
