@@ -289,12 +289,43 @@ async def test_a_flood_of_refusals_writes_a_few_lines(caplog: pytest.LogCaptureF
             await tcp.send_all(HEADER)
             await read_until_closed(tcp)
             await tcp.aclose()
-        await wait_until(lambda: refused(registry, "no_psk") == 200, what="200 refusals counted")
+        await wait_until(
+            lambda: refused(registry, "no_psk") + refused(registry, "ip_failures") == 200, what="200 refusals counted"
+        )
+        # 16 failed handshakes from one IP within 10 s, and the rest are refused at accept.
+        assert refused(registry, "no_psk") == ResourceLimits().failed_handshakes_per_ip
         h.resources.flush_logs(trio.current_time(), force=True)
     lines = [r.getMessage() for r in caplog.records if r.name.startswith("physarum")]
     refusal_lines = [m for m in lines if "refused" in m]
-    assert 2 <= len(refusal_lines) <= 3, refusal_lines
-    assert any("refused 200 connections" in m and "peer uses no psk 200" in m for m in refusal_lines)
+    assert 3 <= len(refusal_lines) <= 4, refusal_lines
+    assert any("refused 200 connections" in m and "peer uses no psk 16" in m for m in refusal_lines)
+
+
+async def test_an_ip_failing_handshakes_is_refused_at_accept_for_a_while() -> None:
+    psk = generate_psk()
+    lim = limits(failed_handshakes_per_ip=3, failure_window=1.0)
+    async with open_host(psk=psk, limits=lim) as h, open_host(psk=psk) as honest:
+        port = port_of(h)
+        for _ in range(3):  # clients without the key, from 127.0.0.3
+            tcp = await tcp_from("127.0.0.3", port)
+            await tcp.send_all(HEADER)
+            assert len(await read_until_closed(tcp)) == NONCE_SIZE  # told it is outside, then closed
+            await tcp.aclose()
+        # Now 127.0.0.3 is refused before any byte, even with the right key...
+        tcp = await tcp_from("127.0.0.3", port)
+        with trio.fail_after(2):
+            assert await read_until_closed(tcp) == b""
+        await tcp.aclose()
+        # ...while other addresses are not,
+        with trio.fail_after(3):
+            await honest.connect(h.addrs[0])
+        # and once its failures are older than the window, it may try again.
+        await trio.sleep(1.1)  # the window is the behaviour under test
+        tcp = await tcp_from("127.0.0.3", port)
+        await tcp.send_all(HEADER)
+        with trio.fail_after(2):
+            assert len(await read_until_closed(tcp)) == NONCE_SIZE
+        await tcp.aclose()
 
 
 async def test_inbound_streams_of_one_protocol_per_peer_are_limited() -> None:

@@ -470,3 +470,26 @@ async def test_without_a_budget_nothing_is_counted() -> None:
         assert r._reserved == 0 and server._reserved == 0
         assert await r.receive_some() == b"abc"
         assert server.streams_reset_for_memory == 0
+
+
+@pytest.mark.parametrize("max_bytes", [None, 3])
+async def test_a_reset_while_a_receive_yields_over_buffered_data_raises_not_indexerror(
+    max_bytes: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by fuzz_yamux: data was buffered, receive_some yielded once before taking it, and a
+    reset in that moment dropped the buffer; the receive then indexed an empty deque."""
+    async with session_pair() as (client, _server, inbound):
+        s = await client.open_stream()
+        await s.send_all(b"hello")
+        peer = await inbound.receive()
+        await trio.testing.wait_all_tasks_blocked()
+        assert peer._buf  # the data is buffered before the receive starts
+        real = trio.lowlevel.cancel_shielded_checkpoint
+
+        async def reset_meanwhile() -> None:
+            peer._on_reset()  # as when the peer's RST is read in that moment
+            await real()
+
+        monkeypatch.setattr(trio.lowlevel, "cancel_shielded_checkpoint", reset_meanwhile)
+        with pytest.raises(trio.BrokenResourceError):
+            await peer.receive_some(max_bytes)

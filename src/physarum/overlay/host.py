@@ -681,14 +681,19 @@ class Host:
                 session = await self.upgrader.upgrade(tcp, initiator=False, expected=None, remote=remote)
             if hs.cancel_scope.cancelled_caught or deadline.cancelled_caught:
                 why = Refusal.HANDSHAKE_POOL if hs.evicted else Refusal.HANDSHAKE_TIMEOUT
+                if not hs.evicted:
+                    res.handshakes.failed(raw.ip, trio.current_time())
                 res.refuse_connection(why, f"from {where}", trio.current_time())
                 await trio.aclose_forcefully(tcp)
                 return
         except FirstBytesTimeout:
+            res.handshakes.failed(raw.ip, trio.current_time())
             res.refuse_connection(Refusal.FIRST_BYTE_TIMEOUT, f"from {where}", trio.current_time())
             await trio.aclose_forcefully(tcp)
             return
         except (PhysarumError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+            if isinstance(e, PhysarumError):  # the peer's doing (a wrong key, garbage), not a lost link
+                res.handshakes.failed(raw.ip, trio.current_time())
             res.refuse_connection(_refusal_of(e), f"from {where}", trio.current_time(), error=e)
             log.debug("closing connection from %s: %s", where, _reason(e))
             await trio.aclose_forcefully(tcp)

@@ -127,6 +127,12 @@ class ResourceLimits:
     max_connections_per_peer: int = 8
     max_handshakes: int = 128
     max_handshakes_per_ip: int = 16
+    failed_handshakes_per_ip: int = 16
+    """An IP whose handshakes failed this many times (a wrong key, garbage, a timeout) within
+    ``failure_window`` seconds is refused at accept, before it costs anything, until its failures
+    are older than that (fail2ban's rule). No honest process fails 16 handshakes in 10 s; a flood
+    of clients without the key otherwise fills the accept queue and delays honest dials."""
+    failure_window: float = 10.0
     max_dials: int = 256
     first_byte_timeout: float = 3.0
     handshake_timeout: float = 10.0
@@ -150,6 +156,7 @@ class Refusal(StrEnum):
     CLOSING = "closing"
     HANDSHAKE_POOL = "handshake_pool_full"
     IP_LIMIT = "ip_limit"
+    IP_FAILURES = "ip_failures"
     CONNECTION_LIMIT = "connection_limit"
     PEER_LIMIT = "peer_connection_limit"
     FIRST_BYTE_TIMEOUT = "first_byte_timeout"
@@ -170,6 +177,7 @@ _WORDS = {
     Refusal.CLOSING: "host closing",
     Refusal.HANDSHAKE_POOL: "too many handshakes in progress",
     Refusal.IP_LIMIT: "too many handshakes from that IP",
+    Refusal.IP_FAILURES: "too many failed handshakes from that IP",
     Refusal.CONNECTION_LIMIT: "connection limit reached",
     Refusal.PEER_LIMIT: "too many connections to that peer",
     Refusal.FIRST_BYTE_TIMEOUT: "no first bytes in time",
@@ -198,6 +206,10 @@ class Handshake:
         self.evicted = False
 
 
+#: IPs whose failed handshakes are remembered at most (about 100 bytes each).
+_MAX_FAILING_IPS = 4096
+
+
 class HandshakePool:
     """Inbound handshakes in progress, overall and per IP (see :class:`ResourceLimits`)."""
 
@@ -207,6 +219,28 @@ class HandshakePool:
         # Insertion order is start order: the first entry is the oldest handshake.
         self._open: dict[Handshake, None] = {}
         self._per_ip: Counter[str] = Counter()
+        # ip -> (failures, when the first of them counted): a window per IP; the oldest entries
+        # go first when there are more than _MAX_FAILING_IPS (insertion order).
+        self._failures: dict[str, tuple[int, float]] = {}
+
+    def failed(self, ip: str, now: float) -> None:
+        """A handshake from ``ip`` failed (see ``ResourceLimits.failed_handshakes_per_ip``)."""
+        count, since = self._failures.pop(ip, (0, now))
+        if now - since > self.limits.failure_window:
+            count, since = 0, now
+        self._failures[ip] = (count + 1, since)
+        if len(self._failures) > _MAX_FAILING_IPS:
+            del self._failures[next(iter(self._failures))]
+
+    def _failing(self, ip: str, now: float) -> bool:
+        entry = self._failures.get(ip)
+        if entry is None:
+            return False
+        count, since = entry
+        if now - since > self.limits.failure_window:
+            del self._failures[ip]
+            return False
+        return count >= self.limits.failed_handshakes_per_ip
 
     def __len__(self) -> int:
         return len(self._open)
@@ -221,6 +255,8 @@ class HandshakePool:
     def admit(self, ip: str, now: float) -> Handshake | Refusal:
         """A slot for a handshake from ``ip``, or why there is none. A full pool drops its oldest
         handshake (its ``cancel_scope`` is cancelled and ``evicted`` set) rather than the newcomer."""
+        if self._failing(ip, now):
+            return Refusal.IP_FAILURES
         if self._limited(ip) and self._per_ip[ip] >= self.limits.max_handshakes_per_ip:
             return Refusal.IP_LIMIT
         if len(self._open) >= self.limits.max_handshakes:

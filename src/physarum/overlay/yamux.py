@@ -249,18 +249,21 @@ class YamuxStream(trio.abc.HalfCloseableStream):
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
             yielded = False
-            while not self._buf:
-                if self._closed:
-                    raise trio.ClosedResourceError("stream is closed")
-                if self._fin_received:
+            while not self._buf or not yielded:
+                if not self._buf:
+                    if self._closed:
+                        raise trio.ClosedResourceError("stream is closed")
+                    if self._fin_received:
+                        await trio.lowlevel.cancel_shielded_checkpoint()
+                        return b""
+                    if self._reset or self.session.broken:
+                        raise self._broken()
+                    await self._recv_lot.park()
+                else:
+                    # Data was there at once: yield anyway, then look again, since a reset (or
+                    # aclose from another task) meanwhile drops the buffer (found by fuzz_yamux).
                     await trio.lowlevel.cancel_shielded_checkpoint()
-                    return b""
-                if self._reset or self.session.broken:
-                    raise self._broken()
-                await self._recv_lot.park()
                 yielded = True
-            if not yielded:
-                await trio.lowlevel.cancel_shielded_checkpoint()
             buf = self._buf
             if max_bytes is None:
                 out = b"".join(buf) if len(buf) > 1 else buf[0]
