@@ -5,20 +5,21 @@
 
 Every node is a real :class:`physarum.dht.service.KadDHT` (real Ed25519 key pair, real
 :class:`~physarum.dht.table.RoutingTable`) registered in a ``MemoryNetwork(codec=False)``. Lookups
-run the real :class:`~physarum.dht.lookup.Lookup` state machine, driven *synchronously*: the driver
-below is ``KadDHT.lookup`` with the trio plumbing taken out (the same initial candidates from
-``RoutingTable.closest``, the same ``offer`` bookkeeping, alpha = 3 queries in flight answered in the
-order they were sent, each answer from the target node's own ``KadDHT.rpc(sender, FIND_NODE)``, the
-same ``add_peer`` on both sides that ``KadDHT.lookup`` and ``MemoryTransport.request`` do). Nothing of
+are the nodes' own lookup driver (:meth:`KadClient.start_lookup <physarum.dht.client.KadClient.start_lookup>`,
+the :class:`~physarum.dht.client.LookupRun` that ``KadDHT.lookup`` runs), driven *synchronously* with
+:meth:`~physarum.dht.client.LookupRun.run_in_order`: alpha = 3 queries in flight answered in the
+order they were sent, each answer from the target node's own ``KadDHT.rpc(sender, FIND_NODE)`` (and
+the asker offered to the answering node's table, as ``MemoryTransport.request`` does). Nothing of
 Kademlia is re-implemented here: which peers to ask, when to stop, what a node answers and what goes
-into its table is physarum's code. ``--async-checks`` lookups also go through the real async
-``KadDHT.lookup`` over the same network, and their results are compared with the driver's.
+into its table is physarum's code; only trio's scheduling is left out. ``--async-checks`` lookups
+also go through the real async ``KadDHT.lookup`` over the same network, and their results are
+compared with the synchronous run's.
 
 Building: node 0 is the bootstrap node; nodes join one at a time, each adding
 node 0 to its table and looking up its own id (what ``KadDHT``'s bootstrap task does). Then every node
 runs one maintenance round: it refreshes ``--refresh`` buckets, the emptiest ones (see
-``buckets_to_refresh``), each with a lookup of a random key preimage in that bucket, as
-``KadDHT._maintenance`` does. Lookups are measured twice: after the joins and after the refresh.
+``buckets_to_refresh``), each with a lookup of a random key preimage in that bucket, as the
+DHT's maintenance (:mod:`physarum.dht.maintenance`) does. Lookups are measured twice: after the joins and after the refresh.
 
 Memory per node = growth of this process's VmRSS (after ``gc.collect()``) from before the nodes are
 created to after the network is built, divided by N. ``--tracemalloc`` traces the build instead and
@@ -47,7 +48,7 @@ from typing import Any
 import trio
 
 from physarum.dht import keyspace
-from physarum.dht.lookup import Lookup
+from physarum.dht.lookup import LookupStats
 from physarum.dht.memory import MemoryNetwork
 from physarum.dht.messages import Message, MessageType, Peer
 from physarum.dht.service import KadDHT
@@ -86,18 +87,18 @@ def summary(values: list[float]) -> dict[str, float]:
     }
 
 
-# ---------------------------------------------------------------------------------------- the driver
+# ---------------------------------------------------------------------------------------- the network
 
 
 @dataclass
 class DriveResult:
-    lookup: Lookup[PeerId]
+    stats: LookupStats
     peers: list[Peer]
     responder_ns: int = 0  # wall time spent inside the answering nodes (rpc + add_peer of the asker)
 
 
 class SyncNetwork:
-    """A MemoryNetwork(codec=False) of KadDHT nodes, and a synchronous driver for their lookups."""
+    """A MemoryNetwork(codec=False) of KadDHT nodes, and their lookups run synchronously."""
 
     def __init__(self) -> None:
         self.net = MemoryNetwork(codec=False)
@@ -114,7 +115,7 @@ class SyncNetwork:
     def request(
         self, asker: PeerId, asker_addrs: list[Any], peer: PeerId, message: Message
     ) -> Message | None:
-        """What ``MemoryTransport.request`` + ``KadDHT._call`` do, minus the awaits; None = failure."""
+        """What ``MemoryTransport.request`` + ``KadClient._call`` do, minus the awaits; None = failure."""
         net = self.net
         net.messages += 1
         if peer in net.silent:
@@ -131,43 +132,23 @@ class SyncNetwork:
         return reply
 
     def lookup(self, node: KadDHT, key: bytes) -> DriveResult:
-        """``KadDHT.lookup(key)`` (FIND_NODE), driven synchronously; answers arrive in the order asked."""
+        """``KadDHT.lookup(key)`` (FIND_NODE) without trio: the node's own lookup, answers taken in
+        the order asked; ``responder_ns`` is the time spent in the answering nodes."""
         me = node.peer_id
-        target = keyspace.kad_key(key)
-        node.table.note_lookup(target, trio.current_time())
-        lookup: Lookup[PeerId] = Lookup(target, k=node.k, alpha=node.alpha, exclude=frozenset([me]))
-        known: dict[PeerId, Peer] = {}
-
-        def offer(peers: Any) -> list[tuple[PeerId, int]]:
-            out = []
-            for p in peers:
-                if p.peer_id == me:
-                    continue
-                if p.peer_id not in known or (p.addrs and not known[p.peer_id].addrs):
-                    known[p.peer_id] = p
-                out.append((p.peer_id, keyspace.peer_key(p.peer_id)))
-            return out
-
-        lookup.add(offer([node._peer_entry(c) for c in node.table.closest(target, node.k)]))
         message = Message(MessageType.FIND_NODE, key=key)
         my_addrs = [self.net.addr_of(me)]
-        in_flight: collections.deque[PeerId] = collections.deque()
         responder_ns = 0
         clock = time.perf_counter_ns
-        while not lookup.done:
-            in_flight.extend(lookup.next_queries())
-            if lookup.in_flight == 0:
-                break
-            peer = in_flight.popleft()
+
+        def ask(peer: Peer) -> tuple[Peer, ...] | None:
+            nonlocal responder_ns
             t0 = clock()
-            reply = self.request(me, my_addrs, peer, message)
+            reply = self.request(me, my_addrs, peer.peer_id, message)
             responder_ns += clock() - t0
-            if reply is None:
-                lookup.on_failure(peer)
-                continue
-            lookup.on_response(peer, offer(reply.closer_peers))
-            node.add_peer(peer, list(known[peer].addrs))
-        return DriveResult(lookup, [known[p] for p in lookup.result()], responder_ns)
+            return None if reply is None else reply.closer_peers
+
+        result = node.client.start_lookup(key).run_in_order(ask)
+        return DriveResult(result.stats, result.peers, responder_ns)
 
 
 # ----------------------------------------------------------------------------------------- building
@@ -234,7 +215,7 @@ def buckets_to_refresh(node: KadDHT, count: int, policy: str) -> list[int]:
 
 def refresh_round(sim: SyncNetwork, buckets: int, policy: str, rng: random.Random) -> PhaseStats:
     """Each node refreshes ``buckets`` of its buckets (see :func:`buckets_to_refresh`), as
-    ``KadDHT._maintenance`` does: mark the bucket refreshed, look up a random preimage in it."""
+    the DHT's maintenance does: mark the bucket refreshed, look up a random preimage in it."""
     st = PhaseStats()
     t0, c0, m0 = time.perf_counter(), time.process_time(), sim.net.messages
     for node in sim.nodes:
@@ -303,7 +284,7 @@ def measure(sim: SyncNetwork, lookups: int, rng: random.Random) -> Measured:
         got = [keyspace.peer_key(p.peer_id) ^ target for p in res.peers]
         out.exact += got == truth
         out.recall.append(len(set(got) & set(truth)) / len(truth))
-        st = res.lookup.stats
+        st = res.stats
         out.hops.append(st.hops)
         out.messages.append(st.queries)
         out.failures.append(st.failures)
@@ -314,7 +295,7 @@ def measure(sim: SyncNetwork, lookups: int, rng: random.Random) -> Measured:
 
 
 async def check_async(sim: SyncNetwork, count: int, rng: random.Random) -> dict[str, Any]:
-    """The same (node, key) through the synchronous driver and through the real ``KadDHT.lookup``.
+    """The same (node, key) run synchronously and through the real async ``KadDHT.lookup``.
 
     Both run on the live network, one after the other (alternating which goes first), so the second
     starts from tables the first has just updated: results should agree; query counts may differ a
@@ -335,7 +316,7 @@ async def check_async(sim: SyncNetwork, count: int, rng: random.Random) -> dict[
             c0 = cpu()
             if how == "sync":
                 driven = sim.lookup(node, key)
-                peers, st = driven.peers, driven.lookup.stats
+                peers, st = driven.peers, driven.stats
             else:
                 real = await node.lookup(key)
                 peers, st = real.peers, real.stats

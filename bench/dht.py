@@ -7,9 +7,9 @@ Simulation (bench/_dht_sim.py; each network lives entirely in one process, a fre
 that its RSS growth is its own): N real ``KadDHT`` nodes (Ed25519 identities, real ``RoutingTable``s)
 in a ``MemoryNetwork(codec=False)``. Node 0 bootstraps; the others join one at a time (add node 0,
 look up their own id), then each refreshes its two emptiest buckets (one maintenance round). Every
-lookup, the joins included, is the real ``Lookup`` state machine driven synchronously against the
-nodes' real ``KadDHT.rpc`` (FIND_NODE), with the same table updates ``KadDHT.lookup`` makes; a sample
-also goes through the real async ``KadDHT.lookup`` to check the driver agrees. Lookups go to random
+lookup, the joins included, is the nodes' own lookup driver (``physarum.dht.client.LookupRun``, what
+``KadDHT.lookup`` runs) driven synchronously against the nodes' real ``KadDHT.rpc`` (FIND_NODE); a sample
+also goes through the real async ``KadDHT.lookup`` to check the two agree. Lookups go to random
 keys from random nodes and are checked against brute force over every node key. Reported per size:
 hops (Lookup.stats.hops, the longest referral chain) beside log2(N), messages, the fraction of exact
 answers (the true 20 closest, in order), CPU time per lookup (all the code a lookup runs, the

@@ -20,7 +20,7 @@ import trio
 import trio.testing
 from prometheus_client import CollectorRegistry
 
-from physarum.dht import service as service_mod
+from physarum.dht import maintenance as maintenance_mod
 from physarum.dht.addrs import MAX_ADDRS_PER_PEER, bounded_addrs
 from physarum.dht.memory import MemoryNetwork
 from physarum.dht.messages import (
@@ -134,8 +134,8 @@ async def test_peers_announcing_thousands_of_addresses_cost_linear_work_and_keep
     """20 peers announcing kad and 6,300 addresses each stalled the loop ~17 s (pairwise dedup) and
     made a 37-byte FIND_NODE answer 1.07 MB. Now each costs a bounded number of parses and
     comparisons, and contacts and answers hold 32 addresses per peer."""
-    parses = _Counting(service_mod.parse_multiaddr_bytes)
-    monkeypatch.setattr(service_mod, "parse_multiaddr_bytes", parses)
+    parses = _Counting(maintenance_mod.parse_multiaddr_bytes)
+    monkeypatch.setattr(maintenance_mod, "parse_multiaddr_bytes", parses)
     comparisons = _Counting(Multiaddr.__eq__)
 
     def counted_eq(self: Multiaddr, other: object) -> bool:
@@ -143,13 +143,13 @@ async def test_peers_announcing_thousands_of_addresses_cost_linear_work_and_keep
 
     monkeypatch.setattr(Multiaddr, "__eq__", counted_eq)
     host = _Host()
-    dht = KadDHT.for_host(host)  # type: ignore[arg-type, var-type]
+    dht = KadDHT.for_host(host)
     rng = random.Random(1)
     announced = many_addrs(6300)
 
     peers = [random_peer_id(rng) for _ in range(20)]
     for peer in peers:
-        dht._on_identify(_Conn(peer, IdentifyInfo(listen_addrs=announced, protocols=[PROTOCOL_ID])))
+        dht.maintenance.on_identify(_Conn(peer, IdentifyInfo(listen_addrs=announced, protocols=[PROTOCOL_ID])))
     # It stops reading at 32: the rest of what was announced costs nothing at all.
     assert parses.calls == 20 * MAX_ADDRS_PER_PEER
     assert comparisons.calls <= 20 * MAX_ADDRS_PER_PEER
@@ -162,7 +162,7 @@ async def test_peers_announcing_thousands_of_addresses_cost_linear_work_and_keep
     useless = many_addrs(6300, "udp")
     repeated = [announced[0]] * 6300
     odd = random_peer_id(rng)
-    dht._on_identify(_Conn(odd, IdentifyInfo(listen_addrs=useless + repeated, protocols=[PROTOCOL_ID])))
+    dht.maintenance.on_identify(_Conn(odd, IdentifyInfo(listen_addrs=useless + repeated, protocols=[PROTOCOL_ID])))
     assert parses.calls <= len(useless) + 1  # each address at most once, the repeated one once
     assert comparisons.calls <= len(useless) + len(repeated)
     odd_contact = dht.table.get(odd)
@@ -242,7 +242,7 @@ async def _serve(dht: KadDHT, data: bytes, budget: MemoryBudget | None = None) -
     stream = _Stream(server, KeyPair(bytes([8]) * 32).peer_id, budget)
     await client.send_all(data)
     await client.send_eof()
-    await dht._handle_stream(stream)  # type: ignore[arg-type]
+    await dht.server.handle_stream(stream)
     await server.aclose()
     answer = b""
     while chunk := await client.receive_some():
@@ -306,7 +306,7 @@ async def test_malformed_and_slow_requests_reset_their_stream(autojump_clock: tr
     stream = _Stream(server, KeyPair(bytes([8]) * 32).peer_id, None)
     await client.send_all(varint.encode(1000) + b"\x08")
     start = trio.current_time()
-    await dht._handle_stream(stream)  # type: ignore[arg-type]
+    await dht.server.handle_stream(stream)
     assert stream.was_reset and trio.current_time() - start == pytest.approx(10.0)
     assert sample(registry, "physarum_dht_requests_refused_total", reason="slow") == 1
 
@@ -314,7 +314,7 @@ async def test_malformed_and_slow_requests_reset_their_stream(autojump_clock: tr
     client, server = trio.testing.memory_stream_pair()
     stream = _Stream(server, KeyPair(bytes([8]) * 32).peer_id, None)
     start = trio.current_time()
-    await dht._handle_stream(stream)  # type: ignore[arg-type]
+    await dht.server.handle_stream(stream)
     assert not stream.was_reset and trio.current_time() - start == pytest.approx(60.0)
 
 
@@ -334,7 +334,7 @@ async def test_unfinished_messages_are_held_within_the_peers_memory_budget() -> 
             stream = _Stream(server, KeyPair(bytes([8]) * 32).peer_id, budget)
             streams.append(stream)
             clients.append(client)
-            nursery.start_soon(dht._handle_stream, stream)
+            nursery.start_soon(dht.server.handle_stream, stream)
             await client.send_all(varint.encode(size) + b"\x08\x04" + bytes(1000))
         await trio.testing.wait_all_tasks_blocked()
         held = budget.limit // size
@@ -351,13 +351,13 @@ async def test_a_request_is_reserved_while_read_and_released_after(autojump_cloc
     dht = _server()
     budget = MemoryBudget(64 * 1024)
     seen: list[int] = []
-    real_rpc = dht.rpc
+    real_rpc = dht.server.rpc
 
     def rpc(sender: PeerId | None, request: Message) -> Message | None:
         seen.append(budget.used)  # decoded: nothing is held for it any more
         return real_rpc(sender, request)
 
-    dht.rpc = rpc  # type: ignore[method-assign]
+    dht.server.rpc = rpc  # type: ignore[method-assign]
     stream, answer = await _serve(dht, encode_framed(Message(MessageType.FIND_NODE, key=b"abc")) * 3, budget)
     assert not stream.was_reset and seen == [0, 0, 0] and budget.used == 0
     assert len(answer) > 0
@@ -519,7 +519,7 @@ async def test_refusals_are_summed_up_in_a_few_info_lines(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     dht = _server()
-    caplog.set_level(logging.INFO, logger="physarum.dht.service")
+    caplog.set_level(logging.INFO, logger="physarum.dht")
     for _ in range(1000):
         dht.rpc(None, Message(MessageType.FIND_NODE, key=b"k" * 2000))
     await trio.sleep(61)

@@ -303,6 +303,26 @@ def test_a_capped_field_past_its_cap_is_still_checked() -> None:
         decode_message(entry + b"\x42\x05ab")  # a 257th running past the end
 
 
+def _wire_types(data: bytes, number: int) -> set[int]:
+    """The wire types field ``number`` has in ``data``, a message ``pb.decode`` accepts (it skips
+    fixed-width fields, so its result alone does not show them)."""
+    found: set[int] = set()
+    pos = 0
+    while pos < len(data):
+        key, pos = varint.decode(data, pos)
+        wire = key & 7
+        if key >> 3 == number:
+            found.add(wire)
+        if wire == 0:
+            _, pos = varint.decode(data, pos)
+        elif wire == 2:
+            length, pos = varint.decode(data, pos)
+            pos += length
+        else:
+            pos += 8 if wire == 1 else 4
+    return found
+
+
 @given(st.binary(max_size=300))
 @settings(max_examples=500)
 def test_a_capped_decode_keeps_the_first_values_of_a_capped_field(data: bytes) -> None:
@@ -312,7 +332,7 @@ def test_a_capped_decode_keeps_the_first_values_of_a_capped_field(data: bytes) -
         with pytest.raises(DecodeError):
             pb.decode(data, {1: 2})
         return
-    if not all(isinstance(v, bytes) for v in expected.get(1, [])):
+    if _wire_types(data, 1) - {2}:
         with pytest.raises(DecodeError):  # a capped field must be length-delimited
             pb.decode(data, {1: 2})
         return

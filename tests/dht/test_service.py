@@ -236,7 +236,7 @@ async def settled(node: KadDHT) -> None:
     """Wait (under a deadline) until no liveness check is running."""
     with trio.fail_after(30):
         await trio.sleep(0)
-        while node._checking:
+        while node.routing.checking:
             await trio.sleep(0.01)
 
 

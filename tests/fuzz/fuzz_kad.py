@@ -1,5 +1,5 @@
 """Fuzz the Kademlia wire messages (physarum.dht.messages) and the DHT's stream handler that
-answers them (``KadDHT._handle_stream``, which runs every request through ``KadDHT.rpc``).
+answers them (``KadDHT.server.handle_stream``, which runs every request through ``KadDHT.rpc``).
 
 Input: byte 0 holds flags (bit 0: the stream has no known sender), byte 1 how the bytes are cut
 into reads (see ``_common.split``); the rest is what a peer writes on a ``/ipfs/kad/1.0.0`` stream.
@@ -58,7 +58,7 @@ async def _serve(stream: KadStream) -> None:
     dht = KadDHT(NODE, NoTransport(), wall_clock=lambda: WALL_CLOCK)
     for peer, addr in zip(PEERS, PEER_ADDRS, strict=True):
         dht.add_peer(peer, [addr])
-    await dht._handle_stream(stream)  # type: ignore[arg-type]
+    await dht.server.handle_stream(stream)
 
 
 def _decode_all(wire: bytes) -> None:

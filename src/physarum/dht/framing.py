@@ -83,10 +83,16 @@ def stream_budget(stream: object) -> Budget | None:
     return budget  # type: ignore[no-any-return]
 
 
+class ReceiveStream(Protocol):
+    """What the reader uses of a stream (any ``trio.abc.ReceiveStream`` fits)."""
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray: ...
+
+
 class MessageReader:
     """Length-prefixed kad messages from ``stream``, one at a time, within ``budget`` when given."""
 
-    def __init__(self, stream: trio.abc.ReceiveStream, *, budget: Budget | None = None) -> None:
+    def __init__(self, stream: ReceiveStream, *, budget: Budget | None = None) -> None:
         self.stream = stream
         self.budget = budget
         self._buf = bytearray()
@@ -152,5 +158,6 @@ __all__ = [
     "MemoryRefusedError",
     "MessageReader",
     "MessageTooLargeError",
+    "ReceiveStream",
     "stream_budget",
 ]

@@ -5,8 +5,9 @@ a FIND_NODE-like request with its own deadline, and reports back with :meth:`Loo
 or :meth:`Lookup.on_failure`. The lookup is done when the ``k`` closest peers it knows of have all
 answered (or nobody is left to ask); :meth:`Lookup.result` is then those ``k`` peers, closest first.
 
-The same machine drives real lookups over the network (:mod:`physarum.dht.service`) and the
-simulated networks of ``bench/dht.py``, so what the benchmark measures is the code that runs.
+The driver is :class:`physarum.dht.client.LookupRun`: it seeds the machine from the routing table
+and feeds it the answers, on trio for real lookups and synchronously for the simulated networks of
+``bench/dht.py``, so what the benchmark measures is the code that runs.
 
 Defences against lying peers: a response counts only the first ``k`` peers it names (an "endless"
 answer cannot flood the candidate set), peers that fail are never asked again or returned, and the

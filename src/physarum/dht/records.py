@@ -1,4 +1,4 @@
-"""Signed contact records and the pure stores that hold them (and provider entries).
+"""Signed contact records and the pure store that holds them.
 
 A contact record says who an id is and where it is reached: disgover's ``Contact{Id, Endpoint,
 Data}``, done the libp2p way. The id is a peer id (text form) or any entity name, such as an actor
@@ -31,12 +31,13 @@ written in its canonical base58btc form, so one peer has one key). Anyone may pu
 an entity name; stores keep, per (id, publisher), only the highest ``seq``, and readers decide whom
 to trust from the publishers and data they get back.
 
-Holding records for others (:class:`RecordStore`) and provider entries (:class:`ProviderStore`)
-is bounded per publisher, per name or key, and per store, so that a few throwaway identities can
-neither fill a node nor take a name from an established publisher: when a bound is hit, publishers
-with a history in our routing table (the longer, the higher) win over those without, and among
-equals contact records are first come, first served while provider entries favour the freshest.
-A peer's own peer-id record has room that entity-name records cannot take. See the two classes.
+Holding records for others (:class:`RecordStore`) is bounded per publisher, per name, and per
+store, so that a few throwaway identities can neither fill a node nor take a name from an
+established publisher: when a bound is hit, publishers with a history in our routing table (the
+longer, the higher: :mod:`physarum.dht.standing`) win over those without, and among equals
+records are first come, first served. A peer's own peer-id record has room that entity-name
+records cannot take. Provider entries are held the same way by
+:class:`~physarum.dht.providers.ProviderStore` (re-exported here, where it used to live).
 
 Verification (:func:`verify_record`) rejects, with a :class:`RecordError` subclass: envelopes over
 16 KiB, malformed envelopes or payloads, foreign payload types, non-Ed25519 keys, bad signatures,
@@ -48,21 +49,27 @@ so a record that lists a transport this node does not know still verifies.
 
 Time: ``expires`` is compared across machines, so the ``now`` given to :func:`verify_record` and
 :class:`RecordStore` is wall-clock unix time (``time.time()``), not ``trio.current_time()``.
-:class:`ProviderStore` only compares times it recorded itself, so any steady clock will do.
 """
 
 from __future__ import annotations
 
-import enum
 import heapq
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from physarum.dht import keyspace
-from physarum.dht.addrs import MAX_ADDRS_PER_PEER, addr_footprint, bounded_addrs, parse_multiaddr_bytes
+from physarum.dht.addrs import parse_multiaddr_bytes
+from physarum.dht.providers import DEFAULT_PROVIDER_VALIDITY as DEFAULT_PROVIDER_VALIDITY
+from physarum.dht.providers import Provider as Provider
+from physarum.dht.providers import ProviderOutcome as ProviderOutcome
+from physarum.dht.providers import ProviderStore as ProviderStore
+from physarum.dht.standing import STRANGER as _STRANGER
+from physarum.dht.standing import Standing
+from physarum.dht.standing import no_history as _no_history
+from physarum.dht.standing import rank as _rank
 from physarum.errors import DecodeError, PhysarumError
 from physarum.overlay import envelope as signed_envelope
 from physarum.overlay import pb
@@ -86,8 +93,6 @@ MAX_RECORD_TTL = 48 * 3600.0
 DEFAULT_RECORD_TTL = 24 * 3600.0
 #: Most envelopes in one record set.
 MAX_RECORD_SET = 64
-#: How long a provider entry lives without being re-added (libp2p's provide validity).
-DEFAULT_PROVIDER_VALIDITY = 24 * 3600.0
 
 JSONObject = dict[str, Any]
 
@@ -520,22 +525,6 @@ class PublisherQuotaError(StoreFullError):
     """The publisher already holds ``max_per_publisher`` records here."""
 
 
-#: ``standing(publisher)``: since when the publisher has been in our routing table, or None.
-Standing = Callable[[PeerId], float | None]
-
-#: A publisher with no history here ranks below every publisher with one.
-_STRANGER = -math.inf
-
-
-def _no_history(publisher: PeerId) -> float | None:
-    return None
-
-
-def _rank(known_since: float | None) -> float:
-    """Standing from history: earlier ``known_since`` ranks higher; None (a stranger) lowest."""
-    return _STRANGER if known_since is None else -known_since
-
-
 _NAMES = 0  # records for entity names
 _PEERS = 1  # records whose id is their publisher's peer id
 
@@ -955,243 +944,3 @@ class RecordStore:
         if not publishers:
             del self._by_id[record_id]
         self._unaccount(entry)
-
-
-# -- providers ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Provider:
-    """A peer that said (ADD_PROVIDER) it can provide a key: its id, addresses, and when.
-
-    ``known_since`` is the standing it had when it said so (see :class:`ProviderStore`).
-    """
-
-    peer_id: PeerId
-    addrs: tuple[Any, ...]
-    added: float
-    expires: float
-    known_since: float | None = None
-
-
-class ProviderOutcome(enum.Enum):
-    """What :meth:`ProviderStore.offer` did."""
-
-    STORED = "stored"
-    """Held (new, or refreshed)."""
-    BAD_KEY = "bad_key"
-    """An empty key, or one over ``max_key_size``."""
-    PROVIDER_QUOTA = "provider_quota"
-    """The provider already provides ``max_keys_per_provider`` keys here."""
-    KEY_FULL = "key_full"
-    """The key has ``max_per_key`` providers, all with more standing."""
-    STORE_FULL = "store_full"
-    """The store is at ``max_entries``, ``max_keys`` or ``max_bytes``, and the newcomer may not
-    evict (a stranger), or evicting every stranger would not make room."""
-
-
-#: Memory of one provider entry beside its addresses (the object, its dict slots, the key's share).
-_PROVIDER_OVERHEAD = 400
-
-
-def _provider_cost(key: bytes, addrs: Sequence[Any]) -> int:
-    return _PROVIDER_OVERHEAD + len(key) + sum(addr_footprint(a) for a in addrs)
-
-
-class ProviderStore:
-    """Provider entries by key, each living ``validity`` seconds from its latest ADD_PROVIDER.
-
-    Pure: ``now`` is injected, from any steady clock (only times this store recorded are compared).
-    Entries expire ``validity`` after their latest ADD_PROVIDER (libp2p's 24 h); since that is the
-    same for every entry, the entries kept in order of their latest add are also in order of
-    expiry, and :meth:`expire` costs only what it drops.
-
-    Bounds, so that peers who announce and leave cannot make a node hold more than ``max_bytes``:
-    an entry keeps the provider's first ``max_addrs`` distinct addresses within the size bounds of
-    :mod:`physarum.dht.addrs`; a key has at most ``max_per_key`` providers; a provider provides at
-    most ``max_keys_per_provider`` keys here; the store holds at most ``max_entries`` entries over
-    ``max_keys`` keys, and ``max_bytes`` of (estimated) memory.
-
-    Standing, as for records (:class:`RecordStore`): ``standing(provider)`` says since when the
-    provider has been in our routing table, None for a stranger (the default for everyone);
-    earlier is higher. At ``max_per_key``
-    the entry of the lowest standing that was added longest ago makes room, if that standing is
-    not above the newcomer's (providers re-provide periodically, so among equals the freshest are
-    the most useful); with the store full, a newcomer with history evicts strangers' entries,
-    those added longest ago first, and a stranger is refused.
-
-    Raises:
-        ValueError: a bound below 1 or a non-positive ``validity``.
-    """
-
-    def __init__(
-        self,
-        *,
-        validity: float = DEFAULT_PROVIDER_VALIDITY,
-        standing: Standing | None = None,
-        max_per_key: int = 64,
-        max_keys: int = 10_000,
-        max_key_size: int = 256,
-        max_entries: int = 10_000,
-        max_keys_per_provider: int = 256,
-        max_bytes: int = 8 * 1024 * 1024,
-        max_addrs: int = MAX_ADDRS_PER_PEER,
-    ) -> None:
-        bounds = (max_per_key, max_keys, max_key_size, max_entries, max_keys_per_provider, max_bytes, max_addrs)
-        if validity <= 0 or min(bounds) < 1:
-            raise ValueError("provider store bounds and validity must be positive")
-        self.validity = validity
-        self.standing: Standing = standing if standing is not None else _no_history
-        self.max_per_key = max_per_key
-        self.max_keys = max_keys
-        self.max_key_size = max_key_size
-        self.max_entries = max_entries
-        self.max_keys_per_provider = max_keys_per_provider
-        self.max_bytes = max_bytes
-        self.max_addrs = max_addrs
-        # per key, insertion order = least recently (re-)added first
-        self._by_key: dict[bytes, dict[PeerId, Provider]] = {}
-        # every entry, least recently (re-)added first (so also soonest to expire first)
-        self._order: dict[tuple[bytes, PeerId], Provider] = {}
-        self._strangers: dict[tuple[bytes, PeerId], Provider] = {}
-        self._stranger_bytes = 0
-        self._per_provider: dict[PeerId, int] = {}
-        self._bytes = 0
-
-    def __len__(self) -> int:
-        """How many (key, provider) entries are held."""
-        return len(self._order)
-
-    @property
-    def total_bytes(self) -> int:
-        """Estimated memory held by the entries."""
-        return self._bytes
-
-    def keys(self) -> list[bytes]:
-        return list(self._by_key)
-
-    def add(self, key: bytes, provider: PeerId, addrs: Sequence[Any], now: float) -> bool:
-        """:meth:`offer`; True when the entry is held."""
-        return self.offer(key, provider, addrs, now) is ProviderOutcome.STORED
-
-    def offer(self, key: bytes, provider: PeerId, addrs: Sequence[Any], now: float) -> ProviderOutcome:
-        """Record that ``provider`` provides ``key`` as of ``now`` (re-adding refreshes it).
-
-        ``addrs`` are cut to the first ``max_addrs`` distinct allowed ones. Returns what happened
-        (see :class:`ProviderOutcome`); anything but ``STORED`` stores nothing, and a refused
-        re-add leaves the old entry as it was. Never raises (unless ``standing`` does).
-        """
-        if not key or len(key) > self.max_key_size:
-            return ProviderOutcome.BAD_KEY
-        self.expire(now)
-        known_since = self.standing(provider)
-        kept = bounded_addrs(addrs, self.max_addrs)
-        entry = Provider(provider, kept, now, now + self.validity, known_since)
-        cost = _provider_cost(key, kept)
-        providers = self._by_key.get(key)
-        old = providers.get(provider) if providers is not None else None
-        rank = _rank(known_since)
-        leaving: Provider | None = old
-        if old is None:
-            if self._per_provider.get(provider, 0) >= self.max_keys_per_provider:
-                return ProviderOutcome.PROVIDER_QUOTA
-            if providers is not None and len(providers) >= self.max_per_key:
-                # lowest standing first, then added longest ago (dicts keep that order)
-                leaving = min(providers.values(), key=lambda p: _rank(p.known_since))
-                if _rank(leaving.known_since) > rank:
-                    return ProviderOutcome.KEY_FULL
-        victims = self._room(key, cost, rank, leaving, new_key=providers is None)
-        if victims is None:
-            return ProviderOutcome.STORE_FULL
-        if leaving is not None:
-            self._drop(key, leaving)
-        for victim_key, victim in victims:
-            self._drop(victim_key, victim)
-        self._by_key.setdefault(key, {})[provider] = entry
-        self._order[(key, provider)] = entry
-        if known_since is None:
-            self._strangers[(key, provider)] = entry
-            self._stranger_bytes += cost
-        self._per_provider[provider] = self._per_provider.get(provider, 0) + 1
-        self._bytes += cost
-        return ProviderOutcome.STORED
-
-    def get(self, key: bytes, now: float, *, limit: int | None = None) -> list[Provider]:
-        """The unexpired providers of ``key``, most recently added first."""
-        providers = self._by_key.get(key)
-        if not providers:
-            return []
-        live = [p for p in reversed(providers.values()) if p.expires > now]
-        return live[:limit]
-
-    def remove(self, key: bytes, provider: PeerId) -> bool:
-        """Forget one provider of ``key``; False when it was not held."""
-        entry = self._by_key.get(key, {}).get(provider)
-        if entry is None:
-            return False
-        self._drop(key, entry)
-        return True
-
-    def expire(self, now: float) -> int:
-        """Drop every entry with ``expires <= now``; returns how many went."""
-        dropped = 0
-        while self._order:
-            (key, _), entry = next(iter(self._order.items()))
-            if entry.expires > now:
-                break
-            self._drop(key, entry)
-            dropped += 1
-        return dropped
-
-    def _room(
-        self, key: bytes, cost: int, rank: float, leaving: Provider | None, *, new_key: bool
-    ) -> list[tuple[bytes, Provider]] | None:
-        """Strangers' entries to evict so that one more entry of ``cost`` fits once ``leaving``
-        (an entry of ``key``) is gone: [] when it fits already, None when it cannot."""
-        n = len(self._order) + 1
-        b = self._bytes + cost
-        keys = len(self._by_key) + (1 if new_key else 0)
-        if leaving is not None:
-            n -= 1
-            b -= _provider_cost(key, leaving.addrs)
-        if n <= self.max_entries and b <= self.max_bytes and keys <= self.max_keys:
-            return []
-        if rank == _STRANGER:
-            return None
-        spare_n, spare_b = len(self._strangers), self._stranger_bytes
-        if leaving is not None and leaving.known_since is None:
-            spare_n -= 1
-            spare_b -= _provider_cost(key, leaving.addrs)
-        if n - spare_n > self.max_entries or b - spare_b > self.max_bytes:
-            return None
-        victims: list[tuple[bytes, Provider]] = []
-        emptied: dict[bytes, int] = {}
-        for (victim_key, _peer), victim in self._strangers.items():  # added longest ago first
-            if victim is leaving:
-                continue
-            victims.append((victim_key, victim))
-            n -= 1
-            b -= _provider_cost(victim_key, victim.addrs)
-            if victim_key != key:
-                emptied[victim_key] = emptied.get(victim_key, 0) + 1
-                if emptied[victim_key] == len(self._by_key[victim_key]):
-                    keys -= 1
-            if n <= self.max_entries and b <= self.max_bytes and keys <= self.max_keys:
-                return victims
-        return None
-
-    def _drop(self, key: bytes, entry: Provider) -> None:
-        providers = self._by_key[key]
-        del providers[entry.peer_id]
-        if not providers:
-            del self._by_key[key]
-        del self._order[(key, entry.peer_id)]
-        cost = _provider_cost(key, entry.addrs)
-        if self._strangers.pop((key, entry.peer_id), None) is not None:
-            self._stranger_bytes -= cost
-        left = self._per_provider[entry.peer_id] - 1
-        if left:
-            self._per_provider[entry.peer_id] = left
-        else:
-            del self._per_provider[entry.peer_id]
-        self._bytes -= cost
