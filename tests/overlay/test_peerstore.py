@@ -6,10 +6,12 @@ import gc
 import os
 import tracemalloc
 
+import pytest
+
 from physarum.overlay import identify, varint
 from physarum.overlay.identify import IdentifyLimits
-from physarum.overlay.identity import PeerId, PublicKey
-from physarum.overlay.multiaddr import Multiaddr
+from physarum.overlay.identity import KeyPair, PeerId, PublicKey
+from physarum.overlay.multiaddr import AddressError, Multiaddr
 from physarum.overlay.peerstore import ENTRY_BASE_SIZE, MAX_ADDRS_PER_PEER, PeerInfo, PeerStore
 
 
@@ -235,3 +237,13 @@ def test_a_crowd_of_departed_clients_leaves_no_memory_behind() -> None:
         assert tracemalloc.get_traced_memory()[0] - before < 100_000
     finally:
         tracemalloc.stop()
+
+
+def test_add_addrs_takes_text_and_checks_it_first() -> None:
+    store = PeerStore()
+    peer = KeyPair.generate().peer_id
+    store.add_addrs(peer, ["/ip4/10.0.0.1/tcp/4001", Multiaddr("/ip4/10.0.0.2/tcp/4001/ws")])
+    assert store.addrs(peer) == [Multiaddr("/ip4/10.0.0.1/tcp/4001"), Multiaddr("/ip4/10.0.0.2/tcp/4001/ws")]
+    with pytest.raises(AddressError):
+        store.add_addrs(peer, ["/ip4/10.0.0.3/tcp/1", "/ip4/not-an-ip/tcp/1"])
+    assert len(store.addrs(peer)) == 2  # nothing of the bad batch was added

@@ -252,12 +252,18 @@ class PeerStore:
             oldest._store = None
             self._bytes -= oldest.size
 
-    def add_addrs(self, peer_id: PeerId, addrs: Iterable[Multiaddr], *, prefer: bool = False) -> None:
-        """Remember addresses (the first :data:`MAX_ADDRS_PER_PEER` distinct ones are kept);
-        ``prefer`` puts them first (a dial just succeeded there). Linear in ``addrs``."""
+    def add_addrs(self, peer_id: PeerId, addrs: Iterable[str | Multiaddr], *, prefer: bool = False) -> None:
+        """Remember addresses, text or :class:`Multiaddr` (the first :data:`MAX_ADDRS_PER_PEER`
+        distinct ones are kept); ``prefer`` puts them first (a dial just succeeded there). Linear in
+        ``addrs``.
+
+        Raises:
+            AddressError: a malformed address (nothing is added then).
+        """
+        parsed = [a if isinstance(a, Multiaddr) else Multiaddr(a) for a in addrs]
         entry = self.info(peer_id)
         old = entry._addrs
-        entry.addrs = chain(addrs, old) if prefer else chain(old, addrs)
+        entry.addrs = chain(parsed, old) if prefer else chain(old, parsed)
 
     def addrs(self, peer_id: PeerId) -> list[Multiaddr]:
         entry = self._peers.get(peer_id)
