@@ -2,11 +2,20 @@
 
 Errors carry attributes (peer id, reason) so callers never match on message strings.
 Failures of a lower layer surface as ``trio.BrokenResourceError`` raised ``from`` the cause.
+
+"The peer failed" is one tuple, :data:`PEER_FAILURES`: what any exchange with a peer (a dial, a
+stream, a request) may raise because of the peer or the path to it; anything else is a bug and
+propagates. :func:`failure_kind` says which of a few kinds a failure is (the peer is gone, it broke
+the protocol, we gave up at a deadline, a limit was hit, it is outside our private network), for
+callers that act on the kind, such as the monitor's ``physarum_ping_failures_total{reason}``.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator
+
+import trio
 
 
 class PhysarumError(Exception):
@@ -35,6 +44,10 @@ class ProtocolError(PhysarumError):
         super().__init__(reason if peer_id is None else f"{reason} (peer {peer_id})")
         self.reason = reason
         self.peer_id = peer_id
+
+
+class StreamEndedError(ProtocolError):
+    """The peer ended a stream where the protocol wanted more (half an answer, no answer)."""
 
 
 class NegotiationError(ProtocolError):
@@ -119,3 +132,49 @@ def exception_leaves(exc: BaseException) -> Iterator[BaseException]:
             yield from exception_leaves(inner)
     else:
         yield exc
+
+
+#: What an exchange with a peer may raise when the peer, or the path to it, fails.
+PEER_FAILURES: tuple[type[BaseException], ...] = (
+    PhysarumError,
+    OSError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    trio.TooSlowError,
+)
+
+
+class FailureKind(enum.StrEnum):
+    """Which kind of failure an exception of :data:`PEER_FAILURES` is."""
+
+    GONE = "gone"
+    """The connection or stream broke or was closed, or the peer refused or could not be reached."""
+    PROTOCOL = "protocol"
+    """The peer broke a protocol's rules (including speaking none of ours)."""
+    DEADLINE = "deadline"
+    """We gave up waiting."""
+    LIMIT = "limit"
+    """A configured limit was hit (ours, or the peer's reset of a stream over its own)."""
+    NOT_IN_NETWORK = "not_in_network"
+    """The peer is in another private network, or in none."""
+
+
+def failure_kind(e: BaseException) -> FailureKind:
+    """The kind of ``e`` (one of :data:`PEER_FAILURES`; anything else counts as GONE).
+
+    A :class:`DialError` is the kind of its first cause that is not the deadline itself.
+    """
+    from physarum.psk import PskMismatchError  # psk imports this module
+
+    if isinstance(e, DialError) and e.errors:
+        causes = [v for k, v in e.errors.items() if k != "(deadline)"] or list(e.errors.values())
+        return failure_kind(causes[0])
+    if isinstance(e, PskMismatchError):
+        return FailureKind.NOT_IN_NETWORK
+    if isinstance(e, trio.TooSlowError | TimeoutError):
+        return FailureKind.DEADLINE
+    if isinstance(e, LimitError):
+        return FailureKind.LIMIT
+    if isinstance(e, ProtocolError | DecodeError):
+        return FailureKind.PROTOCOL
+    return FailureKind.GONE

@@ -12,20 +12,13 @@ from physarum.errors import DialError
 from physarum.overlay.host import Host, open_host
 from physarum.overlay.identity import PeerId
 from physarum.overlay.yamux import YamuxStream
-from physarum.psk import PskMismatchError, generate_psk, load_key_file, write_key_file
+from physarum.psk import PskMismatchError, generate_psk, load_key_file
 from tests.interop.partner import Partner, PartnerError, js_peer_argv, open_partner
 
 pytestmark = pytest.mark.interop
 
 PING = "/ipfs/ping/1.0.0"
 IDENTIFY = "/ipfs/id/1.0.0"
-
-
-@pytest.fixture
-def psk_file(tmp_path: Path) -> Path:
-    path = tmp_path / "swarm.key"
-    write_key_file(path, generate_psk())
-    return path
 
 
 @pytest.fixture

@@ -22,16 +22,9 @@ from physarum.overlay.identity import PeerId
 from physarum.psk import load_key_file
 from tests.integration._dht import start_node
 from tests.integration._util import wait_until
-from tests.interop.partner import Partner, js_peer_argv, open_partner, write_psk_key_file
+from tests.interop.partner import Partner, js_peer_argv, open_partner
 
 pytestmark = pytest.mark.interop
-
-
-@pytest.fixture
-def psk_file(tmp_path: Path) -> Path:
-    path = tmp_path / "swarm.key"
-    write_psk_key_file(path)
-    return path
 
 
 @pytest.fixture

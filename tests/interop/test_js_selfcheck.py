@@ -32,13 +32,6 @@ IDENTIFY = "/ipfs/id/1.0.0"
 KAD = "/ipfs/kad/1.0.0"
 
 
-@pytest.fixture
-def psk_file(tmp_path: Path) -> Path:
-    path = tmp_path / "swarm.key"
-    write_psk_key_file(path)
-    return path
-
-
 def test_js_peer_argv_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(partner_module, "JS_DIR", tmp_path)
     with pytest.raises(PartnerSetupError, match="run npm ci in tests/interop/js"):

@@ -12,7 +12,7 @@ import trio
 from physarum.errors import DialError
 from physarum.overlay.host import Connection, Host, open_host
 from physarum.overlay.identity import PeerId
-from physarum.psk import PskMismatchError, generate_psk, load_key_file, write_key_file
+from physarum.psk import PskMismatchError, generate_psk, load_key_file
 from tests.interop.partner import Partner, js_peer_argv, open_partner
 
 pytestmark = pytest.mark.interop
@@ -20,13 +20,6 @@ pytestmark = pytest.mark.interop
 PING = "/ipfs/ping/1.0.0"
 IDENTIFY = "/ipfs/id/1.0.0"
 WS_LISTEN = "/ip4/127.0.0.1/tcp/0/ws"
-
-
-@pytest.fixture
-def psk_file(tmp_path: Path) -> Path:
-    path = tmp_path / "swarm.key"
-    write_key_file(path, generate_psk())
-    return path
 
 
 @pytest.fixture

@@ -31,7 +31,6 @@ from physarum.monitor.metrics import MetricsServer, node_registry
 from physarum.monitor.ping_monitor import MAX_PEER_SERIES, PingMonitor
 from physarum.overlay import addr as addrs_
 from physarum.overlay.backoff import (
-    DIAL_ERRORS,
     MAX_BACKOFF,
     backoff_delays,
     keep_bootstrap_connected,
@@ -368,7 +367,6 @@ def short_reason(e: BaseException) -> str:
 
 __all__ = [
     "DHT_STATE_SAVE_INTERVAL",
-    "DIAL_ERRORS",
     "MAX_BACKOFF",
     "MAX_LOG_LINE",
     "MonitorOptions",

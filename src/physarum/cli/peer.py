@@ -34,7 +34,6 @@ from physarum.cli.flags import (
     positive_int,
 )
 from physarum.cli.node import (
-    DIAL_ERRORS,
     run_main,
     run_node,
     save_dht_state,
@@ -53,7 +52,7 @@ from physarum.dht.records import (
 )
 from physarum.dht.service import PROTOCOL_ID as KAD_PROTOCOL_ID
 from physarum.dht.service import KadDHT, NotJoinedError, PeerNotFoundError
-from physarum.errors import DecodeError
+from physarum.errors import PEER_FAILURES, DecodeError
 from physarum.overlay import addr as addrs_
 from physarum.overlay import ping
 from physarum.overlay.host import Host
@@ -82,9 +81,6 @@ come before or after the subcommand. Environment: P2P_PSK (as -psk, but out of t
 P2P_BOOTSTRAPS (as -bootstrap).
 Exit status: 0 success; 1 a ping failed, the peer was unreachable, nothing was found, or nothing
 could be stored; 2 bad input."""
-
-PING_ERRORS: tuple[type[BaseException], ...] = (*DIAL_ERRORS, trio.ClosedResourceError)
-ECHO_ERRORS: tuple[type[BaseException], ...] = (*PING_ERRORS, trio.TooSlowError)
 
 #: Default deadline of ``find`` and ``publish``: joining the DHT plus the lookup or the stores.
 DHT_TIMEOUT_DEFAULT = 30.0
@@ -261,7 +257,7 @@ async def _ping(host: Host, target: Multiaddr | PeerId, count: int, interval: fl
     (on a fresh stream); a summary follows."""
     try:
         conn = await host.connect(target, timeout=timeout)
-    except PING_ERRORS as e:
+    except PEER_FAILURES as e:
         return _fail("ping", f"cannot reach {target}: {short_reason(e)}")
     rtts: list[float] = []
     started = trio.current_time()
@@ -277,7 +273,7 @@ async def _ping(host: Host, target: Multiaddr | PeerId, count: int, interval: fl
                     if stream is None:
                         stream = await conn.open_stream([ping.PROTOCOL_ID])
                     rtt = await ping.ping_once(stream)
-            except ECHO_ERRORS as e:
+            except PEER_FAILURES as e:
                 reason = (
                     f"no echo within {timeout:g} s" if isinstance(e, trio.TooSlowError) else short_reason(e)
                 )
@@ -396,7 +392,7 @@ async def dial_all(host: Host, addrs: Sequence[Multiaddr], timeout: float) -> di
     async def one(addr: Multiaddr) -> None:
         try:
             await host.connect(addr, timeout=timeout)
-        except DIAL_ERRORS as e:
+        except PEER_FAILURES as e:
             failures[addr] = e
 
     async with trio.open_nursery() as nursery:

@@ -48,14 +48,12 @@ from physarum.dht.metrics import DhtMetrics
 from physarum.dht.records import RecordError, decode_record_set, encode_record_set, record_key
 from physarum.dht.routing import Routing, now
 from physarum.dht.table import RoutingTable
-from physarum.errors import DecodeError, DialError, PhysarumError
+from physarum.errors import PEER_FAILURES, DecodeError, DialError
 from physarum.overlay.identity import PeerId
 from physarum.overlay.multiaddr import Multiaddr
 
 log = logging.getLogger(__name__)
 
-#: What a peer that cannot be reached or answer in time makes a request raise.
-PEER_FAILURES = (PhysarumError, trio.BrokenResourceError, OSError, trio.TooSlowError)
 
 
 class KadTransport(Protocol):
@@ -186,7 +184,7 @@ class LookupRun:
             try:
                 with trio.fail_after(timeout):
                     answer = await ask(self.known[peer])
-            except (*PEER_FAILURES, trio.ClosedResourceError) as e:
+            except PEER_FAILURES as e:
                 self._unreachable(peer, e)
             results.send_nowait((peer, answer))
 

@@ -75,7 +75,7 @@ import base58
 import trio
 from prometheus_client import CollectorRegistry
 
-from physarum.errors import LimitError, NegotiationError, ProtocolError
+from physarum.errors import LimitError, NegotiationError, ProtocolError, StreamEndedError
 from physarum.monitor.metrics import MonitorMetrics
 from physarum.monitor.reclaim import RECLAIM_AFTER, RECLAIM_INTERVAL, MemoryReclaimer
 from physarum.overlay import ping
@@ -514,7 +514,7 @@ class PingMonitor:
             except ProtocolError as e:
                 slot.stream = None
                 await _abort(stream)
-                if fresh or e.reason != "ping stream ended":
+                if fresh or not isinstance(e, StreamEndedError):
                     raise _PingFailed("protocol", e) from None
             # a reused stream was closed or reset by the responder: once more, on a fresh stream
 

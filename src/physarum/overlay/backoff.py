@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, NoReturn, Protocol, TypeVar
 
 import trio
 
-from physarum.errors import PhysarumError
+from physarum.errors import PEER_FAILURES
 from physarum.overlay import addr as addrs_
 from physarum.overlay.multiaddr import Multiaddr
 from physarum.overlay.yamux import GO_AWAY_GARBAGE_COLLECTED
@@ -54,13 +54,6 @@ class BootstrapHost(Protocol[_Conn_co]):
 #: PhysarumSM's cap on the delay between two dials of a bootstrap peer.
 MAX_BACKOFF = 512.0
 
-#: What a failed dial may raise; anything else is a bug and propagates.
-DIAL_ERRORS: tuple[type[BaseException], ...] = (
-    PhysarumError,
-    OSError,
-    trio.BrokenResourceError,
-    trio.TooSlowError,
-)
 
 
 def backoff_delays(first: float = 1.0, cap: float = MAX_BACKOFF) -> Iterator[float]:
@@ -90,7 +83,7 @@ async def keep_connected(
       continues the schedule, so a peer that accepts and hangs up is not dialed in a tight loop.
     * A connection the peer opened to us counts as connected too (``is_connected``).
 
-    ``dial`` raises one of :data:`DIAL_ERRORS` on failure; ``wait_disconnected`` returns once
+    ``dial`` raises one of :data:`~physarum.errors.PEER_FAILURES` on failure; ``wait_disconnected`` returns once
     ``is_connected()`` is false. Runs until cancelled.
     """
     delays = backoff_delays(cap=max_delay)
@@ -98,7 +91,7 @@ async def keep_connected(
         if not is_connected():
             try:
                 await dial()
-            except DIAL_ERRORS as e:
+            except PEER_FAILURES as e:
                 delay = next(delays)
                 log.info("cannot reach %s (retrying in %g s): %s", name, delay, e)
                 await sleep(delay)
@@ -129,7 +122,7 @@ async def keep_bootstrap_connected(
     """:func:`keep_connected` for the bootstrap peer at ``address`` (which ends in ``/p2p/<id>``).
 
     ``on_connected`` runs after each (re)connection, whichever side dialed, before the connection
-    is watched for its end (the DHT joins the network there); a :data:`DIAL_ERRORS` it raises is
+    is watched for its end (the DHT joins the network there); a :data:`~physarum.errors.PEER_FAILURES` it raises is
     logged and does not stop the loop. A connection the bootstrap peer closed with yamux GoAway
     code ``GO_AWAY_GARBAGE_COLLECTED`` (its connection manager trimmed us: it is up, and has enough
     peers) is dialed again after ``max_delay`` seconds rather than at once.
@@ -152,7 +145,7 @@ async def keep_bootstrap_connected(
         if last is not None and on_connected is not None:
             try:
                 await on_connected(last)
-            except DIAL_ERRORS as e:
+            except PEER_FAILURES as e:
                 log.info("bootstrap %s: %s", address, e)
         while (conn := host.connection(peer)) is not None:
             last = conn
@@ -173,4 +166,4 @@ async def keep_bootstrap_connected(
     )
 
 
-__all__ = ["DIAL_ERRORS", "MAX_BACKOFF", "backoff_delays", "keep_bootstrap_connected", "keep_connected"]
+__all__ = ["MAX_BACKOFF", "backoff_delays", "keep_bootstrap_connected", "keep_connected"]

@@ -39,6 +39,7 @@ from prometheus_client import CollectorRegistry
 
 from physarum import __version__
 from physarum.errors import (
+    PEER_FAILURES,
     DecodeError,
     DialError,
     LimitError,
@@ -591,7 +592,7 @@ class Host:
                 phase.reset()
                 try:
                     return await self._dial(ma, peer, phase)
-                except (PhysarumError, OSError, trio.BrokenResourceError) as e:
+                except PEER_FAILURES as e:
                     if isinstance(e, LimitError):
                         raise
                     errors[str(ma)] = e
@@ -691,7 +692,7 @@ class Host:
             res.refuse_connection(Refusal.FIRST_BYTE_TIMEOUT, f"from {where}", trio.current_time())
             await trio.aclose_forcefully(tcp)
             return
-        except (PhysarumError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+        except PEER_FAILURES as e:
             if isinstance(e, PhysarumError):  # the peer's doing (a wrong key, garbage), not a lost link
                 res.handshakes.failed(raw.ip, trio.current_time())
             res.refuse_connection(_refusal_of(e), f"from {where}", trio.current_time(), error=e)
@@ -930,7 +931,7 @@ class Host:
                 finally:
                     await stream.aclose()
             self._store_identify(conn, info)
-        except (PhysarumError, trio.BrokenResourceError, trio.TooSlowError) as e:
+        except PEER_FAILURES as e:
             # A connection closed meanwhile (trimmed, made room for another, the peer left) is
             # not news; a peer that answers identify wrongly is.
             level = logging.DEBUG if conn.is_closed else logging.INFO
@@ -1017,12 +1018,7 @@ class Host:
                         await stream.send_eof()
                     finally:
                         await stream.aclose()
-            except (
-                PhysarumError,
-                trio.BrokenResourceError,
-                trio.ClosedResourceError,
-                trio.TooSlowError,
-            ) as e:
+            except PEER_FAILURES as e:
                 conn._identify_sent = None  # not told: a later identify of theirs tells them
                 log.debug("identify push to %s failed: %s", _short(conn.peer_id), _reason(e))
 

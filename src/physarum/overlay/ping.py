@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 
 import trio
 
-from physarum.errors import ProtocolError
+from physarum.errors import ProtocolError, StreamEndedError
 
 log = logging.getLogger(__name__)
 
@@ -81,5 +81,7 @@ async def ping_once(stream: trio.abc.Stream) -> float:
     echo = await _receive_exactly(stream, PING_SIZE)
     rtt = trio.current_time() - start
     if echo != payload:
-        raise ProtocolError("ping echo does not match" if len(echo) == PING_SIZE else "ping stream ended")
+        if len(echo) < PING_SIZE:
+            raise StreamEndedError("ping stream ended")
+        raise ProtocolError("ping echo does not match")
     return rtt

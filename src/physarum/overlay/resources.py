@@ -133,6 +133,10 @@ class ResourceLimits:
     are older than that (fail2ban's rule). No honest process fails 16 handshakes in 10 s; a flood
     of clients without the key otherwise fills the accept queue and delays honest dials."""
     failure_window: float = 10.0
+    failure_exempt: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    """Networks whose failed handshakes are never held against them: this machine's own processes
+    (they connect from 127.0.0.1 or ::1) must always reach their node, whatever a misconfigured
+    local client did. The rest of 127.0.0.0/8 is not exempt."""
     max_dials: int = 256
     first_byte_timeout: float = 3.0
     handshake_timeout: float = 10.0
@@ -210,6 +214,15 @@ class Handshake:
 _MAX_FAILING_IPS = 4096
 
 
+def _in_any(ip: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    """Whether ``ip`` (text; anything that is not an IP address is in none) is in ``networks``."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(addr in net for net in networks)
+
+
 class HandshakePool:
     """Inbound handshakes in progress, overall and per IP (see :class:`ResourceLimits`)."""
 
@@ -222,9 +235,12 @@ class HandshakePool:
         # ip -> (failures, when the first of them counted): a window per IP; the oldest entries
         # go first when there are more than _MAX_FAILING_IPS (insertion order).
         self._failures: dict[str, tuple[int, float]] = {}
+        self._failure_exempt = [ipaddress.ip_network(n) for n in limits.failure_exempt]
 
     def failed(self, ip: str, now: float) -> None:
         """A handshake from ``ip`` failed (see ``ResourceLimits.failed_handshakes_per_ip``)."""
+        if _in_any(ip, self._failure_exempt):
+            return
         count, since = self._failures.pop(ip, (0, now))
         if now - since > self.limits.failure_window:
             count, since = 0, now
@@ -246,11 +262,7 @@ class HandshakePool:
         return len(self._open)
 
     def _limited(self, ip: str) -> bool:
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return True
-        return not any(addr in net for net in self._exempt)
+        return not _in_any(ip, self._exempt)
 
     def admit(self, ip: str, now: float) -> Handshake | Refusal:
         """A slot for a handshake from ``ip``, or why there is none. A full pool drops its oldest
