@@ -328,13 +328,14 @@ class Host:
 
     async def _listen_on(self, nursery: trio.Nursery, address: str | Multiaddr) -> list[Multiaddr]:
         ma = addrs_.parse(address)
-        bound = await self._transport_for(ma).listen(ma, self._handle_inbound, nursery)
+        transport, bare = self._transport_for(ma)
+        bound = await transport.listen(bare, self._handle_inbound, nursery)
         self.listen_addrs += bound
         self.advertised_addrs()  # notices the change, so connected peers hear of it
         return bound
 
-    def _transport_for(self, ma: Multiaddr) -> Transport:
-        """The transport for ``ma`` (without ``/p2p``).
+    def _transport_for(self, ma: Multiaddr) -> tuple[Transport, Multiaddr]:
+        """The transport for ``ma``, and ``ma`` without ``/p2p`` (what the transport is given).
 
         Raises:
             AddressError: no transport handles it.
@@ -342,7 +343,7 @@ class Host:
         bare = ma.decapsulate("p2p") if ma.peer_id() is not None else ma
         for t in self.transports:
             if t.handles(bare):
-                return t
+                return t, bare
         raise AddressError(ma, "no transport for this address (physarum has /tcp/PORT and /tcp/PORT/ws)")
 
     async def aclose(self) -> None:
@@ -482,29 +483,26 @@ class Host:
         return self._registered + len(self._joining) - len(self._evicting)
 
     def _make_room(self, newcomer: Connection) -> Refusal | None:
-        """Whether ``newcomer`` (its handshake done) may join the open connections. At ``max_connections`` the connection
-        manager's victim (:func:`~physarum.overlay.connmgr.pick_victim`) is closed to make room, with
-        GoAway 0x1005; with no victim (every connection protected) the newcomer is refused."""
+        """Whether ``newcomer`` (its handshake done) may join the open connections. At
+        ``max_connections`` the connection manager's victim
+        (:func:`~physarum.overlay.connmgr.pick_victim`) is closed to make room, with GoAway 0x1005;
+        with no victim (every connection protected) the newcomer is refused."""
         limits = self.limits
         if len(self.connections.get(newcomer.peer_id, ())) >= limits.max_connections_per_peer:
             return Refusal.PEER_LIMIT
         # Dials in progress hold no slot: each one, like each inbound handshake, makes room (or is
-        # refused) when it is done, so the count never passes the limit.
-        excess = self._connection_count() + 1 - limits.max_connections
-        if excess <= 0:
-            self._joining.add(newcomer)  # until _run_connection registers it
-            return None
+        # refused) when it is done, so the count never passes the limit. Usually no victim is
+        # needed, or one; more only if the limit was lowered.
         victims = []
-        for _ in range(excess):  # one, unless the limit was lowered
+        for _ in range(self._connection_count() + 1 - limits.max_connections):
             victim = self._next_victim()
             if victim is None:
                 return Refusal.CONNECTION_LIMIT
             victims.append(victim)
-        nursery = self._require_running()
         for victim in victims:
             self._evicting.add(victim)
             log.debug("closing %s to make room for %s", victim, _short(newcomer.peer_id))
-            nursery.start_soon(self._evict, victim)
+            self._require_running().start_soon(self._evict, victim)
         self._joining.add(newcomer)  # until _run_connection registers it
         return None
 
@@ -617,14 +615,14 @@ class Host:
         limits = self.limits
         if self._pending_outbound >= limits.max_dials:
             raise LimitError(f"{limits.max_dials} dials already in progress", limit=limits.max_dials)
-        transport = self._transport_for(ma)
+        transport, bare = self._transport_for(ma)
         if peer == self.peer_id:
             raise SelfDialError("that is our own peer id", address=str(ma))
         # Counted apart (max_dials): inbound handshakes have a pool of their own and never take
         # a dial's place.
         self._pending_outbound += 1
         try:
-            raw = await transport.dial(ma.decapsulate("p2p") if ma.peer_id() is not None else ma)
+            raw = await transport.dial(bare)
             try:
                 session = await self.upgrader.upgrade(
                     raw.stream, initiator=True, expected=peer, remote=raw.remote, phase=phase
@@ -641,7 +639,7 @@ class Host:
             except BaseException:
                 await trio.aclose_forcefully(raw.stream)
                 raise
-            self.peerstore.add_addrs(conn.peer_id, [addrs_.without_peer(ma)], prefer=True)
+            self.peerstore.add_addrs(conn.peer_id, [bare], prefer=True)
             try:
                 await self._require_running().start(self._run_connection, conn)
             finally:
@@ -657,7 +655,7 @@ class Host:
         return conn
 
     async def _handle_inbound(self, raw: RawConnection) -> None:
-        tcp, remote = raw.stream, raw.remote
+        stream, remote = raw.stream, raw.remote
         now = trio.current_time()
         where = _ipport(remote)
         res = self.resources
@@ -674,30 +672,30 @@ class Host:
             admitted = res.admit_handshake(raw.ip, now)
         if isinstance(admitted, Refusal):
             res.refuse_connection(admitted, f"from {where}", now)
-            await trio.aclose_forcefully(tcp)
+            await trio.aclose_forcefully(stream)
             return
         hs = admitted
         try:
             with hs.cancel_scope, trio.move_on_after(self.limits.handshake_timeout) as deadline:
-                session = await self.upgrader.upgrade(tcp, initiator=False, expected=None, remote=remote)
+                session = await self.upgrader.upgrade(stream, initiator=False, expected=None, remote=remote)
             if hs.cancel_scope.cancelled_caught or deadline.cancelled_caught:
                 why = Refusal.HANDSHAKE_POOL if hs.evicted else Refusal.HANDSHAKE_TIMEOUT
                 if not hs.evicted:
                     res.handshakes.failed(raw.ip, trio.current_time())
                 res.refuse_connection(why, f"from {where}", trio.current_time())
-                await trio.aclose_forcefully(tcp)
+                await trio.aclose_forcefully(stream)
                 return
         except FirstBytesTimeout:
             res.handshakes.failed(raw.ip, trio.current_time())
             res.refuse_connection(Refusal.FIRST_BYTE_TIMEOUT, f"from {where}", trio.current_time())
-            await trio.aclose_forcefully(tcp)
+            await trio.aclose_forcefully(stream)
             return
         except PEER_FAILURES as e:
             if isinstance(e, PhysarumError):  # the peer's doing (a wrong key, garbage), not a lost link
                 res.handshakes.failed(raw.ip, trio.current_time())
             res.refuse_connection(_refusal_of(e), f"from {where}", trio.current_time(), error=e)
             log.debug("closing connection from %s: %s", where, _reason(e))
-            await trio.aclose_forcefully(tcp)
+            await trio.aclose_forcefully(stream)
             return
         finally:
             res.handshakes.release(hs)
