@@ -588,7 +588,7 @@ async def test_a_burst_of_changes_is_one_push() -> None:
             a.set_handler(name, echo_handler)
         await wait_until(lambda: set(names) <= set(_protocols_of(b, a)), what="b learns all five")
         assert len(pushes) == 1
-        assert not a._push_wanted.is_set()  # and no other push is on its way
+        assert not a.identify_service._push_wanted.is_set()  # and no other push is on its way
 
 
 # -- exceptions come out unwrapped -------------------------------------------------------------------
@@ -626,7 +626,7 @@ async def test_a_failing_host_raises_its_error_unwrapped() -> None:
             host._nursery.start_soon(_boom)  # stands in for a bug in one of the host's tasks
             await trio.sleep_forever()
     host = Host(listen=[LOOPBACK])
-    host._push_loop = _boom  # type: ignore[method-assign]
+    host.identify_service._push_loop = _boom  # type: ignore[method-assign]
     with trio.fail_after(5), pytest.raises(ValueError, match="internal failure"):
         await host.run()
 

@@ -26,21 +26,18 @@ to every connected peer that identified and speaks push, once per burst of chang
 from __future__ import annotations
 
 import collections
-import ipaddress
 import logging
 import math
 import socket
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from typing import Protocol, runtime_checkable
 
 import trio
 from prometheus_client import CollectorRegistry
 
-from physarum import __version__
 from physarum.errors import (
     PEER_FAILURES,
-    DecodeError,
     DialError,
     LimitError,
     NotRunningError,
@@ -49,11 +46,13 @@ from physarum.errors import (
     exception_leaves,
 )
 from physarum.overlay import addr as addrs_
-from physarum.overlay import identify, multistream, netif, ping, varint
+from physarum.overlay import multistream, netif, ping
 from physarum.overlay.connmgr import DEFAULT_CONN_MANAGER, ConnectionManager, ConnManagerOptions
-from physarum.overlay.envelope import seal_peer_record
-from physarum.overlay.identify import OBSERVED_ADDR_THRESHOLD, IdentifyInfo, ObservedAddrs
+from physarum.overlay.events import Callbacks
+from physarum.overlay.identify import OBSERVED_ADDR_THRESHOLD, IdentifyInfo
+from physarum.overlay.identify_service import IdentifyOptions, IdentifyService
 from physarum.overlay.identity import KeyPair, PeerId
+from physarum.overlay.logfmt import clip, ipport, reason, short
 from physarum.overlay.multiaddr import AddressError, Multiaddr
 from physarum.overlay.peerstore import PeerStore
 from physarum.overlay.resources import (
@@ -74,7 +73,22 @@ from physarum.psk import PSK_SIZE, KeyFileError, KeyFileReason, PskMismatchError
 log = logging.getLogger(__name__)
 
 Handler = Callable[[YamuxStream], Awaitable[None]]
-ConnectionCallback = Callable[["Connection"], None]
+
+
+@runtime_checkable
+class Service(Protocol):
+    """A protocol run on a host, added with :meth:`Host.add_service` or ``Host(services=...)``.
+
+    ``attach(host)`` registers what it serves (:meth:`Host.set_handler`) and the callbacks it needs
+    (``host.on_connect``, ``on_identify``, ``on_disconnect``, ``on_local_change``); it is called once,
+    when the service is added. A service with work of its own also has
+    ``async def run(self, *, task_status=trio.TASK_STATUS_IGNORED)``: the host starts it before it
+    listens (or at once when already running) and cancels it when the host stops. Ping
+    (:class:`physarum.overlay.ping.PingService`) and identify
+    (:class:`physarum.overlay.identify_service.IdentifyService`) are services like any other.
+    """
+
+    def attach(self, host: Host) -> None: ...
 
 INBOUND = "inbound"
 OUTBOUND = "outbound"
@@ -104,11 +118,9 @@ class Connection:
         self.local_addr = local_addr
         self.direction = direction
         self.opened_at = trio.current_time()
+        # Set once the peer's identify message arrived (identify_info) or identify failed (None).
         self.identified = trio.Event()
         self.identify_info: IdentifyInfo | None = None
-        # Which version of our identify message the peer last got on this connection (an
-        # answer or a push); None until it asked. See Host._identify_changed.
-        self._identify_sent: int | None = None
 
     @property
     def is_closed(self) -> bool:
@@ -136,7 +148,7 @@ class Connection:
         await self.session.aclose()
 
     def __repr__(self) -> str:
-        return f"<Connection {self.direction} {_short(self.peer_id)} {_ipport(self.remote_addr)}>"
+        return f"<Connection {self.direction} {short(self.peer_id)} {ipport(self.remote_addr)}>"
 
 
 class Host:
@@ -153,9 +165,9 @@ class Host:
     there) bound connections, handshakes, streams and what peers can make us buffer; a connection or
     stream over a limit is refused and counted, and a flood of refusals is summarised in one log
     line a minute. ``registry``: where ``physarum_resource_*`` metrics go (none when not given).
-    Identify push: a change is sent ``identify_push_delay`` seconds after the first one of a
-    burst (later ones join it), to at most ``identify_push_concurrency`` peers at a time, each
-    within ``identify_push_timeout`` seconds. ``address_cache_ttl``: how long the list of this
+    ``identify``: our agent version and how identify push runs
+    (:class:`~physarum.overlay.identify_service.IdentifyOptions`). ``services``: more protocols to
+    run on the host (:class:`Service`; ping and identify are always there). ``address_cache_ttl``: how long the list of this
     machine's interface addresses is reused (seconds). ``conn_manager``: the connection manager's
     water marks and grace period (:mod:`physarum.overlay.connmgr`; None: never trim), run as
     :attr:`conn_manager`.
@@ -175,14 +187,12 @@ class Host:
         announce: Sequence[str | Multiaddr] = (),
         limits: ResourceLimits | None = None,
         registry: CollectorRegistry | None = None,
-        agent_version: str = f"physarum/{__version__}",
+        identify: IdentifyOptions | None = None,
         peerstore_capacity: int = 10_000,
-        identify_push_delay: float = 0.05,
-        identify_push_timeout: float = 5.0,
-        identify_push_concurrency: int = 16,
         address_cache_ttl: float = netif.DEFAULT_MAX_AGE,
         conn_manager: ConnManagerOptions | None = DEFAULT_CONN_MANAGER,
         transports: Sequence[Transport] | None = None,
+        services: Sequence[Service] = (),
     ) -> None:
         if psk is not None and len(psk) != PSK_SIZE:
             raise KeyFileError(
@@ -206,16 +216,16 @@ class Host:
             peer_memory=self.resources.peer_memory,
         )
         self.handshake_timeout = self.limits.handshake_timeout
-        self.agent_version = agent_version
-        self.identify_push_delay = identify_push_delay
-        self.identify_push_timeout = identify_push_timeout
-        self.identify_push_concurrency = identify_push_concurrency
         self.peerstore = PeerStore(peerstore_capacity)
         self.listen_addrs: list[Multiaddr] = []
         self.connections: dict[PeerId, list[Connection]] = {}
-        self.on_connect: list[ConnectionCallback] = []
-        self.on_disconnect: list[ConnectionCallback] = []
-        self.on_identify: list[ConnectionCallback] = []
+        self.on_connect: Callbacks[Connection] = Callbacks()
+        self.on_disconnect: Callbacks[Connection] = Callbacks()
+        #: A connection's identify message arrived (or a push changed it): ``conn.identify_info``.
+        self.on_identify: Callbacks[Connection] = Callbacks()
+        #: What our identify message says changed (a protocol added or removed, our advertised
+        #: addresses): the identify service pushes it to connected peers.
+        self.on_local_change: Callbacks[None] = Callbacks()
         # Water marks, grace period, protected and tagged peers (None: never trims; see connmgr).
         self.conn_manager = ConnectionManager(conn_manager, registry=registry)
         self._handlers: dict[str, Handler] = {}
@@ -229,20 +239,32 @@ class Host:
         self._closed_pongs_dropped = 0
         self._victims: collections.deque[Connection] = collections.deque()  # see _next_victim
         self._victims_at = -math.inf
-        self._record: tuple[tuple[Multiaddr, ...], bytes] | None = None
         self._closed = False
         self._interfaces = netif.InterfaceCache(address_cache_ttl)
         self._advertised: tuple[Multiaddr, ...] | None = None
-        self._observed = ObservedAddrs()
-        # Bumped whenever what our identify message says changes; a push goes to every peer that
-        # was told an older version.
-        self._identify_epoch = 0
-        self._push_wanted = trio.Event()
-        self.set_handler(ping.PROTOCOL_ID, self._handle_ping)
-        self.set_handler(identify.PROTOCOL_ID, self._handle_identify)
-        self.set_handler(identify.PUSH_PROTOCOL_ID, self._handle_identify_push)
+        self._services: list[Service] = []
+        self.identify_service = IdentifyService(identify or IdentifyOptions())
+        self.add_service(ping.PingService())
+        self.add_service(self.identify_service)
+        for service in services:
+            self.add_service(service)
         if registry is not None:
             registry.register(ResourceCollector(self.resources, self._usage))
+
+    # -- services --
+
+    def add_service(self, service: Service) -> None:
+        """Attach ``service`` (see :class:`Service`) and, if it has a ``run`` and the host is running,
+        start it."""
+        service.attach(self)
+        self._services.append(service)
+        if self._nursery is not None and hasattr(service, "run"):
+            self._nursery.start_soon(service.run)
+
+    @property
+    def closing(self) -> bool:
+        """Whether the host is stopping (or stopped): no new connection is taken."""
+        return self._closed
 
     # -- lifecycle --
 
@@ -262,11 +284,13 @@ class Host:
             try:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
+                    # Services first: they hear of every connection the listeners bring.
+                    for service in self._services:
+                        await _start_service(nursery, service)
                     # A bad address or a port in use fails here, before started(): the error
                     # comes out of the nursery alone and is unwrapped below.
                     for a in self._listen_requests:
                         await self._listen_on(nursery, a)
-                    nursery.start_soon(self._push_loop)
                     await nursery.start(self.conn_manager.run, self)
                     nursery.start_soon(self._flush_refusal_logs)
                     task_status.started()
@@ -420,7 +444,7 @@ class Host:
         current = tuple(out)
         if current != self._advertised:
             self._advertised = current
-            self._identify_changed()
+            self.on_local_change.fire(None)
         return out
 
     def _interface_addresses(self, ipv6: bool) -> list[netif.InterfaceAddress]:
@@ -442,7 +466,7 @@ class Host:
         hint (e.g. for an operator choosing ``announce``) and are never advertised by themselves:
         a NAT may map each connection to another port, and peers could lie.
         """
-        return self._observed.confirmed(min_observers)
+        return self.identify_service.observed_addrs(min_observers)
 
     # -- handlers --
 
@@ -454,12 +478,12 @@ class Host:
         new = protocol not in self._handlers
         self._handlers[protocol] = handler
         if new:
-            self._identify_changed()
+            self.on_local_change.fire(None)
 
     def remove_handler(self, protocol: str) -> None:
         """Stop serving ``protocol``; connected peers are told (identify push)."""
         if self._handlers.pop(protocol, None) is not None:
-            self._identify_changed()
+            self.on_local_change.fire(None)
 
     @property
     def protocols(self) -> list[str]:
@@ -501,7 +525,7 @@ class Host:
             victims.append(victim)
         for victim in victims:
             self._evicting.add(victim)
-            log.debug("closing %s to make room for %s", victim, _short(newcomer.peer_id))
+            log.debug("closing %s to make room for %s", victim, short(newcomer.peer_id))
             self._require_running().start_soon(self._evict, victim)
         self._joining.add(newcomer)  # until _run_connection registers it
         return None
@@ -633,7 +657,7 @@ class Host:
                     raise LimitError(
                         f"{limits.max_connections} connections already open, all protected"
                         if refusal == Refusal.CONNECTION_LIMIT
-                        else f"{limits.max_connections_per_peer} connections to {_short(conn.peer_id)} already open",
+                        else f"{limits.max_connections_per_peer} connections to {short(conn.peer_id)} already open",
                         limit=limits.max_connections,
                     )
             except BaseException:
@@ -657,7 +681,7 @@ class Host:
     async def _handle_inbound(self, raw: RawConnection) -> None:
         stream, remote = raw.stream, raw.remote
         now = trio.current_time()
-        where = _ipport(remote)
+        where = ipport(remote)
         res = self.resources
         # Refusals happen here, before any crypto and before we send a byte: the dialer sees the
         # connection closed without our pnet nonce and reports RefusedError, not a PSK mismatch.
@@ -694,7 +718,7 @@ class Host:
             if isinstance(e, PhysarumError):  # the peer's doing (a wrong key, garbage), not a lost link
                 res.handshakes.failed(raw.ip, trio.current_time())
             res.refuse_connection(_refusal_of(e), f"from {where}", trio.current_time(), error=e)
-            log.debug("closing connection from %s: %s", where, _reason(e))
+            log.debug("closing connection from %s: %s", where, reason(e))
             await trio.aclose_forcefully(stream)
             return
         finally:
@@ -702,7 +726,7 @@ class Host:
         conn = self._connection(session, raw, INBOUND)
         refusal = self._make_room(conn)
         if refusal is not None:
-            res.refuse_connection(refusal, f"from {where} ({_short(conn.peer_id)})", trio.current_time())
+            res.refuse_connection(refusal, f"from {where} ({short(conn.peer_id)})", trio.current_time())
             await trio.aclose_forcefully(conn.session.transport)
             return
         await self._run_connection(conn)
@@ -719,8 +743,7 @@ class Host:
             async with trio.open_nursery() as nursery:
                 await nursery.start(conn.session.run)
                 task_status.started()
-                self._fire(self.on_connect, conn)
-                nursery.start_soon(self._identify_connection, conn)
+                self.on_connect.fire(conn)
                 await conn.session.closed.wait()
                 nursery.cancel_scope.cancel()
         finally:
@@ -733,7 +756,6 @@ class Host:
             self._evicting.discard(conn)
             if not conns:
                 self.connections.pop(conn.peer_id, None)
-                self._observed.forget(conn.peer_id)
                 self.resources.forget_peer(conn.peer_id)
                 self.peerstore.departed(conn.peer_id, trio.current_time())
             else:
@@ -743,16 +765,9 @@ class Host:
             conn.session.on_stream = None
             why = conn.session.close_reason
             log.debug(
-                "disconnected %s: %s", conn, _reason(why) if isinstance(why, BaseException) else _clip(why)
+                "disconnected %s: %s", conn, reason(why) if isinstance(why, BaseException) else clip(why)
             )
-            self._fire(self.on_disconnect, conn)
-
-    def _fire(self, callbacks: list[ConnectionCallback], conn: Connection) -> None:
-        for cb in list(callbacks):
-            try:
-                cb(conn)
-            except Exception:
-                log.exception("connection callback %s failed", _clip(getattr(cb, "__qualname__", repr(cb))))
+            self.on_disconnect.fire(conn)
 
     async def disconnect(self, peer_id: PeerId) -> None:
         """Close every connection to ``peer_id``."""
@@ -782,7 +797,7 @@ class Host:
             if not self.resources.open_inbound_stream(conn.peer_id, stream.protocol):
                 self.resources.refuse_stream(
                     Refusal.STREAM_LIMIT,
-                    f"{_clip(stream.protocol, 60)} from {_short(conn.peer_id)}",
+                    f"{clip(stream.protocol, 60)} from {short(conn.peer_id)}",
                     trio.current_time(),
                 )
                 stream.reset()
@@ -791,18 +806,18 @@ class Host:
             await handler(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
             log.debug(
-                "stream %s from %s ended: %s", _clip(stream.protocol, 60), _short(conn.peer_id), _reason(e)
+                "stream %s from %s ended: %s", clip(stream.protocol, 60), short(conn.peer_id), reason(e)
             )
         except PhysarumError as e:
             self.resources.refuse_stream(
                 Refusal.PROTOCOL_ERROR,
-                f"{_clip(stream.protocol, 60)} from {_short(conn.peer_id)} ({_reason(e)})",
+                f"{clip(stream.protocol, 60)} from {short(conn.peer_id)} ({reason(e)})",
                 trio.current_time(),
             )
             stream.reset()
         except Exception:
             log.exception(
-                "handler for %s failed on a stream from %s", _clip(stream.protocol, 60), _short(conn.peer_id)
+                "handler for %s failed on a stream from %s", clip(stream.protocol, 60), short(conn.peer_id)
             )
             stream.reset()
         finally:
@@ -829,9 +844,6 @@ class Host:
 
     # -- ping --
 
-    async def _handle_ping(self, stream: YamuxStream) -> None:
-        await ping.handle_ping(stream)
-
     async def ping(
         self, peer: PeerId | str | Multiaddr, *, count: int = 1, timeout: float = 10.0
     ) -> list[float]:
@@ -850,175 +862,21 @@ class Host:
 
     # -- identify --
 
-    def _identify_info(self, conn: Connection) -> IdentifyInfo:
-        advertised = tuple(self.advertised_addrs())
-        if self._record is None or self._record[0] != advertised:
-            # Sequence numbers must grow across restarts too: use the wall clock.
-            self._record = (advertised, seal_peer_record(self.key_pair, time.time_ns(), list(advertised)))
-        return IdentifyInfo(
-            public_key=self.key_pair.public_key,
-            listen_addrs=list(advertised),
-            protocols=self.protocols,
-            observed_addr=conn.remote_addr,
-            protocol_version=identify.PROTOCOL_VERSION,
-            agent_version=self.agent_version,
-            signed_peer_record=self._record[1],
-        )
-
-    def _identify_message(self, conn: Connection) -> bytes:
-        """Our identify message for ``conn``, length-prefixed; notes which version the peer gets."""
-        body = identify.encode(self._identify_info(conn))
-        conn._identify_sent = self._identify_epoch
-        return varint.encode(len(body)) + body
-
-    async def _handle_identify(self, stream: YamuxStream) -> None:
-        await stream.send_all(self._identify_message(self._conn_of(stream)))
-        await stream.send_eof()
-
-    def _conn_of(self, stream: YamuxStream) -> Connection:
-        peer = stream.session.peer_id
-        for conn in self.connections.get(peer, ()) if peer is not None else ():
-            if conn.session is stream.session:
-                return conn
-        raise trio.BrokenResourceError("connection already gone")
-
-    async def _read_identify(self, stream: YamuxStream) -> IdentifyInfo:
-        data = bytearray()
-        while chunk := await stream.receive_some():
-            data += chunk
-            if len(data) > identify.MAX_MESSAGE:
-                raise DecodeError(f"identify message over {identify.MAX_MESSAGE} bytes")
-        return identify.decode_message(bytes(data))
-
-    def _store_identify(self, conn: Connection, info: IdentifyInfo, *, push: bool = False) -> None:
-        info = identify.check_against(info, conn.peer_id)
-        previous = conn.identify_info
-        if push and previous is not None:
-            # A push may carry only what changed: keep what it leaves out.
-            info.public_key = info.public_key or previous.public_key
-            info.listen_addrs = info.listen_addrs or previous.listen_addrs
-            info.protocols = info.protocols or previous.protocols
-            info.observed_addr = info.observed_addr or previous.observed_addr
-            info.protocol_version = info.protocol_version or previous.protocol_version
-            info.agent_version = info.agent_version or previous.agent_version
-            info.signed_peer_record = info.signed_peer_record or previous.signed_peer_record
-        entry = self.peerstore.info(conn.peer_id)
-        if info.protocols or not push:
-            entry.protocols = info.protocols
-        if info.public_key is not None:
-            entry.public_key = info.public_key
-        entry.agent_version = info.agent_version or entry.agent_version
-        entry.protocol_version = info.protocol_version or entry.protocol_version
-        entry.observed_addr = info.observed_addr
-        if conn.direction == INBOUND and info.observed_addr is not None:
-            observed = _observable(info.observed_addr)
-            if observed is not None:
-                self._observed.record(conn.peer_id, observed)
-        dialable = [a for a in info.listen_addrs if _is_dialable(a)]
-        self.peerstore.add_addrs(conn.peer_id, [addrs_.without_peer(a) for a in dialable])
-        conn.identify_info = info
-        conn.identified.set()
-        self._fire(self.on_identify, conn)
-
-    async def _identify_connection(self, conn: Connection) -> None:
-        try:
-            with trio.fail_after(self.handshake_timeout):
-                stream = await conn.open_stream([identify.PROTOCOL_ID])
-                try:
-                    info = await self._read_identify(stream)
-                finally:
-                    await stream.aclose()
-            self._store_identify(conn, info)
-        except PEER_FAILURES as e:
-            # A connection closed meanwhile (trimmed, made room for another, the peer left) is
-            # not news; a peer that answers identify wrongly is.
-            level = logging.DEBUG if conn.is_closed else logging.INFO
-            log.log(level, "identify of %s failed: %s", _short(conn.peer_id), _reason(e))
-            conn.identified.set()
-            return
-        if conn._identify_sent is not None and conn._identify_sent != self._identify_epoch:
-            # The peer asked us before a change that no push reached it with (pushes go to
-            # identified peers only): push now.
-            self._push_wanted.set()
-
-    async def _handle_identify_push(self, stream: YamuxStream) -> None:
-        # A push is one message: a stream held open without one is a slot taken for nothing.
-        try:
-            with trio.fail_after(self.handshake_timeout):
-                info = await self._read_identify(stream)
-        except trio.TooSlowError:
-            log.debug("identify push from %s: no message within %g s", _short(stream.session.peer_id),
-                      self.handshake_timeout)
-            stream.reset()
-            return
-        self._store_identify(self._conn_of(stream), info, push=True)
-
     async def identify(self, peer: PeerId, *, timeout: float = 10.0) -> IdentifyInfo:
-        """What ``peer`` says of itself, asked now over a fresh identify stream.
+        """What ``peer`` says of itself, asked now over a fresh identify stream (the peer store and
+        the connection's ``identify_info`` are updated, ``on_identify`` fires).
 
         Raises:
             DialError, NegotiationError, DecodeError, NotRunningError, trio.TooSlowError,
             trio.BrokenResourceError.
         """
-        with trio.fail_after(timeout):
-            conn = await self.connect(peer, timeout=timeout)
-            stream = await conn.open_stream([identify.PROTOCOL_ID])
-            try:
-                info = await self._read_identify(stream)
-            finally:
-                await stream.aclose()
-        self._store_identify(conn, info)
-        return info
+        return await self.identify_service.identify(peer, timeout=timeout)
 
-    # -- identify push --
 
-    def _identify_changed(self) -> None:
-        """What our identify message says changed: tell connected peers, soon, once per burst."""
-        self._identify_epoch += 1
-        self._push_wanted.set()
-
-    async def _push_loop(self) -> None:
-        while True:
-            await self._push_wanted.wait()
-            # Changes in the next moment join this push (a service registering several protocols,
-            # listening on several addresses); any after it start another.
-            await trio.sleep(self.identify_push_delay)
-            self._push_wanted = trio.Event()
-            targets = self._push_targets()
-            if not targets:
-                continue
-            limiter = trio.CapacityLimiter(self.identify_push_concurrency)
-            async with trio.open_nursery() as nursery:
-                for conn in targets:
-                    nursery.start_soon(self._push_identify, conn, limiter)
-
-    def _push_targets(self) -> list[Connection]:
-        """One connection per peer that identified, speaks push and was told an older version."""
-        targets: list[Connection] = []
-        if self._closed:
-            return targets
-        for conns in self.connections.values():
-            if any(c._identify_sent == self._identify_epoch for c in conns):
-                continue
-            ready = [c for c in conns if not c.is_closed and c.identify_info is not None]
-            info = ready[-1].identify_info if ready else None
-            if info is not None and identify.PUSH_PROTOCOL_ID in info.protocols:
-                targets.append(ready[-1])
-        return targets
-
-    async def _push_identify(self, conn: Connection, limiter: trio.CapacityLimiter) -> None:
-        async with limiter:
-            try:
-                with trio.fail_after(self.identify_push_timeout):
-                    stream = await conn.open_stream([identify.PUSH_PROTOCOL_ID])
-                    try:
-                        await stream.send_all(self._identify_message(conn))
-                        await stream.send_eof()
-                    finally:
-                        await stream.aclose()
-            except PEER_FAILURES as e:
-                conn._identify_sent = None  # not told: a later identify of theirs tells them
-                log.debug("identify push to %s failed: %s", _short(conn.peer_id), _reason(e))
+async def _start_service(nursery: trio.Nursery, service: Service) -> None:
+    run = getattr(service, "run", None)
+    if run is not None:
+        await nursery.start(run)
 
 
 def _refusal_of(e: BaseException) -> Refusal:
@@ -1026,75 +884,6 @@ def _refusal_of(e: BaseException) -> Refusal:
     if isinstance(e, PskMismatchError):
         return Refusal.NO_PSK if e.no_psk else Refusal.PSK_MISMATCH
     return Refusal.HANDSHAKE_FAILED
-
-
-def _is_dialable(a: Multiaddr) -> bool:
-    try:
-        ep = addrs_.tcp_endpoint(a)
-    except PhysarumError:
-        return False
-    return ep.port != 0 and not addrs_.is_unspecified(a)
-
-
-def _observable(a: Multiaddr) -> Multiaddr | None:
-    """A peer's report of our address, normalised (no /p2p), or None when it cannot be ours."""
-    try:
-        ep = addrs_.tcp_endpoint(a)
-        ip = ipaddress.ip_address(ep.host)
-    except (PhysarumError, ValueError):
-        return None
-    if ep.port == 0 or ip.is_unspecified or ip.is_multicast:
-        return None
-    return addrs_.without_peer(a)
-
-
-# -- short log fields: an address once, a reason in a few words, peer ids shortened ---------------
-
-_REASON_MAX = 96
-
-
-def _clip(text: object, limit: int = _REASON_MAX) -> str:
-    line = str(text).strip().split("\n", 1)[0]
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-def _short(peer: object) -> str:
-    """A peer id as go-libp2p's ShortString: ``12*abcdef``."""
-    text = str(peer)
-    return text if len(text) <= 10 else f"{text[:2]}*{text[-6:]}"
-
-
-def _ipport(addr: Multiaddr | None) -> str:
-    """``1.2.3.4:5`` / ``[::1]:5`` for a TCP multiaddr; the multiaddr text otherwise."""
-    if addr is None:
-        return "?"
-    try:
-        ep = addrs_.tcp_endpoint(addr)
-    except PhysarumError:
-        return _clip(addr, 80)
-    return f"[{ep.host}]:{ep.port}" if ":" in ep.host else f"{ep.host}:{ep.port}"
-
-
-#: Log reasons for errors whose messages are written for a person reading one error, not a log.
-_SHORT_REASONS: dict[type[BaseException], str] = {
-    PskMismatchError: "not in this private network (another pre-shared key, or none)",
-}
-
-
-def _reason(e: BaseException) -> str:
-    """``ClassName: first line of the message`` (the ``reason`` attribute when there is one),
-    clipped; a trailing ``(... address ...)`` that repeats what the log line already says is cut."""
-    short = _SHORT_REASONS.get(type(e))
-    if short is not None:
-        return f"{type(e).__name__}: {short}"
-    reason = getattr(e, "reason", None)
-    text = reason if type(reason) is str and reason else str(e)
-    if not text and e.__cause__ is not None:
-        return f"{type(e).__name__} ({_reason(e.__cause__)})"
-    text = text.strip().split("\n", 1)[0]
-    if text.endswith(")") and " (" in text and "address " in text.rsplit(" (", 1)[1]:
-        text = text.rsplit(" (", 1)[0]
-    return _clip(f"{type(e).__name__}: {text}" if text else type(e).__name__)
 
 
 # -- exception groups --------------------------------------------------------------------------------
@@ -1161,4 +950,4 @@ async def open_host(
         raise failed
 
 
-__all__ = ["INBOUND", "OUTBOUND", "Connection", "Handler", "Host", "open_host"]
+__all__ = ["INBOUND", "OUTBOUND", "Connection", "Handler", "Host", "Service", "open_host"]

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Protocol, runtime_checkable
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, runtime_checkable
 
 import trio
 
@@ -66,6 +67,24 @@ async def handle_ping(
         log.debug("ping: resetting a stream idle for %g s", idle_timeout)
         if isinstance(stream, _Resettable):
             stream.reset()
+
+
+class PingService:
+    """Answers ``/ipfs/ping/1.0.0`` on a host (every host runs one; see
+    :class:`physarum.overlay.host.Service`). ``idle_timeout``: as for :func:`handle_ping`."""
+
+    def __init__(self, idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> None:
+        self.idle_timeout = idle_timeout
+
+    def attach(self, host: _HandlerHost) -> None:
+        host.set_handler(PROTOCOL_ID, self._handle)
+
+    async def _handle(self, stream: trio.abc.HalfCloseableStream) -> None:
+        await handle_ping(stream, idle_timeout=self.idle_timeout)
+
+
+class _HandlerHost(Protocol):
+    def set_handler(self, protocol: str, handler: Callable[[Any], Awaitable[None]]) -> None: ...
 
 
 async def ping_once(stream: trio.abc.Stream) -> float:
