@@ -105,7 +105,23 @@ class RefusedError(PhysarumError):
         self.address = address
 
 
-class NotRunningError(PhysarumError, RuntimeError):
+class ConfigError(PhysarumError, ValueError):
+    """An option or argument out of its range or malformed (a negative limit, an empty token, a
+    key of the wrong size): the caller must change it. Also a ``ValueError``, as Python's own
+    range errors are."""
+
+
+class EncodeError(PhysarumError, ValueError):
+    """A value we were asked to send that its format cannot carry (a varint over 2**64, a
+    multistream message with a newline, a protobuf field number out of range)."""
+
+
+class StateError(PhysarumError, RuntimeError):
+    """A call made when the object cannot take it (a Noise message out of turn, a host that is
+    not running): a bug in the calling code, not something a peer did."""
+
+
+class NotRunningError(StateError):
     """The object (a host) must be running for this call: start it first.
 
     Also a ``RuntimeError``, so code written before this class existed still catches it.

@@ -18,7 +18,9 @@ from physarum.cli.flags import (
     parse_listen_addr,
     split_host_port,
 )
-from physarum.cli.node import MonitorOptions
+from physarum.cli.node import MonitorOptions, start_dht
+from physarum.dht.client import DEFAULT_QUERY_TIMEOUT
+from physarum.overlay.host import open_host
 from physarum.overlay.identity import KeyPair, save_key_pair
 from physarum.overlay.multiaddr import Multiaddr
 from physarum.psk import generate_psk, write_key_file
@@ -295,6 +297,17 @@ def test_dht_state_flag_on_every_binary(tmp_path: Path) -> None:
     assert pm("-ephemeral")[0].dht_state is None
     with pytest.raises(UsageError, match="is a directory"):
         pm("-ephemeral", "-dht-state", str(tmp_path))
+
+
+async def test_dht_query_timeout_reaches_the_dht() -> None:
+    opts = bootstrap.parse_args(["-ephemeral", "-dht-query-timeout", "12.5"], {})
+    assert opts.dht_query_timeout == 12.5
+    assert peer.parse_args(["-dht-query-timeout", "7"], {})[1].dht_query_timeout == 7
+    assert pm("-ephemeral")[0].dht_query_timeout == DEFAULT_QUERY_TIMEOUT
+    with pytest.raises(UsageError):
+        bootstrap.parse_args(["-ephemeral", "-dht-query-timeout", "0"], {})
+    async with open_host(opts.key_pair) as host:
+        assert start_dht(host, opts).query_timeout == 12.5
 
 
 # -- bad input: one line, exit status 2 --

@@ -217,7 +217,7 @@ class _Stream:
     def __init__(self, stream: trio.abc.Stream, peer_id: PeerId, budget: MemoryBudget | None) -> None:
         self.stream = stream
         self.peer_id = peer_id
-        self.session = type("Session", (), {"memory": budget})()
+        self.memory = budget
         self.was_reset = False
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:

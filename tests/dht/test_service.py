@@ -17,6 +17,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from physarum.dht import keyspace
 from physarum.dht.memory import MemoryNetwork
 from physarum.dht.messages import ConnectionType, Message, MessageType, Peer, Record
+from physarum.dht.metrics import QUERY_RESULTS
 from physarum.dht.records import (
     ContactRecord,
     RecordTooLargeError,
@@ -523,6 +524,12 @@ async def test_metrics_on_the_injected_registry(autojump_clock: trio.testing.Moc
     await node.lookup(node.peer_id.to_bytes())
     assert sample(registry, "physarum_routing_table_peers") == len(node.table) == 12
     assert sample(registry, "physarum_dht_lookups_total") == 1
+    assert sample(registry, "physarum_dht_lookup_duration_seconds_count") == 1
+    # Every FIND_NODE it sent was answered: ok, and nothing else.
+    asked = sample(registry, "physarum_dht_queries_total", type="find_node", result="ok") or 0
+    assert asked >= 11
+    failed = sum(sample(registry, "physarum_dht_queries_total", type="find_node", result=r) or 0 for r in QUERY_RESULTS[1:])
+    assert failed == 0
     served = sample(registry, "physarum_dht_requests_total", type="find_node") or 0
     await nodes[4].lookup(node.peer_id.to_bytes())
     assert (sample(registry, "physarum_dht_requests_total", type="find_node") or 0) > served
@@ -534,5 +541,8 @@ async def test_metrics_on_the_injected_registry(autojump_clock: trio.testing.Moc
     await node.lookup(gone.to_bytes())
     assert gone not in node.table
     assert sample(registry, "physarum_routing_table_peers") == len(node.table) == 11
+    failed = sum(sample(registry, "physarum_dht_queries_total", type="find_node", result=r) or 0 for r in QUERY_RESULTS[1:])
+    assert failed >= 1  # the query to the peer that is gone
+    assert sample(registry, "physarum_dht_lookup_duration_seconds_count") == 2
     # Only the injected registry holds them.
     assert REGISTRY.get_sample_value("physarum_routing_table_peers") is None

@@ -22,7 +22,7 @@ from physarum.dht.table import (
     TableFormatError,
     Updated,
 )
-from physarum.errors import DecodeError
+from physarum.errors import ConfigError, DecodeError
 from physarum.overlay.identity import PeerId
 
 from ._util import ma, peer_in_bucket, random_peer_id, tcp
@@ -410,7 +410,7 @@ def test_stale_buckets_capped() -> None:
 
 def test_mark_refreshed_checks_index() -> None:
     table, _ = make_table()
-    with pytest.raises(IndexError):
+    with pytest.raises(ConfigError):
         table.mark_refreshed(256, 0.0)
     table.note_lookup(table.self_key, 1.0)  # our own key: no bucket, nothing to do
 

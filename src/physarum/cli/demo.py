@@ -21,6 +21,7 @@ import trio
 
 from physarum.cli.flags import FlagParser, NodeOptions, UsageError, flag, positive_float
 from physarum.cli.node import MonitorOptions, RunningNode, find_usage_error, run_main, run_node
+from physarum.errors import DecodeError
 from physarum.overlay.identity import KeyPair
 from physarum.overlay.multiaddr import Multiaddr
 from physarum.psk import generate_psk, write_key_file
@@ -83,7 +84,7 @@ async def http_get(host: str, port: int, path: str, *, timeout: float = 5.0) -> 
     """A minimal HTTP/1.1 GET: (status, body). Enough for our own metrics server.
 
     Raises:
-        OSError, trio.TooSlowError, ValueError (not an HTTP response).
+        OSError, trio.TooSlowError, DecodeError (not an HTTP response).
     """
     with trio.fail_after(timeout):
         stream = await trio.open_tcp_stream(host, port)
@@ -97,7 +98,7 @@ async def http_get(host: str, port: int, path: str, *, timeout: float = 5.0) -> 
     head, _, body = bytes(data).partition(b"\r\n\r\n")
     status_line = head.split(b"\r\n", 1)[0].split(b" ")
     if len(status_line) < 2 or not status_line[0].startswith(b"HTTP/"):
-        raise ValueError("not an HTTP response")
+        raise DecodeError("not an HTTP response")
     return int(status_line[1]), body
 
 

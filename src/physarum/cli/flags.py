@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import NoReturn
 
 from physarum import __version__
+from physarum.dht.client import DEFAULT_QUERY_TIMEOUT
 from physarum.overlay import addr as addrs_
 from physarum.overlay.addr import AddressError
 from physarum.overlay.connmgr import ConnManagerOptions
@@ -275,6 +276,15 @@ def add_node_flags(
     )
     flag(
         group,
+        "dht-query-timeout",
+        type=positive_float,
+        default=default(None),
+        metavar="SECONDS",
+        help="DHT: give up on one peer's answer within a lookup after SECONDS (default "
+        f"{DEFAULT_QUERY_TIMEOUT:g}; raise it on slow or distant links)",
+    )
+    flag(
+        group,
         "debug",
         action="store_true",
         default=default(False),
@@ -311,6 +321,8 @@ class NodeOptions:
     """The connection manager's water marks (``-conn-low``, ``-conn-high``)."""
     conn_manager_set: bool = False
     """``-conn-low`` or ``-conn-high`` was given (the ping-monitor trims only then)."""
+    dht_query_timeout: float = DEFAULT_QUERY_TIMEOUT
+    """Seconds one peer has to answer a DHT query within a lookup (``-dht-query-timeout``)."""
 
 
 def resolve_psk(
@@ -405,6 +417,7 @@ def node_options(
         limits=_limits(args),
         conn_manager=resolve_conn_manager(getattr(args, "conn_low", None), getattr(args, "conn_high", None)),
         conn_manager_set=getattr(args, "conn_low", None) is not None or getattr(args, "conn_high", None) is not None,
+        dht_query_timeout=getattr(args, "dht_query_timeout", None) or DEFAULT_QUERY_TIMEOUT,
     )
 
 

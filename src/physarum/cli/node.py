@@ -149,7 +149,14 @@ def start_dht(
     """A :class:`KadDHT` on ``host`` joining through ``opts.bootstrap``, from ``opts.dht_state`` if saved,
     exporting its metrics on ``registry`` when given."""
     table = load_dht_state(opts.dht_state, host.peer_id) if opts.dht_state else None
-    return KadDHT.for_host(host, server=server, bootstrap=opts.bootstrap, table=table, registry=registry)
+    return KadDHT.for_host(
+        host,
+        server=server,
+        bootstrap=opts.bootstrap,
+        table=table,
+        registry=registry,
+        query_timeout=opts.dht_query_timeout,
+    )
 
 
 async def _stop_on_signals(

@@ -48,11 +48,16 @@ from physarum.dht.metrics import DhtMetrics
 from physarum.dht.records import RecordError, decode_record_set, encode_record_set, record_key
 from physarum.dht.routing import Routing, now
 from physarum.dht.table import RoutingTable
-from physarum.errors import PEER_FAILURES, DecodeError, DialError
+from physarum.errors import PEER_FAILURES, DecodeError, DialError, failure_kind
 from physarum.overlay.identity import PeerId
 from physarum.overlay.multiaddr import Multiaddr
 
 log = logging.getLogger(__name__)
+
+#: Seconds one peer has to answer a query within a lookup (``KadDHT(query_timeout=)``,
+#: ``-dht-query-timeout``): a few round trips on the slowest links an edge network has; a peer
+#: slower than this counts as not answering and the lookup asks another.
+DEFAULT_QUERY_TIMEOUT = 5.0
 
 
 
@@ -124,11 +129,12 @@ class LookupRun:
     """One iterative lookup for ``key`` from ``node`` (see the module notes); made by
     :meth:`KadClient.start_lookup`, driven by :meth:`run` or :meth:`run_in_order`, once."""
 
-    def __init__(self, node: ClientNode, routing: Routing, key: bytes) -> None:
+    def __init__(self, node: ClientNode, routing: Routing, key: bytes, metrics: DhtMetrics | None = None) -> None:
         target = keyspace.kad_key(key)
         node.table.note_lookup(target, now())
         self._me = node.peer_id
         self._routing = routing
+        self._metrics = metrics
         self.lookup: Lookup[PeerId] = Lookup(target, k=node.k, alpha=node.alpha, exclude=frozenset([self._me]))
         self.known: dict[PeerId, Peer] = {}
         """Every peer offered so far, with the first addresses heard for it."""
@@ -189,6 +195,7 @@ class LookupRun:
             results.send_nowait((peer, answer))
 
         lookup = self.lookup
+        started = trio.current_time()
         async with trio.open_nursery() as nursery:
             while not lookup.done:
                 for peer in lookup.next_queries():
@@ -199,6 +206,8 @@ class LookupRun:
                 if self.answered(peer, answer) and until is not None and until():
                     break
             nursery.cancel_scope.cancel()
+        if self._metrics is not None:
+            self._metrics.lookup_duration.observe(trio.current_time() - started)
         return self.result()
 
     def run_in_order(self, ask: Callable[[Peer], Iterable[Peer] | None]) -> LookupResult:
@@ -225,11 +234,20 @@ class KadClient:
         self.metrics = metrics
 
     async def _call(self, peer: PeerId, addrs: Sequence[Multiaddr], message: Message) -> Message:
-        with trio.fail_after(self.node.query_timeout):
-            reply = await self.node.transport.request(peer, addrs, message)
-        if reply.type != message.type:
-            raise DecodeError(f"asked {message.type.name}, {peer} answered {reply.type.name}")
+        try:
+            with trio.fail_after(self.node.query_timeout):
+                reply = await self.node.transport.request(peer, addrs, message)
+            if reply.type != message.type:
+                raise DecodeError(f"asked {message.type.name}, {peer} answered {reply.type.name}")
+        except PEER_FAILURES as e:
+            self._count(message.type, failure_kind(e).value)
+            raise
+        self._count(message.type, "ok")
         return reply
+
+    def _count(self, kind: MessageType, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.queries[kind, result].inc()
 
     async def call_ping(self, peer: PeerId, addrs: Sequence[Multiaddr] = ()) -> None:
         """Check ``peer`` speaks kad, with a FIND_NODE for ourselves (kad PING is deprecated: never sent)."""
@@ -264,15 +282,23 @@ class KadClient:
         me = Peer(self.node.peer_id, bounded_addrs(self.node.own_addrs()), ConnectionType.CONNECTED)
         # ADD_PROVIDER has no answer in libp2p: the transport sends it and does not wait for one.
         message = Message(MessageType.ADD_PROVIDER, key=key, provider_peers=(me,))
-        with trio.move_on_after(self.node.query_timeout):
-            await self.node.transport.request(peer, addrs, message)
+        result = "deadline"
+        try:
+            with trio.move_on_after(self.node.query_timeout):
+                await self.node.transport.request(peer, addrs, message)
+                result = "ok"
+        except PEER_FAILURES as e:
+            result = failure_kind(e).value
+            raise
+        finally:
+            self._count(MessageType.ADD_PROVIDER, result)
 
     def start_lookup(self, key: bytes) -> LookupRun:
         """A lookup for ``key`` (any bytes; distances use its SHA-256), counted in
         ``physarum_dht_lookups_total`` and seeded from the routing table; drive it once."""
         if self.metrics is not None:
             self.metrics.lookups.inc()
-        return LookupRun(self.node, self.routing, key)
+        return LookupRun(self.node, self.routing, key, self.metrics)
 
     async def lookup(
         self,

@@ -7,8 +7,8 @@ peer's memory budget for as long as the message is buffered and decoded, refusin
 budget has no room (:class:`MemoryRefusedError`). So a peer that opens many streams and leaves a
 large message unfinished on each holds at most its budget, not ``streams x cap``.
 
-The budget is ``stream.session.memory``: a :class:`~physarum.overlay.resources.MemoryBudget`
-(anything with ``try_reserve``/``release``) the host attaches to each yamux session. Streams
+The budget is ``stream.memory``: a :class:`~physarum.overlay.resources.MemoryBudget`
+(anything with ``try_reserve``/``release``), the one the host gives each peer's connections. Streams
 without one (memory streams in tests, hosts that do not account) are bounded by the cap alone.
 
 Reads are sized to what is needed: at most :data:`PREFIX_READ` bytes before the length is known,
@@ -76,8 +76,8 @@ class Budget(Protocol):
 
 
 def stream_budget(stream: object) -> Budget | None:
-    """The memory budget of the session ``stream`` belongs to (``stream.session.memory``), or None."""
-    budget = getattr(getattr(stream, "session", None), "memory", None)
+    """The memory budget of the peer ``stream`` is with (``stream.memory``, as a yamux stream has), or None."""
+    budget = getattr(stream, "memory", None)
     if budget is None or not (hasattr(budget, "try_reserve") and hasattr(budget, "release")):
         return None
     return budget  # type: ignore[no-any-return]

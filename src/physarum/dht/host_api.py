@@ -70,7 +70,7 @@ class KadStream(Protocol):
     """An inbound kad stream, as the server reads requests off it and answers (a yamux stream fits).
 
     The peer's memory budget is looked up on it by :func:`physarum.dht.framing.stream_budget`
-    (``stream.session.memory``), and is optional.
+    (``stream.memory``), and is optional.
     """
 
     @property

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from random import Random
 from typing import TypeVar
 
+from physarum.errors import ConfigError
 from physarum.overlay.identity import PeerId
 
 KEY_BITS = 256
@@ -42,10 +43,10 @@ def key_to_bytes(key: int) -> bytes:
     """A key as its 32 big-endian bytes (the SHA-256 digest it came from).
 
     Raises:
-        ValueError: ``key`` is not in [0, 2**256).
+        ConfigError: ``key`` is not in [0, 2**256).
     """
     if not 0 <= key <= _MAX_KEY:
-        raise ValueError(f"key out of range: {key}")
+        raise ConfigError(f"key out of range: {key}")
     return key.to_bytes(KEY_BYTES, "big")
 
 
@@ -85,10 +86,10 @@ def random_key_in_bucket(self_key: int, index: int, rng: Random) -> int:
     (what remote nodes hash); see :func:`random_preimage_in_bucket`.
 
     Raises:
-        ValueError: ``index`` is not in [0, 255].
+        ConfigError: ``index`` is not in [0, 255].
     """
     if not 0 <= index < KEY_BITS:
-        raise ValueError(f"bucket index out of range: {index}")
+        raise ConfigError(f"bucket index out of range: {index}")
     shift = KEY_BITS - 1 - index
     # keep self's first `index` bits, flip the next one, randomise the rest
     prefix = (self_key >> shift) ^ 1
@@ -115,7 +116,7 @@ def random_preimage_in_bucket(
         ValueError: ``index`` is out of [0, MAX_PREIMAGE_INDEX], or ``max_tries`` ran out.
     """
     if not 0 <= index <= MAX_PREIMAGE_INDEX:
-        raise ValueError(f"bucket index {index} is out of [0, {MAX_PREIMAGE_INDEX}] for a preimage search")
+        raise ConfigError(f"bucket index {index} is out of [0, {MAX_PREIMAGE_INDEX}] for a preimage search")
     shift = KEY_BITS - 1 - index
     want = (self_key >> shift) ^ 1
     tries = max_tries if max_tries is not None else 1 << (index + 8)
@@ -124,4 +125,4 @@ def random_preimage_in_bucket(
         candidate = _SHA256_MULTIHASH_PREFIX + rng.getrandbits(KEY_BITS).to_bytes(KEY_BYTES, "big")
         if int.from_bytes(sha256(candidate).digest(), "big") >> shift == want:
             return candidate
-    raise ValueError(f"no preimage for bucket {index} in {tries} tries")
+    raise ConfigError(f"no preimage for bucket {index} in {tries} tries")

@@ -21,6 +21,8 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from physarum.errors import ConfigError
+
 P = TypeVar("P", bound=Hashable)
 
 _NEW = 0
@@ -69,7 +71,7 @@ class Lookup(Generic[P]):
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.alpha < 1:
-            raise ValueError("k and alpha must be at least 1")
+            raise ConfigError("k and alpha must be at least 1")
         if self.max_candidates <= 0:
             self.max_candidates = 8 * self.k
         self._candidates: dict[P, _Candidate[P]] = {}

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from physarum.dht.addrs import MAX_ADDR_SIZE, MAX_ADDRS_PER_PEER, addr_allowed, parse_multiaddr_bytes
-from physarum.errors import DecodeError, IncompleteError, LimitError
+from physarum.errors import DecodeError, EncodeError, IncompleteError, LimitError
 from physarum.overlay import pb, varint
 from physarum.overlay.identity import PeerId
 
@@ -166,7 +166,7 @@ def encode_message(msg: Message) -> bytes:
 
     Raises:
         LimitError: the encoding exceeds :data:`MAX_MESSAGE_SIZE`.
-        ValueError: ``cluster_level_raw`` is outside int32.
+        EncodeError: ``cluster_level_raw`` is outside int32.
     """
     fields: list[tuple[int, int | bytes | None]] = [
         (1, int(msg.type) or None),
@@ -177,7 +177,7 @@ def encode_message(msg: Message) -> bytes:
     fields.extend((9, encode_peer(p)) for p in msg.provider_peers)
     level = msg.cluster_level_raw
     if not -(1 << 31) <= level < 1 << 31:
-        raise ValueError(f"clusterLevelRaw {level} is outside int32")
+        raise EncodeError(f"clusterLevelRaw {level} is outside int32")
     # protobuf writes a negative int32 as its 64-bit two's complement
     fields.append((10, (level & ((1 << 64) - 1)) or None))
     data = pb.encode(fields)

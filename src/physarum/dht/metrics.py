@@ -6,6 +6,11 @@
   (:mod:`physarum.dht.server`);
 * ``physarum_dht_lookups_total``: iterative lookups started, our callers' and the table
   maintenance's (:mod:`physarum.dht.client`);
+* ``physarum_dht_lookup_duration_seconds``: histogram, how long each driven lookup took, from its
+  first query to its result (:mod:`physarum.dht.client`);
+* ``physarum_dht_queries_total{type,result}``: requests this node sent, by message type and result:
+  ``ok`` or the failure's kind (:class:`physarum.errors.FailureKind`: ``gone``, ``protocol``,
+  ``deadline``, ``limit``, ``not_in_network``) (:mod:`physarum.dht.client`);
 * refusals (:mod:`physarum.dht.server`): ``physarum_dht_requests_refused_total{reason}``
   (:data:`REQUEST_REFUSALS`), ``physarum_dht_records_refused_total{reason}``
   (:data:`RECORD_REFUSALS`) and ``physarum_dht_providers_refused_total{reason}``
@@ -21,9 +26,16 @@ from typing import TYPE_CHECKING
 
 from physarum.dht.messages import MessageType
 from physarum.dht.providers import ProviderOutcome
+from physarum.errors import FailureKind
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
+
+#: What a query we sent came to (``physarum_dht_queries_total{result}``).
+QUERY_RESULTS = ("ok", *(k.value for k in FailureKind))
+#: Lookup duration buckets (seconds): a lookup on loopback takes milliseconds, across a WAN a
+#: few round trips of 10-300 ms each, and a lookup that waits out silent peers its query timeout.
+LOOKUP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 #: Why a request was refused (``physarum_dht_requests_refused_total{reason}``).
 REQUEST_REFUSALS = ("too_large", "key_too_large", "memory", "malformed", "slow")
@@ -41,7 +53,7 @@ class DhtMetrics:
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        from prometheus_client import Counter, Gauge  # only nodes that export metrics pay for it
+        from prometheus_client import Counter, Gauge, Histogram  # only nodes that export metrics pay for it
 
         self.table_peers = Gauge(
             "physarum_routing_table_peers", "Peers in the DHT routing table.", registry=registry
@@ -58,6 +70,21 @@ class DhtMetrics:
             "Iterative Kademlia lookups this node started (its callers' and its table maintenance's).",
             registry=registry,
         )
+        self.lookup_duration = Histogram(
+            "physarum_dht_lookup_duration_seconds",
+            "How long iterative lookups took, first query to result.",
+            buckets=LOOKUP_BUCKETS,
+            registry=registry,
+        )
+        queries = Counter(
+            "physarum_dht_queries_total",
+            "Kademlia requests this node sent, by message type and result (ok or the failure's kind).",
+            ["type", "result"],
+            registry=registry,
+        )
+        self.queries: dict[tuple[MessageType, str], Counter] = {
+            (t, r): queries.labels(t.name.lower(), r) for t in MessageType if t is not MessageType.PING for r in QUERY_RESULTS
+        }
         refused = Counter(
             "physarum_dht_requests_refused_total",
             "Kademlia requests refused (their stream reset), by reason.",
@@ -83,4 +110,4 @@ class DhtMetrics:
         }
 
 
-__all__ = ["PROVIDER_REFUSALS", "RECORD_REFUSALS", "REQUEST_REFUSALS", "DhtMetrics"]
+__all__ = ["LOOKUP_BUCKETS", "PROVIDER_REFUSALS", "QUERY_RESULTS", "RECORD_REFUSALS", "REQUEST_REFUSALS", "DhtMetrics"]

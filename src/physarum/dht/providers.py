@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from physarum.dht.addrs import MAX_ADDRS_PER_PEER, addr_footprint, bounded_addrs
 from physarum.dht.standing import STRANGER, Standing, no_history
 from physarum.dht.standing import rank as _rank
+from physarum.errors import ConfigError
 from physarum.overlay.identity import PeerId
 from physarum.overlay.multiaddr import Multiaddr
 
@@ -85,7 +86,7 @@ class ProviderStore:
     those added longest ago first, and a stranger is refused.
 
     Raises:
-        ValueError: a bound below 1 or a non-positive ``validity``.
+        ConfigError: a bound below 1 or a non-positive ``validity``.
     """
 
     def __init__(
@@ -103,7 +104,7 @@ class ProviderStore:
     ) -> None:
         bounds = (max_per_key, max_keys, max_key_size, max_entries, max_keys_per_provider, max_bytes, max_addrs)
         if validity <= 0 or min(bounds) < 1:
-            raise ValueError("provider store bounds and validity must be positive")
+            raise ConfigError("provider store bounds and validity must be positive")
         self.validity = validity
         self.standing: Standing = standing if standing is not None else no_history
         self.max_per_key = max_per_key

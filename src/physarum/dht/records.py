@@ -70,7 +70,7 @@ from physarum.dht.standing import STRANGER as _STRANGER
 from physarum.dht.standing import Standing
 from physarum.dht.standing import no_history as _no_history
 from physarum.dht.standing import rank as _rank
-from physarum.errors import DecodeError, PhysarumError
+from physarum.errors import DecodeError, EncodeError, PhysarumError
 from physarum.overlay import envelope as signed_envelope
 from physarum.overlay import pb
 from physarum.overlay.identity import KEY_ED25519, IdentityKeyError, KeyPair, PeerId, PublicKey
@@ -351,7 +351,7 @@ def sign_record(key_pair: KeyPair, record: ContactRecord) -> bytes:
             names another peer.
         InvalidDataError: ``data`` is not a JSON-serialisable dict.
         RecordTooLargeError: ``data`` over :data:`MAX_DATA_SIZE` or the envelope over :data:`MAX_ENVELOPE_SIZE`.
-        ValueError: ``seq`` or ``expires`` is not in [0, 2**64) (``expires`` must be positive).
+        EncodeError: ``seq`` or ``expires`` is not in [0, 2**64) (``expires`` must be positive).
     """
     publisher = key_pair.peer_id
     if record.publisher is not None and record.publisher != publisher:
@@ -366,9 +366,9 @@ def sign_record(key_pair: KeyPair, record: ContactRecord) -> bytes:
             f"{len(record.endpoints)} endpoints, at most {MAX_ENDPOINTS}", record_id=record.id
         )
     if not 0 <= record.seq < 1 << 64:
-        raise ValueError(f"seq out of uint64 range: {record.seq}")
+        raise EncodeError(f"seq out of uint64 range: {record.seq}")
     if not 0 < record.expires < 1 << 64:
-        raise ValueError(f"expires must be positive unix seconds: {record.expires}")
+        raise EncodeError(f"expires must be positive unix seconds: {record.expires}")
     fields: list[tuple[int, int | bytes | str | None]] = [(1, record.id)]
     fields.extend((2, addr.to_bytes()) for addr in record.endpoints)
     fields.append((3, encode_data(record.data)))

@@ -16,7 +16,7 @@ Hostile peers (what one peer can make a node hold or do, whatever it sends):
   ``max_key_size`` (1 KiB: ours are at most 274 bytes, a CID or ``/ipns/`` key under 100; no
   reply ever echoes more) is refused; a request must arrive whole within ``request_timeout``
   (10 s) of its first byte. Each message read, request or answer, is reserved from the peer's
-  memory budget (``stream.session.memory``, see :mod:`physarum.dht.framing`) while it is
+  memory budget (``stream.memory``, see :mod:`physarum.dht.framing`) while it is
   buffered and refused when the budget is spent. Answers we read may be up to 4 MiB (libp2p's
   limit). The host bounds the kad streams one peer may open at once.
 * Addresses are bounded and handled in linear time wherever a peer's input reaches: identify,

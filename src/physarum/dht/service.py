@@ -78,6 +78,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import trio
 
 from physarum.dht.client import (
+    DEFAULT_QUERY_TIMEOUT,
     PEER_FAILURES,
     HostTransport,
     KadClient,
@@ -112,7 +113,7 @@ from physarum.dht.records import (
 from physarum.dht.routing import Routing, now, peer_entry
 from physarum.dht.server import DEFAULT_MAX_KEY_SIZE, DEFAULT_MAX_REQUEST_SIZE, KadServer
 from physarum.dht.table import RoutingTable
-from physarum.errors import PhysarumError
+from physarum.errors import ConfigError, PhysarumError
 from physarum.overlay import addr as addrs_
 from physarum.overlay.connmgr import KBUCKET_WEIGHT
 from physarum.overlay.identity import KeyPair, PeerId
@@ -193,7 +194,7 @@ class KadDHT:
       its handler; a host that goes on without the DHT should ``remove_handler(PROTOCOL_ID)``.
 
     Raises:
-        ValueError: ``table`` belongs to another peer id, or ``registry`` already holds the
+        ConfigError: ``table`` belongs to another peer id, or ``registry`` already holds the
             DHT's metric names.
         physarum.overlay.addr.AddressError: a ``bootstrap`` address is malformed, not
             ``/ip4|ip6|dns*/HOST/tcp/PORT/p2p/ID``, or lacks its ``/p2p/<peer id>``
@@ -207,7 +208,7 @@ class KadDHT:
         *,
         k: int = 20,
         alpha: int = 3,
-        query_timeout: float = 5.0,
+        query_timeout: float = DEFAULT_QUERY_TIMEOUT,
         bootstrap: Sequence[str | Multiaddr] = (),
         refresh_interval: float = 600.0,
         republish_interval: float = 3600.0,
@@ -225,7 +226,7 @@ class KadDHT:
         registry: CollectorRegistry | None = None,
     ) -> None:
         if table is not None and table.self_id != key_pair.peer_id:
-            raise ValueError(f"the routing table belongs to {table.self_id}, not {key_pair.peer_id}")
+            raise ConfigError(f"the routing table belongs to {table.self_id}, not {key_pair.peer_id}")
         self.key_pair = key_pair
         self.peer_id = key_pair.peer_id
         self.transport = transport
@@ -289,7 +290,7 @@ class KadDHT:
         Raises:
             physarum.overlay.addr.AddressError: a bad ``bootstrap`` address (checked before
                 anything is registered on the host).
-            ValueError: ``table`` belongs to another peer id.
+            ConfigError: ``table`` belongs to another peer id.
         """
         dht = cls(
             host.key_pair,

@@ -60,7 +60,7 @@ from typing import Any
 
 from physarum.dht import keyspace
 from physarum.dht.addrs import MAX_ADDRS_PER_PEER, IPAddress, ip_address_of, parse_multiaddr_text
-from physarum.errors import DecodeError
+from physarum.errors import ConfigError, DecodeError
 from physarum.overlay.identity import PeerId
 
 K = 20
@@ -234,11 +234,11 @@ class RoutingTable:
         max_addrs: int = MAX_ADDRS_PER_PEER,
     ) -> None:
         if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
+            raise ConfigError(f"k must be at least 1, got {k}")
         if max_addrs < 1:
-            raise ValueError(f"max_addrs must be at least 1, got {max_addrs}")
+            raise ConfigError(f"max_addrs must be at least 1, got {max_addrs}")
         if replacement_size is not None and replacement_size < 0:
-            raise ValueError(f"replacement_size must not be negative, got {replacement_size}")
+            raise ConfigError(f"replacement_size must not be negative, got {replacement_size}")
         self.self_id = self_id
         self.self_key = keyspace.peer_key(self_id)
         self.k = k
@@ -477,10 +477,10 @@ class RoutingTable:
         """Record a refresh lookup for bucket ``index`` at ``now``.
 
         Raises:
-            IndexError: ``index`` is not in [0, 255].
+            ConfigError: ``index`` is not in [0, 255].
         """
         if not 0 <= index < keyspace.KEY_BITS:
-            raise IndexError(f"bucket index out of range: {index}")
+            raise ConfigError(f"bucket index out of range: {index}")
         bucket = self._bucket_for(index)
         bucket.last_activity = max(bucket.last_activity, now)
 

@@ -49,6 +49,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector
 
+from physarum.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 #: The classic text format, served unless the scraper asks for another (every Prometheus 2.x and 3.x
@@ -299,14 +301,14 @@ def check_token(token: str) -> str:
     """``token`` if it can be a bearer token: 1 to :data:`MAX_TOKEN_BYTES` visible ASCII characters.
 
     Raises:
-        ValueError: it is empty, too long, or holds spaces, control or non-ASCII characters.
+        ConfigError: it is empty, too long, or holds spaces, control or non-ASCII characters.
     """
     if not token:
-        raise ValueError("the token is empty")
+        raise ConfigError("the token is empty")
     if len(token) > MAX_TOKEN_BYTES:
-        raise ValueError(f"the token is longer than {MAX_TOKEN_BYTES} characters")
+        raise ConfigError(f"the token is longer than {MAX_TOKEN_BYTES} characters")
     if not all("!" <= c <= "~" for c in token):
-        raise ValueError("the token must be visible ASCII characters, without spaces")
+        raise ConfigError("the token must be visible ASCII characters, without spaces")
     return token
 
 
@@ -316,14 +318,14 @@ def read_token_file(path: str) -> str:
 
     Raises:
         OSError: the file cannot be read.
-        ValueError: it does not hold one token (see :func:`check_token`).
+        ConfigError: it does not hold one token (see :func:`check_token`).
     """
     with open(path, "rb") as f:
         data = f.read(MAX_TOKEN_BYTES + 64)
     try:
         text = data.decode("ascii").strip()
     except UnicodeDecodeError:
-        raise ValueError("the token must be visible ASCII characters, without spaces") from None
+        raise ConfigError("the token must be visible ASCII characters, without spaces") from None
     return check_token(text)
 
 
@@ -409,7 +411,7 @@ class MetricsServer:
     :attr:`dropped` counts clients dropped to make room, :attr:`refused` those answered 503.
 
     Raises:
-        ValueError: ``token`` is not a valid bearer token (see :func:`check_token`), or a bound is not
+        ConfigError: ``token`` is not a valid bearer token (see :func:`check_token`), or a bound is not
             positive.
     """
 
@@ -436,7 +438,7 @@ class MetricsServer:
             ("max_clients", max_clients),
         ):
             if not value > 0:
-                raise ValueError(f"{name} must be positive, got {value}")
+                raise ConfigError(f"{name} must be positive, got {value}")
         self.registry = registry
         self.host = host or None
         self.port = port

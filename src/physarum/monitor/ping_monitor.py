@@ -75,7 +75,7 @@ import base58
 import trio
 from prometheus_client import CollectorRegistry
 
-from physarum.errors import LimitError, NegotiationError, ProtocolError, StreamEndedError
+from physarum.errors import ConfigError, LimitError, NegotiationError, ProtocolError, StreamEndedError
 from physarum.monitor.metrics import MonitorMetrics
 from physarum.monitor.reclaim import RECLAIM_AFTER, RECLAIM_INTERVAL, MemoryReclaimer
 from physarum.overlay import ping
@@ -212,7 +212,7 @@ class PingMonitor:
         reclaim_interval: seconds between two such reclaims at least.
 
     Raises:
-        ValueError: a non-positive interval, timeout, expiry or max_peer_series, a negative grace,
+        ConfigError: a non-positive interval, timeout, expiry or max_peer_series, a negative grace,
             established_after, reclaim_after or reclaim_interval, or metrics already on ``registry``.
     """
 
@@ -238,7 +238,7 @@ class PingMonitor:
             ("max_peer_series", max_peer_series),
         ):
             if not value > 0:
-                raise ValueError(f"{name} must be positive, got {value}")
+                raise ConfigError(f"{name} must be positive, got {value}")
         for name, value in (
             ("established_after", established_after),
             ("grace", grace),
@@ -246,7 +246,7 @@ class PingMonitor:
             ("reclaim_interval", reclaim_interval),
         ):
             if not value >= 0:
-                raise ValueError(f"{name} must not be negative, got {value}")
+                raise ConfigError(f"{name} must not be negative, got {value}")
         self.host = host
         self.hostname = hostname
         self.interval = interval

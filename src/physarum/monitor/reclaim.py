@@ -47,6 +47,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 
+from physarum.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 #: Departures since the last reclaim that make the next one due (with at least as many as are still
@@ -112,7 +114,7 @@ class MemoryReclaimer:
     :func:`gc.collect` and :func:`malloc_trim` by default; None skips one); ``after`` 0 never reclaims.
 
     Raises:
-        ValueError: a negative ``after``, ``min_interval`` or ``settle``.
+        ConfigError: a negative ``after``, ``min_interval`` or ``settle``.
     """
 
     def __init__(
@@ -125,7 +127,7 @@ class MemoryReclaimer:
         trim: Callable[[], object] | None = malloc_trim,
     ) -> None:
         if after < 0 or min_interval < 0 or settle < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"after, min_interval and settle must not be negative, got {after}, {min_interval}, {settle}"
             )
         self.after = after

@@ -87,7 +87,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from physarum.errors import PhysarumError
+from physarum.errors import ConfigError, PhysarumError
 from physarum.overlay import addr as addrs_
 from physarum.overlay.identity import PeerId
 from physarum.overlay.multiaddr import Multiaddr
@@ -116,7 +116,7 @@ class ConnManagerOptions:
         close_timeout: seconds the connections of one pass have to close, all together.
 
     Raises:
-        ValueError: a negative water mark, ``low_water > high_water``, or a timing that is not a
+        ConfigError: a negative water mark, ``low_water > high_water``, or a timing that is not a
             positive number (``grace_period`` may be 0).
     """
 
@@ -129,15 +129,15 @@ class ConnManagerOptions:
 
     def __post_init__(self) -> None:
         if self.low_water < 0 or self.high_water < 0:
-            raise ValueError("connection water marks cannot be negative")
+            raise ConfigError("connection water marks cannot be negative")
         if self.low_water > self.high_water:
-            raise ValueError(f"low_water {self.low_water} is above high_water {self.high_water}")
+            raise ConfigError(f"low_water {self.low_water} is above high_water {self.high_water}")
         if not 0 <= self.grace_period < math.inf:
-            raise ValueError("grace_period is a number of seconds >= 0")
+            raise ConfigError("grace_period is a number of seconds >= 0")
         for name in ("min_trim_interval", "check_interval", "close_timeout"):
             value = getattr(self, name)
             if not 0 < value < math.inf:
-                raise ValueError(f"{name} is a number of seconds > 0")
+                raise ConfigError(f"{name} is a number of seconds > 0")
 
 
 #: The options a :class:`~physarum.overlay.host.Host` gets unless told otherwise.

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from physarum.errors import DecodeError, IncompleteError, NegotiationError, NotMultistreamError
+from physarum.errors import (
+    ConfigError,
+    DecodeError,
+    EncodeError,
+    IncompleteError,
+    NegotiationError,
+    NotMultistreamError,
+)
 from physarum.overlay import varint
 from physarum.overlay.streamio import BufferedStream
 
@@ -24,13 +31,13 @@ def encode(text: str) -> bytes:
     """Frame one message.
 
     Raises:
-        ValueError: the text contains a newline or is too long.
+        EncodeError: the text contains a newline or is too long.
     """
     if "\n" in text:
-        raise ValueError("multistream messages cannot contain a newline")
+        raise EncodeError("multistream messages cannot contain a newline")
     body = text.encode() + b"\n"
     if len(body) > MAX_MESSAGE:
-        raise ValueError("multistream message too long")
+        raise EncodeError("multistream message too long")
     return varint.encode(len(body)) + body
 
 
@@ -83,7 +90,7 @@ async def select(stream: BufferedStream, protocols: Iterable[str]) -> str:
     """
     candidates = list(protocols)
     if not candidates:
-        raise ValueError("no protocols to propose")
+        raise ConfigError("no protocols to propose")
     await stream.send_all(encode(PROTOCOL_ID) + encode(candidates[0]))
     await _read_header(stream)
     for i, proto in enumerate(candidates):

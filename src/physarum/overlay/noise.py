@@ -18,7 +18,7 @@ import nacl.bindings as sodium
 import nacl.exceptions
 import trio
 
-from physarum.errors import DecodeError, HandshakeError, PeerIdMismatchError, PhysarumError
+from physarum.errors import DecodeError, HandshakeError, PeerIdMismatchError, PhysarumError, StateError
 from physarum.overlay import pb
 from physarum.overlay.identity import KeyPair, PeerId, PublicKey
 from physarum.overlay.streamio import BufferedStream, check_max_bytes
@@ -206,7 +206,7 @@ class HandshakeState:
             self._mix_key(_dh(self.s_priv, self.re))
             out = enc_s + self._encrypt_and_hash(encode_payload(self.key_pair, self.s_pub))
         else:
-            raise RuntimeError("not our turn to write")
+            raise StateError("not our turn to write")
         self.step += 1
         return out
 
@@ -241,7 +241,7 @@ class HandshakeState:
                 self._mix_key(_dh(self.e_priv, self.rs))
                 self.remote_peer = verify_payload(self._decrypt_and_hash(message[48:]), self.rs)
             else:
-                raise RuntimeError("not our turn to read")
+                raise StateError("not our turn to read")
         except DecodeError as e:
             raise HandshakeError(e.reason) from e
         self.step += 1
@@ -249,7 +249,7 @@ class HandshakeState:
     def split(self) -> tuple[CipherState, CipherState]:
         """(send cipher, receive cipher) for the transport phase."""
         if not self.finished:
-            raise RuntimeError("handshake not finished")
+            raise StateError("handshake not finished")
         k1, k2 = _hkdf2(self.ck, b"")
         c1, c2 = CipherState(k1), CipherState(k2)
         return (c1, c2) if self.initiator else (c2, c1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from physarum.errors import DecodeError, IncompleteError
+from physarum.errors import DecodeError, EncodeError, IncompleteError
 from physarum.overlay import varint
 
 VARINT = 0
@@ -26,14 +26,14 @@ def encode(fields: Iterable[tuple[int, int | bytes | str | None]]) -> bytes:
     ints become varint fields, bytes/str length-delimited ones (str as UTF-8). bool is an int.
 
     Raises:
-        ValueError: a negative int or a field number out of range.
+        EncodeError: a negative int or a field number out of range.
     """
     out = bytearray()
     for number, value in fields:
         if value is None:
             continue
         if not 0 < number < 1 << 29:
-            raise ValueError(f"bad field number {number}")
+            raise EncodeError(f"bad field number {number}")
         if isinstance(value, int):
             out += varint.encode(number << 3 | VARINT)
             out += varint.encode(int(value))

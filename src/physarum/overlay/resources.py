@@ -21,6 +21,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from physarum.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -35,7 +37,7 @@ class MemoryBudget:
 
     def __init__(self, limit: int, *, parent: MemoryBudget | None = None, name: str = "") -> None:
         if limit < 0:
-            raise ValueError("a memory budget cannot be negative")
+            raise ConfigError("a memory budget cannot be negative")
         self.limit = limit
         self.parent = parent
         self.name = name

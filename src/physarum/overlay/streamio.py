@@ -11,7 +11,7 @@ import operator
 
 import trio
 
-from physarum.errors import DecodeError, IncompleteError
+from physarum.errors import ConfigError, DecodeError, IncompleteError
 from physarum.overlay import varint
 
 _READ_SIZE = 65536
@@ -22,13 +22,13 @@ def check_max_bytes(max_bytes: int | None) -> int | None:
 
     Raises:
         TypeError: not an integer.
-        ValueError: below 1.
+        ConfigError: below 1.
     """
     if max_bytes is None:
         return None
     max_bytes = operator.index(max_bytes)
     if max_bytes < 1:
-        raise ValueError("max_bytes must be >= 1")
+        raise ConfigError("max_bytes must be >= 1")
     return max_bytes
 
 

@@ -6,7 +6,7 @@ varint (the caller should read more) and :class:`DecodeError` when the bytes can
 
 from __future__ import annotations
 
-from physarum.errors import DecodeError, IncompleteError
+from physarum.errors import DecodeError, EncodeError, IncompleteError
 
 #: multiformats caps unsigned varints at 9 bytes (63 bits); protobuf at 10 (64 bits).
 MAX_VARINT_BYTES = 10
@@ -16,10 +16,10 @@ def encode(value: int) -> bytes:
     """Encode a non-negative integer below 2**64.
 
     Raises:
-        ValueError: ``value`` is negative or does not fit in 64 bits.
+        EncodeError: ``value`` is negative or does not fit in 64 bits.
     """
     if value < 0 or value >= 1 << 64:
-        raise ValueError(f"varint out of range: {value}")
+        raise EncodeError(f"varint out of range: {value}")
     if value < 0x80:
         return bytes((value,))
     out = bytearray()

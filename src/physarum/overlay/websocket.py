@@ -72,7 +72,7 @@ from wsproto.events import (
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from physarum.errors import LimitError, PhysarumError, ProtocolError, RefusedError
+from physarum.errors import ConfigError, LimitError, PhysarumError, ProtocolError, RefusedError
 from physarum.overlay import addr as addrs_
 from physarum.overlay.multiaddr import Multiaddr
 from physarum.overlay.transport import InboundHandler, RawConnection, socket_ends
@@ -110,7 +110,7 @@ class WebSocketOptions:
         close_timeout: seconds ``aclose`` may spend sending the Close frame.
 
     Raises:
-        ValueError: a size below 1, or a timeout not a positive number of seconds.
+        ConfigError: a size below 1, or a timeout not a positive number of seconds.
     """
 
     handshake_timeout: float = 10.0
@@ -123,10 +123,10 @@ class WebSocketOptions:
     def __post_init__(self) -> None:
         for name in ("max_pending_upgrades", "max_message_size", "send_message_size", "receive_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
+                raise ConfigError(f"{name} must be at least 1")
         for name in ("handshake_timeout", "close_timeout"):
             if not 0 < getattr(self, name) < math.inf:
-                raise ValueError(f"{name} is a number of seconds > 0")
+                raise ConfigError(f"{name} is a number of seconds > 0")
 
 
 #: The options a :class:`WebSocketTransport` gets unless told otherwise.
@@ -245,7 +245,7 @@ class WebSocketStream(trio.abc.Stream):
                 protocol (a text or oversized message, a bad frame); the cause says which.
         """
         if max_bytes is not None and operator.index(max_bytes) < 1:
-            raise ValueError("max_bytes must be at least 1")
+            raise ConfigError("max_bytes must be at least 1")
         if self._receiving:
             raise trio.BusyResourceError("another task is receiving on this WebSocket")
         self._receiving = True

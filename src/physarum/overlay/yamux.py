@@ -34,7 +34,7 @@ from typing import NamedTuple
 
 import trio
 
-from physarum.errors import DecodeError, LimitError, ProtocolError
+from physarum.errors import ConfigError, DecodeError, LimitError, ProtocolError
 from physarum.overlay.identity import PeerId
 from physarum.overlay.resources import MemoryBudget
 from physarum.overlay.streamio import check_max_bytes
@@ -141,6 +141,12 @@ class YamuxStream(trio.abc.HalfCloseableStream):
     @property
     def peer_id(self) -> PeerId | None:
         return self.session.peer_id
+
+    @property
+    def memory(self) -> MemoryBudget | None:
+        """The memory budget of the peer this stream's connection is with (None: not accounted).
+        Protocols reserve what they buffer for a peer from it (see :mod:`physarum.dht.framing`)."""
+        return self.session.memory
 
     def __repr__(self) -> str:
         return f"<YamuxStream {self.stream_id} {self.protocol or ''} peer={self.session.peer_id}>"
@@ -361,7 +367,7 @@ class YamuxSession:
         self._pending = bytearray()
         self._pending_event = trio.Event()
         if max_pending_control < HEADER_SIZE:
-            raise ValueError(f"max_pending_control must hold at least one frame ({HEADER_SIZE} bytes)")
+            raise ConfigError(f"max_pending_control must hold at least one frame ({HEADER_SIZE} bytes)")
         self.max_pending_control = max_pending_control
         self.max_pending_pongs = max_pending_pongs
         self._pending_pongs = 0  # pong frames in _pending
@@ -370,7 +376,7 @@ class YamuxSession:
         self._reserved = 0  # bytes this session's streams hold reserved in memory
         self.streams_reset_for_memory = 0
         if window < INITIAL_WINDOW:
-            raise ValueError(f"yamux windows are at least {INITIAL_WINDOW} bytes")
+            raise ConfigError(f"yamux windows are at least {INITIAL_WINDOW} bytes")
         self.window = window
         # A flag and a parking lot rather than trio.Lock: the lock yields to the scheduler even
         # when nobody holds it, one extra task switch on every frame (every ping) we send.

@@ -18,7 +18,7 @@ from typing import Final, overload
 
 import trio
 
-from physarum.errors import PhysarumError
+from physarum.errors import ConfigError, PhysarumError
 from physarum.psk.keyfile import PSK_SIZE
 from physarum.psk.xsalsa20 import NONCE_SIZE, XSalsa20
 
@@ -109,12 +109,12 @@ class PskStream(trio.abc.Stream):
         commits to a handshake).
 
         Raises:
-            ValueError: if ``psk`` is not 32 bytes, or ``received`` is longer than a nonce.
+            ConfigError: if ``psk`` is not 32 bytes, or ``received`` is longer than a nonce.
         """
         if len(psk) != PSK_SIZE:
-            raise ValueError(f"a pre-shared key is {PSK_SIZE} bytes, got {len(psk)}")
+            raise ConfigError(f"a pre-shared key is {PSK_SIZE} bytes, got {len(psk)}")
         if len(received) > NONCE_SIZE:
-            raise ValueError(f"received holds {len(received)} bytes, more than a {NONCE_SIZE}-byte nonce")
+            raise ConfigError(f"received holds {len(received)} bytes, more than a {NONCE_SIZE}-byte nonce")
         self.transport_stream = transport_stream
         self._psk: bytes | None = bytes(psk)
         nonce = secrets.token_bytes(NONCE_SIZE)
@@ -174,7 +174,7 @@ class PskStream(trio.abc.Stream):
 
         Raises:
             TypeError: if ``max_bytes`` is not an integer (or None).
-            ValueError: if ``max_bytes`` is less than 1.
+            ConfigError: if ``max_bytes`` is less than 1.
             trio.BusyResourceError: if another task is receiving.
             trio.ClosedResourceError: after :meth:`aclose`.
             trio.BrokenResourceError: if the transport broke, or (``from`` a :class:`TruncatedNonceError`)
@@ -184,7 +184,7 @@ class PskStream(trio.abc.Stream):
             if max_bytes is not None:
                 max_bytes = operator.index(max_bytes)
                 if max_bytes < 1:
-                    raise ValueError("max_bytes must be at least 1")
+                    raise ConfigError("max_bytes must be at least 1")
             if self._closed:
                 await trio.lowlevel.checkpoint()
                 raise trio.ClosedResourceError("this PskStream is closed")
@@ -267,7 +267,7 @@ class HalfCloseablePskStream(PskStream, trio.abc.HalfCloseableStream):
         """Wrap ``transport_stream``; no I/O happens here (``received``: see :class:`PskStream`).
 
         Raises:
-            ValueError: if ``psk`` is not 32 bytes, or ``received`` is longer than a nonce.
+            ConfigError: if ``psk`` is not 32 bytes, or ``received`` is longer than a nonce.
         """
         super().__init__(transport_stream, psk, received=received)
 
@@ -315,7 +315,7 @@ async def protect(transport_stream: trio.abc.Stream, psk: bytes, *, received: by
     On failure the transport is left open for the caller to close.
 
     Raises:
-        ValueError: if ``psk`` is not 32 bytes, or ``received`` is longer than a nonce.
+        ConfigError: if ``psk`` is not 32 bytes, or ``received`` is longer than a nonce.
         trio.BrokenResourceError: if the transport broke while sending the nonce.
         trio.ClosedResourceError: if the transport was already closed.
     """

@@ -10,6 +10,8 @@ from __future__ import annotations
 import struct
 from typing import Final
 
+from physarum.errors import ConfigError
+
 __all__ = ["KEY_SIZE", "NONCE_SIZE", "XSalsa20", "hsalsa20"]
 
 KEY_SIZE: Final = 32
@@ -35,12 +37,12 @@ def hsalsa20(key: bytes, nonce: bytes) -> bytes:
     """Return HSalsa20(key, nonce): the 32-byte subkey XSalsa20 derives from a key and a 16-byte nonce.
 
     Raises:
-        ValueError: if ``key`` is not 32 bytes or ``nonce`` not 16.
+        ConfigError: if ``key`` is not 32 bytes or ``nonce`` not 16.
     """
     if len(key) != KEY_SIZE:
-        raise ValueError(f"HSalsa20 key must be {KEY_SIZE} bytes, got {len(key)}")
+        raise ConfigError(f"HSalsa20 key must be {KEY_SIZE} bytes, got {len(key)}")
     if len(nonce) != 16:
-        raise ValueError(f"HSalsa20 nonce must be 16 bytes, got {len(nonce)}")
+        raise ConfigError(f"HSalsa20 nonce must be 16 bytes, got {len(nonce)}")
     k = struct.unpack("<8I", key)
     n = struct.unpack("<4I", nonce)
     x = [
@@ -83,10 +85,10 @@ class XSalsa20:
         """Start the keystream at its first byte.
 
         Raises:
-            ValueError: if ``key`` is not 32 bytes or ``nonce`` not 24.
+            ConfigError: if ``key`` is not 32 bytes or ``nonce`` not 24.
         """
         if len(nonce) != NONCE_SIZE:
-            raise ValueError(f"XSalsa20 nonce must be {NONCE_SIZE} bytes, got {len(nonce)}")
+            raise ConfigError(f"XSalsa20 nonce must be {NONCE_SIZE} bytes, got {len(nonce)}")
         nonce = bytes(nonce)
         # Imported here: pycryptodome's loader costs ~30 ms, which hosts without a PSK never pay.
         from Crypto.Cipher import Salsa20
