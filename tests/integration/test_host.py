@@ -21,7 +21,7 @@ from physarum.errors import (
     SelfDialError,
 )
 from physarum.overlay import addr as addrs_
-from physarum.overlay import identify, netif, ping
+from physarum.overlay import identify, netif, ping, yamux
 from physarum.overlay.addr import AddressError
 from physarum.overlay.envelope import open_peer_record
 from physarum.overlay.host import INBOUND, OUTBOUND, Host, open_host
@@ -349,6 +349,28 @@ async def test_aclose_with_several_peers_and_streams() -> None:
                 lambda: not b.connections and not c.connections, what="peers forget the closed host"
             )
             assert not a.connections
+
+
+async def test_aclose_says_goaway_to_every_peer_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Peers whose GoAway takes the whole GO_AWAY_TIMEOUT (they do not read): closed one by one,
+    # five of them would take 5 s; in parallel, under one deadline, about one.
+    async with open_host() as b:
+        async with open_host() as a:
+            for _ in range(5):
+                await a.connect(b.listen_addrs[0])
+            assert connection_count(a) == 5
+            go_away = yamux.YamuxSession._go_away
+
+            async def slow_go_away(session: yamux.YamuxSession, code: int) -> None:
+                await trio.sleep(yamux.GO_AWAY_TIMEOUT * 0.9)
+                await go_away(session, code)
+
+            monkeypatch.setattr(yamux.YamuxSession, "_go_away", slow_go_away)
+            started = trio.current_time()
+            await a.aclose()
+            assert trio.current_time() - started < 3 * yamux.GO_AWAY_TIMEOUT
+            assert all(c.is_closed for conns in a.connections.values() for c in conns)
+        await wait_until(lambda: not b.connections, what="b sees every connection closed")
 
 
 async def test_limit_error_is_not_wrapped_in_dial_error() -> None:

@@ -67,7 +67,7 @@ from physarum.overlay.streamio import BufferedStream
 from physarum.overlay.transport import RawConnection, TcpTransport, Transport
 from physarum.overlay.upgrader import DialPhase, FirstBytesTimeout, Upgrader
 from physarum.overlay.websocket import WebSocketTransport
-from physarum.overlay.yamux import GO_AWAY_GARBAGE_COLLECTED, YamuxSession, YamuxStream
+from physarum.overlay.yamux import GO_AWAY_GARBAGE_COLLECTED, GO_AWAY_TIMEOUT, YamuxSession, YamuxStream
 from physarum.psk import PSK_SIZE, KeyFileError, KeyFileReason, PskMismatchError
 
 log = logging.getLogger(__name__)
@@ -371,11 +371,20 @@ class Host:
         raise AddressError(ma, "no transport for this address (physarum has /tcp/PORT and /tcp/PORT/ws)")
 
     async def aclose(self) -> None:
-        """Close every connection and stop listening."""
+        """Close every connection and stop listening, within about :data:`GO_AWAY_TIMEOUT` (1 s).
+
+        Every connection says GoAway at once, in parallel, under one deadline: a peer that does not
+        read cannot hold the others up, and shutdown does not grow with the number of peers."""
         self._closed = True
-        # Copies: each connection's task removes it from these lists as it closes.
-        for conn in [c for conns in self.connections.values() for c in conns]:
-            await conn.aclose()
+        # A copy: each connection's task removes it from these lists as it closes.
+        conns = [c for conns in self.connections.values() for c in conns]
+        with trio.move_on_after(GO_AWAY_TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                for conn in conns:
+                    nursery.start_soon(conn.aclose)
+        for conn in conns:
+            if not conn.is_closed:  # its GoAway was still on its way at the deadline
+                await trio.aclose_forcefully(conn.session.transport)
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
