@@ -373,6 +373,24 @@ async def test_aclose_says_goaway_to_every_peer_at_once(monkeypatch: pytest.Monk
         await wait_until(lambda: not b.connections, what="b sees every connection closed")
 
 
+@pytest.mark.parametrize("with_psk", [False, True])
+async def test_tls_is_negotiated_when_a_peer_has_no_noise(with_psk: bool) -> None:
+    psk = generate_psk() if with_psk else None
+    async with open_host(psk=psk, security=["/tls/1.0.0"]) as tls_only, open_host(psk=psk) as both:
+        with trio.fail_after(15):
+            conn = await both.connect(tls_only.addrs[0])  # proposes /noise, hears "na", then /tls/1.0.0
+            assert type(conn.session.transport).__name__ == "TlsStream"
+            assert len(await both.ping(tls_only.peer_id, count=3)) == 3
+            await conn.identified.wait()
+            assert conn.identify_info is not None and ping.PROTOCOL_ID in conn.identify_info.protocols
+            back = await tls_only.new_stream(both.peer_id, [ping.PROTOCOL_ID])  # the same connection
+            await back.aclose()
+        async with open_host(psk=psk, security=["/noise"]) as noise_only:
+            with trio.fail_after(15), pytest.raises(DialError) as info:
+                await noise_only.connect(tls_only.addrs[0], timeout=10)
+            assert any(isinstance(e, NegotiationError) for e in info.value.errors.values())
+
+
 async def test_limit_error_is_not_wrapped_in_dial_error() -> None:
     async with open_host(limits=ResourceLimits(max_connections=1)) as a, open_host() as b, open_host() as c:
         a.conn_manager.protect(b.peer_id, "test")  # no victim to make room with

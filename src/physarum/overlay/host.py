@@ -65,7 +65,7 @@ from physarum.overlay.resources import (
 )
 from physarum.overlay.streamio import BufferedStream
 from physarum.overlay.transport import RawConnection, TcpTransport, Transport
-from physarum.overlay.upgrader import DialPhase, FirstBytesTimeout, Upgrader
+from physarum.overlay.upgrader import DEFAULT_SECURITY, DialPhase, FirstBytesTimeout, Upgrader
 from physarum.overlay.websocket import WebSocketTransport
 from physarum.overlay.yamux import GO_AWAY_GARBAGE_COLLECTED, GO_AWAY_TIMEOUT, YamuxSession, YamuxStream
 from physarum.psk import PSK_SIZE, KeyFileError, KeyFileReason, PskMismatchError
@@ -126,6 +126,12 @@ class Connection:
     def is_closed(self) -> bool:
         return self.session.broken
 
+    @property
+    def go_away_code(self) -> int | None:
+        """The code of the GoAway the peer sent (0 normal, 1 protocol error, 2 internal error,
+        0x1005 trimmed by its connection manager), or None if it sent none."""
+        return self.session.go_away_code
+
     async def open_stream(self, protocols: Sequence[str]) -> YamuxStream:
         """A new stream speaking the first of ``protocols`` the peer accepts.
 
@@ -165,7 +171,8 @@ class Host:
     there) bound connections, handshakes, streams and what peers can make us buffer; a connection or
     stream over a limit is refused and counted, and a flood of refusals is summarised in one log
     line a minute. ``registry``: where ``physarum_resource_*`` metrics go (none when not given).
-    ``identify``: our agent version and how identify push runs
+    ``security``: the security protocols offered, in order of preference (default Noise, then
+    TLS 1.3: ``("/noise", "/tls/1.0.0")``). ``identify``: our agent version and how identify push runs
     (:class:`~physarum.overlay.identify_service.IdentifyOptions`). ``services``: more protocols to
     run on the host (:class:`Service`; ping and identify are always there). ``address_cache_ttl``: how long the list of this
     machine's interface addresses is reused (seconds). ``conn_manager``: the connection manager's
@@ -193,6 +200,7 @@ class Host:
         conn_manager: ConnManagerOptions | None = DEFAULT_CONN_MANAGER,
         transports: Sequence[Transport] | None = None,
         services: Sequence[Service] = (),
+        security: Sequence[str] = DEFAULT_SECURITY,
     ) -> None:
         if psk is not None and len(psk) != PSK_SIZE:
             raise KeyFileError(
@@ -214,6 +222,7 @@ class Host:
             first_byte_timeout=self.limits.first_byte_timeout,
             max_streams=self.limits.max_streams_per_connection,
             peer_memory=self.resources.peer_memory,
+            security=security,
         )
         self.handshake_timeout = self.limits.handshake_timeout
         self.peerstore = PeerStore(peerstore_capacity)

@@ -1,7 +1,7 @@
 """The upgrader: a transport's raw stream becomes a secure, multiplexed libp2p connection.
 
-``pnet (XSalsa20, when the network has a key) -> multistream-select -> Noise -> multistream-select
--> yamux``, each a small trio stream layer, as go-libp2p's ``Upgrader`` does over any transport.
+``pnet (XSalsa20, when the network has a key) -> multistream-select -> Noise or TLS 1.3 ->
+multistream-select -> yamux``, each a small trio stream layer, as go-libp2p's ``Upgrader`` does over any transport.
 The upgrader knows keys and the wire, not limits or connection bookkeeping: the host admits a
 connection before calling it, bounds the time it takes, and registers what it returns.
 
@@ -18,18 +18,23 @@ What a failure says (the errors are the dialer's diagnosis, so they are chosen w
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import trio
 
-from physarum.errors import NotMultistreamError, RefusedError, SelfDialError
-from physarum.overlay import multistream, noise, yamux
+from physarum.errors import ConfigError, NotMultistreamError, RefusedError, SelfDialError
+from physarum.overlay import multistream, noise, tls, yamux
 from physarum.overlay.identity import KeyPair, PeerId
 from physarum.overlay.multiaddr import Multiaddr
 from physarum.overlay.resources import MemoryBudget
 from physarum.overlay.streamio import BufferedStream
 from physarum.overlay.yamux import YamuxSession
 from physarum.psk import NONCE_SIZE, PskMismatchError, PskStream, protect
+
+#: Security protocols we offer, in order of preference (a dialer proposes them in turn; a listener
+#: takes whichever the dialer proposes first): Noise, as every libp2p has, then TLS, which
+#: go-libp2p and rust-libp2p also have and go-libp2p 0.9 (PhysarumSM's) offers first.
+DEFAULT_SECURITY = (noise.PROTOCOL_ID, tls.PROTOCOL_ID)
 
 #: What a peer without a pre-shared key sends first: multistream-select's header, in the clear.
 PLAINTEXT_HEADER = multistream.encode(multistream.PROTOCOL_ID)
@@ -60,7 +65,12 @@ class Upgrader:
 
     ``psk``: the private network's key (None: no pnet). ``first_byte_timeout``: how long an inbound
     peer may stay silent before it loses its slot. ``max_streams``: yamux streams per connection.
-    ``peer_memory``: the memory budget a peer's yamux buffers are charged to.
+    ``peer_memory``: the memory budget a peer's yamux buffers are charged to. ``security``: the
+    security protocols offered, in order of preference (:data:`DEFAULT_SECURITY`; any of
+    ``/noise`` and ``/tls/1.0.0``).
+
+    Raises:
+        ConfigError: ``security`` is empty or names a protocol physarum does not have.
     """
 
     def __init__(
@@ -71,7 +81,12 @@ class Upgrader:
         first_byte_timeout: float,
         max_streams: int,
         peer_memory: Callable[[PeerId], MemoryBudget] | None = None,
+        security: Sequence[str] = DEFAULT_SECURITY,
     ) -> None:
+        unknown = [s for s in security if s not in DEFAULT_SECURITY]
+        if not security or unknown:
+            raise ConfigError(f"security protocols are some of {', '.join(DEFAULT_SECURITY)}; got {list(security)}")
+        self.security = tuple(security)
         self.key_pair = key_pair
         self.peer_id = key_pair.peer_id
         self.psk = psk
@@ -133,10 +148,11 @@ class Upgrader:
         if phase is not None:
             phase.name, phase.raw = "header", raw
         try:
+            offered = self.security
             if initiator:
-                await multistream.select(buf, [noise.PROTOCOL_ID])
+                chosen = await multistream.select(buf, offered)
             else:
-                await multistream.handle(buf, noise.PROTOCOL_ID.__eq__, lambda: [noise.PROTOCOL_ID], greeted=greeted)
+                chosen = await multistream.handle(buf, offered.__contains__, lambda: list(offered), greeted=greeted)
         except (NotMultistreamError, trio.BrokenResourceError) as e:
             if initiator and _closed_before_first_byte(e, raw, buf):
                 raise RefusedError(
@@ -159,8 +175,12 @@ class Upgrader:
                 ) from e
             raise
         if phase is not None:
-            phase.name = "noise"
-        secure = await noise.handshake(buf, self.key_pair, initiator=initiator, expected_peer=expected)
+            phase.name = "noise" if chosen == noise.PROTOCOL_ID else "tls"
+        secure: noise.NoiseStream | tls.TlsStream
+        if chosen == tls.PROTOCOL_ID:
+            secure = await tls.handshake(buf, self.key_pair, initiator=initiator, expected_peer=expected)
+        else:
+            secure = await noise.handshake(buf, self.key_pair, initiator=initiator, expected_peer=expected)
         peer_id = secure.remote_peer
         if peer_id == self.peer_id:
             raise SelfDialError("the remote is ourselves", address=str(remote))
