@@ -118,9 +118,41 @@ def test_secp256k1_peer_id() -> None:
     key = pid.public_key()
     assert key == PublicKey(KEY_SECP256K1, SECP256K1_G)
     assert key is not None and key.peer_id() == pid
-    # physarum cannot check secp256k1 signatures, and says so.
-    with pytest.raises(IdentityKeyError):
-        key.verify(b"msg", b"\x00" * 64)
+    # G is the public key of private key 1: a signature by it checks out, garbage does not.
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    signature = ec.derive_private_key(1, ec.SECP256K1()).sign(b"msg", ec.ECDSA(hashes.SHA256()))
+    assert key.verify(b"msg", signature)
+    assert not key.verify(b"other", signature)
+    assert not key.verify(b"msg", b"\x00" * 64)
+
+
+def test_rsa_and_ecdsa_signatures_are_checked() -> None:
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+    der = serialization.Encoding.DER
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    rsa_key = rsa.generate_private_key(65537, 2048)
+    public = PublicKey(KEY_RSA, rsa_key.public_key().public_bytes(der, spki))
+    assert str(public.peer_id()).startswith("Qm")  # over 42 bytes: a SHA-256 multihash
+    assert public.verify(b"m", rsa_key.sign(b"m", padding.PKCS1v15(), hashes.SHA256()))
+    assert not public.verify(b"n", rsa_key.sign(b"m", padding.PKCS1v15(), hashes.SHA256()))
+    small = rsa.generate_private_key(65537, 1024)
+    with pytest.raises(IdentityKeyError, match="1024 bits"):
+        PublicKey(KEY_RSA, small.public_key().public_bytes(der, spki)).verify(b"m", b"x")
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    public = PublicKey(KEY_ECDSA, ec_key.public_key().public_bytes(der, spki))
+    assert public.verify(b"m", ec_key.sign(b"m", ec.ECDSA(hashes.SHA256())))
+    assert not public.verify(b"m", b"not der")
+    # A key type holding another kind of key, garbage key bytes, an unknown type: clear errors.
+    with pytest.raises(IdentityKeyError, match="another kind of key"):
+        PublicKey(KEY_RSA, ec_key.public_key().public_bytes(der, spki)).verify(b"m", b"x")
+    with pytest.raises(IdentityKeyError, match="not a ECDSA public key"):
+        PublicKey(KEY_ECDSA, b"garbage").verify(b"m", b"x")
+    with pytest.raises(IdentityKeyError, match="unknown key type"):
+        PublicKey(9, b"x").verify(b"m", b"x")
 
 
 def test_cid_forms() -> None:

@@ -2,8 +2,10 @@
 
 A peer id is the multihash of the protobuf-encoded public key: the identity multihash when that
 encoding is at most 42 bytes (Ed25519, giving ``12D3KooW...``), SHA-256 otherwise (RSA ``Qm...``).
-physarum signs only with Ed25519; ids of other key types parse, but their signatures cannot be
-checked, so such peers fail the handshake with a clear error.
+physarum signs only with Ed25519. It checks the signatures of every libp2p key type, so peers with
+RSA (go-libp2p's default before 0.20, and PhysarumSM's nodes without a key file), ECDSA or
+Secp256k1 identities connect too: those checks use the ``cryptography`` package, imported when
+the first such key is seen.
 """
 
 from __future__ import annotations
@@ -71,18 +73,20 @@ class PublicKey:
         return cls(key_type, raw)
 
     def verify(self, message: bytes, signature: bytes) -> bool:
-        """True when ``signature`` is this key's signature of ``message``.
+        """True when ``signature`` is this key's signature of ``message`` (libp2p's schemes: Ed25519;
+        RSA PKCS#1 v1.5, ECDSA and Secp256k1 over SHA-256, the latter two DER-encoded).
 
         Raises:
-            IdentityKeyError: the key type is not Ed25519 (physarum cannot check other types).
+            IdentityKeyError: an unknown key type, or key bytes that are not a key of their type
+                (an RSA key under 2,048 or over 16,384 bits among them).
         """
-        if self.key_type != KEY_ED25519:
-            raise IdentityKeyError(f"cannot verify {_KEY_NAMES.get(self.key_type, self.key_type)} signatures")
-        try:
-            nacl.signing.VerifyKey(self.data).verify(message, signature)
-        except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
-            return False
-        return True
+        if self.key_type == KEY_ED25519:
+            try:
+                nacl.signing.VerifyKey(self.data).verify(message, signature)
+            except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
+                return False
+            return True
+        return _verify_other(self.key_type, self.data, message, signature)
 
     def peer_id(self) -> PeerId:
         return PeerId.from_public_key(self)
@@ -95,6 +99,44 @@ class PublicKey:
 
     def __repr__(self) -> str:
         return f"PublicKey({_KEY_NAMES.get(self.key_type, self.key_type)}, {self.data.hex()})"
+
+
+#: RSA keys outside these sizes are refused (go-libp2p refuses under 2,048 bits, and a huge key
+#: costs a peer nothing to send and us much to check).
+RSA_MIN_BITS = 2048
+RSA_MAX_BITS = 16384
+
+
+def _verify_other(key_type: int, data: bytes, message: bytes, signature: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+    name = _KEY_NAMES.get(key_type)
+    if name is None:
+        raise IdentityKeyError(f"unknown key type {key_type}")
+    try:
+        if key_type == KEY_SECP256K1:
+            key: object = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256K1(), data)
+        else:
+            key = serialization.load_der_public_key(data)
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise IdentityKeyError(f"not a {name} public key: {e}") from None
+    if key_type == KEY_RSA:
+        if not isinstance(key, rsa.RSAPublicKey):
+            raise IdentityKeyError("an RSA key type holding another kind of key")
+        if not RSA_MIN_BITS <= key.key_size <= RSA_MAX_BITS:
+            raise IdentityKeyError(f"an RSA key of {key.key_size} bits (physarum takes {RSA_MIN_BITS}-{RSA_MAX_BITS})")
+    elif not isinstance(key, ec.EllipticCurvePublicKey):
+        raise IdentityKeyError(f"a {name} key type holding another kind of key")
+    try:
+        if isinstance(key, rsa.RSAPublicKey):
+            key.verify(signature, message, padding.PKCS1v15(), hashes.SHA256())
+        else:
+            key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, ValueError):  # ValueError: a signature that is not DER
+        return False
+    return True
 
 
 class PeerId(bytes):

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from physarum.errors import DecodeError, HandshakeError, PeerIdMismatchError
-from physarum.overlay.identity import KeyPair, PeerId, PublicKey
+from physarum.overlay.identity import IdentityKeyError, KeyPair, PeerId, PublicKey
 
 if TYPE_CHECKING:
     from OpenSSL import SSL
@@ -173,8 +173,8 @@ def verify_certificate(der: bytes, *, now: datetime.datetime | None = None) -> P
     spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     try:
         ok = host_key.verify(SIGNATURE_PREFIX + spki, signature)
-    except Exception as e:  # an unsupported key type names itself
-        raise TlsError(f"cannot check the peer's host key signature: {e}") from None
+    except IdentityKeyError as e:
+        raise TlsError(f"cannot check the peer's host key signature: {e.reason}") from None
     if not ok:
         raise TlsError("the peer's host key did not sign its certificate key")
     return host_key
