@@ -22,6 +22,9 @@ fi
 # py-libp2p interop peer, in a virtualenv of its own so its pins never constrain ours.
 bash tests/interop/py/setup.sh
 
+# go-libp2p interop peer, built from tests/interop/go (Go module proxy); rebuilt when its sources change.
+bash tests/interop/go/setup.sh
+
 # A real Prometheus (and promtool) for the scrape tests: Debian's package.
 bash scripts/prometheus-setup.sh
 

@@ -20,6 +20,7 @@ Usage::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -34,15 +35,21 @@ from typing import Any
 import trio
 
 __all__ = [
+    "GO_DIR",
+    "GO_PEER",
     "JS_DIR",
     "JS_PEER",
+    "RUST_DIR",
+    "RUST_PEER",
     "Partner",
     "PartnerError",
     "PartnerExited",
     "PartnerSetupError",
     "PartnerTimeout",
+    "go_peer_argv",
     "js_peer_argv",
     "open_partner",
+    "rust_peer_argv",
     "write_psk_key_file",
 ]
 
@@ -129,6 +136,54 @@ def py_peer_argv(*extra: str) -> list[str]:
     if not python.exists():
         raise PartnerSetupError(f"py-libp2p is not installed: run bash tests/interop/py/setup.sh ({python})")
     return [str(python), str(PY_DIR / "peer.py"), *extra]
+
+
+RUST_DIR: Path = Path(__file__).resolve().parent / "rust"
+"""The cargo project of the rust-libp2p partner (``bash tests/interop/rust/setup.sh`` builds it)."""
+
+RUST_PEER: Path = RUST_DIR / "target" / "release" / "physarum-interop-rust-peer"
+"""The rust-libp2p partner program, once built."""
+
+
+def rust_peer_argv(*extra: str) -> list[str]:
+    """Return the command line that starts the rust-libp2p partner with ``extra`` arguments.
+
+    Raises:
+        PartnerSetupError: the binary is not built (run ``bash tests/interop/rust/setup.sh``).
+    """
+    if not RUST_PEER.is_file():
+        raise PartnerSetupError(
+            f"the rust-libp2p partner is not built: run bash tests/interop/rust/setup.sh ({RUST_PEER})"
+        )
+    return [str(RUST_PEER), *extra]
+
+
+GO_DIR: Path = Path(__file__).resolve().parent / "go"
+"""The Go module of the go-libp2p partner (``bash tests/interop/go/setup.sh`` builds it)."""
+
+GO_PEER: Path = GO_DIR / "bin" / "gopeer"
+"""The go-libp2p partner program, once built."""
+
+_GO_SOURCES = ("go.mod", "go.sum", "main.go", "setup.sh")
+
+
+def go_peer_argv(*extra: str) -> list[str]:
+    """Return the command line that starts the go-libp2p partner with ``extra`` arguments.
+
+    Raises:
+        PartnerSetupError: the binary is not built, or was built from other sources than those in
+            tests/interop/go (run ``bash tests/interop/go/setup.sh``).
+    """
+    setup = f"run bash tests/interop/go/setup.sh ({GO_PEER})"
+    if not GO_PEER.is_file():
+        raise PartnerSetupError(f"the go-libp2p partner is not built: {setup}")
+    # setup.sh records the SHA-256 of the concatenated sources it built from: a stale binary
+    # would test yesterday's partner.
+    built = (GO_DIR / "bin" / ".built").read_text().strip() if (GO_DIR / "bin" / ".built").is_file() else ""
+    sources = hashlib.sha256(b"".join((GO_DIR / name).read_bytes() for name in _GO_SOURCES)).hexdigest()
+    if built != sources:
+        raise PartnerSetupError(f"the go-libp2p partner was built from other sources: {setup}")
+    return [str(GO_PEER), *extra]
 
 
 def write_psk_key_file(path: Path, key: bytes | None = None) -> bytes:
