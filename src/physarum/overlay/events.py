@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, Protocol, TypeVar
 
 from physarum.overlay.logfmt import clip
 
@@ -26,3 +26,9 @@ class Callbacks(list[Callable[[T], None]], Generic[T]):
                 cb(arg)
             except Exception:
                 log.exception("callback %s failed", clip(getattr(cb, "__qualname__", repr(cb))))
+
+
+class HandlerHost(Protocol):
+    """What a simple service needs of a host: to serve a protocol (:meth:`Host.set_handler`)."""
+
+    def set_handler(self, protocol: str, handler: Callable[[Any], Awaitable[None]]) -> None: ...

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import trio
 
 from physarum.errors import ProtocolError, StreamEndedError
+from physarum.overlay.events import HandlerHost
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +76,11 @@ class PingService:
     def __init__(self, idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> None:
         self.idle_timeout = idle_timeout
 
-    def attach(self, host: _HandlerHost) -> None:
+    def attach(self, host: HandlerHost) -> None:
         host.set_handler(PROTOCOL_ID, self._handle)
 
     async def _handle(self, stream: trio.abc.HalfCloseableStream) -> None:
         await handle_ping(stream, idle_timeout=self.idle_timeout)
-
-
-class _HandlerHost(Protocol):
-    def set_handler(self, protocol: str, handler: Callable[[Any], Awaitable[None]]) -> None: ...
 
 
 async def ping_once(stream: trio.abc.Stream) -> float:

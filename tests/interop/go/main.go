@@ -47,6 +47,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -87,6 +88,8 @@ import (
 const (
 	kadProtocol      = "/ipfs/kad/1.0.0"
 	echoProtocol     = "/physarum-test/echo/1.0.0"
+	perfProtocol     = "/perf/1.0.0"
+	perfBlock        = 64 << 10
 	defaultTimeoutMS = 10_000
 	// go-libp2p-kad-dht insists that a DHT on the /ipfs prefix (the public Amino DHT) validates
 	// exactly the /pk and /ipns namespaces. physarum's contact records live under /physarum/,
@@ -326,6 +329,24 @@ func makeNode(opts *options) (*node, error) {
 	h.SetStreamHandler(ping.ID, func(s network.Stream) {
 		n.pingIn.Add(1)
 		service.PingHandler(&countingStream{Stream: s, writes: &n.pongs})
+	})
+	// libp2p's perf protocol (specs/perf/perf.md): read the uint64 to send back, read the upload to
+	// its end, then send that many bytes and close.
+	h.SetStreamHandler(perfProtocol, func(s network.Stream) {
+		var header [8]byte
+		if _, err := io.ReadFull(s, header[:]); err != nil {
+			_ = s.Reset()
+			return
+		}
+		if _, err := io.Copy(io.Discard, s); err != nil {
+			_ = s.Reset()
+			return
+		}
+		if err := writeZeros(s, binary.BigEndian.Uint64(header[:])); err != nil {
+			_ = s.Reset()
+			return
+		}
+		_ = s.Close()
 	})
 	h.SetStreamHandler(echoProtocol, func(s network.Stream) {
 		if _, err := io.Copy(s, s); err != nil {
@@ -610,6 +631,7 @@ func (n *node) commands() map[string]command {
 		"hangup":         n.cmdHangup,
 		"ping_stats":     n.cmdPingStats,
 		"echo":           n.cmdEcho,
+		"perf":           n.cmdPerf,
 		"find_peer":      n.cmdFindPeer,
 		"closest_peers":  n.cmdClosestPeers,
 		"routing_table":  n.cmdRoutingTable,
@@ -874,6 +896,63 @@ func (n *node) cmdEcho(ctx context.Context, a args) (map[string]any, error) {
 		return nil, fmt.Errorf("echo differs: sent %d bytes, got %d back", len(payload), len(echoed))
 	}
 	return map[string]any{"bytes": len(echoed), "elapsed_us": time.Since(start).Microseconds()}, nil
+}
+
+func writeZeros(w io.Writer, n uint64) error {
+	block := make([]byte, perfBlock)
+	for n > 0 {
+		chunk := uint64(len(block))
+		if n < chunk {
+			chunk = n
+		}
+		if _, err := w.Write(block[:chunk]); err != nil {
+			return err
+		}
+		n -= chunk
+	}
+	return nil
+}
+
+// perf is the perf protocol's client: "upload" bytes up, "download" bytes back, each direction timed.
+func (n *node) cmdPerf(ctx context.Context, a args) (map[string]any, error) {
+	id, err := n.target(ctx, a.str("peer"))
+	if err != nil {
+		return nil, err
+	}
+	s, err := n.host.NewStream(ctx, id, perfProtocol)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	if deadline, ok := ctx.Deadline(); ok {
+		_ = s.SetDeadline(deadline)
+	}
+	upload, download := uint64(a.num("upload", 0)), uint64(a.num("download", 0))
+	start := time.Now()
+	var header [8]byte
+	binary.BigEndian.PutUint64(header[:], download)
+	if _, err := s.Write(header[:]); err != nil {
+		return nil, err
+	}
+	if err := writeZeros(s, upload); err != nil {
+		return nil, err
+	}
+	if err := s.CloseWrite(); err != nil {
+		return nil, err
+	}
+	uploaded := time.Now()
+	got, err := io.Copy(io.Discard, s)
+	if err != nil {
+		_ = s.Reset()
+		return nil, fmt.Errorf("perf download after %d bytes: %w", got, err)
+	}
+	if uint64(got) != download {
+		return nil, fmt.Errorf("perf: asked for %d bytes, got %d", download, got)
+	}
+	return map[string]any{
+		"uploaded": upload, "downloaded": got,
+		"upload_us": uploaded.Sub(start).Microseconds(), "download_us": time.Since(uploaded).Microseconds(),
+	}, nil
 }
 
 func (n *node) cmdFindPeer(ctx context.Context, a args) (map[string]any, error) {
