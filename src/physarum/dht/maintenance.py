@@ -49,6 +49,11 @@ from physarum.overlay.multiaddr import Multiaddr
 
 log = logging.getLogger(__name__)
 
+#: Stale buckets refreshed per maintenance round (each is one lookup): after a long pause (a
+#: laptop asleep) every bucket is stale at once, and refreshing them all in one go would be a
+#: burst of 256 lookups; the rest wait for the next rounds, a tenth of the refresh interval apart.
+REFRESHES_PER_ROUND = 4
+
 
 class NotJoinedError(PhysarumError):
     """A lookup had nobody to ask, so "not found" would mean nothing (see :mod:`physarum.dht.service`).
@@ -298,7 +303,7 @@ class Maintenance:
             node.records.expire(wall)
             node.providers.expire(t)
             self.routing.changed()  # also catches changes made to the table from outside
-            for index in node.table.stale_buckets(t, node.refresh_interval)[:4]:
+            for index in node.table.stale_buckets(t, node.refresh_interval)[:REFRESHES_PER_ROUND]:
                 await self._refresh(index, rng, t)
             for stored in node.records.due_for_republish(wall, node.republish_interval):
                 node.records.mark_republished(stored.record.id, stored.publisher, wall)

@@ -97,6 +97,11 @@ VICTIM_BATCH = 64
 #: ...and a ranking is used for at most this long (seconds): a flood of newcomers pays for one
 #: ranking per batch, and what changed meanwhile (a connection tagged, one protected) counts soon.
 VICTIM_BATCH_TTL = 0.25
+#: How often refusal counts are looked at for their rate-limited log summary (seconds); the
+#: summary itself goes out at most once a minute (``resources.RefusalLog``).
+REFUSAL_LOG_TICK = 5.0
+#: Default deadline of connect, new_stream, ping and identify (seconds), each a parameter.
+DEFAULT_TIMEOUT = 10.0
 
 
 class Connection:
@@ -320,7 +325,7 @@ class Host:
 
     async def _flush_refusal_logs(self) -> None:
         while True:
-            await trio.sleep(5)
+            await trio.sleep(REFUSAL_LOG_TICK)
             self.resources.flush_logs(trio.current_time())
 
     def _usage(self) -> Usage:
@@ -592,7 +597,7 @@ class Host:
                 self._evicting.discard(victim)
 
 
-    async def connect(self, target: str | Multiaddr | PeerId, *, timeout: float = 10.0) -> Connection:
+    async def connect(self, target: str | Multiaddr | PeerId, *, timeout: float = DEFAULT_TIMEOUT) -> Connection:
         """Return an open connection to ``target``, dialing if needed.
 
         ``target`` is a multiaddr (``/p2p/<id>`` is then checked against the remote's proven
@@ -844,7 +849,7 @@ class Host:
             await stream.aclose()
 
     async def new_stream(
-        self, peer: PeerId | str | Multiaddr, protocols: Sequence[str], *, timeout: float = 10.0
+        self, peer: PeerId | str | Multiaddr, protocols: Sequence[str], *, timeout: float = DEFAULT_TIMEOUT
     ) -> YamuxStream:
         """Open a stream to ``peer`` (dialing if needed) speaking the first protocol it accepts.
 
@@ -863,7 +868,7 @@ class Host:
     # -- ping --
 
     async def ping(
-        self, peer: PeerId | str | Multiaddr, *, count: int = 1, timeout: float = 10.0
+        self, peer: PeerId | str | Multiaddr, *, count: int = 1, timeout: float = DEFAULT_TIMEOUT
     ) -> list[float]:
         """Ping ``peer`` ``count`` times on one stream; RTTs in seconds.
 
@@ -880,7 +885,7 @@ class Host:
 
     # -- identify --
 
-    async def identify(self, peer: PeerId, *, timeout: float = 10.0) -> IdentifyInfo:
+    async def identify(self, peer: PeerId, *, timeout: float = DEFAULT_TIMEOUT) -> IdentifyInfo:
         """What ``peer`` says of itself, asked now over a fresh identify stream (the peer store and
         the connection's ``identify_info`` are updated, ``on_identify`` fires).
 
