@@ -1,9 +1,8 @@
-"""The key space (SHA-256 ints, XOR, bucket indices, refresh targets) and multiaddr checking."""
+"""The key space (SHA-256 ints, XOR, bucket indices, refresh targets)."""
 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 from random import Random
 
 import pytest
@@ -11,10 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from physarum.dht import keyspace
-from physarum.dht.addrs import ip_address_of, parse_multiaddr_bytes, parse_multiaddr_text
-from physarum.errors import DecodeError
 from physarum.overlay.identity import KeyPair
-from physarum.overlay.multiaddr import Multiaddr
 
 from ._util import random_peer_id
 
@@ -89,66 +85,3 @@ def test_random_preimage_limits() -> None:
         keyspace.random_preimage_in_bucket(0, keyspace.MAX_PREIMAGE_INDEX + 1, Random(1))
     with pytest.raises(ValueError):
         keyspace.random_preimage_in_bucket(0, 20, Random(1), max_tries=3)
-
-
-# ---- multiaddrs from the network ----
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "/ip4/1.2.3.4/tcp/4001",
-        "/ip6/::1/tcp/1",
-        "/dns4/example.com/tcp/443/wss",
-        "/ip4/127.0.0.1/udp/4001/quic-v1",
-        "/ip4/1.2.3.4/tcp/4001/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA",
-    ],
-)
-def test_valid_multiaddrs_pass(text: str) -> None:
-    addr = parse_multiaddr_text(text)
-    assert str(addr) == text
-    assert parse_multiaddr_bytes(addr.to_bytes()) == addr
-
-
-@pytest.mark.parametrize(
-    "data",
-    [
-        b"",
-        b"\x04\x01\x02\x03",  # ip4 with three bytes
-        b"\x04\x01\x02\x03\x04\x06\x0f",  # tcp port cut short
-        b"\x80",  # varint cut short
-        b"\x04\x01\x02\x03\x04\x06\x00\x01\xff\xff\x7f",  # unknown protocol code
-        b"\x36\x05abc",  # dns4 length runs past the end
-        b"\x36\x02\xff\xfe",  # dns4 name that is not UTF-8
-        b"\x84\x00",  # non-minimal varint for ip4
-        b"\x04" + bytes(4) + b"\x00" * 2000,  # too long
-    ],
-)
-def test_invalid_multiaddrs_fail(data: bytes) -> None:
-    with pytest.raises(DecodeError):
-        parse_multiaddr_bytes(data)
-
-
-@pytest.mark.parametrize("text", ["", "nonsense", "/ip4/999.1.1.1/tcp/1", "/tcp/99999", "/ip4"])
-def test_invalid_multiaddr_text_fails(text: str) -> None:
-    with pytest.raises(DecodeError):
-        parse_multiaddr_text(text)
-
-
-@given(st.binary(max_size=60))
-def test_multiaddr_fuzz_only_decode_error(data: bytes) -> None:
-    try:
-        addr = parse_multiaddr_bytes(data)
-    except DecodeError:
-        return
-    # whatever passes has a text form that parses back to the same bytes
-    assert Multiaddr(str(addr)).to_bytes() == data
-
-
-def test_ip_address_of() -> None:
-    assert ip_address_of(parse_multiaddr_text("/ip4/10.1.2.3/tcp/1")) == ipaddress.ip_address("10.1.2.3")
-    assert ip_address_of(parse_multiaddr_text("/ip6/2001:4860::8888/tcp/1")) == ipaddress.ip_address(
-        "2001:4860::8888"
-    )
-    assert ip_address_of(parse_multiaddr_text("/ip6/::ffff:8.8.8.8/tcp/1")) == ipaddress.ip_address("8.8.8.8")
-    assert ip_address_of(parse_multiaddr_text("/dns4/example.com/tcp/1")) is None

@@ -99,9 +99,13 @@ def with_peer(addr: Multiaddr, peer_id: PeerId) -> Multiaddr:
     """``addr`` ending in ``/p2p/<peer_id>`` (added once).
 
     Raises:
-        AddressError: ``addr`` is not a TCP address.
+        AddressError: ``addr`` is not a TCP address, or already names another peer (a peer's
+            record listing someone else's address must not read as its own).
     """
-    if tcp_endpoint(addr).peer_id is not None:
+    named = tcp_endpoint(addr).peer_id
+    if named is not None:
+        if named != peer_id:
+            raise AddressError(addr, f"names peer {named}, not {peer_id}")
         return addr
     return addr.encapsulate(f"/p2p/{peer_id}")
 

@@ -37,7 +37,7 @@ import trio
 from physarum.errors import ConfigError, DecodeError, LimitError, ProtocolError
 from physarum.overlay.identity import PeerId
 from physarum.overlay.resources import MemoryBudget
-from physarum.overlay.streamio import check_max_bytes
+from physarum.overlay.streamio import check_receive
 
 log = logging.getLogger(__name__)
 
@@ -248,9 +248,7 @@ class YamuxStream(trio.abc.HalfCloseableStream):
             raise trio.ClosedResourceError("stream is closed")
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._receiving:
-            raise trio.BusyResourceError("another task is receiving on this stream")
-        max_bytes = check_max_bytes(max_bytes)
+        max_bytes = check_receive(self._receiving, max_bytes)
         self._receiving = True
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
@@ -259,7 +257,8 @@ class YamuxStream(trio.abc.HalfCloseableStream):
                 if not self._buf:
                     if self._closed:
                         raise trio.ClosedResourceError("stream is closed")
-                    if self._fin_received:
+                    if self._fin_received and not self._reset:
+                        # A reset after the FIN dropped what was buffered: that is no clean end.
                         await trio.lowlevel.cancel_shielded_checkpoint()
                         return b""
                     if self._reset or self.session.broken:
