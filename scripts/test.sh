@@ -25,6 +25,9 @@ bash tests/interop/py/setup.sh
 # go-libp2p interop peer, built from tests/interop/go (Go module proxy); rebuilt when its sources change.
 bash tests/interop/go/setup.sh
 
+# rust-libp2p interop peer, built from tests/interop/rust (crates.io, Cargo.lock); rebuilt when its sources change.
+bash tests/interop/rust/setup.sh
+
 # A real Prometheus (and promtool) for the scrape tests: Debian's package.
 bash scripts/prometheus-setup.sh
 

@@ -652,8 +652,12 @@ class Host:
                     address=str(ma),
                 )
             elif phase.name == "header":
-                # Not even a nonce: a stuck or overloaded peer, not a key mismatch.
-                errors[str(ma)] = TimeoutError(f"the peer took the connection and sent nothing within {timeout} s")
+                # Not even a nonce: a stuck or overloaded peer, or a listener without a key that waits
+                # for a valid multistream header before it says anything (rust-libp2p's does).
+                errors[str(ma)] = TimeoutError(
+                    f"the peer took the connection and sent nothing within {timeout} s: it is overloaded,"
+                    + (" or it uses no pre-shared key and waits for a header it can read" if self.psk else "")
+                )
             else:
                 errors["(deadline)"] = TimeoutError(f"no connection within {timeout} s")
         raise DialError(peer, errors)
