@@ -14,18 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from physarum.errors import PhysarumError
-from physarum.psk import (
-    PSK_SIZE,
-    KeyEncoding,
-    KeyFileError,
-    KeyFileReason,
-    format_key_file,
-    generate_psk,
-    load_key_file,
-    parse_key_file,
-    psk_from_passphrase,
-    write_key_file,
-)
+from physarum.psk import keyfile
+from physarum.psk.keyfile import PSK_SIZE, KeyEncoding, KeyFileError, KeyFileReason
 
 # The example key from js-libp2p's pnet README.
 README_HEX = "dffb7e3135399a8b1612b2aaca1c36a3a8ac2cd0cca51ceeb2ced87d308cac6d"
@@ -38,7 +28,7 @@ encodings = st.sampled_from(["base16", "base64", "bin"])
 
 def refused(data: bytes, reason: KeyFileReason) -> KeyFileError:
     with pytest.raises(KeyFileError) as info:
-        parse_key_file(data)
+        keyfile.parse_key_file(data)
     assert info.value.reason is reason, info.value
     return info.value
 
@@ -48,7 +38,7 @@ def refused(data: bytes, reason: KeyFileReason) -> KeyFileError:
 
 def test_parses_go_ipfs_swarm_key_gen_output() -> None:
     # ipfs-swarm-key-gen and js-libp2p's generateKey write no newline after the key.
-    assert parse_key_file(HEADER + b"/base16/\n" + README_HEX.encode()) == README_KEY
+    assert keyfile.parse_key_file(HEADER + b"/base16/\n" + README_HEX.encode()) == README_KEY
 
 
 @pytest.mark.parametrize(
@@ -65,27 +55,27 @@ def test_parses_go_ipfs_swarm_key_gen_output() -> None:
     ],
 )
 def test_parses_every_encoding_and_line_ending(data: bytes) -> None:
-    assert parse_key_file(data) == README_KEY
+    assert keyfile.parse_key_file(data) == README_KEY
 
 
 def test_binary_key_may_contain_newlines_and_whitespace() -> None:
     key = b"\n\r \t" * 8
-    assert parse_key_file(HEADER + b"/bin/\n" + key) == key
+    assert keyfile.parse_key_file(HEADER + b"/bin/\n" + key) == key
 
 
 @given(psks, encodings)
 def test_round_trip(psk: bytes, encoding: KeyEncoding) -> None:
-    assert parse_key_file(format_key_file(psk, encoding)) == psk
+    assert keyfile.parse_key_file(keyfile.format_key_file(psk, encoding)) == psk
 
 
 @given(psks, encodings, st.data())
 def test_every_truncation_is_refused(psk: bytes, encoding: KeyEncoding, data: st.DataObject) -> None:
-    text = format_key_file(psk, encoding)
+    text = keyfile.format_key_file(psk, encoding)
     # A text key's trailing newline is optional; any cut before the key's last character must fail.
     essential = len(text.rstrip(b"\n")) if encoding != "bin" else len(text)
     cut = data.draw(st.integers(0, essential - 1))
     with pytest.raises(KeyFileError):
-        parse_key_file(text[:cut])
+        keyfile.parse_key_file(text[:cut])
 
 
 def test_empty_files() -> None:
@@ -196,7 +186,7 @@ def test_error_is_a_value_error_and_a_physarum_error() -> None:
 
 def test_format_base16_is_lowercase_and_js_readable() -> None:
     key = bytes(range(0xE0, 0x100))
-    text = format_key_file(key)
+    text = keyfile.format_key_file(key)
     assert text == HEADER + b"/base16/\n" + key.hex().encode() + b"\n"
     # js-libp2p splits on newlines and decodes the third line as lowercase hex.
     assert text.decode().splitlines()[2] == key.hex()
@@ -204,17 +194,18 @@ def test_format_base16_is_lowercase_and_js_readable() -> None:
 
 def test_format_other_encodings() -> None:
     assert (
-        format_key_file(README_KEY, "base64") == HEADER + b"/base64/\n" + base64.b64encode(README_KEY) + b"\n"
+        keyfile.format_key_file(README_KEY, "base64")
+        == HEADER + b"/base64/\n" + base64.b64encode(README_KEY) + b"\n"
     )
-    assert format_key_file(README_KEY, "bin") == HEADER + b"/bin/\n" + README_KEY
+    assert keyfile.format_key_file(README_KEY, "bin") == HEADER + b"/bin/\n" + README_KEY
 
 
 def test_format_refuses_bad_arguments() -> None:
     with pytest.raises(KeyFileError) as info:
-        format_key_file(bytes(31))
+        keyfile.format_key_file(bytes(31))
     assert info.value.reason is KeyFileReason.WRONG_LENGTH
     with pytest.raises(KeyFileError) as info:
-        format_key_file(README_KEY, "base32")  # type: ignore[arg-type]
+        keyfile.format_key_file(README_KEY, "base32")  # type: ignore[arg-type]
     assert info.value.reason is KeyFileReason.UNKNOWN_ENCODING
 
 
@@ -240,18 +231,18 @@ def mode_of(path: Path) -> int:
 @pytest.mark.parametrize("encoding", ["base16", "base64", "bin"])
 def test_write_creates_a_private_file(tmp_path: Path, encoding: KeyEncoding) -> None:
     path = tmp_path / "swarm.key"
-    write_key_file(path, README_KEY, encoding=encoding)
+    keyfile.write_key_file(path, README_KEY, encoding=encoding)
     assert mode_of(path) == 0o600
-    assert path.read_bytes() == format_key_file(README_KEY, encoding)
-    assert load_key_file(path) == README_KEY
-    assert load_key_file(str(path)) == README_KEY
+    assert path.read_bytes() == keyfile.format_key_file(README_KEY, encoding)
+    assert keyfile.load_key_file(path) == README_KEY
+    assert keyfile.load_key_file(str(path)) == README_KEY
 
 
 def test_write_refuses_to_clobber(tmp_path: Path) -> None:
     path = tmp_path / "swarm.key"
     path.write_bytes(b"precious")
     with pytest.raises(KeyFileError) as info:
-        write_key_file(path, README_KEY)
+        keyfile.write_key_file(path, README_KEY)
     assert info.value.reason is KeyFileReason.IO
     assert isinstance(info.value.__cause__, FileExistsError)
     assert info.value.path == str(path)
@@ -264,9 +255,9 @@ def test_overwrite_replaces_atomically_and_tightens_mode(tmp_path: Path) -> None
     path = tmp_path / "swarm.key"
     path.write_bytes(b"old")
     path.chmod(0o644)
-    key = generate_psk()
-    write_key_file(path, key, overwrite=True)
-    assert load_key_file(path) == key
+    key = keyfile.generate_psk()
+    keyfile.write_key_file(path, key, overwrite=True)
+    assert keyfile.load_key_file(path) == key
     assert mode_of(path) == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["swarm.key"]
 
@@ -275,7 +266,7 @@ def test_write_into_a_missing_directory(tmp_path: Path) -> None:
     path = tmp_path / "no" / "such" / "swarm.key"
     for overwrite in (False, True):
         with pytest.raises(KeyFileError) as info:
-            write_key_file(path, README_KEY, overwrite=overwrite)
+            keyfile.write_key_file(path, README_KEY, overwrite=overwrite)
         assert info.value.reason is KeyFileReason.IO
         assert isinstance(info.value.__cause__, FileNotFoundError)
 
@@ -283,14 +274,14 @@ def test_write_into_a_missing_directory(tmp_path: Path) -> None:
 def test_write_refuses_a_bad_key_before_touching_the_disk(tmp_path: Path) -> None:
     path = tmp_path / "swarm.key"
     with pytest.raises(KeyFileError):
-        write_key_file(path, b"short")
+        keyfile.write_key_file(path, b"short")
     assert not path.exists()
 
 
 def test_load_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "absent.key"
     with pytest.raises(KeyFileError) as info:
-        load_key_file(path)
+        keyfile.load_key_file(path)
     assert info.value.reason is KeyFileReason.IO
     assert info.value.path == str(path)
     assert str(path) in str(info.value)
@@ -299,7 +290,7 @@ def test_load_missing_file(tmp_path: Path) -> None:
 
 def test_load_directory(tmp_path: Path) -> None:
     with pytest.raises(KeyFileError) as info:
-        load_key_file(tmp_path)
+        keyfile.load_key_file(tmp_path)
     assert info.value.reason is KeyFileReason.IO
 
 
@@ -307,7 +298,7 @@ def test_load_reports_parse_errors_with_the_path(tmp_path: Path) -> None:
     path = tmp_path / "swarm.key"
     path.write_bytes(HEADER + b"/base16/\nabc\n")
     with pytest.raises(KeyFileError) as info:
-        load_key_file(path)
+        keyfile.load_key_file(path)
     assert info.value.reason is KeyFileReason.WRONG_LENGTH
     assert info.value.path == str(path)
     assert str(info.value).startswith(str(path))
@@ -318,21 +309,21 @@ def test_load_reports_parse_errors_with_the_path(tmp_path: Path) -> None:
 
 def test_passphrase_is_sha3_256_of_utf8() -> None:
     # FIPS 202 example digests: these pin SHA3-256 (not Keccak-256, not SHA-256).
-    assert psk_from_passphrase("") == bytes.fromhex(
+    assert keyfile.psk_from_passphrase("") == bytes.fromhex(
         "a7ffc6f8bf1ed76651c14756a061d662f580ff4de43b49fa82d80a4b80f8434a"
     )
-    assert psk_from_passphrase("abc") == bytes.fromhex(
+    assert keyfile.psk_from_passphrase("abc") == bytes.fromhex(
         "3a985da74fe225b2045c172d6bd390bd855f086e3e9d525b46bfe24511431532"
     )
-    assert psk_from_passphrase("été") == hashlib.sha3_256("été".encode()).digest()
+    assert keyfile.psk_from_passphrase("été") == hashlib.sha3_256("été".encode()).digest()
 
 
 def test_passphrase_with_lone_surrogate() -> None:
     with pytest.raises(UnicodeEncodeError):
-        psk_from_passphrase("\ud800")
+        keyfile.psk_from_passphrase("\ud800")
 
 
 def test_generate_psk() -> None:
-    keys = {generate_psk() for _ in range(8)}
+    keys = {keyfile.generate_psk() for _ in range(8)}
     assert len(keys) == 8
     assert all(len(k) == PSK_SIZE for k in keys)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import trio
 
-from physarum.cli.flags import FlagParser, NodeOptions, UsageError, flag, positive_float
+from physarum.cli.flags import FlagParser, NodeOptions, UsageError, flag, seconds_flag
 from physarum.cli.node import MonitorOptions, RunningNode, find_usage_error, run_main, run_node
 from physarum.errors import DecodeError
 from physarum.overlay.identity import KeyPair
@@ -48,23 +48,9 @@ def build_parser() -> FlagParser:
         help="metrics port (default 9100; 0: any free)",
     )
     flag(parser, "peers", type=int, default=3, metavar="N", help="peers besides the monitor (default 3)")
-    flag(
-        parser,
-        "interval",
-        type=positive_float,
-        default=1.0,
-        metavar="S",
-        help="seconds between pings (default 1)",
-    )
+    seconds_flag(parser, "interval", default=1.0, help="seconds between pings")
     flag(parser, "once", action="store_true", help="exit after printing the first sample")
-    flag(
-        parser,
-        "timeout",
-        type=positive_float,
-        default=15.0,
-        metavar="S",
-        help="wait this long for the first pings",
-    )
+    seconds_flag(parser, "timeout", default=15.0, help="wait this long for the first pings")
     return parser
 
 

@@ -16,7 +16,7 @@ import ipaddress
 import os
 import re
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn
 
@@ -501,6 +501,20 @@ def positive_float(text: str) -> float:
     return value
 
 
+def seconds_flag(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    name: str,
+    *,
+    default: float,
+    help: str,
+    type: Callable[[str], float] = positive_float,
+) -> None:
+    """Add ``-name S``, a duration in seconds; the help ends in "(default N)" made from ``default``,
+    so the two cannot drift apart. ``type``: :func:`positive_float`, or ``float`` where the caller
+    allows 0 and checks the sign itself."""
+    flag(parser, name, type=type, default=default, metavar="S", help=f"{help} (default {default:g})")
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
     try:
@@ -532,5 +546,6 @@ __all__ = [
     "resolve_dht_state",
     "resolve_key_pair",
     "resolve_psk",
+    "seconds_flag",
     "split_host_port",
 ]

@@ -32,6 +32,7 @@ from physarum.cli.flags import (
     parse_peer_addr,
     positive_float,
     positive_int,
+    seconds_flag,
 )
 from physarum.cli.node import (
     run_main,
@@ -97,29 +98,16 @@ def build_parser() -> FlagParser:
         help="/ip4/HOST/tcp/PORT/p2p/PEER_ID, or a peer id (found through the DHT: needs -bootstrap)",
     )
     flag(ping_cmd, "count", type=positive_int, default=1, metavar="N", help="pings to send (default 1)")
-    flag(
-        ping_cmd,
-        "interval",
-        type=float,
-        default=0.0,
-        metavar="S",
-        help="seconds between pings (default 0)",
-    )
-    flag(
-        ping_cmd,
-        "timeout",
-        type=positive_float,
-        default=10.0,
-        metavar="S",
-        help="deadline to find and connect, and for each echo (default 10)",
-    )
+    # 0 is allowed (pings back to back); parse_args refuses a negative interval.
+    seconds_flag(ping_cmd, "interval", default=0.0, type=float, help="seconds between pings")
+    seconds_flag(ping_cmd, "timeout", default=10.0, help="deadline to find and connect, and for each echo")
     add_node_flags(ping_cmd, listen_default=LISTEN_DEFAULT, keyfile_default=KEYFILE_DEFAULT, suppress=True)
 
     find_cmd = commands.add_parser(
         "find", help="find a peer (its multiaddrs) or the contact records of a name", prog=f"{PROG} find"
     )
     find_cmd.add_argument("target", metavar="PEER_ID_OR_NAME", help="a peer id, or a record name")
-    _timeout_flag(find_cmd, "find")
+    seconds_flag(find_cmd, "timeout", default=DHT_TIMEOUT_DEFAULT, help="deadline to join the DHT and find")
     add_node_flags(find_cmd, listen_default=LISTEN_DEFAULT, keyfile_default=KEYFILE_DEFAULT, suppress=True)
 
     publish_cmd = commands.add_parser(
@@ -143,20 +131,11 @@ def build_parser() -> FlagParser:
         metavar="S",
         help=f"seconds the record lives (default {DEFAULT_RECORD_TTL:g}, at most {MAX_RECORD_TTL:g})",
     )
-    _timeout_flag(publish_cmd, "publish")
+    seconds_flag(
+        publish_cmd, "timeout", default=DHT_TIMEOUT_DEFAULT, help="deadline to join the DHT and publish"
+    )
     add_node_flags(publish_cmd, listen_default=LISTEN_DEFAULT, keyfile_default=KEYFILE_DEFAULT, suppress=True)
     return parser
-
-
-def _timeout_flag(cmd: argparse.ArgumentParser, what: str) -> None:
-    flag(
-        cmd,
-        "timeout",
-        type=positive_float,
-        default=DHT_TIMEOUT_DEFAULT,
-        metavar="S",
-        help=f"deadline to join the DHT and {what} (default {DHT_TIMEOUT_DEFAULT:g})",
-    )
 
 
 def parse_args(

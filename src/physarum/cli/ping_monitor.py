@@ -11,18 +11,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-from physarum.cli.flags import (
-    FlagParser,
-    NodeOptions,
-    UsageError,
-    add_node_flags,
-    flag,
-    node_options,
-    normalize_bool_flags,
-    positive_float,
-    positive_int,
-    split_host_port,
-)
+from physarum.cli import flags
 from physarum.cli.node import MonitorOptions, run_main, run_node, setup_logging
 from physarum.monitor.http import read_token_file
 from physarum.monitor.ping_monitor import MAX_PEER_SERIES
@@ -46,76 +35,55 @@ On start the node prints its multiaddrs, one per line, ending in /p2p/<peer id>.
 Exit status 2 on bad flags, key files or addresses; SIGINT/SIGTERM stop it cleanly."""
 
 
-def build_parser() -> FlagParser:
-    parser = FlagParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG)
-    add_node_flags(parser, listen_default=LISTEN_DEFAULT, keyfile_default=KEYFILE_DEFAULT)
+def build_parser() -> flags.FlagParser:
+    parser = flags.FlagParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG)
+    flags.add_node_flags(parser, listen_default=LISTEN_DEFAULT, keyfile_default=KEYFILE_DEFAULT)
     group = parser.add_argument_group("monitor")
-    flag(
+    flags.flag(
         group,
         "hostname",
         metavar="NAME",
         help="this node's name in the host label of ping_rtt and ping_ewma_rtt (default: the machine's name)",
     )
-    flag(
+    flags.flag(
         group,
         "prom-listen-addr",
         default=PROM_DEFAULT,
         metavar="ADDR",
         help=f"serve /metrics on HOST:PORT, :PORT for every interface (default {PROM_DEFAULT})",
     )
-    flag(
+    flags.flag(
         group,
         "prom-token-file",
         metavar="PATH",
         help="require 'Authorization: Bearer TOKEN' on /metrics, TOKEN read from PATH (Prometheus: "
         "authorization: {credentials_file: PATH}); default: no token",
     )
-    flag(
+    flags.flag(
         group,
         "max-peer-series",
-        type=positive_int,
+        type=flags.positive_int,
         default=MAX_PEER_SERIES,
         metavar="N",
         help="peers with series of their own at most; others are pinged and counted in totals only "
         f"(default {MAX_PEER_SERIES})",
     )
-    flag(
-        group,
-        "ping-interval",
-        type=positive_float,
-        default=1.0,
-        metavar="S",
-        help="seconds between pings (default 1)",
-    )
-    flag(
-        group,
-        "ping-timeout",
-        type=positive_float,
-        default=5.0,
-        metavar="S",
-        help="deadline of one ping (default 5)",
-    )
-    flag(
-        group,
-        "expiry",
-        type=positive_float,
-        default=600.0,
-        metavar="S",
-        help="drop a peer's series after this long unseen (default 600)",
-    )
+    flags.seconds_flag(group, "ping-interval", default=1.0, help="seconds between pings")
+    flags.seconds_flag(group, "ping-timeout", default=5.0, help="deadline of one ping")
+    flags.seconds_flag(group, "expiry", default=600.0, help="drop a peer's series after this long unseen")
     return parser
 
 
 def parse_args(
     argv: Sequence[str], env: Mapping[str, str] | None = None
-) -> tuple[NodeOptions, MonitorOptions]:
+) -> tuple[flags.NodeOptions, MonitorOptions]:
     """Parse ping-monitor's command line.
 
     Raises:
         UsageError: bad flags or values, unusable key files.
     """
-    args = build_parser().parse_args(normalize_bool_flags(argv))
-    host, port = split_host_port(args.prom_listen_addr, "-prom-listen-addr")
+    args = build_parser().parse_args(flags.normalize_bool_flags(argv))
+    host, port = flags.split_host_port(args.prom_listen_addr, "-prom-listen-addr")
     monitor = MonitorOptions(
         prom_host=host or None,
         prom_port=port,
@@ -125,7 +93,7 @@ def parse_args(
         max_peer_series=args.max_peer_series,
         token=_read_token(args.prom_token_file),
     )
-    opts = node_options(args, listen_default=LISTEN_DEFAULT, keyfile_default=KEYFILE_DEFAULT, env=env)
+    opts = flags.node_options(args, listen_default=LISTEN_DEFAULT, keyfile_default=KEYFILE_DEFAULT, env=env)
     return opts, monitor
 
 
@@ -140,7 +108,7 @@ def _read_token(path: str | None) -> str | None:
     try:
         return read_token_file(os.path.expanduser(path))
     except (OSError, ValueError) as e:
-        raise UsageError(f"bad -prom-token-file {path}: {getattr(e, 'strerror', None) or e}") from None
+        raise flags.UsageError(f"bad -prom-token-file {path}: {getattr(e, 'strerror', None) or e}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,7 +21,7 @@ import trio
 from physarum.errors import DecodeError, HandshakeError, PeerIdMismatchError, PhysarumError, StateError
 from physarum.overlay import pb
 from physarum.overlay.identity import KeyPair, PeerId, PublicKey
-from physarum.overlay.streamio import BufferedStream, check_max_bytes
+from physarum.overlay.streamio import BufferedStream, check_receive
 
 PROTOCOL_ID = "/noise"
 _NAME = b"Noise_XX_25519_ChaChaPoly_SHA256"
@@ -381,9 +381,7 @@ class NoiseStream(trio.abc.HalfCloseableStream):
             raise trio.BrokenResourceError("Noise message failed authentication") from e
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._receiving:
-            raise trio.BusyResourceError("another task is receiving on this stream")
-        max_bytes = check_max_bytes(max_bytes)
+        max_bytes = check_receive(self._receiving, max_bytes)
         self._receiving = True
         try:
             if self._closed:

@@ -174,12 +174,8 @@ class WebSocketStream(trio.abc.Stream):
             trio.ClosedResourceError: after :meth:`aclose`.
             trio.BrokenResourceError: the connection is closing or lost.
         """
-        if self._sending:
-            raise trio.BusyResourceError("another task is sending on this WebSocket")
-        self._sending = True
+        self._start_sending()
         try:
-            if self._closed:
-                raise trio.ClosedResourceError("the WebSocket is closed")
             await trio.lowlevel.checkpoint_if_cancelled()
             view = memoryview(data).cast("B")
             step = self.options.send_message_size
@@ -198,16 +194,25 @@ class WebSocketStream(trio.abc.Stream):
             trio.ClosedResourceError: after :meth:`aclose`.
             trio.BrokenResourceError: the connection is lost.
         """
-        if self._sending:
-            raise trio.BusyResourceError("another task is sending on this WebSocket")
-        self._sending = True
+        self._start_sending()
         try:
-            if self._closed:
-                raise trio.ClosedResourceError("the WebSocket is closed")
             async with self._send_lock:
                 await self.transport_stream.wait_send_all_might_not_block()
         finally:
             self._sending = False
+
+    def _start_sending(self) -> None:
+        """Claim the sending side for the caller, who releases it by clearing ``_sending``.
+
+        Raises:
+            trio.BusyResourceError: another task holds it.
+            trio.ClosedResourceError: after :meth:`aclose` (the side is then not claimed).
+        """
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this WebSocket")
+        if self._closed:
+            raise trio.ClosedResourceError("the WebSocket is closed")
+        self._sending = True
 
     async def _send_event(self, event: Event) -> None:
         # Uncontended, the lock is taken without a trip through the scheduler (the transport's

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import operator
 import secrets
-from typing import Final, overload
+from typing import Final, NoReturn, overload
 
 import trio
 
@@ -163,8 +163,7 @@ class PskStream(trio.abc.Stream):
         """
         with self._send_guard:
             if self._closed:
-                await trio.lowlevel.checkpoint()
-                raise trio.ClosedResourceError("this PskStream is closed")
+                await self._raise_closed()
             await self.transport_stream.wait_send_all_might_not_block()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
@@ -186,8 +185,7 @@ class PskStream(trio.abc.Stream):
                 if max_bytes < 1:
                     raise ConfigError("max_bytes must be at least 1")
             if self._closed:
-                await trio.lowlevel.checkpoint()
-                raise trio.ClosedResourceError("this PskStream is closed")
+                await self._raise_closed()
             decryptor = self._decryptor
             if decryptor is None:
                 decryptor = await self._receive_nonce()
@@ -205,8 +203,7 @@ class PskStream(trio.abc.Stream):
 
     async def _check_sendable(self) -> None:
         if self._closed:
-            await trio.lowlevel.checkpoint()
-            raise trio.ClosedResourceError("this PskStream is closed")
+            await self._raise_closed()
         if self._eof_sent:
             await trio.lowlevel.checkpoint()
             raise trio.ClosedResourceError("cannot send after send_eof")
@@ -215,6 +212,11 @@ class PskStream(trio.abc.Stream):
             raise trio.BrokenResourceError(
                 "an earlier send on this PskStream failed part-way; its keystream no longer matches the peer's"
             )
+
+    async def _raise_closed(self) -> NoReturn:
+        # Every operation on a closed stream fails the same way, after a checkpoint as trio's do.
+        await trio.lowlevel.checkpoint()
+        raise trio.ClosedResourceError("this PskStream is closed")
 
     async def _write(self, ciphertext: bytes) -> None:
         nonce = self._unsent_nonce
@@ -279,12 +281,12 @@ class HalfCloseablePskStream(PskStream, trio.abc.HalfCloseableStream):
         Raises:
             trio.BusyResourceError: if another task is sending, waiting to send or sending EOF.
             trio.ClosedResourceError: after :meth:`aclose`.
-            trio.BrokenResourceError: if the transport broke.
+            trio.BrokenResourceError: if the transport broke while the nonce or the EOF went out
+                (later sends then raise it too).
         """
         with self._send_guard:
             if self._closed:
-                await trio.lowlevel.checkpoint()
-                raise trio.ClosedResourceError("this PskStream is closed")
+                await self._raise_closed()
             if self._eof_sent:
                 await trio.lowlevel.checkpoint()
                 return
