@@ -25,6 +25,9 @@ bash tests/interop/py/setup.sh
 # go-libp2p interop peer, built from tests/interop/go (Go module proxy); rebuilt when its sources change.
 bash tests/interop/go/setup.sh
 
+# go-libp2p v0.9.2 peer configured as PhysarumSM's nodes (tests/interop/go09, Go module proxy).
+bash tests/interop/go09/setup.sh
+
 # rust-libp2p interop peer, built from tests/interop/rust (crates.io, Cargo.lock); rebuilt when its sources change.
 bash tests/interop/rust/setup.sh
 

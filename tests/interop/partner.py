@@ -35,6 +35,8 @@ from typing import Any
 import trio
 
 __all__ = [
+    "GO09_DIR",
+    "GO09_PEER",
     "GO_DIR",
     "GO_PEER",
     "JS_DIR",
@@ -46,6 +48,7 @@ __all__ = [
     "PartnerExited",
     "PartnerSetupError",
     "PartnerTimeout",
+    "go09_peer_argv",
     "go_peer_argv",
     "js_peer_argv",
     "open_partner",
@@ -184,6 +187,32 @@ def go_peer_argv(*extra: str) -> list[str]:
     if built != sources:
         raise PartnerSetupError(f"the go-libp2p partner was built from other sources: {setup}")
     return [str(GO_PEER), *extra]
+
+
+GO09_DIR: Path = Path(__file__).resolve().parent / "go09"
+"""The Go module of the go-libp2p v0.9 partner configured as PhysarumSM's nodes
+(``bash tests/interop/go09/setup.sh`` builds it)."""
+
+GO09_PEER: Path = GO09_DIR / "bin" / "go09peer"
+"""The go-libp2p v0.9 (PhysarumSM) partner program, once built."""
+
+
+def go09_peer_argv(*extra: str) -> list[str]:
+    """Return the command line that starts the go-libp2p v0.9 (PhysarumSM) partner with ``extra``.
+
+    Raises:
+        PartnerSetupError: the binary is not built, or was built from other sources than those in
+            tests/interop/go09 (run ``bash tests/interop/go09/setup.sh``).
+    """
+    setup = f"run bash tests/interop/go09/setup.sh ({GO09_PEER})"
+    if not GO09_PEER.is_file():
+        raise PartnerSetupError(f"the go-libp2p v0.9 (PhysarumSM) partner is not built: {setup}")
+    marker = GO09_DIR / "bin" / ".built"
+    built = marker.read_text().strip() if marker.is_file() else ""
+    sources = hashlib.sha256(b"".join((GO09_DIR / name).read_bytes() for name in _GO_SOURCES)).hexdigest()
+    if built != sources:
+        raise PartnerSetupError(f"the go-libp2p v0.9 (PhysarumSM) partner was built from other sources: {setup}")
+    return [str(GO09_PEER), *extra]
 
 
 def write_psk_key_file(path: Path, key: bytes | None = None) -> bytes:

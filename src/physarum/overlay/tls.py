@@ -131,7 +131,10 @@ def make_certificate(key_pair: KeyPair, *, now: datetime.datetime | None = None)
         .serial_number(serial)
         .not_valid_before(now - datetime.timedelta(hours=1))
         .not_valid_after(now + VALIDITY)
-        .add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier(EXTENSION_OID), signed), critical=True)
+        # Not critical: the spec only says it MAY be, and go-libp2p-tls before 0.2 (PhysarumSM's
+        # go-libp2p 0.9 nodes) runs Go's x509 Verify, which refuses any unknown critical extension.
+        # Every implementation finds the extension by its OID either way.
+        .add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier(EXTENSION_OID), signed), critical=False)
         .sign(key, hashes.SHA256())
     )
     return cert.public_bytes(serialization.Encoding.DER), key
