@@ -18,7 +18,9 @@
 //                 {"event":"fatal","error":...}  (start-up failed; the process exits 1)
 // In (commands):  {"id":N,"cmd":"...",...}  ->  {"id":N,"ok":true,...} | {"id":N,"ok":false,"error":"..."}
 //   dial, ping, bench_ping, bench_connect, identify, peerstore, peers, hangup,
-//   find_peer, closest_peers, routing_table (the last three need --kad), stop.
+//   find_peer, closest_peers, routing_table (the last three need --kad), perf, stop.
+//   perf: {"peer","upload","download"} -> {"uploaded","downloaded","upload_us","download_us"}
+//   runs libp2p's perf protocol (/perf/1.0.0) as the client; every node also serves it.
 // Every command accepts an optional "timeout_ms" (default 10000, js's own
 // default dial/ping timeout). Commands run concurrently; a failing command
 // never kills the process. The process exits 0 on "stop" or when stdin closes.
@@ -46,6 +48,22 @@ import { createLibp2p } from 'libp2p'
 
 const KAD_PROTOCOL = '/ipfs/kad/1.0.0'
 const DEFAULT_TIMEOUT_MS = 10_000
+
+// libp2p's perf protocol (specs/perf/perf.md). @libp2p/perf, js-libp2p's own implementation, is not
+// served by the npm registry this project installs from (E404 for every version), so the partner
+// speaks the protocol itself on js-libp2p's stream API, as the go partner does on go-libp2p's: the
+// stack under it (pnet, Noise, yamux, multistream-select) is js-libp2p's.
+const PERF_PROTOCOL = '/perf/1.0.0'
+// Bytes per send(): large enough that per-call costs vanish; js's yamux splits them into frames
+// that fit the send window by itself.
+const PERF_BLOCK = 64 * 1024
+const PERF_ZEROS = new Uint8Array(PERF_BLOCK)
+// Concurrent perf streams per connection, each way (js's default for a handler is 32 in, 64 out).
+const PERF_MAX_STREAMS = 8
+// The most one served exchange may take, start to end: minutes, for the benchmark's 128 MiB each
+// way on a loaded 2-core machine; a stalled client is cut off sooner by js's stream inactivity
+// timeout (120 s without a byte).
+const PERF_SERVE_TIMEOUT_MS = 600_000
 
 // ---------------------------------------------------------------- output ----
 
@@ -143,6 +161,13 @@ function peerIdOf (text) {
   return peerIdFromString(text)
 }
 
+/** A byte count from a command: a non-negative integer that fits a double exactly. */
+function byteCount (args, name) {
+  const value = Number(args[name] ?? 0)
+  if (!Number.isSafeInteger(value) || value < 0) throw new Error(`${name} must be a byte count, got ${args[name]}`)
+  return value
+}
+
 const bytesToB64 = (bytes) => bytes == null ? null : Buffer.from(bytes).toString('base64')
 const signalFor = (args) => AbortSignal.timeout(Number(args.timeout_ms ?? DEFAULT_TIMEOUT_MS))
 
@@ -210,6 +235,99 @@ async function makeNode (opts) {
     init.connectionProtector = preSharedKey({ psk: readFileSync(opts.pskFile) })
   }
   return createLibp2p(init)
+}
+
+// ------------------------------------------------------------------ perf ----
+
+/** Send `n` zero bytes on `stream`, waiting for js's drain whenever its send buffer is full. */
+async function sendZeros (stream, n, signal) {
+  while (n > 0) {
+    const chunk = Math.min(n, PERF_BLOCK)
+    n -= chunk
+    // the same zero block is queued many times over: js keeps a reference, and it never changes
+    if (!stream.send(PERF_ZEROS.subarray(0, chunk))) await stream.onDrain({ signal })
+  }
+}
+
+/**
+ * Read `stream` until the remote closes its writable end, handing each chunk to `onChunk` (which
+ * may throw to fail the read). Rejects when the stream is reset or aborted, or `signal` fires.
+ *
+ * Built on the events rather than the stream's async iterator because the listener must be in
+ * place from the start: data that arrives while nobody listens is buffered only up to
+ * maxReadBufferLength (4 MiB) and then the stream is aborted, and js's yamux grants the sender
+ * more window as data arrives, not as it is read. The end is checked a microtask after
+ * remoteCloseWrite because yamux reports a frame's FIN before it hands over the frame's data, and
+ * data buffered before the listener was added is handed over in a microtask too.
+ */
+function readToEnd (stream, onChunk, signal) {
+  return new Promise((resolve, reject) => {
+    let done = false
+    const finish = (err) => {
+      if (done) return
+      done = true
+      stream.removeEventListener('message', onMessage)
+      stream.removeEventListener('remoteCloseWrite', onRemoteCloseWrite)
+      stream.removeEventListener('close', onClose)
+      signal.removeEventListener('abort', onAbort)
+      if (err == null) resolve()
+      else reject(err)
+    }
+    const checkEnd = () => {
+      if (done || stream.remoteWriteStatus !== 'closed') return
+      if (stream.readBufferLength > 0) setTimeout(checkEnd, 0) // still being handed over
+      else finish()
+    }
+    const onMessage = (evt) => {
+      try {
+        onChunk(evt.data)
+      } catch (err) {
+        finish(err)
+      }
+    }
+    const onRemoteCloseWrite = () => queueMicrotask(checkEnd)
+    const onClose = (evt) => {
+      if (evt.error != null) finish(evt.error)
+      else queueMicrotask(checkEnd)
+    }
+    const onAbort = () => finish(signal.reason ?? new Error('aborted'))
+    if (signal.aborted) {
+      onAbort()
+      return
+    }
+    signal.addEventListener('abort', onAbort)
+    stream.addEventListener('message', onMessage)
+    stream.addEventListener('remoteCloseWrite', onRemoteCloseWrite)
+    stream.addEventListener('close', onClose)
+    // the remote may have closed before we listened (a small upload, or none)
+    queueMicrotask(checkEnd)
+  })
+}
+
+/**
+ * The perf server: read the 8-byte big-endian count of bytes to send back, read the upload to its
+ * end (the spec forbids overlapping the two directions), send that many bytes and close. Any
+ * failure aborts the stream (js-libp2p resets it when a handler throws).
+ */
+async function servePerf (stream) {
+  const signal = AbortSignal.timeout(PERF_SERVE_TIMEOUT_MS)
+  let header = new Uint8Array(0)
+  let uploaded = 0
+  await readToEnd(stream, (buf) => {
+    let take = 0
+    if (header.length < 8) {
+      // the header may come split over chunks; copy only its bytes, count the rest
+      take = Math.min(8 - header.length, buf.byteLength)
+      header = Uint8Array.of(...header, ...buf.subarray(0, take))
+    }
+    uploaded += buf.byteLength - take
+  }, signal)
+  if (header.length < 8) throw new Error(`perf: the stream ended after ${header.length} of the 8 header bytes`)
+  const wanted = new DataView(header.buffer).getBigUint64(0, false)
+  if (wanted > BigInt(Number.MAX_SAFE_INTEGER)) throw new Error(`perf: ${wanted} bytes asked for is too many`)
+  log(`perf: received ${uploaded} bytes, sending ${wanted}`)
+  await sendZeros(stream, Number(wanted), signal)
+  await stream.close({ signal })
 }
 
 // -------------------------------------------------------------- commands ----
@@ -387,6 +505,48 @@ function makeCommands (node, opts) {
       return { peers: peers.map(p => p.peer_id), peer_infos: peers }
     },
 
+    async perf (args) {
+      const upload = byteCount(args, 'upload')
+      const download = byteCount(args, 'download')
+      const signal = signalFor(args)
+      const conn = await connectionTo(args.peer, signal)
+      const stream = await conn.newStream(PERF_PROTOCOL, { signal })
+      let downloaded = 0
+      try {
+        // listening before the first byte goes out: see readToEnd
+        const received = readToEnd(stream, (buf) => {
+          downloaded += buf.byteLength
+          if (downloaded > download) throw new Error(`perf: the server sent more than the ${download} bytes asked for`)
+        }, signal)
+        received.catch(() => {}) // awaited below; a failure while uploading must not go unhandled
+        // Timed as go's and physarum's clients time it, from after the stream is open and
+        // /perf/1.0.0 negotiated: upload_us from the first byte (the 8-byte header) handed to the
+        // stream until close() resolved, i.e. js's yamux took every upload byte and the FIN for the
+        // connection (sent, not yet read by the server); download_us from then until the server's
+        // FIN with every byte asked for received. Their sum is one perf run's time; unlike
+        // @libp2p/perf's "final" timeSeconds it leaves out dialling and opening the stream.
+        const t0 = process.hrtime.bigint()
+        const header = new Uint8Array(8)
+        new DataView(header.buffer).setBigUint64(0, BigInt(download), false)
+        if (!stream.send(header)) await stream.onDrain({ signal })
+        await sendZeros(stream, upload, signal)
+        await stream.close({ signal })
+        const t1 = process.hrtime.bigint()
+        await received
+        const t2 = process.hrtime.bigint()
+        if (downloaded !== download) throw new Error(`perf: asked for ${download} bytes, got ${downloaded}`)
+        return {
+          uploaded: upload,
+          downloaded,
+          upload_us: Number(t1 - t0) / 1000,
+          download_us: Number(t2 - t1) / 1000
+        }
+      } catch (err) {
+        stream.abort(err)
+        throw err
+      }
+    },
+
     async routing_table () {
       const peers = [...dht().routingTable.kb.toIterable()].map(c => c.peerId.toString())
       return { peers, mode: dht().getMode() }
@@ -402,6 +562,12 @@ async function main () {
   try {
     opts = parseArgs(process.argv.slice(2))
     node = await makeNode(opts)
+    // Served on every node, as by the go partner: the spec asks nodes not to serve perf unless told
+    // to, and starting this partner is that.
+    await node.handle(PERF_PROTOCOL, servePerf, {
+      maxInboundStreams: PERF_MAX_STREAMS,
+      maxOutboundStreams: PERF_MAX_STREAMS
+    })
   } catch (err) {
     log('start-up failed:', errorText(err), err?.stack ?? '')
     emit({ event: 'fatal', error: errorText(err) })
