@@ -18,6 +18,7 @@ commands:
   ping-monitor   the network's bootstrap and monitor: pings every connected peer, serves /metrics
   bootstrap      a DHT node that other nodes join with -bootstrap
   peer           join the network and stay up; or one-shot: peer ping | find | publish
+  proxy          HTTP proxy to services by name: PORT (client) or PORT SERVICE HOST:PORT METRICS_PORT (sidecar)
   demo           a local private network (a ping-monitor and 3 peers) with metrics on :9100
   key generate   write a new private-network key file (libp2p swarm key, mode 0600)
   version        print physarum's version
@@ -26,12 +27,13 @@ Run 'physarum COMMAND -help' for a command's flags."""
 
 
 def _programs() -> dict[str, Callable[[list[str]], int]]:
-    from physarum.cli import bootstrap, demo, key, peer, ping_monitor
+    from physarum.cli import bootstrap, demo, key, peer, ping_monitor, proxy
 
     return {
         "ping-monitor": ping_monitor.main,
         "bootstrap": bootstrap.main,
         "peer": peer.main,
+        "proxy": proxy.main,
         "demo": demo.main,
         "key": key.main,
     }
