@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
+from _harness import status_kib, summary
 
 from physarum.dht import keyspace
 from physarum.dht.lookup import LookupStats
@@ -54,40 +55,32 @@ from physarum.dht.messages import Message, MessageType, Peer
 from physarum.dht.service import KadDHT
 from physarum.dht.table import DEFAULT_MAX_REFRESH_INDEX
 from physarum.overlay.identity import KeyPair, PeerId
-
-
-def vm_rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+from physarum.overlay.multiaddr import Multiaddr
 
 
 def settled_rss() -> int:
+    """This process's VmRSS in bytes after a full collection."""
     gc.collect()
-    return vm_rss_bytes()
+    return status_kib("self") * 1024
 
 
-def pct(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in [0, 1]) of a non-empty list."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    return {
-        "median": statistics.median(values),
-        "p99": pct(values, 0.99),
-        "mean": statistics.fmean(values),
-        "max": max(values),
-        "n": len(values),
-    }
+SUMMARY = ("median", "p99", "mean", "max", "n")
 
 
 # ---------------------------------------------------------------------------------------- the network
+
+
+def memory_node(net: MemoryNetwork, key_pair: KeyPair) -> KadDHT:
+    """A KadDHT node in ``net``, advertising the placeholder address the network gives it."""
+    peer_id = key_pair.peer_id
+    node = KadDHT(key_pair, net.transport(peer_id))
+
+    def own_addrs() -> list[Multiaddr]:
+        return [net.addr_of(peer_id)]
+
+    node.own_addrs = own_addrs
+    net.nodes[peer_id] = node
+    return node
 
 
 @dataclass
@@ -105,10 +98,7 @@ class SyncNetwork:
         self.nodes: list[KadDHT] = []
 
     def add_node(self, key_pair: KeyPair) -> KadDHT:
-        net = self.net
-        node = KadDHT(key_pair, net.transport(key_pair.peer_id))
-        node.own_addrs = lambda p=key_pair.peer_id: [net.addr_of(p)]  # type: ignore[method-assign]
-        net.nodes[key_pair.peer_id] = node
+        node = memory_node(self.net, key_pair)
         self.nodes.append(node)
         return node
 
@@ -154,12 +144,23 @@ class SyncNetwork:
 # ----------------------------------------------------------------------------------------- building
 
 
-@dataclass
-class PhaseStats:
-    seconds: float = 0.0
-    cpu_seconds: float = 0.0
-    lookups: int = 0
-    messages: int = 0
+class Phase:
+    """One phase of the build, timed as a ``with`` block: its wall and CPU seconds, the messages sent
+    meanwhile, and the ``lookups`` the block counts."""
+
+    def __init__(self, sim: SyncNetwork) -> None:
+        self.sim = sim
+        self.seconds = self.cpu_seconds = 0.0
+        self.lookups = self.messages = 0
+
+    def __enter__(self) -> Phase:
+        self._start = (time.perf_counter(), time.process_time(), self.sim.net.messages)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        t0, c0, m0 = self._start
+        self.seconds, self.cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
+        self.messages = self.sim.net.messages - m0
 
     def as_json(self) -> dict[str, float]:
         return {
@@ -171,27 +172,22 @@ class PhaseStats:
         }
 
 
-def create_nodes(sim: SyncNetwork, n: int, rng: random.Random) -> PhaseStats:
-    st = PhaseStats()
-    t0, c0 = time.perf_counter(), time.process_time()
-    for _ in range(n):
-        sim.add_node(KeyPair(rng.randbytes(32)))
-    st.seconds, st.cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
+def create_nodes(sim: SyncNetwork, n: int, rng: random.Random) -> Phase:
+    with Phase(sim) as st:
+        for _ in range(n):
+            sim.add_node(KeyPair(rng.randbytes(32)))
     return st
 
 
-def join_all(sim: SyncNetwork) -> PhaseStats:
+def join_all(sim: SyncNetwork) -> Phase:
     """Each node in turn: add the bootstrap node, look up its own id (KadDHT's bootstrap task)."""
-    st = PhaseStats()
     boot = sim.nodes[0]
     boot_addrs = [sim.net.addr_of(boot.peer_id)]
-    t0, c0, m0 = time.perf_counter(), time.process_time(), sim.net.messages
-    for node in sim.nodes[1:]:
-        node.add_peer(boot.peer_id, boot_addrs)
-        sim.lookup(node, node.peer_id.to_bytes())
-        st.lookups += 1
-    st.seconds, st.cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
-    st.messages = sim.net.messages - m0
+    with Phase(sim) as st:
+        for node in sim.nodes[1:]:
+            node.add_peer(boot.peer_id, boot_addrs)
+            sim.lookup(node, node.peer_id.to_bytes())
+            st.lookups += 1
     return st
 
 
@@ -213,19 +209,16 @@ def buckets_to_refresh(node: KadDHT, count: int, policy: str) -> list[int]:
     return indices[:count]
 
 
-def refresh_round(sim: SyncNetwork, buckets: int, policy: str, rng: random.Random) -> PhaseStats:
+def refresh_round(sim: SyncNetwork, buckets: int, policy: str, rng: random.Random) -> Phase:
     """Each node refreshes ``buckets`` of its buckets (see :func:`buckets_to_refresh`), as
     the DHT's maintenance does: mark the bucket refreshed, look up a random preimage in it."""
-    st = PhaseStats()
-    t0, c0, m0 = time.perf_counter(), time.process_time(), sim.net.messages
-    for node in sim.nodes:
-        table = node.table
-        for index in buckets_to_refresh(node, buckets, policy):
-            table.mark_refreshed(index, trio.current_time())
-            sim.lookup(node, table.random_preimage_in_bucket(index, rng))
-            st.lookups += 1
-    st.seconds, st.cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
-    st.messages = sim.net.messages - m0
+    with Phase(sim) as st:
+        for node in sim.nodes:
+            table = node.table
+            for index in buckets_to_refresh(node, buckets, policy):
+                table.mark_refreshed(index, trio.current_time())
+                sim.lookup(node, table.random_preimage_in_bucket(index, rng))
+                st.lookups += 1
     return st
 
 
@@ -252,10 +245,10 @@ class Measured:
             "recall_min": min(self.recall) if self.recall else 0.0,
             "inexact": n - self.exact,
             "found_none": sum(1 for r in self.recall if r == 0),
-            "hops": summary(self.hops),
-            "messages": summary(self.messages),
-            "cpu_ms": summary(self.cpu_ms),
-            "wall_ms": summary(self.wall_ms),
+            "hops": summary(self.hops, SUMMARY),
+            "messages": summary(self.messages, SUMMARY),
+            "cpu_ms": summary(self.cpu_ms, SUMMARY),
+            "wall_ms": summary(self.wall_ms, SUMMARY),
             "responder_share": statistics.fmean(self.responder_share) if self.responder_share else 0.0,
             "failed_queries": sum(self.failures),
         }
@@ -326,7 +319,7 @@ async def check_async(sim: SyncNetwork, count: int, rng: random.Random) -> dict[
             got[how] = [p.peer_id for p in peers]
         same_peers += got["sync"] == got["async"]
     out: dict[str, Any] = {"lookups": count, "same_result": same_peers}
-    out.update({name: summary(values) for name, values in stats.items()})
+    out.update({name: summary(values, SUMMARY) for name, values in stats.items()})
     return out
 
 
@@ -346,7 +339,7 @@ def profile_lookups(sim: SyncNetwork, count: int, rng: random.Random, top: int =
     raw: dict[tuple[str, int, str], tuple[int, int, float, float, Any]] = st.stats  # type: ignore[attr-defined]
     total = sum(v[2] for v in raw.values()) or 1.0
     rows = sorted(raw.items(), key=lambda kv: -kv[1][2])[:top]
-    by_file: dict[str, float] = collections.Counter()
+    by_file: dict[str, float] = collections.defaultdict(float)
     for (filename, _, _), v in raw.items():
         by_file[_where(filename)] += v[2]
     return {
@@ -371,7 +364,7 @@ def table_stats(sim: SyncNetwork) -> dict[str, Any]:
     sizes = [len(n.table) for n in sim.nodes]
     replacements = sum(len(n.table.replacements(i)) for n in sim.nodes for i in n.table.bucket_sizes())
     return {
-        "contacts": summary([float(s) for s in sizes]),
+        "contacts": summary([float(s) for s in sizes], SUMMARY),
         "contacts_total": sum(sizes),
         "replacements_total": replacements,
     }

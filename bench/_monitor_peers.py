@@ -1,7 +1,7 @@
 """Helper processes for ``bench/monitor.py``, driven over JSON lines on stdin/stdout.
 
-They speak the partner protocol of ``tests/interop/partner.py`` (as ``bench/_physarum_peer.py`` does), so
-the benchmark starts and stops them with ``open_partner``. The ping-monitor under test never shares a
+They speak the JSON-lines protocol of ``bench/_harness.py`` (as ``bench/_physarum_peer.py`` does), so the
+benchmark starts and stops them with ``open_partner``. The ping-monitor under test never shares a
 process with any of them.
 
     .venv/bin/python bench/_monitor_peers.py --role peers --passphrase PASS [--echo]
@@ -16,7 +16,7 @@ Roles:
                  floor can be measured through a process as busy as the peers' own.
     echo-server  a raw trio TCP 32-byte echo server, alone in its process (the raw-TCP floor's server).
     echo-client  pings echo servers with 32-byte echoes, one every ``period`` seconds per server, each
-                 timed exactly as bench/overlay.py times its floor (``overlay.echo_pings``).
+                 timed exactly as bench/overlay.py times its floor (``_harness.echo_pings``).
 
 Out: {"event":"ready","peer_id":"","addrs":[],"pid":N,"servers":{"echo":PORT}?}
 In:  attach {addr,count,concurrency} -> {"attached","failed","seconds","errors"};
@@ -29,26 +29,18 @@ Only 127.0.0.1 is ever listened on or dialled.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
-import sys
 import time
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import trio
+from _harness import LOOPBACK, echo_pings, emit, run_driven, serve_commands
+from _physarum_peer import _echo, _tcp_handler
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _physarum_peer import _echo, _tcp_handler, emit
-
-from overlay import echo_pings
 from physarum.overlay.host import Host
 from physarum.psk import psk_from_passphrase
-
-LOOPBACK = "127.0.0.1"
 
 
 class Helper:
@@ -69,35 +61,8 @@ class Helper:
                 )
                 servers["echo"] = int(listeners[0].socket.getsockname()[1])
             emit({"event": "ready", "peer_id": "", "addrs": [], "pid": os.getpid(), "servers": servers})
-            await self._read_commands(nursery)
+            await serve_commands(self, nursery)
             nursery.cancel_scope.cancel()
-
-    async def _read_commands(self, nursery: trio.Nursery) -> None:
-        buf = b""
-        async with trio.lowlevel.FdStream(os.dup(0)) as stdin:
-            while data := await stdin.receive_some(65536):
-                buf += data
-                *lines, buf = buf.split(b"\n")
-                for line in lines:
-                    if not line.strip():
-                        continue
-                    cmd = json.loads(line)
-                    if cmd.get("cmd") == "stop":
-                        emit({"id": cmd.get("id"), "ok": True})
-                        return
-                    nursery.start_soon(self._run_command, cmd, nursery)
-
-    async def _run_command(self, cmd: dict[str, Any], nursery: trio.Nursery) -> None:
-        handler = getattr(self, f"cmd_{cmd.get('cmd')}", None)
-        try:
-            if handler is None:
-                raise ValueError(f"unknown command {cmd.get('cmd')!r}")
-            with trio.fail_after(float(cmd.get("timeout", 120))):
-                result = await handler(cmd, nursery)
-        except Exception as e:  # a failed command is reported, never fatal
-            emit({"id": cmd.get("id"), "ok": False, "error": f"{type(e).__name__}: {e}"})
-        else:
-            emit({"id": cmd.get("id"), "ok": True, **result})
 
     # -- peers --
 
@@ -186,11 +151,7 @@ def main() -> None:
     ap.add_argument("--passphrase", default=None, help="peers: the monitor's -psk passphrase")
     ap.add_argument("--echo", action="store_true", help="peers: also run a raw TCP echo server")
     args = ap.parse_args()
-    try:
-        trio.run(Helper(args).run)
-    except Exception as e:
-        emit({"event": "fatal", "error": f"{type(e).__name__}: {e}"})
-        raise
+    run_driven(Helper(args).run)
 
 
 if __name__ == "__main__":

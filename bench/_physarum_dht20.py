@@ -17,17 +17,16 @@ stdout; on failure ``{"ok": false, "error": ..., "stage": ...}``. Only 127.0.0.1
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
-import statistics
 import sys
 import time
-import traceback
 from contextlib import AsyncExitStack
 from typing import Any
 
 import trio
+from _dht_sim import memory_node
+from _harness import Found, failed, lookup_network_parser, summary, time_lookups
 
 from physarum.dht.memory import MemoryNetwork
 from physarum.dht.service import KadDHT
@@ -38,57 +37,20 @@ JOIN_TIMEOUT = 30.0
 LOOKUP_TIMEOUT = 30.0
 
 
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
-def _summary(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    return {"median": statistics.median(values), "p99": _pct(values, 0.99), "max": max(values)}
-
-
 async def _measure(dhts: list[KadDHT], lookups: int, rng: random.Random) -> dict[str, Any]:
-    lookup_ms: list[float] = []
-    find_ms: list[float] = []
-    msgs: list[float] = []
-    hops: list[float] = []
-    found = 0
-    find_ok = 0
-    failures: list[str] = []
-    for _ in range(lookups):
-        a, b = rng.sample(range(len(dhts)), 2)
-        seeker, target = dhts[a], dhts[b].peer_id
-        t0 = time.perf_counter()
-        try:
-            result = await seeker.lookup(target.to_bytes(), timeout=LOOKUP_TIMEOUT)
-        except Exception as e:  # a benchmark reports, it does not crash
-            failures.append(f"lookup: {type(e).__name__}: {e}")
-            continue
-        lookup_ms.append((time.perf_counter() - t0) * 1000)
-        msgs.append(result.stats.queries)
-        hops.append(result.stats.hops)
-        found += any(p.peer_id == target and p.addrs for p in result.peers)
-        t0 = time.perf_counter()
-        try:
-            with trio.fail_after(LOOKUP_TIMEOUT):
-                peer = await seeker.find_peer(target)
-            find_ms.append((time.perf_counter() - t0) * 1000)
-            find_ok += peer.peer_id == target and bool(peer.addrs)
-        except Exception as e:
-            failures.append(f"find_peer: {type(e).__name__}: {e}")
-    return {
-        "lookups": lookups,
-        "lookup_ms": _summary(lookup_ms),
-        "lookup_success": found / lookups if lookups else 0.0,
-        "find_peer_ms": _summary(find_ms),
-        "find_peer_success": find_ok / lookups if lookups else 0.0,
-        "messages": _summary(msgs),
-        "hops": _summary(hops),
-        "failures": failures[:5],
-        "failure_count": len(failures),
-    }
+    async def lookup(seeker: int, target: int) -> Found:
+        peer_id = dhts[target].peer_id
+        result = await dhts[seeker].lookup(peer_id.to_bytes(), timeout=LOOKUP_TIMEOUT)
+        found = any(p.peer_id == peer_id and p.addrs for p in result.peers)
+        return Found(found, result.stats.queries, result.stats.hops)
+
+    async def find_peer(seeker: int, target: int) -> bool:
+        peer_id = dhts[target].peer_id
+        with trio.fail_after(LOOKUP_TIMEOUT):
+            peer = await dhts[seeker].find_peer(peer_id)
+        return peer.peer_id == peer_id and bool(peer.addrs)
+
+    return await time_lookups(len(dhts), lookups, rng, lookup, find_peer)
 
 
 async def run_hosts(n: int, lookups: int, seed: int) -> dict[str, Any]:
@@ -117,19 +79,13 @@ async def run_hosts(n: int, lookups: int, seed: int) -> dict[str, Any]:
                     await dht.bootstrapped.wait()
                 dhts.append(dht)
             out["join_s"] = time.perf_counter() - t0
-            out["table_sizes"] = _summary([len(d.table) for d in dhts])
+            out["table_sizes"] = summary([len(d.table) for d in dhts])
             stage = "lookups"
             out.update(await _measure(dhts, lookups, rng))
             out["connections"] = sum(len(h.connected_peers()) for h in hosts)
             nursery.cancel_scope.cancel()
     except Exception as e:  # reported to the caller, which falls back to the memory network
-        return {
-            "ok": False,
-            "transport": "hosts",
-            "stage": stage,
-            "error": f"{type(e).__name__}: {e}",
-            "traceback": traceback.format_exc(limit=8),
-        }
+        return failed(stage, e, transport="hosts")
     out["ok"] = out.get("failure_count", 0) == 0 and out.get("lookup_success", 0) > 0
     return out
 
@@ -137,30 +93,21 @@ async def run_hosts(n: int, lookups: int, seed: int) -> dict[str, Any]:
 async def run_memory(n: int, lookups: int, seed: int) -> dict[str, Any]:
     rng = random.Random(seed)
     net = MemoryNetwork(codec=True)
-    dhts: list[KadDHT] = []
-    for _ in range(n):
-        kp = KeyPair(rng.randbytes(32))
-        dht = KadDHT(kp, net.transport(kp.peer_id))
-        dht.own_addrs = lambda p=kp.peer_id: [net.addr_of(p)]  # type: ignore[method-assign]
-        net.nodes[kp.peer_id] = dht
-        dhts.append(dht)
+    dhts = [memory_node(net, KeyPair(rng.randbytes(32))) for _ in range(n)]
     t0 = time.perf_counter()
     boot = dhts[0]
     for dht in dhts[1:]:
         dht.add_peer(boot.peer_id, [net.addr_of(boot.peer_id)])
         await dht.lookup(dht.peer_id.to_bytes())
     out: dict[str, Any] = {"transport": "memory-codec", "nodes": n, "join_s": time.perf_counter() - t0}
-    out["table_sizes"] = _summary([len(d.table) for d in dhts])
+    out["table_sizes"] = summary([len(d.table) for d in dhts])
     out.update(await _measure(dhts, lookups, rng))
     out["ok"] = out["failure_count"] == 0
     return out
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--nodes", type=int, default=20)
-    ap.add_argument("--lookups", type=int, default=50)
-    ap.add_argument("--seed", type=int, default=1)
+    ap = lookup_network_parser(__doc__)
     ap.add_argument("--transport", choices=["hosts", "memory"], default="hosts")
     args = ap.parse_args()
     runner = run_hosts if args.transport == "hosts" else run_memory

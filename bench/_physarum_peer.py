@@ -1,7 +1,7 @@
 """A physarum peer process for ``bench/overlay.py``, driven over JSON lines on stdin/stdout.
 
-It speaks the partner protocol of ``tests/interop/partner.py`` (the js and py interop peers speak it
-too), so the benchmark drives all three kinds of process the same way. It exists so that a server
+It speaks the JSON-lines protocol of ``bench/_harness.py`` (the js and py interop peers speak it too),
+so the benchmark drives all three kinds of process the same way. It exists so that a server
 never shares an event loop with the client that measures it: with both in one trio run, every round
 trip would include the other side's Python work twice over on one core, and nothing would run in
 parallel on the second core.
@@ -10,7 +10,7 @@ parallel on the second core.
 
 Roles:
     listener (default)  a physarum Host on 127.0.0.1 (pnet when --psk-file is given) that also answers a
-                        bulk "sink" protocol; unless --host-only, raw trio TCP servers used as floors:
+                        bulk "sink" protocol and libp2p's perf protocol (/perf/1.0.0); unless --host-only, raw trio TCP servers used as floors:
                         echo, XSalsa20 echo, sink, XSalsa20 sink (XSalsa20 ones need --psk-file).
     hold                a raw trio TCP server that keeps every accepted connection open and idle
                         (the memory floor).
@@ -30,31 +30,24 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
 import trio
+from _harness import LOOPBACK, emit, run_driven, serve_commands
 
 from physarum.overlay.host import Host
+from physarum.overlay.perf import PerfService
 from physarum.overlay.yamux import YamuxStream
 from physarum.psk import load_key_file, protect
 
 SINK_PROTOCOL = "/physarum-bench/sink/1.0.0"
-LOOPBACK = "127.0.0.1"
 _READ = 256 * 1024
 # A benign end for a benchmark connection: the client hung up, perhaps mid-write.
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError)
-
-
-def emit(obj: dict[str, Any]) -> None:
-    """One protocol line on stdout; synchronous, so lines from concurrent tasks never interleave."""
-    sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
-    sys.stdout.flush()
 
 
 async def _echo(stream: trio.abc.Stream) -> None:
@@ -123,7 +116,7 @@ class Peer:
             ready: dict[str, Any] = {"event": "ready", "peer_id": "", "addrs": [], "pid": os.getpid()}
             role = self.args.role
             if role == "listener":
-                host = Host(psk=self.psk, listen=[f"/ip4/{LOOPBACK}/tcp/0"])
+                host = Host(psk=self.psk, listen=[f"/ip4/{LOOPBACK}/tcp/0"], services=[PerfService()])
                 await nursery.start(host.run)
                 host.set_handler(SINK_PROTOCOL, _physarum_sink)
                 self.host = host
@@ -139,36 +132,8 @@ class Peer:
                 servers["hold"] = await self._serve(nursery, self._hold)
             ready["servers"] = servers
             emit(ready)
-            await self._read_commands(nursery)
+            await serve_commands(self, nursery)
             nursery.cancel_scope.cancel()
-
-    async def _read_commands(self, nursery: trio.Nursery) -> None:
-        buf = b""
-        async with trio.lowlevel.FdStream(os.dup(0)) as stdin:
-            while data := await stdin.receive_some(65536):
-                buf += data
-                *lines, buf = buf.split(b"\n")
-                for line in lines:
-                    if not line.strip():
-                        continue
-                    cmd = json.loads(line)
-                    if cmd.get("cmd") == "stop":
-                        emit({"id": cmd.get("id"), "ok": True})
-                        return
-                    nursery.start_soon(self._run_command, cmd, nursery)
-
-    async def _run_command(self, cmd: dict[str, Any], nursery: trio.Nursery) -> None:
-        name = cmd.get("cmd")
-        handler = getattr(self, f"cmd_{name}", None)
-        try:
-            if handler is None:
-                raise ValueError(f"unknown command {name!r}")
-            with trio.fail_after(float(cmd.get("timeout", 120))):
-                result = await handler(cmd, nursery)
-        except Exception as e:  # a failed command is reported, never fatal
-            emit({"id": cmd.get("id"), "ok": False, "error": f"{type(e).__name__}: {e}"})
-        else:
-            emit({"id": cmd.get("id"), "ok": True, **result})
 
     async def cmd_stats(self, cmd: dict[str, Any], nursery: trio.Nursery) -> dict[str, Any]:
         gc.collect()
@@ -223,11 +188,7 @@ def main() -> None:
     ap.add_argument("--psk-file", default=None)
     ap.add_argument("--host-only", action="store_true", help="listener: no raw TCP servers")
     args = ap.parse_args()
-    try:
-        trio.run(Peer(args).run)
-    except Exception as e:
-        emit({"event": "fatal", "error": f"{type(e).__name__}: {e}"})
-        raise
+    run_driven(Peer(args).run)
 
 
 if __name__ == "__main__":

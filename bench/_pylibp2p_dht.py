@@ -30,18 +30,16 @@ _OUT = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
 os.dup2(2, 1)
 sys.stdout = sys.stderr
 
-import argparse
 import json
 import logging
 import random
-import statistics
 import time
-import traceback
 from contextlib import AsyncExitStack
 from typing import Any
 
 import multiaddr
 import trio
+from _harness import Found, failed, lookup_network_parser, summary, time_lookups
 from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
@@ -70,17 +68,6 @@ def _quiet_logging() -> None:
     for name, obj in list(logging.root.manager.loggerDict.items()):
         if name.startswith("libp2p.") and isinstance(obj, logging.Logger):
             obj.setLevel(logging.NOTSET)
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
-def _summary(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    return {"median": statistics.median(values), "p99": _pct(values, 0.99), "max": max(values)}
 
 
 def _make_host(rng: random.Random) -> Any:
@@ -142,70 +129,35 @@ async def run(n: int, lookups: int, seed: int) -> dict[str, Any]:
                     await dht.routing_table.add_peer(PeerInfo(boot_info.peer_id, boot_info.addrs))
                     await dht.peer_routing.find_closest_peers_network(host.get_id().to_bytes())
             out["join_s"] = time.perf_counter() - t0
-            out["table_sizes"] = _summary([float(d.get_routing_table_size()) for d in dhts])
+            out["table_sizes"] = summary([float(d.get_routing_table_size()) for d in dhts])
             stage = "lookups"
-            lookup_ms: list[float] = []
-            find_ms: list[float] = []
-            msgs: list[float] = []
-            found = find_ok = 0
-            failures: list[str] = []
-            for _ in range(lookups):
-                a, b = rng.sample(range(n), 2)
-                seeker, target = dhts[a], hosts[b].get_id()
-                before = counters[a].count
-                t0 = time.perf_counter()
-                try:
-                    with trio.fail_after(LOOKUP_TIMEOUT):
-                        result = await seeker.peer_routing.find_closest_peers_network(target.to_bytes())
-                except Exception as e:
-                    failures.append(f"lookup: {type(e).__name__}: {e}")
-                    continue
-                lookup_ms.append((time.perf_counter() - t0) * 1000)
-                msgs.append(float(counters[a].count - before))
-                found += target in result
-                t0 = time.perf_counter()
-                try:
-                    with trio.fail_after(LOOKUP_TIMEOUT):
-                        info = await seeker.find_peer(target)
-                    find_ms.append((time.perf_counter() - t0) * 1000)
-                    find_ok += info is not None and info.peer_id == target and bool(info.addrs)
-                except Exception as e:
-                    failures.append(f"find_peer: {type(e).__name__}: {e}")
-            out.update(
-                {
-                    "lookups": lookups,
-                    "lookup_ms": _summary(lookup_ms),
-                    "lookup_success": found / lookups if lookups else 0.0,
-                    "find_peer_ms": _summary(find_ms),
-                    "find_peer_success": find_ok / lookups if lookups else 0.0,
-                    "messages": _summary(msgs),
-                    "failures": failures[:5],
-                    "failure_count": len(failures),
-                    "connections": sum(len(h.get_connected_peers()) for h in hosts),
-                }
-            )
+
+            async def lookup(seeker: int, target: int) -> Found:
+                peer_id, before = hosts[target].get_id(), counters[seeker].count
+                with trio.fail_after(LOOKUP_TIMEOUT):
+                    result = await dhts[seeker].peer_routing.find_closest_peers_network(peer_id.to_bytes())
+                return Found(peer_id in result, float(counters[seeker].count - before))
+
+            async def find_peer(seeker: int, target: int) -> bool:
+                peer_id = hosts[target].get_id()
+                with trio.fail_after(LOOKUP_TIMEOUT):
+                    info = await dhts[seeker].find_peer(peer_id)
+                return info is not None and info.peer_id == peer_id and bool(info.addrs)
+
+            out.update(await time_lookups(n, lookups, rng, lookup, find_peer))
+            out["connections"] = sum(len(h.get_connected_peers()) for h in hosts)
             stage = "close"
     except Exception as e:  # reported in the JSON, not raised
         if stage == "close" and "lookups" in out:
             out["close_error"] = f"{type(e).__name__}: {e}"
         else:
-            return {
-                "ok": False,
-                "implementation": "py-libp2p",
-                "stage": stage,
-                "error": f"{type(e).__name__}: {e}",
-                "traceback": traceback.format_exc(limit=8),
-            }
+            return failed(stage, e, implementation="py-libp2p")
     out["ok"] = out.get("failure_count", 0) == 0
     return out
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--nodes", type=int, default=20)
-    ap.add_argument("--lookups", type=int, default=50)
-    ap.add_argument("--seed", type=int, default=1)
-    args = ap.parse_args()
+    args = lookup_network_parser(__doc__).parse_args()
     _quiet_logging()
     result = trio.run(run, args.nodes, args.lookups, args.seed)
     _OUT.write(json.dumps(result) + "\n")

@@ -1,5 +1,5 @@
 """One process of a real-socket DHT swarm (``bench/_swarm_run.py``): N physarum hosts + KadDHT on
-127.0.0.1, driven over JSON lines on stdin/stdout.
+127.0.0.1, driven over JSON lines on stdin/stdout (the protocol of ``bench/_harness.py``).
 
     .venv/bin/python bench/_swarm_node.py --nodes 100 (--with-bootstrap | --bootstrap MADDR) [options]
 
@@ -9,15 +9,12 @@ Each node is :func:`~physarum.overlay.host.open_host` (TCP + Noise + yamux, no P
 manager (as ``physarum.cli.node`` does). With ``--with-bootstrap`` node 0 is the network's bootstrap
 node: it joins nobody and is started (and its address printed) before the others.
 
-Out, one JSON object per line:
-    {"event":"bootstrap","addr":MADDR}                  (``--with-bootstrap``, first)
-    {"event":"ready","peers":[ID,...],"pid":N}          every host listens, nobody joined yet
-    {"event":"joined","seconds":S,"failed":[...]}       after ``join``: every node's DHT bootstrapped
-    {"event":"stats","connections":[...],"tables":[...],"trimmed":N,"victims":N,"cpu_s":S,
-     "bootstrap_closes":{"outbound, GoAway code 4101":N,...}}  (how connections to the bootstrap ended)
-    {"event":"found","results":[[ok,ms,table_hit,error],...]}
-    {"event":"error","error":TEXT}
-In:  {"cmd":"join"}  {"cmd":"stats"}  {"cmd":"find","pairs":[[node index, peer id], ...]}  {"cmd":"quit"}
+Out: {"event":"ready","peers":[ID,...],"pid":N,"bootstrap":MADDR}  every host listens, nobody joined yet
+     (``bootstrap``: node 0's address, with ``--with-bootstrap``)
+In:  join -> {"seconds":S,"failed":[...]}  (every node's DHT bootstrapped);
+     stats -> {"connections":[...],"tables":[...],"trimmed":N,"victims":N,"cpu_s":S,
+               "bootstrap_closes":{"outbound, GoAway code 4101":N,...}}  (how connections to the bootstrap ended);
+     find {pairs:[[node index, peer id], ...]} -> {"results":[[ok,ms,table_hit,error],...]};  stop.
 Only 127.0.0.1 is listened on or dialed.
 """
 
@@ -25,17 +22,18 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import logging
+import math
 import os
 import random
 import resource
-import sys
 import time
 from contextlib import AsyncExitStack
+from functools import partial
 from typing import Any
 
 import trio
+from _harness import emit, run_driven, serve_commands
 
 from physarum.dht.service import KadDHT
 from physarum.overlay import addr as addrs_
@@ -46,26 +44,8 @@ from physarum.overlay.identity import KeyPair, PeerId
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
 
 
-def emit(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
-    sys.stdout.flush()
-
-
 def _open_connections(host: Host) -> int:
     return sum(1 for conns in host.connections.values() for c in conns if not c.is_closed)
-
-
-async def _lines(stream: trio.abc.ReceiveStream) -> Any:
-    buf = b""
-    while True:
-        while b"\n" not in buf:
-            data = await stream.receive_some(65536)
-            if not data:
-                return
-            buf += data
-        line, buf = buf.split(b"\n", 1)
-        if line.strip():
-            yield json.loads(line)
 
 
 class Swarm:
@@ -80,6 +60,8 @@ class Swarm:
         self.hosts: list[Host] = []
         self.dhts: list[KadDHT | None] = []
         self.boot_closes: collections.Counter[str] = collections.Counter()
+        self.bootstrap: list[str] = [args.bootstrap] if args.bootstrap else []
+        self.first = 0  # the first node that joins: 1 when node 0 is the network's bootstrap
 
     async def open_hosts(self, stack: AsyncExitStack, n: int) -> None:
         for _ in range(n):
@@ -99,7 +81,7 @@ class Swarm:
         def closed(conn: Any) -> None:
             # How connections to the bootstrap end: its trims say GoAway 0x1005 (4101).
             if conn.peer_id in boot_peers:
-                self.boot_closes[f"{conn.direction}, GoAway code {conn.session.go_away_code}"] += 1
+                self.boot_closes[f"{conn.direction}, GoAway code {conn.go_away_code}"] += 1
 
         host.on_disconnect.append(closed)
         dht = KadDHT.for_host(host, bootstrap=bootstrap)
@@ -107,29 +89,28 @@ class Swarm:
         self.dhts[i] = dht
         return dht
 
-    async def join(self, nursery: trio.Nursery, first: int, bootstrap: list[str]) -> dict[str, Any]:
-        """Start the DHTs of nodes ``first..`` and wait until each one has joined."""
+    async def cmd_join(self, cmd: dict[str, Any], nursery: trio.Nursery) -> dict[str, Any]:
+        """Start the DHTs of the nodes that join and wait until each one has."""
         limiter = trio.CapacityLimiter(self.args.join_concurrency)
         failed: list[str] = []
         t0 = time.perf_counter()
 
         async def one(i: int) -> None:
             async with limiter:
-                dht = await self.start_dht(nursery, i, bootstrap)
+                dht = await self.start_dht(nursery, i, self.bootstrap)
                 with trio.move_on_after(self.args.join_timeout):
                     await dht.bootstrapped.wait()
                 if not dht.bootstrapped.is_set():
                     failed.append(f"node {i}: not joined within {self.args.join_timeout} s")
 
         async with trio.open_nursery() as joins:
-            for i in range(first, len(self.hosts)):
+            for i in range(self.first, len(self.hosts)):
                 joins.start_soon(one, i)
-        return {"event": "joined", "seconds": time.perf_counter() - t0, "failed": failed}
+        return {"seconds": time.perf_counter() - t0, "failed": failed}
 
-    def stats(self) -> dict[str, Any]:
+    async def cmd_stats(self, cmd: dict[str, Any], nursery: trio.Nursery) -> dict[str, Any]:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return {
-            "event": "stats",
             "connections": [_open_connections(h) for h in self.hosts],
             "tables": [len(d.table) if d is not None else 0 for d in self.dhts],
             "trimmed": sum(h.conn_manager.trimmed_total for h in self.hosts),
@@ -138,9 +119,9 @@ class Swarm:
             "bootstrap_closes": dict(self.boot_closes),
         }
 
-    async def find(self, pairs: list[list[Any]]) -> dict[str, Any]:
+    async def cmd_find(self, cmd: dict[str, Any], nursery: trio.Nursery) -> dict[str, Any]:
         results: list[list[Any]] = []
-        for index, target_text in pairs:
+        for index, target_text in cmd["pairs"]:
             dht = self.dhts[int(index)]
             target = PeerId.from_string(target_text)
             if dht is None:
@@ -156,36 +137,22 @@ class Swarm:
                 results.append(
                     [False, (time.perf_counter() - t0) * 1000, hit, f"{type(e).__name__}: {e}"[:200]]
                 )
-        return {"event": "found", "results": results}
+        return {"results": results}
 
 
 async def main(args: argparse.Namespace) -> None:
     swarm = Swarm(args)
-    stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
     async with AsyncExitStack() as stack:
         await swarm.open_hosts(stack, args.nodes)
         nursery = await stack.enter_async_context(trio.open_nursery())
-        bootstrap: list[str] = [args.bootstrap] if args.bootstrap else []
-        first = 0
+        ready: dict[str, Any] = {"event": "ready", "peer_id": "", "addrs": [], "pid": os.getpid()}
         if args.with_bootstrap:
             await swarm.start_dht(nursery, 0, [])
-            boot = str(swarm.hosts[0].addrs[0])
-            bootstrap = [boot]
-            first = 1
-            emit({"event": "bootstrap", "addr": boot})
-        emit({"event": "ready", "peers": [str(h.peer_id) for h in swarm.hosts], "pid": os.getpid()})
-        async for cmd in _lines(stdin):
-            what = cmd.get("cmd")
-            if what == "join":
-                emit(await swarm.join(nursery, first, bootstrap))
-            elif what == "stats":
-                emit(swarm.stats())
-            elif what == "find":
-                emit(await swarm.find(cmd["pairs"]))
-            elif what == "quit":
-                break
-            else:
-                emit({"event": "error", "error": f"unknown command {what!r}"})
+            ready["bootstrap"] = str(swarm.hosts[0].addrs[0])
+            swarm.bootstrap, swarm.first = [ready["bootstrap"]], 1
+        emit({**ready, "peers": [str(h.peer_id) for h in swarm.hosts]})
+        # A join takes as long as it takes (--join-timeout bounds each node's), so no limit here.
+        await serve_commands(swarm, nursery, limit=math.inf)
         nursery.cancel_scope.cancel()
 
 
@@ -213,7 +180,4 @@ if __name__ == "__main__":
         level=logging.WARNING, format="%(relativeCreated)d %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("physarum").setLevel(arguments.log_level.upper())
-    try:
-        trio.run(main, arguments)
-    except KeyboardInterrupt:
-        pass
+    run_driven(partial(main, arguments))

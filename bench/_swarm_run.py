@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import statistics
 import sys
 import tempfile
 import time
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,10 @@ import trio
 
 from physarum.overlay.connmgr import DEFAULT_CONN_MANAGER
 
-NODE = Path(__file__).resolve().parent / "_swarm_node.py"
+if not __package__:  # run as a script: bench/ is first on sys.path
+    from _harness import Partner, PartnerError, bench_argv, open_partner, summary
+else:  # imported as bench._swarm_run (tests/integration/test_swarm.py)
+    from ._harness import Partner, PartnerError, bench_argv, open_partner, summary  # type: ignore[no-redef]
 
 
 @dataclass(frozen=True)
@@ -53,28 +55,20 @@ class SwarmConfig:
     poll: float = 0.5
     log_level: str = "WARNING"
 
-    def node_argv(self, nodes: int, index: int) -> list[str]:
-        argv = [
-            sys.executable,
-            str(NODE),
-            "--nodes",
-            str(nodes),
-            "--seed",
-            str(self.seed * 1000 + index),
-            "--join-concurrency",
-            str(self.join_concurrency),
-            "--join-timeout",
-            str(self.join_timeout),
-            "--lookup-timeout",
-            str(self.lookup_timeout),
-            "--log-level",
-            self.log_level,
-        ]
-        if self.trim:
-            argv += ["--low", str(self.low), "--high", str(self.high), "--grace", str(self.grace)]
-        else:
-            argv.append("--no-trim")
-        return argv
+    def node_argv(self, nodes: int, index: int, *where: str) -> list[str]:
+        """Process ``index``'s command line; ``where``: ``--with-bootstrap`` or ``--bootstrap MADDR``."""
+        trim = {"low": self.low, "high": self.high, "grace": self.grace} if self.trim else {"no_trim": True}
+        return bench_argv(
+            "_swarm_node.py",
+            *where,
+            nodes=nodes,
+            seed=self.seed * 1000 + index,
+            join_concurrency=self.join_concurrency,
+            join_timeout=self.join_timeout,
+            lookup_timeout=self.lookup_timeout,
+            log_level=self.log_level,
+            **trim,
+        )
 
 
 class SwarmError(Exception):
@@ -85,77 +79,38 @@ class SwarmError(Exception):
         self.stage = stage
 
 
-class NodeProcess:
-    """One ``_swarm_node.py`` child, spoken to in JSON lines."""
+async def _ask(proc: Partner, cmd: str, timeout: float, stage: str, **args: Any) -> dict[str, Any]:
+    try:
+        return await proc.call(cmd, timeout=timeout, **args)
+    except PartnerError as e:
+        raise SwarmError(stage, str(e)) from e
 
-    def __init__(self, process: trio.Process, log_path: str) -> None:
-        self.process = process
-        self.log_path = log_path
-        self._buf = b""
-        self.peers: list[str] = []
 
-    async def send(self, cmd: dict[str, Any]) -> None:
-        assert self.process.stdin is not None
-        await self.process.stdin.send_all(json.dumps(cmd).encode() + b"\n")
-
-    async def expect(self, event: str, timeout: float, stage: str) -> dict[str, Any]:
-        assert self.process.stdout is not None
-        with trio.move_on_after(timeout):
-            while True:
-                while b"\n" not in self._buf:
-                    data = await self.process.stdout.receive_some(1 << 20)
-                    if not data:
-                        raise SwarmError(stage, f"process exited ({self.tail()})")
-                    self._buf += data
-                line, self._buf = self._buf.split(b"\n", 1)
-                if not line.startswith(b"{"):
-                    continue
-                msg: dict[str, Any] = json.loads(line)
-                if msg.get("event") == "error":
-                    raise SwarmError(stage, str(msg.get("error")))
-                if msg.get("event") == event:
-                    return msg
-        raise SwarmError(stage, f"no {event!r} within {timeout:.0f} s ({self.tail()})")
-
-    def tail(self) -> str:
-        try:
-            lines = Path(self.log_path).read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return "no log"
-        return " | ".join(lines[-3:])[-400:] or "empty log"
+async def _stats(procs: list[Partner], stage: str) -> list[dict[str, Any]]:
+    return [await _ask(p, "stats", 30, stage) for p in procs]
 
 
 def _summary(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    ordered = sorted(values)
-
-    def pct(q: float) -> float:
-        return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-    return {"median": statistics.median(ordered), "p95": pct(0.95), "max": ordered[-1], "min": ordered[0]}
+    return summary(values, ("median", "p95", "max", "min"))
 
 
-async def _spawn(cfg: SwarmConfig, nodes: int, index: int, extra: list[str], logdir: str) -> NodeProcess:
-    log_path = os.path.join(logdir, f"swarm-{index}.log")
-    log = open(log_path, "wb")
-    try:
-        process = await trio.lowlevel.open_process(
-            [*cfg.node_argv(nodes, index), *extra],
-            stdin=-1,
-            stdout=-1,
-            stderr=log,
-            cwd=str(NODE.parent.parent),
-        )
-    finally:
-        log.close()
-    return NodeProcess(process, log_path)
+async def _join(procs: list[Partner], timeout: float) -> list[dict[str, Any]]:
+    """Every process joins its nodes, all at once; their answers."""
+    joined: list[dict[str, Any]] = []
+    errors: list[SwarmError] = []
 
+    async def one(proc: Partner) -> None:
+        try:
+            joined.append(await _ask(proc, "join", timeout, "join"))
+        except SwarmError as e:  # raised below, outside the nursery, as itself
+            errors.append(e)
 
-async def _stats(procs: list[NodeProcess], stage: str) -> list[dict[str, Any]]:
-    for p in procs:
-        await p.send({"cmd": "stats"})
-    return [await p.expect("stats", 30, stage) for p in procs]
+    async with trio.open_nursery() as nursery:
+        for proc in procs:
+            nursery.start_soon(one, proc)
+    if errors:
+        raise errors[0]
+    return joined
 
 
 def _connections(stats: list[dict[str, Any]]) -> list[int]:
@@ -178,93 +133,80 @@ async def run_swarm(cfg: SwarmConfig, logdir: str | None = None) -> dict[str, An
         "high_water": cfg.high if cfg.trim else None,
         "grace_s": cfg.grace if cfg.trim else None,
     }
-    procs: list[NodeProcess] = []
-    own_dir = None
-    if logdir is None:
-        own_dir = tempfile.TemporaryDirectory(prefix="physarum-swarm-")
-        logdir = own_dir.name
-    try:
-        first = await _spawn(cfg, sizes[0], 0, ["--with-bootstrap"], logdir)
-        procs.append(first)
-        boot = (await first.expect("bootstrap", 60, "start"))["addr"]
-        for i, n in enumerate(sizes[1:], start=1):
-            procs.append(await _spawn(cfg, n, i, ["--bootstrap", boot], logdir))
-        for p in procs:
-            p.peers = (await p.expect("ready", 120, "start"))["peers"]
-        t0 = time.perf_counter()
-        for p in procs:
-            await p.send({"cmd": "join"})
-        joined = [await p.expect("joined", cfg.join_timeout + 30, "join") for p in procs]
-        join_end = time.perf_counter()
-        out["join_s"] = join_end - t0
-        out["join_failures"] = [f for j in joined for f in j["failed"]]
+    with tempfile.TemporaryDirectory(prefix="physarum-swarm-") as own_dir:
+        logs = Path(logdir or own_dir)
+        async with AsyncExitStack() as stack:
 
-        stats = await _stats(procs, "stats after join")
-        out["connections_after_join"] = _summary([float(c) for c in _connections(stats)])
-        out["tables_after_join"] = _summary([float(t) for s in stats for t in s["tables"]])
-
-        if cfg.trim:
-            deadline = join_end + cfg.settle_timeout
-            while max(_connections(stats)) > cfg.high:
-                if time.perf_counter() > deadline:
-                    out["settled"] = False
-                    break
-                await trio.sleep(cfg.poll)
-                stats = await _stats(procs, "settle")
-            else:
-                out["settled"] = True
-            out["settle_s"] = time.perf_counter() - join_end
-        out["connections_settled"] = _summary([float(c) for c in _connections(stats)])
-        out["over_high_water"] = sum(1 for c in _connections(stats) if cfg.trim and c > cfg.high)
-
-        rng = random.Random(cfg.seed)
-        where = [(pi, ni) for pi, p in enumerate(procs) for ni in range(len(p.peers))]
-        results: list[list[Any]] = []
-        for _ in range(cfg.lookups):
-            (sp, sn), (tp, tn) = rng.sample(where, 2)
-            await procs[sp].send({"cmd": "find", "pairs": [[sn, procs[tp].peers[tn]]]})
-            results += (await procs[sp].expect("found", cfg.lookup_timeout + 30, "lookups"))["results"]
-        ok = [r for r in results if r[0]]
-        out["lookups"] = len(results)
-        out["lookup_success"] = len(ok) / len(results) if results else 0.0
-        out["lookup_ms"] = _summary([r[1] for r in ok])
-        out["lookup_ms_network"] = _summary([r[1] for r in ok if not r[2]])
-        out["table_hits"] = sum(1 for r in results if r[2])
-        out["lookup_failures"] = [r[3] for r in results if not r[0]][:5]
-
-        stats = await _stats(procs, "stats after lookups")
-        out["connections_after_lookups"] = _summary([float(c) for c in _connections(stats)])
-        out["tables"] = _summary([float(t) for s in stats for t in s["tables"]])
-        out["trimmed_connections"] = sum(s["trimmed"] for s in stats)
-        out["cpu_s"] = sum(s["cpu_s"] for s in stats)
-        closes: dict[str, int] = {}
-        for s in stats:
-            for how, n in s["bootstrap_closes"].items():
-                closes[how] = closes.get(how, 0) + n
-        out["bootstrap_closes"] = closes
-        out["ok"] = (
-            not out["join_failures"] and out["lookup_success"] == 1.0 and (not cfg.trim or out["settled"])
-        )
-        return out
-    finally:
-        with trio.CancelScope(shield=True):
-            for p in procs:
+            async def start(index: int, *where: str) -> Partner:
+                argv = cfg.node_argv(sizes[index], index, *where)
+                log = logs / f"swarm-{index}.log"
                 try:
-                    await p.send({"cmd": "quit"})
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    pass
-            with trio.move_on_after(10):
-                for p in procs:
-                    await p.process.wait()
-            for p in procs:
-                if p.process.returncode is None:
-                    p.process.kill()
-                    await p.process.wait()
-                for pipe in (p.process.stdin, p.process.stdout):
-                    if pipe is not None:
-                        await pipe.aclose()
-        if own_dir is not None:
-            own_dir.cleanup()
+                    return await stack.enter_async_context(
+                        open_partner(argv, stderr=log, ready_timeout=120, stop_timeout=10)
+                    )
+                except (PartnerError, OSError) as e:
+                    raise SwarmError("start", str(e)) from e
+
+            first = await start(0, "--with-bootstrap")
+            procs = [first] + [
+                await start(i, "--bootstrap", first.ready["bootstrap"]) for i in range(1, cfg.procs)
+            ]
+            peers: list[list[str]] = [p.ready["peers"] for p in procs]
+            t0 = time.perf_counter()
+            joined = await _join(procs, cfg.join_timeout + 30)
+            join_end = time.perf_counter()
+            out["join_s"] = join_end - t0
+            out["join_failures"] = [f for j in joined for f in j["failed"]]
+
+            stats = await _stats(procs, "stats after join")
+            out["connections_after_join"] = _summary([float(c) for c in _connections(stats)])
+            out["tables_after_join"] = _summary([float(t) for s in stats for t in s["tables"]])
+
+            if cfg.trim:
+                deadline = join_end + cfg.settle_timeout
+                while max(_connections(stats)) > cfg.high:
+                    if time.perf_counter() > deadline:
+                        out["settled"] = False
+                        break
+                    await trio.sleep(cfg.poll)
+                    stats = await _stats(procs, "settle")
+                else:
+                    out["settled"] = True
+                out["settle_s"] = time.perf_counter() - join_end
+            out["connections_settled"] = _summary([float(c) for c in _connections(stats)])
+            out["over_high_water"] = sum(1 for c in _connections(stats) if cfg.trim and c > cfg.high)
+
+            rng = random.Random(cfg.seed)
+            where = [(pi, ni) for pi, ids in enumerate(peers) for ni in range(len(ids))]
+            results: list[list[Any]] = []
+            for _ in range(cfg.lookups):
+                (sp, sn), (tp, tn) = rng.sample(where, 2)
+                reply = await _ask(
+                    procs[sp], "find", cfg.lookup_timeout + 30, "lookups", pairs=[[sn, peers[tp][tn]]]
+                )
+                results += reply["results"]
+            ok = [r for r in results if r[0]]
+            out["lookups"] = len(results)
+            out["lookup_success"] = len(ok) / len(results) if results else 0.0
+            out["lookup_ms"] = _summary([r[1] for r in ok])
+            out["lookup_ms_network"] = _summary([r[1] for r in ok if not r[2]])
+            out["table_hits"] = sum(1 for r in results if r[2])
+            out["lookup_failures"] = [r[3] for r in results if not r[0]][:5]
+
+            stats = await _stats(procs, "stats after lookups")
+            out["connections_after_lookups"] = _summary([float(c) for c in _connections(stats)])
+            out["tables"] = _summary([float(t) for s in stats for t in s["tables"]])
+            out["trimmed_connections"] = sum(s["trimmed"] for s in stats)
+            out["cpu_s"] = sum(s["cpu_s"] for s in stats)
+            closes: dict[str, int] = {}
+            for s in stats:
+                for how, n in s["bootstrap_closes"].items():
+                    closes[how] = closes.get(how, 0) + n
+            out["bootstrap_closes"] = closes
+            out["ok"] = (
+                not out["join_failures"] and out["lookup_success"] == 1.0 and (not cfg.trim or out["settled"])
+            )
+            return out
 
 
 def main() -> None:

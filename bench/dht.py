@@ -35,28 +35,38 @@ A benchmark, not a test: it never asserts a timing. Other work on the machine in
 from __future__ import annotations
 
 import argparse
-import datetime
+import dataclasses
 import json
 import math
-import os
 import platform
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = Path(__file__).resolve().parent
-SIM = BENCH / "_dht_sim.py"
-PHY20 = BENCH / "_physarum_dht20.py"
-PY20 = BENCH / "_pylibp2p_dht.py"
-SWARM = BENCH / "_swarm_run.py"
+from _harness import (
+    RESULTS,
+    ROOT,
+    Goal,
+    PartnerSetupError,
+    Run,
+    aligned,
+    bench_argv,
+    goal_lines,
+    goal_markdown,
+    markdown,
+    py_venv_python,
+    utc_now,
+    write_json,
+)
+from _harness import fmt as plain_fmt
+from _harness import progress as bench_progress
+
 SWARM_PROCS = 3
 SWARM_LOOKUPS = 90
-PY_VENV_PYTHON = ROOT / "tests" / "interop" / "py" / ".venv" / "bin" / "python"
-RESULTS_JSON = BENCH / "results" / "dht.json"
+RESULTS_JSON = RESULTS / "dht.json"
 KIB = 1024
 
 GOAL_EXACT = 0.99  # at 10,000 nodes
@@ -92,8 +102,8 @@ class Config:
         return cls(False, (1000, 10_000), 1000, 50, 300, 2, 1000, 20, 50, seed)
 
 
-def progress(text: str) -> None:
-    print(f"[dht bench] {text}", file=sys.stderr, flush=True)
+progress = partial(bench_progress, tag="dht bench")
+fmt = partial(plain_fmt, grouping=True)  # node counts run into the thousands
 
 
 def run_json(argv: list[str], timeout: float) -> dict[str, Any]:
@@ -126,22 +136,15 @@ def run_simulations(cfg: Config) -> list[dict[str, Any]]:
             f"simulating {n:,} nodes (build, {cfg.lookups} lookups after the joins and after the refresh)"
         )
         t0 = time.perf_counter()
-        argv = [
-            sys.executable,
-            str(SIM),
-            "--nodes",
-            str(n),
-            "--lookups",
-            str(cfg.lookups),
-            "--refresh",
-            str(cfg.refresh),
-            "--async-checks",
-            str(cfg.async_checks),
-            "--profile",
-            str(cfg.profile),
-            "--seed",
-            str(cfg.seed),
-        ]
+        argv = bench_argv(
+            "_dht_sim.py",
+            nodes=n,
+            lookups=cfg.lookups,
+            refresh=cfg.refresh,
+            async_checks=cfg.async_checks,
+            profile=cfg.profile,
+            seed=cfg.seed,
+        )
         res = run_json(argv, timeout=1800)
         res["child_seconds"] = round(time.perf_counter() - t0, 1)
         if res.get("ok", True) and "measured" in res:
@@ -160,66 +163,32 @@ def run_tracemalloc(cfg: Config) -> dict[str, Any] | None:
         return None
     n = cfg.tracemalloc_nodes
     progress(f"tracing the memory of a {n:,}-node build (tracemalloc; slow)")
-    argv = [
-        sys.executable,
-        str(SIM),
-        "--nodes",
-        str(n),
-        "--lookups",
-        "0",
-        "--lookups-after-join",
-        "0",
-        "--refresh",
-        str(cfg.refresh),
-        "--seed",
-        str(cfg.seed),
-        "--tracemalloc",
-    ]
+    argv = bench_argv(
+        "_dht_sim.py",
+        nodes=n,
+        lookups=0,
+        lookups_after_join=0,
+        refresh=cfg.refresh,
+        seed=cfg.seed,
+        tracemalloc=True,
+    )
     return run_json(argv, timeout=900)
 
 
 def run_partners(cfg: Config) -> dict[str, dict[str, Any]]:
-    n, lookups, seed = str(cfg.partner_nodes), str(cfg.partner_lookups), str(cfg.seed)
+    common: dict[str, Any] = {"nodes": cfg.partner_nodes, "lookups": cfg.partner_lookups, "seed": cfg.seed}
+    n, lookups = cfg.partner_nodes, cfg.partner_lookups
     out: dict[str, dict[str, Any]] = {}
     progress(f"py-libp2p: {n} hosts, {lookups} lookups")
-    if PY_VENV_PYTHON.exists():
-        out["py-libp2p"] = run_json(
-            [str(PY_VENV_PYTHON), str(PY20), "--nodes", n, "--lookups", lookups, "--seed", seed], timeout=600
-        )
-    else:
-        out["py-libp2p"] = {"ok": False, "error": "not installed: bash tests/interop/py/setup.sh"}
-    progress(f"physarum: {n} hosts, {lookups} lookups")
-    out["physarum-hosts"] = run_json(
-        [
-            sys.executable,
-            str(PHY20),
-            "--nodes",
-            n,
-            "--lookups",
-            lookups,
-            "--seed",
-            seed,
-            "--transport",
-            "hosts",
-        ],
-        timeout=600,
-    )
-    progress(f"physarum: {n} nodes over MemoryNetwork(codec=True), {lookups} lookups")
-    out["physarum-memory"] = run_json(
-        [
-            sys.executable,
-            str(PHY20),
-            "--nodes",
-            n,
-            "--lookups",
-            lookups,
-            "--seed",
-            seed,
-            "--transport",
-            "memory",
-        ],
-        timeout=600,
-    )
+    try:
+        argv = bench_argv("_pylibp2p_dht.py", python=py_venv_python(), **common)
+        out["py-libp2p"] = run_json(argv, timeout=600)
+    except PartnerSetupError as e:
+        out["py-libp2p"] = {"ok": False, "error": str(e)}
+    for transport, what in (("hosts", f"{n} hosts"), ("memory", f"{n} nodes over MemoryNetwork(codec=True)")):
+        progress(f"physarum: {what}, {lookups} lookups")
+        argv = bench_argv("_physarum_dht20.py", **common, transport=transport)
+        out[f"physarum-{transport}"] = run_json(argv, timeout=600)
     for name, res in out.items():
         if not res.get("ok"):
             progress(f"  {name}: {res.get('error') or res.get('failures')}")
@@ -228,23 +197,17 @@ def run_partners(cfg: Config) -> dict[str, dict[str, Any]]:
 
 def run_swarm(nodes: int, seed: int) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
-    for name, extra in (("connection manager", []), ("no connection manager", ["--no-trim"])):
+    for name, no_trim in (("connection manager", False), ("no connection manager", True)):
         progress(f"swarm: {nodes} nodes in {SWARM_PROCS} processes, {name}")
-        argv = [
-            sys.executable,
-            str(SWARM),
-            "--nodes",
-            str(nodes),
-            "--procs",
-            str(SWARM_PROCS),
-            "--lookups",
-            str(SWARM_LOOKUPS),
-            "--seed",
-            str(seed),
-            "--join-timeout",
-            "1800",
-            *extra,
-        ]
+        argv = bench_argv(
+            "_swarm_run.py",
+            nodes=nodes,
+            procs=SWARM_PROCS,
+            lookups=SWARM_LOOKUPS,
+            seed=seed,
+            join_timeout=1800,
+            no_trim=no_trim,
+        )
         res = run_json(argv, timeout=3600)
         if res.get("ok"):
             progress(
@@ -332,14 +295,6 @@ def swarm_notes(swarm: dict[str, dict[str, Any]]) -> list[str]:
 # ---------------------------------------------------------------------------------------- formatting
 
 
-def fmt(value: float | None, digits: int = 1, pct: bool = False) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if pct:
-        return f"{value * 100:.{digits}f}%"
-    return f"{value:,.{digits}f}"
-
-
 def med(d: dict[str, Any] | None, key: str = "median") -> float | None:
     return None if not d else d.get(key)
 
@@ -369,7 +324,7 @@ def sim_rows(sims: list[dict[str, Any]]) -> list[list[str]]:
             rows.append([f"{n:,}" if n else "?", "failed: " + str(s.get("error"))[:60]] + ["-"] * 11)
             continue
         mem = s["memory"]
-        log2n = fmt(math.log2(n), 1)
+        log2n = fmt(math.log2(s["nodes"]), 1)
         for state, m, build, kib in (
             (
                 "joined",
@@ -442,45 +397,6 @@ def partner_rows(partners: dict[str, dict[str, Any]]) -> list[list[str]]:
     return rows
 
 
-def aligned(header: list[str], rows: list[list[str]], left: int = 1) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(
-            h.ljust(w) if i < left else h.rjust(w)
-            for i, (h, w) in enumerate(zip(header, widths, strict=True))
-        )
-    ]
-    lines.append("  ".join("-" * w for w in widths))
-    for r in rows:
-        lines.append(
-            "  ".join(
-                c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
-            )
-        )
-    return "\n".join(lines)
-
-
-def markdown(header: list[str], rows: list[list[str]], left: int = 1) -> str:
-    out = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" if i < left else "--:" for i in range(len(header))) + "|",
-    ]
-    out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
-    return "\n".join(out)
-
-
-@dataclass
-class Goal:
-    name: str
-    target: str
-    value: str
-    meets: bool | None
-
-    @property
-    def verdict(self) -> str:
-        return "n/a" if self.meets is None else ("meets" if self.meets else "misses")
-
-
 def evaluate_goals(sims: list[dict[str, Any]]) -> list[Goal]:
     ok = [s for s in sims if "measured" in s]
     goals = []
@@ -536,17 +452,6 @@ def evaluate_goals(sims: list[dict[str, Any]]) -> list[Goal]:
     return goals
 
 
-def goal_lines(goals: list[Goal]) -> str:
-    width = max(len(g.name) for g in goals)
-    return "\n".join(f"{g.verdict:<6}  {g.name:<{width}}  target {g.target:<10}  {g.value}" for g in goals)
-
-
-def goal_markdown(goals: list[Goal]) -> str:
-    out = ["| goal | target | measured | verdict |", "|---|---|---|---|"]
-    out += [f"| {g.name} | {g.target} | {g.value} | {g.verdict} |" for g in goals]
-    return "\n".join(out)
-
-
 def notes(sims: list[dict[str, Any]], traced: dict[str, Any] | None) -> list[str]:
     out = []
     for s in sims:
@@ -594,11 +499,6 @@ def notes(sims: list[dict[str, Any]], traced: dict[str, Any] | None) -> list[str
     return out
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1) + "\n")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1,000 and 3,000 nodes, 300 lookups, no tracemalloc")
@@ -614,29 +514,28 @@ def main() -> None:
         help="also run N real nodes in 3 processes, with and without the connection manager (e.g. 300)",
     )
     ap.add_argument("--swarm-only", action="store_true", help="only the --swarm section")
+    ap.add_argument(
+        "--sizes", type=int, nargs="+", metavar="N", help="simulated network sizes instead of the default"
+    )
     args = ap.parse_args()
     cfg = Config.make(args.quick, args.seed)
-    start = time.perf_counter()
-    load_start = os.getloadavg()[0]
+    if args.sizes:
+        cfg = dataclasses.replace(cfg, sizes=tuple(sorted(set(args.sizes))))
+    run = Run()
     if args.swarm_only:
         if not args.swarm:
             ap.error("--swarm-only needs --swarm N")
-        main_swarm(args, start, load_start)
+        main_swarm(args, run)
         return
     partners = run_partners(cfg)
     sims = run_simulations(cfg)
     traced = run_tracemalloc(cfg)
     swarm = run_swarm(args.swarm, args.seed) if args.swarm else {}
-    seconds = time.perf_counter() - start
-    load = (load_start, os.getloadavg()[0])
+    run.finish()
 
     goals = evaluate_goals(sims)
     srows, prows = sim_rows(sims), partner_rows(partners)
-    mode = "quick" if cfg.quick else "full"
-    print(
-        f"physarum DHT benchmark ({mode} run, {seconds:.0f} s, {os.cpu_count()} CPUs, 1-min load average "
-        f"{load[0]:.1f} at start, {load[1]:.1f} at end)\n"
-    )
+    print(run.title("physarum DHT benchmark", "quick" if cfg.quick else "full") + "\n")
     print(
         f"Simulated networks, k = 20, alpha = 3, {cfg.lookups} lookups of random keys per row. Method: {METHOD}."
     )
@@ -653,10 +552,7 @@ def main() -> None:
     )
     print(aligned(PARTNER_HEADER, prows))
     if swarm:
-        print(
-            f"\nReal-socket swarm on 127.0.0.1: {args.swarm} nodes in {SWARM_PROCS} processes joined through one "
-            f"bootstrap node; {SWARM_LOOKUPS} random find_peer; connections per node once settled:\n"
-        )
+        print("\n" + swarm_intro(args.swarm))
         print(aligned(SWARM_HEADER, swarm_rows(swarm)))
     print("\nNotes:")
     for line in notes(sims, traced) + swarm_notes(swarm):
@@ -665,7 +561,7 @@ def main() -> None:
         if not res.get("ok"):
             print(f"- {name}: {res.get('error') or res.get('failures')}")
     print("\nGoals:")
-    print(goal_lines(goals))
+    print(goal_lines(goals, target_width=10))
     print("\nMarkdown:\n")
     print(markdown(SIM_HEADER, srows, left=2))
     print()
@@ -675,41 +571,34 @@ def main() -> None:
         print(markdown(SWARM_HEADER, swarm_rows(swarm)))
     print()
     print(goal_markdown(goals))
-
-    data = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "quick": cfg.quick,
-        "cpus": os.cpu_count(),
-        "load_avg_1min": {"start": load[0], "end": load[1]},
-        "python": platform.python_version(),
-        "seconds": round(seconds, 1),
-        "config": cfg.__dict__,
-        "method": METHOD,
-        "memory_method": "VmRSS growth after gc.collect(), from before the nodes are created to after the build, / N",
-        "simulations": sims,
-        "tracemalloc": traced,
-        "partners": partners,
-        "swarm": swarm or None,
-        "goals": [
-            {"goal": g.name, "target": g.target, "measured": g.value, "verdict": g.verdict} for g in goals
-        ],
-    }
-    write_json(args.json, data)
-    print(f"\nJSON: {args.json}")
-
-
-def main_swarm(args: argparse.Namespace, start: float, load_start: float) -> None:
-    """``--swarm-only``: the swarm section alone, merged into the results JSON."""
-    swarm = run_swarm(args.swarm, args.seed)
-    seconds = time.perf_counter() - start
-    print(
-        f"physarum DHT swarm ({seconds:.0f} s, {os.cpu_count()} CPUs, 1-min load average {load_start:.1f} at start, "
-        f"{os.getloadavg()[0]:.1f} at end)\n"
+    data = run.record(
+        cfg.quick,
+        python=platform.python_version(),
+        config=cfg.__dict__,
+        method=METHOD,
+        memory_method="VmRSS growth after gc.collect(), from before the nodes are created to after the build, / N",
+        simulations=sims,
+        tracemalloc=traced,
+        partners=partners,
+        swarm=swarm or None,
+        goals=[g.as_json() for g in goals],
     )
-    print(
-        f"Real-socket swarm on 127.0.0.1: {args.swarm} nodes in {SWARM_PROCS} processes joined through one "
+    write_json(args.json, data)
+
+
+def swarm_intro(nodes: int) -> str:
+    return (
+        f"Real-socket swarm on 127.0.0.1: {nodes} nodes in {SWARM_PROCS} processes joined through one "
         f"bootstrap node; {SWARM_LOOKUPS} random find_peer; connections per node once settled:\n"
     )
+
+
+def main_swarm(args: argparse.Namespace, run: Run) -> None:
+    """``--swarm-only``: the swarm section alone, merged into the results JSON."""
+    swarm = run_swarm(args.swarm, args.seed)
+    run.finish()
+    print(run.title("physarum DHT swarm") + "\n")
+    print(swarm_intro(args.swarm))
     print(aligned(SWARM_HEADER, swarm_rows(swarm)))
     print("\nNotes:")
     for line in swarm_notes(swarm):
@@ -723,9 +612,8 @@ def main_swarm(args: argparse.Namespace, start: float, load_start: float) -> Non
         except ValueError:
             data = {}
     data["swarm"] = swarm
-    data["swarm_date"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    data["swarm_date"] = utc_now()
     write_json(args.json, data)
-    print(f"\nJSON: {args.json}")
 
 
 if __name__ == "__main__":

@@ -40,10 +40,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
-import json
 import os
-import platform
 import re
 import secrets
 import shutil
@@ -57,24 +54,33 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import trio
+from _harness import (
+    LOOPBACK,
+    RESULTS,
+    ROOT,
+    Goal,
+    Partner,
+    Run,
+    aligned,
+    bench_argv,
+    fmt,
+    goal_lines,
+    goal_markdown,
+    markdown,
+    open_partner,
+    progress,
+    status_kib,
+    summary,
+    versions,
+    write_json,
+)
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(BENCH))
-
-from tests.interop.partner import Partner, open_partner  # noqa: E402
-
-from overlay import nearest_rank, progress, vm_rss_kib  # noqa: E402
-
-HELPER = BENCH / "_monitor_peers.py"
-RESULTS_JSON = BENCH / "results" / "monitor.json"
-LOOPBACK = "127.0.0.1"
+RESULTS_JSON = RESULTS / "monitor.json"
+HELPER = "_monitor_peers.py"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MB = 1e6
 
@@ -90,15 +96,17 @@ PAPER_CPU_PCT = 4.76
 
 @dataclass(frozen=True)
 class Config:
+    """What a run measures; :meth:`make` gives the full and the ``--quick`` run."""
+
     quick: bool
-    sizes: tuple[int, ...]
-    window: float
+    sizes: tuple[int, ...]  # peer counts, a row each
+    window: float  # seconds of the CPU window
     rtt_scrapes: int  # scrapes after the window (the end-of-window scrape comes on top)
-    scrape_gap: float = 3.0
-    peer_procs: int = 4
-    echo_period: float = 0.05
-    attach_concurrency: int = 4
-    profile: float = 0.0
+    scrape_gap: float = 3.0  # seconds between scrapes, at least
+    peer_procs: int = 4  # processes holding the peers
+    echo_period: float = 0.05  # seconds between the floor's echoes, on average
+    attach_concurrency: int = 4  # dials in flight in each peer process
+    profile: float = 0.0  # seconds of py-spy at the largest N (0: none)
 
     @classmethod
     def make(cls, quick: bool, profile: float) -> Config:
@@ -140,14 +148,6 @@ def worker_threads_cpu(pid: int) -> dict[int, float]:
         except (FileNotFoundError, ProcessLookupError):
             pass  # the thread ended meanwhile
     return out
-
-
-def vm_hwm_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmHWM for pid {pid}")
 
 
 def machine_ticks() -> tuple[int, int]:
@@ -369,10 +369,6 @@ async def run_monitor(tmp: Path, passphrase: str) -> AsyncIterator[Monitor]:
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def helper_argv(*args: str) -> list[str]:
-    return [sys.executable, str(HELPER), *args]
-
-
 @dataclass
 class Procs:
     """Every process of the run, for the CPU accounting."""
@@ -520,10 +516,8 @@ async def wait_ready(procs: Procs, n: int, result: SizeResult, timeout: float = 
 
 
 def us_summary(samples_s: Sequence[float]) -> tuple[float | None, float | None]:
-    if not samples_s:
-        return None, None
-    us = [s * 1e6 for s in samples_s]
-    return statistics.median(us), nearest_rank(us, 0.99)
+    us = summary([s * 1e6 for s in samples_s], ("median", "p99"))
+    return us.get("median"), us.get("p99")
 
 
 async def measure_size(cfg: Config, procs: Procs, n: int, have: int) -> SizeResult:
@@ -565,9 +559,9 @@ async def measure_size(cfg: Config, procs: Procs, n: int, have: int) -> SizeResu
             f"the machine was saturated ({result.machine_busy_cores:.2f} of {cpus} cores busy,"
             f" {result.others_cores:.2f} by other programs): RTTs include waiting for a CPU"
         )
-    result.monitor_rss_mb = vm_rss_kib(mon.pid) * 1024 / MB
-    result.monitor_hwm_mb = vm_hwm_kib(mon.pid) * 1024 / MB
-    result.peers_rss_mb = sum(vm_rss_kib(pid) for pid in peer_pids) * 1024 / MB
+    result.monitor_rss_mb = status_kib(mon.pid) * 1024 / MB
+    result.monitor_hwm_mb = status_kib(mon.pid, "VmHWM") * 1024 / MB
+    result.peers_rss_mb = sum(status_kib(pid) for pid in peer_pids) * 1024 / MB
 
     # 2. the RTT phase: the end-of-window scrape, then more, scrape_gap apart
     progress(f"N={n}: RTT phase, {cfg.rtt_scrapes + 1} scrapes >= {cfg.scrape_gap:g} s apart")
@@ -619,7 +613,7 @@ async def measure_size(cfg: Config, procs: Procs, n: int, have: int) -> SizeResu
         result.bias_vs_peer_loop_median_us = result.rtt_median_us - result.floor_in_peers_median_us
     progress(
         f"N={n}: monitor {result.monitor_cpu_pct:.1f}% CPU, {result.monitor_rss_mb:.0f} MB;"
-        f" RTT {_f(result.rtt_median_us)} us vs floor {_f(result.floor_median_us)} us"
+        f" RTT {fmt(result.rtt_median_us, 0)} us vs floor {fmt(result.floor_median_us, 0)} us"
     )
     return result
 
@@ -628,7 +622,7 @@ async def measure_size(cfg: Config, procs: Procs, n: int, have: int) -> SizeResu
 
 
 def find_py_spy(explicit: str | None) -> str | None:
-    candidates = [explicit] if explicit else []
+    candidates: list[str | None] = [explicit] if explicit else []
     candidates += [
         shutil.which("py-spy"),
         str(Path(sys.executable).parent / "py-spy"),
@@ -759,24 +753,6 @@ async def profile_monitor(py_spy: str, pid: int, seconds: float, tmp: Path) -> d
 # ------------------------------------------------------------------------------------------ report
 
 
-def _f(value: float | None, digits: int = 0) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.{digits}f}"
-
-
-@dataclass
-class Goal:
-    name: str
-    target: str
-    value: str
-    meets: bool | None
-
-    @property
-    def verdict(self) -> str:
-        return "n/a" if self.meets is None else ("meets" if self.meets else "misses")
-
-
 def evaluate_goals(rows: Sequence[SizeResult]) -> list[Goal]:
     at = next((r for r in rows if r.peers == GOAL_PEERS), None)
     why = f"no {GOAL_PEERS:,}-peer row in this run" if at is None else "missing"
@@ -786,122 +762,94 @@ def evaluate_goals(rows: Sequence[SizeResult]) -> list[Goal]:
             return Goal(name, target, why, None)
         text = f"{value:.1f} {unit}"
         if load and at is not None and at.saturated:
-            text += f" (machine saturated, {_f(at.others_cores, 2)} cores busy with other programs)"
+            text += f" (machine saturated, {fmt(at.others_cores, 2)} cores busy with other programs)"
         return Goal(name, target, text, value < limit)
 
     return [
         goal(f"monitor CPU, {GOAL_PEERS:,} peers at 1 Hz", f"< {GOAL_CPU_PCT:g}% of one core",
-             at and at.monitor_cpu_pct, GOAL_CPU_PCT, "%"),
+             None if at is None else at.monitor_cpu_pct, GOAL_CPU_PCT, "%"),
         goal(f"monitor RSS, {GOAL_PEERS:,} peers", f"< {GOAL_RSS_MB:g} MB",
-             at and at.monitor_rss_mb, GOAL_RSS_MB, "MB", load=False),
+             None if at is None else at.monitor_rss_mb, GOAL_RSS_MB, "MB", load=False),
         goal(f"RTT bias median, {GOAL_PEERS:,} peers", f"< {GOAL_BIAS_US:g} us",
-             at and at.bias_median_us, GOAL_BIAS_US, "us"),
+             None if at is None else at.bias_median_us, GOAL_BIAS_US, "us"),
     ]  # fmt: skip
 
 
-COST_HEADER = [
-    "peers",
-    "mon CPU %",
-    "of it sys",
-    "CPU us/ping",
-    "RSS MB",
-    "peers CPU %",
-    "pings/s",
-    "fails",
-    "scrape ms",
-    "scrape CPU ms",
-    "scrape KiB",
-    "busy cores",
-    "others' cores",
+# The tables' columns: (header, SizeResult attribute, decimals; None: a count, as it is).
+COST_COLUMNS: list[tuple[str, str, int | None]] = [
+    ("mon CPU %", "monitor_cpu_pct", 1),
+    ("of it sys", "monitor_sys_pct", 1),
+    ("CPU us/ping", "monitor_cpu_us_per_ping", 0),
+    ("RSS MB", "monitor_rss_mb", 0),
+    ("peers CPU %", "peers_cpu_pct", 1),
+    ("pings/s", "pings_per_s", 0),
+    ("fails", "failures", 0),
+    ("scrape ms", "scrape_wall_ms", 0),
+    ("scrape CPU ms", "scrape_cpu_ms", 0),
+    ("scrape KiB", "scrape_kib", 0),
+    ("busy cores", "machine_busy_cores", 2),
+    ("others' cores", "others_cores", 2),
 ]
-RTT_HEADER = [
-    "peers",
-    "mon RTT med",
-    "mon RTT p99",
-    "n",
-    "quiet med",
-    "hist med",
-    "hist p99",
-    "TCP med",
-    "TCP p99",
-    "n",
-    "bias med",
-    "TCP@peers med",
-    "TCP@peers p99",
+RTT_COLUMNS: list[tuple[str, str, int | None]] = [
+    ("mon RTT med", "rtt_median_us", 0),
+    ("mon RTT p99", "rtt_p99_us", 0),
+    ("n", "rtt_samples", None),
+    ("quiet med", "rtt_quiet_median_us", 0),
+    ("hist med", "hist_median_us", 0),
+    ("hist p99", "hist_p99_us", 0),
+    ("TCP med", "floor_median_us", 0),
+    ("TCP p99", "floor_p99_us", 0),
+    ("n", "floor_samples", None),
+    ("bias med", "bias_median_us", 0),
+    ("TCP@peers med", "floor_in_peers_median_us", 0),
+    ("TCP@peers p99", "floor_in_peers_p99_us", 0),
+]
+PAPER_COST = ["paper Go", fmt(PAPER_CPU_PCT, 2), "-", "-", fmt(PAPER_RSS_MB, 0)] + ["-"] * 8
+
+
+def size_table(
+    columns: list[tuple[str, str, int | None]], rows: Sequence[SizeResult], *first: list[str]
+) -> str:
+    """One row per N of ``columns``, after the rows ``first``."""
+    body = [
+        [f"{r.peers:,}", *(str(getattr(r, a)) if d is None else fmt(getattr(r, a), d) for _, a, d in columns)]
+        for r in rows
+    ]
+    return aligned(["peers", *(h for h, _, _ in columns)], [*first, *body], left=0)
+
+
+MARKDOWN_HEADER = [
+    "monitor",
+    "peers at 1 Hz",
+    "CPU (% of one core)",
+    "RSS (MB)",
+    "RTT median / p99 (us)",
+    "raw TCP median / p99 (us)",
+    "RTT bias median (us)",
+    "peer processes CPU (% of one core)",
 ]
 
 
-def cost_rows(rows: Sequence[SizeResult]) -> list[list[str]]:
-    out = [["paper Go", _f(PAPER_CPU_PCT, 2), "-", "-", _f(PAPER_RSS_MB), *["-"] * (len(COST_HEADER) - 5)]]
-    for r in rows:
-        out.append(
-            [
-                f"{r.peers:,}",
-                _f(r.monitor_cpu_pct, 1),
-                _f(r.monitor_sys_pct, 1),
-                _f(r.monitor_cpu_us_per_ping),
-                _f(r.monitor_rss_mb),
-                _f(r.peers_cpu_pct, 1),
-                _f(r.pings_per_s),
-                _f(r.failures),
-                _f(r.scrape_wall_ms),
-                _f(r.scrape_cpu_ms),
-                _f(r.scrape_kib),
-                _f(r.machine_busy_cores, 2),
-                _f(r.others_cores, 2),
-            ]
-        )
-    return out
-
-
-def rtt_rows(rows: Sequence[SizeResult]) -> list[list[str]]:
-    return [
+def markdown_rows(rows: Sequence[SizeResult]) -> list[list[str]]:
+    paper = ["PhysarumSM, Go (paper)", "-", f"{PAPER_CPU_PCT:g}", f"{PAPER_RSS_MB:g}", "-", "-", "-", "-"]
+    return [paper] + [
         [
+            "physarum ping-monitor",
             f"{r.peers:,}",
-            _f(r.rtt_median_us),
-            _f(r.rtt_p99_us),
-            str(r.rtt_samples),
-            _f(r.rtt_quiet_median_us),
-            _f(r.hist_median_us),
-            _f(r.hist_p99_us),
-            _f(r.floor_median_us),
-            _f(r.floor_p99_us),
-            str(r.floor_samples),
-            _f(r.bias_median_us),
-            _f(r.floor_in_peers_median_us),
-            _f(r.floor_in_peers_p99_us),
+            fmt(r.monitor_cpu_pct, 1),
+            fmt(r.monitor_rss_mb, 0),
+            f"{fmt(r.rtt_median_us, 0)} / {fmt(r.rtt_p99_us, 0)}",
+            f"{fmt(r.floor_median_us, 0)} / {fmt(r.floor_p99_us, 0)}",
+            fmt(r.bias_median_us, 0),
+            fmt(r.peers_cpu_pct, 1),
         ]
         for r in rows
     ]
 
 
-def aligned_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
-
-
-def markdown_table(rows: Sequence[SizeResult]) -> str:
-    out = [
-        "| monitor | peers at 1 Hz | CPU (% of one core) | RSS (MB) | RTT median / p99 (us) |"
-        " raw TCP median / p99 (us) | RTT bias median (us) | peer processes CPU (% of one core) |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|",
-        f"| PhysarumSM, Go (paper) | - | {PAPER_CPU_PCT:g} | {PAPER_RSS_MB:g} | - | - | - | - |",
-    ]
-    for r in rows:
-        out.append(
-            f"| physarum ping-monitor | {r.peers:,} | {_f(r.monitor_cpu_pct, 1)} | {_f(r.monitor_rss_mb)} |"
-            f" {_f(r.rtt_median_us)} / {_f(r.rtt_p99_us)} | {_f(r.floor_median_us)} / {_f(r.floor_p99_us)} |"
-            f" {_f(r.bias_median_us)} | {_f(r.peers_cpu_pct, 1)} |"
-        )
-    return "\n".join(out)
-
-
 def machine_note(rows: Sequence[SizeResult]) -> str:
     """One line for under the README table: how busy the machine was with other work meanwhile."""
-    parts = [f"{r.peers:,} peers: {_f(r.others_cores, 2)}" for r in rows]
+    parts = [f"{r.peers:,} peers: {fmt(r.others_cores, 2)}" for r in rows]
     saturated = [f"{r.peers:,}" for r in rows if r.saturated]
     line = (
         f"\nLoopback, {os.cpu_count()} CPUs shared with other work; cores busy with other programs during"
@@ -910,17 +858,6 @@ def machine_note(rows: Sequence[SizeResult]) -> str:
     if saturated:
         line += f" The machine was saturated at {', '.join(saturated)} peers: those RTTs include waiting for a CPU."
     return line
-
-
-def goal_lines(goals: Sequence[Goal]) -> str:
-    width = max(len(g.name) for g in goals)
-    return "\n".join(f"{g.verdict:<6}  {g.name:<{width}}  target {g.target:<20}  {g.value}" for g in goals)
-
-
-def goal_markdown(goals: Sequence[Goal]) -> str:
-    out = ["| goal | target | measured | verdict |", "|---|---|---|---|"]
-    out += [f"| {g.name} | {g.target} | {g.value} | {g.verdict} |" for g in goals]
-    return "\n".join(out)
 
 
 def profile_text(profile: dict[str, Any]) -> str:
@@ -958,18 +895,16 @@ async def run_all(cfg: Config, tmp: Path, py_spy: str | None) -> dict[str, Any]:
         info["monitor_program"] = monitor.program
         info["monitor_printed_addrs"] = monitor.addrs
         await trio.sleep(1.0)
-        info["monitor_rss_mb_idle"] = vm_rss_kib(monitor.pid) * 1024 / MB
-        peers = []
-        for i in range(cfg.peer_procs):
-            extra = ["--echo"] if i == 0 else []
-            argv = helper_argv("--role", "peers", "--passphrase", passphrase, *extra)
-            peers.append(await stack.enter_async_context(open_partner(argv, cwd=ROOT)))
-        echo_server = await stack.enter_async_context(
-            open_partner(helper_argv("--role", "echo-server"), cwd=ROOT)
-        )
-        echo_client = await stack.enter_async_context(
-            open_partner(helper_argv("--role", "echo-client"), cwd=ROOT)
-        )
+        info["monitor_rss_mb_idle"] = status_kib(monitor.pid) * 1024 / MB
+        helpers = [
+            *(
+                bench_argv(HELPER, role="peers", passphrase=passphrase, echo=i == 0)
+                for i in range(cfg.peer_procs)
+            ),
+            bench_argv(HELPER, role="echo-server"),
+            bench_argv(HELPER, role="echo-client"),
+        ]
+        *peers, echo_server, echo_client = [await stack.enter_async_context(open_partner(a)) for a in helpers]
         procs = Procs(monitor, peers, echo_server, echo_client)
         await echo_client.call(
             "start",
@@ -999,14 +934,6 @@ async def run_all(cfg: Config, tmp: Path, py_spy: str | None) -> dict[str, Any]:
     return info
 
 
-def _versions() -> dict[str, str]:
-    return {
-        "python": platform.python_version(),
-        "trio": trio.__version__,
-        "prometheus_client": version("prometheus_client"),
-    }
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="100 and 300 peers, 8 s CPU window")
@@ -1024,18 +951,14 @@ def main() -> None:
         cfg = dataclasses.replace(cfg, sizes=tuple(sorted(set(args.sizes))))
     if args.window:
         cfg = dataclasses.replace(cfg, window=args.window)
-    start = time.perf_counter()
-    load_start = os.getloadavg()[0]
+    run = Run()
     with tempfile.TemporaryDirectory(prefix="physarum-bench-monitor-") as tmp:
         info = trio.run(run_all, cfg, Path(tmp), find_py_spy(args.py_spy))
-    seconds = time.perf_counter() - start
-    load = (load_start, os.getloadavg()[0])
+    run.finish()
     rows: list[SizeResult] = info["rows"]
     goals = evaluate_goals(rows)
-    mode = "quick" if cfg.quick else "full"
     print(
-        f"physarum ping-monitor benchmark ({mode} run, {seconds:.0f} s, loopback, {os.cpu_count()} CPUs,"
-        f" 1-min load average {load[0]:.1f} at start, {load[1]:.1f} at end)\n"
+        run.title("physarum ping-monitor benchmark", "quick" if cfg.quick else "full", "loopback") + "\n"
         f"monitor: {info['monitor_program']} (own process), 1 s interval; {cfg.peer_procs} peer processes;"
         f" CPU window {cfg.window:g} s without scrapes; RTTs from {cfg.rtt_scrapes + 1} scrapes"
         f" >= {cfg.scrape_gap:g} s apart\n"
@@ -1045,60 +968,52 @@ def main() -> None:
         " process's loop; bias = mon RTT med - TCP med; others' cores = machine busy minus this benchmark\n"
     )
     print("Cost (CPU in % of one core; scrape = one GET /metrics: wall ms, render CPU ms, size)")
-    print(aligned_table(COST_HEADER, cost_rows(rows)))
+    print(size_table(COST_COLUMNS, rows, PAPER_COST))
     print("\nRTT (us)")
-    print(aligned_table(RTT_HEADER, rtt_rows(rows)))
+    print(size_table(RTT_COLUMNS, rows))
     for r in rows:
         if r.notes:
             print(f"  N={r.peers}: " + "; ".join(r.notes))
     print(
-        f"\nmonitor RSS idle (no peers) {_f(info.get('monitor_rss_mb_idle'))} MB;"
+        f"\nmonitor RSS idle (no peers) {fmt(info.get('monitor_rss_mb_idle'), 0)} MB;"
         f" printed {len(info['monitor_printed_addrs'])} multiaddr(s): {' '.join(info['monitor_printed_addrs'])}"
     )
     shutdown = info.get("monitor_shutdown_seconds")
     print(
-        f"SIGTERM with {rows[-1].peers if rows else 0} peers connected: exited in {_f(shutdown, 2)} s,"
+        f"SIGTERM with {rows[-1].peers if rows else 0} peers connected: exited in {fmt(shutdown, 2)} s,"
         f" status {info.get('monitor_exit_status')}"
     )
     print("\nGoals:")
-    print(goal_lines(goals))
+    print(goal_lines(goals, target_width=20))
     if "profile" in info:
         print("\nWhere the monitor's CPU goes:")
         print(profile_text(info["profile"]))
     print("\nMarkdown:\n")
-    print(markdown_table(rows))
+    print(markdown(MARKDOWN_HEADER, markdown_rows(rows)))
     print(machine_note(rows))
     print()
     print(goal_markdown(goals))
-    data = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "quick": cfg.quick,
-        "cpus": os.cpu_count(),
-        "load_avg_1min": {"start": load[0], "end": load[1]},
-        "versions": _versions(),
-        "seconds": round(seconds, 1),
-        "config": asdict(cfg),
-        "units": {"cpu": "% of one core", "rss": "MB (10^6 bytes)", "rtt": "us"},
-        "paper": {"monitor": "PhysarumSM Go ping-monitor", "rss_mb": PAPER_RSS_MB, "cpu_pct": PAPER_CPU_PCT},
-        "monitor": {
+    data = run.record(
+        cfg.quick,
+        versions=versions("trio", "prometheus_client"),
+        config=asdict(cfg),
+        units={"cpu": "% of one core", "rss": "MB (10^6 bytes)", "rtt": "us"},
+        paper={"monitor": "PhysarumSM Go ping-monitor", "rss_mb": PAPER_RSS_MB, "cpu_pct": PAPER_CPU_PCT},
+        monitor={
             "program": info["monitor_program"],
             "printed_addrs": info["monitor_printed_addrs"],
             "rss_mb_idle": info.get("monitor_rss_mb_idle"),
             "shutdown_seconds": shutdown,
             "exit_status": info.get("monitor_exit_status"),
         },
-        "results": [
+        results=[
             {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(r).items()} for r in rows
         ],
-        "goals": [
-            {"goal": g.name, "target": g.target, "measured": g.value, "verdict": g.verdict} for g in goals
-        ],
-    }
+        goals=[g.as_json() for g in goals],
+    )
     if "profile" in info:
         data["profile"] = info["profile"]
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(data, indent=1) + "\n")
-    print(f"\nJSON: {args.json}")
+    write_json(args.json, data)
 
 
 if __name__ == "__main__":

@@ -1,27 +1,26 @@
-"""Overlay benchmark: physarum's host beside raw trio TCP, py-libp2p and js-libp2p, on loopback.
+"""Overlay benchmark: physarum's host beside raw trio TCP, py-libp2p, js-libp2p, go-libp2p and rust-libp2p,
+on loopback.
 
     .venv/bin/python bench/overlay.py [--quick] [--json PATH]
 
-Measures, all in one run: import cost, connect time, ping RTT, single-stream throughput and memory per idle
-connection; prints an aligned table, a goal summary and a markdown table, and writes the figures as JSON
-to bench/results/overlay.json. A benchmark, not a test: it never asserts a timing, and a partner that is
-not installed (js: ``npm ci`` in tests/interop/js; py: ``bash tests/interop/py/setup.sh``) gets a note in
-its rows instead of a crash.
+Measures, all in one run: import cost, connect time, ping RTT, single-stream throughput (a bulk sink, and
+libp2p's perf protocol ``/perf/1.0.0`` both directions, as libp2p's cross-implementation dashboard
+measures it) and memory per idle connection; prints an aligned table, a goal summary and a markdown
+table, and writes the figures as JSON to bench/results/overlay.json. A benchmark, not a test: it never
+asserts a timing, and a partner that is not installed (js: ``npm ci`` in tests/interop/js; py, go, rust:
+``bash tests/interop/{py,go,rust}/setup.sh``) gets a note in its rows instead of a crash.
 
-Every server runs in a process of its own (bench/_physarum_peer.py, tests/interop/js/peer.mjs,
-tests/interop/py/peer.py), so the client that measures never shares an event loop with the peer it
-measures. Only 127.0.0.1 is contacted. Other work on the machine shows up as noise: read medians.
+Every server runs in a process of its own (bench/_physarum_peer.py and the interop peers of
+tests/interop, driven with bench/_harness.py), so the client that measures never shares an event loop
+with the peer it measures. Only 127.0.0.1 is contacted. Other work on the machine shows up as noise:
+read medians.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import math
 import os
-import platform
-import shutil
+import re
 import statistics
 import subprocess
 import sys
@@ -35,30 +34,45 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
-
-ROOT = Path(__file__).resolve().parent.parent
-# tests/ is not installed: make tests.interop.partner (the JSON-lines process driver) importable.
-sys.path.insert(0, str(ROOT))
-
-from tests.interop.partner import (  # noqa: E402
+from _harness import (
+    LOOPBACK,
+    RESULTS,
+    ROOT,
+    Goal,
     Partner,
     PartnerSetupError,
+    Run,
+    aligned,
+    bench_argv,
+    echo_pings,
+    fmt,
+    go_peer_argv,
+    goal_lines,
+    goal_markdown,
     js_peer_argv,
+    markdown,
     open_partner,
+    percentile,
+    progress,
+    py_peer_argv,
+    py_venv_python,
+    receive_exactly,
+    rust_peer_argv,
+    status_kib,
+    versions,
+    write_json,
 )
 
-from physarum.overlay.host import Host  # noqa: E402
-from physarum.overlay.ping import PROTOCOL_ID as PING_PROTOCOL  # noqa: E402
-from physarum.overlay.ping import ping_once  # noqa: E402
-from physarum.psk import generate_psk, protect, write_key_file  # noqa: E402
+from physarum.overlay import perf, tls
+from physarum.overlay.host import Host
+from physarum.overlay.ping import PROTOCOL_ID as PING_PROTOCOL
+from physarum.overlay.ping import ping_once
+from physarum.psk import generate_psk, protect, write_key_file
 
-PY_VENV_PYTHON = ROOT / "tests" / "interop" / "py" / ".venv" / "bin" / "python"
-PY_PEER = ROOT / "tests" / "interop" / "py" / "peer.py"
-PHYSARUM_PEER = Path(__file__).resolve().parent / "_physarum_peer.py"
-RESULTS_JSON = Path(__file__).resolve().parent / "results" / "overlay.json"
-LOOPBACK = "127.0.0.1"
-PING_SIZE = 32
+RESULTS_JSON = RESULTS / "overlay.json"
 MIB = 1 << 20
+MS, US = 1e3, 1e6  # seconds to the units of the table's sections
+HOST_PING = "Host.ping, one stream"
 T = TypeVar("T")
 
 # Goals (from the project brief). Kept here so the summary and the JSON say the same thing.
@@ -78,12 +92,17 @@ class Config:
     connects_slow: int = 50  # py-libp2p's default dial waits 250 ms each
     pings: int = 1000
     bulk_bytes: int = 256 * MIB
+    perf_bytes: int = 128 * MIB  # one way, per perf exchange
+    perf_runs: int = 3
     idle_conns: int = 200
 
     @classmethod
     def make(cls, quick: bool) -> Config:
         if quick:
-            return cls(quick=True, connects=50, connects_slow=20, pings=200, bulk_bytes=64 * MIB)
+            return cls(
+                quick=True, connects=50, connects_slow=20, pings=200, bulk_bytes=64 * MIB,
+                perf_bytes=32 * MIB, perf_runs=1,
+            )  # fmt: skip
         return cls(quick=False)
 
 
@@ -147,15 +166,55 @@ PING_PHY_PY = "physarum -> py-libp2p (no PSK)"
 TP_RAW = "raw trio TCP"
 TP_XS = "raw trio TCP + XSalsa20"
 TP_PHY = "physarum -> physarum (PSK)"
+# The go and rust rows name the pair, client first; the same names in every section.
+PHY_PHY = TP_PHY
+PHY_GO, PHY_GO_TLS, GO_PHY, GO_GO = GO_PAIRS = [
+    "physarum -> go-libp2p (PSK)",
+    "physarum -> go-libp2p (PSK, TLS)",
+    "go-libp2p -> physarum (PSK)",
+    "go-libp2p -> go-libp2p (PSK)",
+]
+PHY_RS, RS_PHY, RS_RS = RS_PAIRS = [
+    "physarum -> rust-libp2p (PSK)",
+    "rust-libp2p -> physarum (PSK)",
+    "rust-libp2p -> rust-libp2p (PSK)",
+]
+
+
+def perf_up(pair: str) -> str:
+    """The perf row where the client sends (``pair`` is client -> server)."""
+    return f"perf upload, {pair}"
+
+
+def perf_down(pair: str) -> str:
+    """The perf row where the server sends."""
+    return f"perf download, {pair}"
+
+
+def perf_rows(*pairs: str) -> list[str]:
+    return [name for pair in pairs for name in (perf_up(pair), perf_down(pair))]
+
+
 MEM_RAW = "raw trio TCP server, one task per socket"
 MEM_PHY = "physarum listener (PSK)"
 MEM_DIAL = "physarum dialer side (one Host + connection)"
 
 ROWS: dict[str, list[str]] = {
     "import": [IMP_TRIO, IMP_HOST, IMP_DELTA, IMP_DELTA_ENV, IMP_LIBP2P],
-    "connect": [CON_RAW, CON_PHY, CON_PHY_JS, CON_JS_PHY, CON_JS, CON_PY, CON_PY1],
-    "ping": [PING_RAW, PING_XS, PING_PHY, PING_PHY_JS, PING_JS_PHY, PING_JS, PING_PY, PING_PHY_PY],
-    "throughput": [TP_RAW, TP_XS, TP_PHY],
+    "connect": [CON_RAW, CON_PHY, CON_PHY_JS, CON_JS_PHY, CON_JS, *GO_PAIRS, *RS_PAIRS, CON_PY, CON_PY1],
+    "ping": [
+        PING_RAW,
+        PING_XS,
+        PING_PHY,
+        PING_PHY_JS,
+        PING_JS_PHY,
+        PING_JS,
+        *GO_PAIRS,
+        *RS_PAIRS,
+        PING_PY,
+        PING_PHY_PY,
+    ],
+    "throughput": [TP_RAW, TP_XS, TP_PHY, *perf_rows(PHY_PHY, *GO_PAIRS, *RS_PAIRS)],
     "memory": [MEM_RAW, MEM_PHY, MEM_DIAL],
 }
 JS_ROWS = [
@@ -175,6 +234,17 @@ PHY_ROWS = [
     ("throughput", TP_RAW),
     ("throughput", TP_XS),
     ("throughput", TP_PHY),
+    *[("throughput", name) for name in perf_rows(PHY_PHY)],
+]
+GO_ROWS = [
+    *[("connect", name) for name in GO_PAIRS],
+    *[("ping", name) for name in GO_PAIRS],
+    *[("throughput", name) for name in perf_rows(*GO_PAIRS)],
+]
+RS_ROWS = [
+    *[("connect", name) for name in RS_PAIRS],
+    *[("ping", name) for name in RS_PAIRS],
+    *[("throughput", name) for name in perf_rows(*RS_PAIRS)],
 ]
 PY_ROWS = [("connect", CON_PY), ("connect", CON_PY1), ("ping", PING_PY), ("ping", PING_PHY_PY)]
 
@@ -184,6 +254,7 @@ class Results:
         self.rows: dict[str, dict[str, Result]] = {
             s: {name: Result(error="not run") for name in names} for s, names in ROWS.items()
         }
+        self.partners: dict[str, dict[str, Any]] = {}  # the compiled partners' library versions
 
     def set(self, section: str, name: str, result: Result) -> None:
         self.rows[section][name] = result
@@ -198,20 +269,9 @@ class Results:
                 self.rows[section][name] = Result(error=why)
 
 
-def nearest_rank(samples: Sequence[float], q: float) -> float:
-    """The q-quantile by nearest rank: a value that was actually measured."""
-    ordered = sorted(samples)
-    return ordered[max(0, min(len(ordered) - 1, math.ceil(len(ordered) * q) - 1))]
-
-
 def summarize(samples: Sequence[float], scale: float, note: str = "") -> Result:
     scaled = [s * scale for s in samples]
-    return Result(statistics.median(scaled), nearest_rank(scaled, 0.99), len(scaled), note)
-
-
-def progress(text: str) -> None:
-    # Progress goes to stderr so stdout holds only the report.
-    print(f"[bench] {text}", file=sys.stderr, flush=True)
+    return Result(statistics.median(scaled), percentile(scaled, 0.99), len(scaled), note)
 
 
 async def measure(results: Results, section: str, name: str, fn: Callable[[], Awaitable[Result]]) -> None:
@@ -304,49 +364,20 @@ def bench_imports(results: Results, cfg: Config, tmp: Path) -> None:
     results.set(
         "import", IMP_DELTA_ENV, Result(statistics.median(r[1] for r in paired_env) * 1e3, n=n, note=note)
     )
-    if not PY_VENV_PYTHON.exists():
-        results.set(
-            "import",
-            IMP_LIBP2P,
-            Result(error="skipped: py-libp2p not installed: bash tests/interop/py/setup.sh"),
-        )
-        return
     try:
-        (lib,) = _import_runs(PY_VENV_PYTHON, [["import libp2p"]], n, cached)
+        (lib,) = _import_runs(py_venv_python(), [["import libp2p"]], n, cached)
         results.set(
             "import",
             IMP_LIBP2P,
             Result(statistics.median(r[0] for r in lib) * 1e3, n=n, note="py-libp2p 0.8.1, bytecode cached"),
         )
+    except PartnerSetupError as e:
+        results.set("import", IMP_LIBP2P, Result(error=f"skipped: {e}"))
     except (OSError, subprocess.SubprocessError, ValueError) as e:
         results.set("import", IMP_LIBP2P, Result(error=_short_error(e)))
 
 
 # ---------------------------------------------------------------------------------- stream helpers
-
-
-async def receive_exactly(stream: trio.abc.Stream, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = await stream.receive_some(n - len(data))
-        if not chunk:
-            raise trio.BrokenResourceError(f"stream ended after {len(data)} of {n} bytes")
-        data += chunk
-    return data
-
-
-async def echo_pings(stream: trio.abc.Stream, count: int) -> list[float]:
-    """RTTs of ``count`` 32-byte echoes on ``stream``, timed exactly as physarum's ping_once times them."""
-    rtts = []
-    for _ in range(count):
-        payload = os.urandom(PING_SIZE)
-        t0 = time.perf_counter()
-        await stream.send_all(payload)
-        echo = await receive_exactly(stream, PING_SIZE)
-        rtts.append(time.perf_counter() - t0)
-        if echo != payload:
-            raise RuntimeError("echo differs")
-    return rtts
 
 
 async def send_bulk(stream: trio.abc.HalfCloseableStream, total: int) -> float:
@@ -373,24 +404,13 @@ def _warmup(n: int) -> int:
 
 @asynccontextmanager
 async def physarum_peer(*args: str) -> AsyncIterator[Partner]:
-    async with open_partner([sys.executable, str(PHYSARUM_PEER), *args], cwd=ROOT) as peer:
+    async with open_partner(bench_argv("_physarum_peer.py", *args)) as peer:
         yield peer
 
 
-def py_peer_argv(*extra: str) -> list[str]:
-    """The py-libp2p interop peer's command line.
-
-    Raises:
-        PartnerSetupError: its virtualenv is missing.
-    """
-    if not PY_VENV_PYTHON.exists():
-        raise PartnerSetupError("py-libp2p is not installed: run bash tests/interop/py/setup.sh")
-    return [str(PY_VENV_PYTHON), str(PY_PEER), *extra]
-
-
-async def start_host(nursery: trio.Nursery, psk: bytes | None) -> Host:
+async def start_host(nursery: trio.Nursery, psk: bytes | None, **options: Any) -> Host:
     # No listener: the bench process only dials, and a listener would only add idle tasks.
-    host = Host(psk=psk, listen=())
+    host = Host(psk=psk, listen=(), **options)
     await nursery.start(host.run)
     return host
 
@@ -424,21 +444,59 @@ async def raw_connects(port: int, count: int) -> list[float]:
     return times
 
 
+# How long a partner may take over one command; it is told too (the js, go and rust peers give up after
+# their "timeout_ms", 10 s by default).
+PARTNER_TIMEOUT = 170.0
+
+
+async def partner_call(
+    partner: Partner, cmd: str, *, timeout: float = PARTNER_TIMEOUT, **args: Any
+) -> dict[str, Any]:
+    return await partner.call(cmd, timeout=timeout, timeout_ms=int(timeout * 1000), **args)
+
+
 async def partner_connects(partner: Partner, addr: str, count: int) -> list[float]:
-    """bench_connect run by a js or py partner; seconds per connect (warm-up dials dropped)."""
+    """bench_connect run by a partner; seconds per connect (warm-up dials dropped)."""
     warm = _warmup(count)
-    reply = await partner.call("bench_connect", addr=addr, count=count + warm, timeout=170)
+    reply = await partner_call(partner, "bench_connect", addr=addr, count=count + warm)
     return [us / 1e6 for us in reply["times_us"][warm:]]
 
 
 async def partner_pings(partner: Partner, addr: str, count: int, *, key: str = "peer") -> list[float]:
-    """bench_ping run by a js or py partner; seconds per ping. A first short call dials and warms up.
+    """bench_ping run by a partner; seconds per ping. A first short call dials and warms up.
 
-    The js peer takes a multiaddr as ``peer``; the py peer wants it as ``addr``.
+    The js, go and rust peers take a multiaddr as ``peer``; the py peer wants it as ``addr``.
     """
-    await partner.call("bench_ping", count=_warmup(count), timeout=60, **{key: addr})
-    reply = await partner.call("bench_ping", count=count, timeout=170, **{key: addr})
+    await partner_call(partner, "bench_ping", timeout=60, count=_warmup(count), **{key: addr})
+    reply = await partner_call(partner, "bench_ping", timeout=PARTNER_TIMEOUT, count=count, **{key: addr})
     return [us / 1e6 for us in reply["rtts_us"]]
+
+
+def _perf_sizes(size: int, upload: bool) -> dict[str, int]:
+    return {"upload": size, "download": 0} if upload else {"upload": 0, "download": size}
+
+
+async def physarum_perf(host: Host, addr: str, size: int, runs: int, *, upload: bool) -> list[float]:
+    """Seconds of ``runs`` perf exchanges moving ``size`` bytes one way, a new stream each, timed from the
+    stream's first byte to the server's end of stream (as libp2p's perf dashboard times them)."""
+    times = []
+    for _ in range(runs):
+        stream = await host.new_stream(addr, [perf.PROTOCOL_ID])
+        try:
+            result = await perf.measure(stream, **_perf_sizes(size, upload))
+        finally:
+            await stream.aclose()
+        times.append(result.seconds)
+    return times
+
+
+async def partner_perf(partner: Partner, addr: str, size: int, runs: int, *, upload: bool) -> list[float]:
+    """The same, run by a go or rust partner's perf client (it times the exchange likewise)."""
+    times = []
+    for _ in range(runs):
+        reply = await partner_call(partner, "perf", peer=addr, **_perf_sizes(size, upload))
+        times.append((reply["upload_us"] + reply["download_us"]) / US)
+    return times
 
 
 async def physarum_pings(host: Host, addr: str, count: int) -> list[float]:
@@ -464,12 +522,11 @@ async def bench_physarum_and_raw(
 ) -> None:
     servers = helper.ready["servers"]
     addr = helper.addrs[0]
-    ms, us = 1e3, 1e6
 
     async def pings(stream: trio.abc.Stream, note: str) -> Result:
         await echo_pings(stream, _warmup(cfg.pings))
         rtts, cpu, cpu_peer = await with_cpu(helper, partial(echo_pings, stream, cfg.pings))
-        return summarize(rtts, us, f"{note}; {_cpu_per(cpu, cpu_peer, cfg.pings, us, 'us/ping')}")
+        return summarize(rtts, US, f"{note}; {_cpu_per(cpu, cpu_peer, cfg.pings, US, 'us/ping')}")
 
     async def bulk(stream: trio.abc.HalfCloseableStream, note: str) -> Result:
         mbps, cpu, cpu_peer = await with_cpu(helper, partial(send_bulk, stream, cfg.bulk_bytes))
@@ -479,22 +536,24 @@ async def bench_physarum_and_raw(
         return Result(mbps, n=1, note=f"{cfg.bulk_bytes // MIB} MiB, {note}; {busy}")
 
     async def raw_connect() -> Result:
-        return summarize(await raw_connects(servers["echo"], cfg.connects * 2), ms, "until connect() returns")
+        return summarize(await raw_connects(servers["echo"], cfg.connects * 2), MS, "until connect() returns")
 
     async def phy_connect() -> Result:
         times, cpu, cpu_peer = await with_cpu(helper, partial(physarum_connects, host, addr, cfg.connects))
         # The CPU figures cover the whole cycle: connect, identify both ways, close (and the warm-ups).
         n = cfg.connects + _warmup(cfg.connects)
-        cycle = _cpu_per(cpu, cpu_peer, n, ms, "ms/cycle incl. identify+close")
-        return summarize(times, ms, f"until Host.connect returns; {cycle}")
+        cycle = _cpu_per(cpu, cpu_peer, n, MS, "ms/cycle incl. identify+close")
+        return summarize(times, MS, f"until Host.connect returns; {cycle}")
 
-    async def raw_ping() -> Result:
-        async with await trio.open_tcp_stream(LOOPBACK, servers["echo"]) as tcp:
-            return await pings(tcp, "32 B echo")
-
-    async def xs_ping() -> Result:
-        async with await trio.open_tcp_stream(LOOPBACK, servers["psk_echo"]) as tcp:
-            return await pings(await protect(tcp, psk), "psk.protect both sides")
+    async def raw(
+        server: str,
+        pnet: bool,
+        fn: Callable[[trio.abc.HalfCloseableStream, str], Awaitable[Result]],
+        note: str,
+    ) -> Result:
+        """``fn`` over a socket to one of the helper's raw servers, pnet-protected or not."""
+        async with await trio.open_tcp_stream(LOOPBACK, servers[server]) as tcp:
+            return await fn(await protect(tcp, psk) if pnet else tcp, note)
 
     async def phy_ping() -> Result:
         stream = await host.new_stream(addr, [PING_PROTOCOL])
@@ -509,16 +568,8 @@ async def bench_physarum_and_raw(
         finally:
             await stream.aclose()
         return summarize(
-            rtts, us, f"ping_once, one stream; {_cpu_per(cpu, cpu_peer, cfg.pings, us, 'us/ping')}"
+            rtts, US, f"ping_once, one stream; {_cpu_per(cpu, cpu_peer, cfg.pings, US, 'us/ping')}"
         )
-
-    async def raw_tp() -> Result:
-        async with await trio.open_tcp_stream(LOOPBACK, servers["sink"]) as tcp:
-            return await bulk(tcp, "one socket")
-
-    async def xs_tp() -> Result:
-        async with await trio.open_tcp_stream(LOOPBACK, servers["psk_sink"]) as tcp:
-            return await bulk(await protect(tcp, psk), "one socket")
 
     async def phy_tp() -> Result:
         stream = await host.new_stream(addr, [helper.ready["sink_protocol"]])
@@ -529,111 +580,239 @@ async def bench_physarum_and_raw(
 
     await measure(results, "connect", CON_RAW, raw_connect)
     await measure(results, "connect", CON_PHY, phy_connect)
-    await measure(results, "ping", PING_RAW, raw_ping)
-    await measure(results, "ping", PING_XS, xs_ping)
+    await measure(results, "ping", PING_RAW, partial(raw, "echo", False, pings, "32 B echo"))
+    await measure(results, "ping", PING_XS, partial(raw, "psk_echo", True, pings, "psk.protect both sides"))
     await measure(results, "ping", PING_PHY, phy_ping)
-    await measure(results, "throughput", TP_RAW, raw_tp)
-    await measure(results, "throughput", TP_XS, xs_tp)
+    await measure(results, "throughput", TP_RAW, partial(raw, "sink", False, bulk, "one socket"))
+    await measure(results, "throughput", TP_XS, partial(raw, "psk_sink", True, bulk, "one socket"))
     await measure(results, "throughput", TP_PHY, phy_tp)
+    await measure_perf(results, cfg, [(PHY_PHY, partial(physarum_perf, host, addr), "physarum")])
 
 
 def _cpu_per(local: float, remote: float, count: int, scale: float, unit: str) -> str:
-    return f"CPU {_fmt(local / count * scale)}+{_fmt(remote / count * scale)} {unit} (client+server)"
+    return f"CPU {fmt(local / count * scale)}+{fmt(remote / count * scale)} {unit} (client+server)"
+
+
+Samples = Callable[[], Awaitable[list[float]]]
+Case = tuple[str, str, Samples, float, str]
+
+
+async def measure_samples(results: Results, cases: Sequence[Case]) -> None:
+    """Each case (section, row, samples in seconds, scale to the section's unit, note) in its row."""
+
+    async def summarized(samples: Samples, scale: float, note: str) -> Result:
+        return summarize(await samples(), scale, note)
+
+    for section, name, samples, scale, note in cases:
+        await measure(results, section, name, partial(summarized, samples, scale, note))
+
+
+PerfSamples = Callable[..., Awaitable[list[float]]]
+"""``(size, runs, *, upload)``: seconds of each run (:func:`physarum_perf`, :func:`partner_perf`)."""
+
+
+PerfCase = tuple[str, PerfSamples, str]
+
+
+async def measure_perf(results: Results, cfg: Config, cases: Sequence[PerfCase]) -> None:
+    """For each case (pair, its perf client, who times it), an upload row and a download row in MB/s."""
+
+    async def rates(samples: PerfSamples, upload: bool, who: str) -> Result:
+        size = cfg.perf_bytes
+        mbps = [size / seconds / 1e6 for seconds in await samples(size, cfg.perf_runs, upload=upload)]
+        spread = f", slowest {fmt(min(mbps))}" if len(mbps) > 1 else ""
+        note = f"{size // MIB} MiB on a new stream per run{spread}; timed by {who}'s perf client"
+        return Result(statistics.median(mbps), n=len(mbps), note=note)
+
+    for pair, samples, who in cases:
+        for upload, name in ((True, perf_up(pair)), (False, perf_down(pair))):
+            await measure(results, "throughput", name, partial(rates, samples, upload, who))
+
+
+def partner_cases(
+    cfg: Config,
+    pairs: Sequence[str],
+    host: Host,
+    peer_addr: str,
+    phy_addr: str,
+    dialer: Partner,
+    *,
+    connects: int,
+    dial_note: str,
+    ping_note: str,
+    pinger: Partner | None = None,
+) -> list[Case]:
+    """The six rows every partner has: connect, then ping, each as physarum -> partner, partner ->
+    physarum and partner -> partner (``pairs`` names them in that order, in both sections). ``dialer``
+    connects from the partner's side and ``pinger`` (default: the dialer) pings from it."""
+    to_peer, from_peer, between = pairs
+    pinger = pinger or dialer
+    return [
+        ("connect", to_peer, partial(physarum_connects, host, peer_addr, connects), MS, ""),
+        ("connect", from_peer, partial(partner_connects, dialer, phy_addr, connects), MS, dial_note),
+        ("connect", between, partial(partner_connects, dialer, peer_addr, connects), MS, dial_note),
+        ("ping", to_peer, partial(physarum_pings, host, peer_addr, cfg.pings), US, HOST_PING),
+        ("ping", from_peer, partial(partner_pings, pinger, phy_addr, cfg.pings), US, ping_note),
+        ("ping", between, partial(partner_pings, pinger, peer_addr, cfg.pings), US, ping_note),
+    ]
+
+
+def partner_perf_cases(
+    pairs: Sequence[str], host: Host, peer_addr: str, phy_addr: str, client: Partner, who: str
+) -> list[PerfCase]:
+    """Perf in the three directions of :func:`partner_cases`; ``client`` runs the partner's side."""
+    to_peer, from_peer, between = pairs
+    return [
+        (to_peer, partial(physarum_perf, host, peer_addr), "physarum"),
+        (from_peer, partial(partner_perf, client, phy_addr), who),
+        (between, partial(partner_perf, client, peer_addr), who),
+    ]
+
+
+async def with_partners(
+    results: Results,
+    rows: Sequence[tuple[str, str]],
+    argvs: Callable[[], list[list[str]]],
+    body: Callable[[list[Partner]], Awaitable[None]],
+) -> None:
+    """Run ``body`` with the partner processes whose command lines ``argvs()`` gives, started in that
+    order and stopped when it returns. A partner that is not installed or cannot start leaves a note
+    in ``rows`` saying why, and so does an error that escapes ``body``."""
+    try:
+        commands = argvs()
+    except PartnerSetupError as e:
+        results.fail(rows, f"skipped: {e}")
+        return
+    try:
+        async with AsyncExitStack() as stack:
+            await body([await stack.enter_async_context(open_partner(argv)) for argv in commands])
+    except Exception as e:  # a partner could not start or broke: say so in its rows
+        results.fail(rows, _short_error(e))
 
 
 async def bench_js(results: Results, cfg: Config, helper: Partner, host: Host, key_file: Path) -> None:
-    try:
-        # js refuses more than 5 inbound connections a second from one host by default; the limit
-        # sits on the listening side, so only the js listener needs it lifted.
-        # js's connection monitor is off: every 10 s it pings each connection on a new stream, and js
-        # allows one outbound ping stream per connection, so a keep-alive that lands while bench_ping
-        # has its stream open fails, and the monitor then aborts the whole connection mid-benchmark.
-        quiet = ("--psk-file", str(key_file), "--no-connection-monitor")
-        listener_argv = js_peer_argv(*quiet, "--inbound-threshold", "1000")
-        dialer_argv = js_peer_argv(*quiet, "--no-listen")
-    except PartnerSetupError as e:
-        results.fail(JS_ROWS, f"skipped: {e}")
-        return
-    ms, us = 1e3, 1e6
-    try:
-        async with open_partner(listener_argv, cwd=ROOT) as js, open_partner(dialer_argv, cwd=ROOT) as jsd:
-            js_addr, phy_addr = js.addrs[0], helper.addrs[0]
+    # js refuses more than 5 inbound connections a second from one host by default; the limit
+    # sits on the listening side, so only the js listener needs it lifted.
+    # js's connection monitor is off: every 10 s it pings each connection on a new stream, and js
+    # allows one outbound ping stream per connection, so a keep-alive that lands while bench_ping
+    # has its stream open fails, and the monitor then aborts the whole connection mid-benchmark.
+    quiet = ("--psk-file", str(key_file), "--no-connection-monitor")
 
-            async def phy_js_connect() -> Result:
-                return summarize(await physarum_connects(host, js_addr, cfg.connects_slow), ms)
+    def argvs() -> list[list[str]]:
+        return [js_peer_argv(*quiet, "--inbound-threshold", "1000"), js_peer_argv(*quiet, "--no-listen")]
 
-            async def js_phy_connect() -> Result:
-                return summarize(await partner_connects(jsd, phy_addr, cfg.connects_slow), ms, "js dial()")
+    async def run(peers: list[Partner]) -> None:
+        js, jsd = peers
+        pairs = (CON_PHY_JS, CON_JS_PHY, CON_JS)  # the ping rows have the same names
+        cases = partner_cases(
+            cfg, pairs, host, js.addrs[0], helper.addrs[0], jsd,
+            connects=cfg.connects_slow, dial_note="js dial()", ping_note="js: new stream per ping",
+        )  # fmt: skip
+        await measure_samples(results, cases)
 
-            async def js_connect() -> Result:
-                return summarize(await partner_connects(jsd, js_addr, cfg.connects_slow), ms, "js dial()")
+    await with_partners(results, JS_ROWS, argvs, run)
 
-            async def phy_js_ping() -> Result:
-                return summarize(await physarum_pings(host, js_addr, cfg.pings), us, "Host.ping, one stream")
 
-            async def js_phy_ping() -> Result:
-                return summarize(await partner_pings(jsd, phy_addr, cfg.pings), us, "js: new stream per ping")
+async def bench_go(
+    results: Results, cfg: Config, helper: Partner, host: Host, host_tls: Host, key_file: Path
+) -> None:
+    psk_arg = ("--psk-file", str(key_file))
 
-            async def js_ping() -> Result:
-                return summarize(await partner_pings(jsd, js_addr, cfg.pings), us, "js: new stream per ping")
+    def argvs() -> list[list[str]]:
+        return [
+            go_peer_argv(*psk_arg),
+            go_peer_argv(*psk_arg, "--security", "tls"),
+            go_peer_argv(*psk_arg, "--no-listen"),
+        ]
 
-            await measure(results, "connect", CON_PHY_JS, phy_js_connect)
-            await measure(results, "connect", CON_JS_PHY, js_phy_connect)
-            await measure(results, "connect", CON_JS, js_connect)
-            await measure(results, "ping", PING_PHY_JS, phy_js_ping)
-            await measure(results, "ping", PING_JS_PHY, js_phy_ping)
-            await measure(results, "ping", PING_JS, js_ping)
-    except Exception as e:  # the js peers could not start: say so in their rows
-        results.fail(JS_ROWS, _short_error(e))
+    async def run(peers: list[Partner]) -> None:
+        go, go_tls, god = peers
+        results.partners["go"] = go.ready.get("versions", {})
+        go_addr, tls_addr, phy_addr = go.addrs[0], go_tls.addrs[0], helper.addrs[0]
+        tls = "TLS 1.3: both offer only /tls/1.0.0"
+        cases = partner_cases(
+            cfg, (PHY_GO, GO_PHY, GO_GO), host, go_addr, phy_addr, god, connects=cfg.connects,
+            dial_note="go Network.DialPeer (upgraded, before identify)", ping_note="go ping.Ping, one stream",
+        )  # fmt: skip
+        await measure_samples(
+            results,
+            [
+                *cases,
+                ("connect", PHY_GO_TLS, partial(physarum_connects, host_tls, tls_addr, cfg.connects), MS, tls),
+                ("ping", PHY_GO_TLS, partial(physarum_pings, host_tls, tls_addr, cfg.pings), US,
+                 f"{HOST_PING}; {tls}"),
+            ],
+        )  # fmt: skip
+        perf_cases = partner_perf_cases((PHY_GO, GO_PHY, GO_GO), host, go_addr, phy_addr, god, "go")
+        await measure_perf(
+            results, cfg, [*perf_cases, (PHY_GO_TLS, partial(physarum_perf, host_tls, tls_addr), "physarum")]
+        )
+
+    await with_partners(results, GO_ROWS, argvs, run)
+
+
+# rust-libp2p pings every connection by itself, every --ping-interval-ms, on one stream it keeps open;
+# its bench_ping collects the next pings, it cannot send one on demand. Its listener and dialer ping
+# once an hour (so they hardly ever ping physarum during the other rows), a pinger of its own every ms.
+RUST_QUIET_PING_MS = 3_600_000
+RUST_BENCH_PING_MS = 1
+RUST_PING = f"rust's ping behaviour, one stream, a ping every {RUST_BENCH_PING_MS} ms (not back to back)"
+
+
+async def bench_rust(results: Results, cfg: Config, helper: Partner, host: Host, key_file: Path) -> None:
+    psk_arg = ("--psk-file", str(key_file))
+    quiet = (*psk_arg, "--ping-interval-ms", str(RUST_QUIET_PING_MS))
+
+    def argvs() -> list[list[str]]:
+        return [
+            rust_peer_argv(*quiet),
+            rust_peer_argv(*quiet, "--no-listen"),
+            rust_peer_argv(*psk_arg, "--no-listen", "--ping-interval-ms", str(RUST_BENCH_PING_MS)),
+        ]
+
+    async def run(peers: list[Partner]) -> None:
+        rs, rsd, pinger = peers
+        results.partners["rust"] = {"libp2p": _rust_libp2p_version()}
+        rs_addr, phy_addr = rs.addrs[0], helper.addrs[0]
+        cases = partner_cases(
+            cfg, RS_PAIRS, host, rs_addr, phy_addr, rsd, pinger=pinger, connects=cfg.connects,
+            dial_note="rust Swarm::dial until ConnectionEstablished", ping_note=RUST_PING,
+        )  # fmt: skip
+        await measure_samples(results, cases[:4])
+        await measure_perf(results, cfg, partner_perf_cases(RS_PAIRS, host, rs_addr, phy_addr, rsd, "rust"))
+        # The pinger's rows last: once connected it pings every ms until it stops, when this returns.
+        await measure_samples(results, cases[4:])
+
+    await with_partners(results, RS_ROWS, argvs, run)
+
+
+def _rust_libp2p_version() -> str | None:
+    """The rust-libp2p release the partner is built with (its Cargo.lock pins it)."""
+    lock = ROOT / "tests" / "interop" / "rust" / "Cargo.lock"
+    found = re.search(r'name = "libp2p"\nversion = "([^"]+)"', lock.read_text())
+    return found.group(1) if found else None
 
 
 async def bench_py(results: Results, cfg: Config, host_plain: Host) -> None:
-    try:
-        listener_argv = py_peer_argv()
-        default_argv = py_peer_argv()
-        single_argv = py_peer_argv("--max-conns-per-peer", "1")
-    except PartnerSetupError as e:
-        results.fail(PY_ROWS, f"skipped: {e}")
-        return
-    ms, us = 1e3, 1e6
-    try:
-        async with AsyncExitStack() as stack:
-            py = await stack.enter_async_context(open_partner(listener_argv, cwd=ROOT))
-            py_default = await stack.enter_async_context(open_partner(default_argv, cwd=ROOT))
-            py_single = await stack.enter_async_context(open_partner(single_argv, cwd=ROOT))
-            addr = py.addrs[0]
+    def argvs() -> list[list[str]]:
+        return [py_peer_argv(), py_peer_argv(), py_peer_argv("--max-conns-per-peer", "1")]
 
-            async def py_connect() -> Result:
-                note = "250 ms happy-eyeballs wait per dial"
-                return summarize(await partner_connects(py_default, addr, cfg.connects_slow), ms, note)
+    async def run(peers: list[Partner]) -> None:
+        py, py_default, py_single = peers
+        addr = py.addrs[0]
+        await measure_samples(
+            results,
+            [
+                ("connect", CON_PY, partial(partner_connects, py_default, addr, cfg.connects_slow), MS,
+                 "250 ms happy-eyeballs wait per dial"),
+                ("connect", CON_PY1, partial(partner_connects, py_single, addr, cfg.connects), MS, ""),
+                ("ping", PING_PY, partial(partner_pings, py_single, addr, cfg.pings, key="addr"), US,
+                 "one stream"),
+                ("ping", PING_PHY_PY, partial(physarum_pings, host_plain, addr, cfg.pings), US, HOST_PING),
+            ],
+        )  # fmt: skip
 
-            async def py1_connect() -> Result:
-                return summarize(await partner_connects(py_single, addr, cfg.connects), ms)
-
-            async def py_ping() -> Result:
-                return summarize(
-                    await partner_pings(py_single, addr, cfg.pings, key="addr"), us, "one stream"
-                )
-
-            async def phy_py_ping() -> Result:
-                return summarize(
-                    await physarum_pings(host_plain, addr, cfg.pings), us, "Host.ping, one stream"
-                )
-
-            await measure(results, "connect", CON_PY, py_connect)
-            await measure(results, "connect", CON_PY1, py1_connect)
-            await measure(results, "ping", PING_PY, py_ping)
-            await measure(results, "ping", PING_PHY_PY, phy_py_ping)
-    except Exception as e:  # the py peers could not start: say so in their rows
-        results.fail(PY_ROWS, _short_error(e))
-
-
-def vm_rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    await with_partners(results, PY_ROWS, argvs, run)
 
 
 async def settled_rss(peer: Partner, ready: Callable[[dict[str, Any]], bool]) -> int:
@@ -644,7 +823,7 @@ async def settled_rss(peer: Partner, ready: Callable[[dict[str, Any]], bool]) ->
     # Idle: pending identify pushes, window updates and freed buffers have settled.
     await trio.sleep(1.0)
     await peer.call("stats")  # runs gc.collect() in the peer
-    return vm_rss_kib(int(peer.ready["pid"]))
+    return status_kib(int(peer.ready["pid"]))
 
 
 async def bench_memory(results: Results, cfg: Config, key_file: Path) -> None:
@@ -697,101 +876,45 @@ async def bench_memory(results: Results, cfg: Config, key_file: Path) -> None:
 # ------------------------------------------------------------------------------------------- goals
 
 
-@dataclass
-class Goal:
-    name: str
-    target: str
-    value: str
-    meets: bool | None  # None: not measurable in this run
-
-    @property
-    def verdict(self) -> str:
-        return "n/a" if self.meets is None else ("meets" if self.meets else "misses")
-
-
 def evaluate_goals(results: Results) -> list[Goal]:
     def med(section: str, name: str) -> float | None:
         return results.get(section, name).median
 
-    goals: list[Goal] = []
+    def goal(
+        name: str,
+        target: str,
+        value: float | None,
+        text: Callable[[float], str],
+        meets: Callable[[float], bool],
+    ) -> Goal:
+        return (
+            Goal(name, target, "missing", None)
+            if value is None
+            else Goal(name, target, text(value), meets(value))
+        )
+
     phy, xs, py = med("ping", PING_PHY), med("ping", PING_XS), med("ping", PING_PY)
-    if phy is not None and xs is not None:
-        goals.append(
-            Goal(
-                "ping RTT median vs raw TCP + XSalsa20",
-                f"<= {GOAL_PING_VS_XSALSA:g}x",
-                f"{phy:.0f} us vs {xs:.0f} us = {phy / xs:.2f}x",
-                phy <= GOAL_PING_VS_XSALSA * xs,
-            )
-        )
-    else:
-        goals.append(
-            Goal("ping RTT median vs raw TCP + XSalsa20", f"<= {GOAL_PING_VS_XSALSA:g}x", "missing", None)
-        )
-    if phy is not None and py is not None:
-        goals.append(
-            Goal(
-                "ping RTT median vs py-libp2p",
-                f">= {GOAL_PING_VS_PY:g}x lower",
-                f"{py:.0f} us / {phy:.0f} us = {py / phy:.1f}x lower",
-                py >= GOAL_PING_VS_PY * phy,
-            )
-        )
-    else:
-        goals.append(Goal("ping RTT median vs py-libp2p", f">= {GOAL_PING_VS_PY:g}x lower", "missing", None))
-    con = med("connect", CON_PHY)
-    goals.append(
-        Goal(
-            "connect median (TCP+pnet+Noise+yamux)",
-            f"< {GOAL_CONNECT_MS:g} ms",
-            "missing" if con is None else f"{con:.2f} ms",
-            None if con is None else con < GOAL_CONNECT_MS,
-        )
-    )
-    tp = med("throughput", TP_PHY)
-    goals.append(
-        Goal(
-            "single-stream throughput with PSK",
-            f">= {GOAL_THROUGHPUT_MBPS:g} MB/s",
-            "missing" if tp is None else f"{tp:.0f} MB/s",
-            None if tp is None else tp >= GOAL_THROUGHPUT_MBPS,
-        )
-    )
-    mem = med("memory", MEM_PHY)
-    goals.append(
-        Goal(
-            "memory per idle connection (listener)",
-            f"<= {GOAL_KIB_PER_CONN:g} KiB",
-            "missing" if mem is None else f"{mem:.1f} KiB",
-            None if mem is None else mem <= GOAL_KIB_PER_CONN,
-        )
-    )
     imp, imp_env = med("import", IMP_DELTA), med("import", IMP_DELTA_ENV)
-    value = "missing" if imp is None else f"+{imp:.0f} ms"
-    if imp is not None and imp_env is not None:
-        value += f" (+{imp_env:.0f} ms as installed here)"
-    goals.append(
-        Goal(
-            "import physarum.overlay.host beyond trio",
-            f"<= {GOAL_IMPORT_DELTA_MS:g} ms",
-            value,
-            None if imp is None else imp <= GOAL_IMPORT_DELTA_MS,
-        )
-    )
-    return goals
+    installed = "" if imp_env is None else f" (+{imp_env:.0f} ms as installed here)"
+    return [
+        goal("ping RTT median vs raw TCP + XSalsa20", f"<= {GOAL_PING_VS_XSALSA:g}x",
+             None if phy is None or xs is None else phy / xs,
+             lambda r: f"{phy:.0f} us vs {xs:.0f} us = {r:.2f}x", lambda r: r <= GOAL_PING_VS_XSALSA),
+        goal("ping RTT median vs py-libp2p", f">= {GOAL_PING_VS_PY:g}x lower",
+             None if phy is None or py is None else py / phy,
+             lambda r: f"{py:.0f} us / {phy:.0f} us = {r:.1f}x lower", lambda r: r >= GOAL_PING_VS_PY),
+        goal("connect median (TCP+pnet+Noise+yamux)", f"< {GOAL_CONNECT_MS:g} ms", med("connect", CON_PHY),
+             lambda v: f"{v:.2f} ms", lambda v: v < GOAL_CONNECT_MS),
+        goal("single-stream throughput with PSK", f">= {GOAL_THROUGHPUT_MBPS:g} MB/s", med("throughput", TP_PHY),
+             lambda v: f"{v:.0f} MB/s", lambda v: v >= GOAL_THROUGHPUT_MBPS),
+        goal("memory per idle connection (listener)", f"<= {GOAL_KIB_PER_CONN:g} KiB", med("memory", MEM_PHY),
+             lambda v: f"{v:.1f} KiB", lambda v: v <= GOAL_KIB_PER_CONN),
+        goal("import physarum.overlay.host beyond trio", f"<= {GOAL_IMPORT_DELTA_MS:g} ms", imp,
+             lambda v: f"+{v:.0f} ms{installed}", lambda v: v <= GOAL_IMPORT_DELTA_MS),
+    ]  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------ report
-
-
-def _fmt(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if abs(value) >= 100:
-        return f"{value:.0f}"
-    if abs(value) >= 10:
-        return f"{value:.1f}"
-    return f"{value:.2f}"
 
 
 def table_rows(results: Results) -> list[list[str]]:
@@ -799,83 +922,25 @@ def table_rows(results: Results) -> list[list[str]]:
     for section, unit in SECTIONS.items():
         for name, r in results.rows[section].items():
             note = r.note if r.error is None else r.error
-            rows.append([section, name, unit, _fmt(r.median), _fmt(r.p99), str(r.n or "-"), note])
+            rows.append([section, name, unit, fmt(r.median), fmt(r.p99), str(r.n or "-"), note])
     return rows
 
 
 HEADER = ["section", "case", "unit", "median", "p99", "n", "note"]
 
 
-def aligned_table(rows: list[list[str]]) -> str:
-    widths = [max(len(HEADER[i]), *(len(r[i]) for r in rows)) for i in range(len(HEADER) - 1)]
-    numeric = {3, 4, 5}
-
-    def line(cells: list[str]) -> str:
-        parts = [c.rjust(widths[i]) if i in numeric else c.ljust(widths[i]) for i, c in enumerate(cells[:-1])]
-        return "  ".join([*parts, cells[-1]]).rstrip()
-
-    out = [line(HEADER), line(["-" * w for w in widths] + ["-" * 4])]
-    previous = ""
-    for r in rows:
-        if r[0] != previous and previous:
-            out.append("")
-        previous = r[0]
-        out.append(line(r))
-    return "\n".join(out)
-
-
-def markdown_table(rows: list[list[str]]) -> str:
-    out = [
-        "| " + " | ".join(HEADER) + " |",
-        "|" + "|".join(["---", "---", "---", "--:", "--:", "--:", "---"]) + "|",
-    ]
-    for r in rows:
-        out.append("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |")
-    return "\n".join(out)
-
-
-def goal_lines(goals: list[Goal]) -> str:
-    width = max(len(g.name) for g in goals)
-    return "\n".join(f"{g.verdict:<6}  {g.name:<{width}}  target {g.target:<14}  {g.value}" for g in goals)
-
-
-def goal_markdown(goals: list[Goal]) -> str:
-    out = ["| goal | target | measured | verdict |", "|---|---|---|---|"]
-    out += [f"| {g.name} | {g.target} | {g.value} | {g.verdict} |" for g in goals]
-    return "\n".join(out)
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "trio": trio.__version__}
-    node = shutil.which("node")
-    if node:
-        try:
-            out["node"] = subprocess.run(
-                [node, "--version"], capture_output=True, text=True, timeout=10
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return out
-
-
-def write_json(
-    path: Path, cfg: Config, results: Results, goals: list[Goal], seconds: float, load: tuple[float, float]
-) -> None:
-    data = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "quick": cfg.quick,
-        "cpus": os.cpu_count(),
-        "load_avg_1min": {"start": load[0], "end": load[1]},
-        "versions": _versions(),
-        "seconds": round(seconds, 1),
-        "units": SECTIONS,
-        "results": {s: {n: r.as_json() for n, r in rows.items()} for s, rows in results.rows.items()},
-        "goals": [
-            {"goal": g.name, "target": g.target, "measured": g.value, "verdict": g.verdict} for g in goals
-        ],
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1) + "\n")
+def write_results(path: Path, run: Run, cfg: Config, results: Results, goals: list[Goal]) -> None:
+    write_json(
+        path,
+        run.record(
+            cfg.quick,
+            versions=versions("trio", node=True),
+            units=SECTIONS,
+            results={s: {n: r.as_json() for n, r in rows.items()} for s, rows in results.rows.items()},
+            goals=[g.as_json() for g in goals],
+            partners=results.partners,
+        ),
+    )
 
 
 # -------------------------------------------------------------------------------------------- main
@@ -888,18 +953,21 @@ async def run_all(results: Results, cfg: Config, tmp: Path) -> None:
     async with trio.open_nursery() as nursery:
         try:
             host_psk = await start_host(nursery, psk)
+            host_tls = await start_host(nursery, psk, security=(tls.PROTOCOL_ID,))
             host_plain = await start_host(nursery, None)
             try:
                 async with physarum_peer("--role", "listener", "--psk-file", str(key_file)) as helper:
                     await bench_physarum_and_raw(results, cfg, helper, host_psk, psk)
                     await bench_js(results, cfg, helper, host_psk, key_file)
+                    await bench_go(results, cfg, helper, host_psk, host_tls, key_file)
+                    await bench_rust(results, cfg, helper, host_psk, key_file)
             except Exception as e:  # the physarum helper itself failed to start
                 progress(f"physarum helper failed: {_short_error(e)}")
-                results.fail(PHY_ROWS + JS_ROWS, f"physarum helper: {_short_error(e)}")
+                results.fail(PHY_ROWS + JS_ROWS + GO_ROWS + RS_ROWS, f"physarum helper: {_short_error(e)}")
             await bench_py(results, cfg, host_plain)
             # Memory last, with every other peer gone, so nothing else competes while RSS settles.
-            await host_psk.aclose()
-            await host_plain.aclose()
+            for host in (host_psk, host_tls, host_plain):
+                await host.aclose()
             await bench_memory(results, cfg, key_file)
         finally:
             nursery.cancel_scope.cancel()
@@ -914,31 +982,28 @@ def main() -> None:
     args = ap.parse_args()
     cfg = Config.make(args.quick)
     results = Results()
-    start = time.perf_counter()
-    # Other work on the machine inflates every figure; the load average says how much there was.
-    load_start = os.getloadavg()[0]
+    run = Run()
     with tempfile.TemporaryDirectory(prefix="physarum-bench-") as tmp:
         # Imports first, before any peer process exists to compete for the CPU.
         bench_imports(results, cfg, Path(tmp))
         trio.run(run_all, results, cfg, Path(tmp))
-    seconds = time.perf_counter() - start
-    load = (load_start, os.getloadavg()[0])
+    run.finish()
     goals = evaluate_goals(results)
     rows = table_rows(results)
-    mode = "quick" if cfg.quick else "full"
-    print(
-        f"physarum overlay benchmark ({mode} run, {seconds:.0f} s, loopback, {os.cpu_count()} CPUs, "
-        f"1-min load average {load[0]:.1f} at start, {load[1]:.1f} at end)\n"
-    )
-    print(aligned_table(rows))
+    print(run.title("physarum overlay benchmark", "quick" if cfg.quick else "full", "loopback") + "\n")
+    print(aligned(HEADER, rows, left=3, free_last=True, group_by=0))
     print("\nGoals:")
-    print(goal_lines(goals))
+    print(goal_lines(goals, target_width=14))
+    if results.partners:
+        print("\nPartners: " + "; ".join(
+            f"{who} peer: " + ", ".join(f"{name} {version}" for name, version in libs.items())
+            for who, libs in results.partners.items()
+        ))  # fmt: skip
     print("\nMarkdown:\n")
-    print(markdown_table(rows))
+    print(markdown(HEADER, rows, left=3, free_last=True))
     print()
     print(goal_markdown(goals))
-    write_json(args.json, cfg, results, goals, seconds, load)
-    print(f"\nJSON: {args.json}")
+    write_results(args.json, run, cfg, results, goals)
 
 
 if __name__ == "__main__":

@@ -288,10 +288,7 @@ class ClientProxy:
         Raises:
             OSError: the address cannot be bound.
         """
-        listeners = await trio.open_tcp_listeners(self.port, host=self.host)
-        self.port = listeners[0].socket.getsockname()[1]
-        task_status.started(self.port)
-        await trio.serve_listeners(self.handle_connection, listeners)
+        await _serve_tcp(self, self.handle_connection, task_status)
 
     async def handle_connection(self, stream: trio.abc.Stream) -> None:
         """Serve one client connection (all its keep-alive requests), then close it."""
@@ -505,6 +502,24 @@ class Sidecar:
             await service.aclose()
 
 
+class _Listening(Protocol):
+    host: str
+    port: int
+
+
+async def _serve_tcp(
+    server: _Listening,
+    handler: Callable[[trio.SocketStream], Awaitable[object]],
+    task_status: trio.TaskStatus[int],
+) -> None:
+    """Listen on ``server.host:server.port`` (port 0: any), note the bound port there, report it
+    started, and serve each connection with ``handler`` until cancelled."""
+    listeners = await trio.open_tcp_listeners(server.port, host=server.host)
+    server.port = listeners[0].socket.getsockname()[1]
+    task_status.started(server.port)
+    await trio.serve_listeners(handler, listeners)
+
+
 class IdleReporter:
     """PhysarumSM's sidecar metrics port: any GET answers the seconds since the sidecar's latest
     request (since it started, before the first) as a plain decimal number."""
@@ -521,11 +536,8 @@ class IdleReporter:
         Raises:
             OSError: the address cannot be bound.
         """
-        listeners = await trio.open_tcp_listeners(self.port, host=self.host)
-        self.port = listeners[0].socket.getsockname()[1]
         self._started = trio.current_time()
-        task_status.started(self.port)
-        await trio.serve_listeners(self._serve, listeners)
+        await _serve_tcp(self, self._serve, task_status)
 
     def idle_seconds(self) -> float:
         since = self.sidecar.last_request if self.sidecar.last_request is not None else self._started

@@ -11,6 +11,11 @@
 //!   open, every N ms (default 1000; the crate's own default is 15 s). The `ping` command collects
 //!   the next `count` of those pings; it cannot send one on demand.
 //!
+//! It serves libp2p's perf protocol (/perf/1.0.0, specs/perf/perf.md: the client sends the byte
+//! count it wants back as a big-endian u64, uploads until it closes its side, then reads the reply
+//! to the end) with libp2p-stream, since rust-libp2p's own libp2p-perf is built for an older
+//! release; `perf` is the client, with the go partner's reply fields.
+//!
 //! Out (events):  {"event":"ready","peer_id":...,"addrs":[".../p2p/<id>"],"kad":bool,"pnet":bool}
 //!                {"event":"connect","peer_id":...}  {"event":"disconnect","peer_id":...}
 //!                {"event":"identify","peer_id":...,"protocols":[...],"listen_addrs":[...]}
@@ -22,7 +27,8 @@
 //! In (commands): {"id":N,"cmd":"...",...} -> {"id":N,"ok":true,...} | {"id":N,"ok":false,"error":...}
 //!   dial, ping, bench_ping, bench_connect, identify, peers, hangup, find_peer, closest_peers,
 //!   routing_table, bootstrap, provide, find_providers, put_value, get_value, local_records,
-//!   local_providers (the kad ones need --kad), verify_peer_record, make_peer_record, stop.
+//!   local_providers (the kad ones need --kad), verify_peer_record, make_peer_record,
+//!   perf {peer, upload, download} -> {uploaded, downloaded, upload_us, download_us}, stop.
 //! Every command accepts "timeout_ms" (default 10000). Commands run concurrently; a failing
 //! command never kills the process. It exits 0 on "stop" or when stdin closes.
 //!
@@ -45,7 +51,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::StreamExt;
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{
     core::{
         muxing::StreamMuxerBox,
@@ -71,6 +77,9 @@ use tokio::{
 };
 
 const KAD_PROTOCOL: &str = "/ipfs/kad/1.0.0";
+const PERF_PROTOCOL: StreamProtocol = StreamProtocol::new("/perf/1.0.0");
+/// Bytes per write or read of a perf stream (the go partner and physarum use the same).
+const PERF_BLOCK: usize = 64 * 1024;
 const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 /// Connections stay open while idle (js keeps them too); the tests hang up explicitly.
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -220,6 +229,7 @@ struct Behaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
+    stream: libp2p_stream::Behaviour,
 }
 
 /// TCP (127.0.0.1 only) -> pnet (with a key) -> multistream -> Noise -> yamux, as rust-libp2p's
@@ -273,6 +283,7 @@ fn build_swarm(opts: &Options) -> Result<Swarm<Behaviour>, Box<dyn Error + Send 
                 ),
                 ping: ping::Behaviour::new(ping::Config::new().with_interval(ping_interval)),
                 kad: Toggle::from(kad),
+                stream: libp2p_stream::Behaviour::new(),
             }
         })?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
@@ -305,6 +316,7 @@ enum Waiting {
     Ping { peer: PeerId, want: usize, rtts: Vec<Duration> },
     Identify { peer: PeerId },
     BenchConnect { peer: PeerId, addr: Multiaddr, left: usize, times_us: Vec<f64>, started: Instant },
+    Perf { peer: PeerId, upload: u64, download: u64 },
 }
 
 enum Query {
@@ -324,6 +336,8 @@ struct App {
     waiting: HashMap<u64, (Pending, Waiting)>,
     queries: HashMap<kad::QueryId, (Pending, Query)>,
     next_serial: u64,
+    /// Opens perf streams (libp2p-stream); cloned into each perf task.
+    streams: libp2p_stream::Control,
 }
 
 fn pending(cmd: &str, id: &Value, args: &Reply) -> Pending {
@@ -485,6 +499,17 @@ impl App {
                 self.wait(Pending { dial, ..p }, Waiting::Ping { peer, want, rtts: Vec::new() });
                 Ok(None)
             }
+            "perf" => {
+                let upload = args.get("upload").and_then(Value::as_u64).unwrap_or(0);
+                let download = args.get("download").and_then(Value::as_u64).unwrap_or(0);
+                let (peer, dial) = self.ensure_connected(str_arg(args, "peer")?)?;
+                match dial {
+                    None => self.spawn_perf(p, peer, upload, download),
+                    // On the connection we asked for: libp2p-stream would dial again without an address.
+                    Some(_) => self.wait(Pending { dial, ..p }, Waiting::Perf { peer, upload, download }),
+                }
+                Ok(None)
+            }
             "bench_connect" => {
                 let ma = local_addr(str_arg(args, "addr")?)?;
                 let (bare, peer) = split_peer(&ma);
@@ -630,6 +655,19 @@ impl App {
         }
     }
 
+    /// Run a perf exchange in a task of its own, which answers the command; the swarm goes on meanwhile.
+    fn spawn_perf(&self, p: Pending, peer: PeerId, upload: u64, download: u64) {
+        let control = self.streams.clone();
+        let left = p.deadline.saturating_duration_since(Instant::now());
+        tokio::spawn(async move {
+            match tokio::time::timeout(left, perf_client(control, peer, upload, download)).await {
+                Ok(Ok(reply)) => reply_ok(&p.id, reply),
+                Ok(Err(e)) => reply_err(&p.id, &p.cmd, &format!("perf with {peer}: {e}")),
+                Err(_) => reply_err(&p.id, &p.cmd, "timed out"),
+            }
+        });
+    }
+
     fn bench_dial(&mut self, peer: PeerId, addr: &Multiaddr) -> Result<ConnectionId, String> {
         // Always: a fresh connection even when one is open already.
         let opts = DialOpts::peer_id(peer).addresses(vec![addr.clone()]).condition(PeerCondition::Always).build();
@@ -703,6 +741,7 @@ impl App {
                         Err(e) => reply_err(&p.id, &p.cmd, &e),
                     }
                 }
+                Waiting::Perf { peer, upload, download } => self.spawn_perf(p, peer, upload, download),
                 // Pings and identify go on over the new connection.
                 other => {
                     p.dial = None;
@@ -910,6 +949,69 @@ impl App {
     }
 }
 
+async fn write_zeros(stream: &mut libp2p::Stream, mut n: u64) -> std::io::Result<()> {
+    let block = [0u8; PERF_BLOCK];
+    while n > 0 {
+        let chunk = n.min(PERF_BLOCK as u64) as usize;
+        stream.write_all(&block[..chunk]).await?;
+        n -= chunk as u64;
+    }
+    Ok(())
+}
+
+/// The perf client: `upload` bytes up, then `download` bytes back, each direction timed.
+async fn perf_client(
+    mut control: libp2p_stream::Control,
+    peer: PeerId,
+    upload: u64,
+    download: u64,
+) -> Result<Reply, String> {
+    let mut stream = control.open_stream(peer, PERF_PROTOCOL).await.map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    stream.write_all(&download.to_be_bytes()).await.map_err(|e| format!("sending the size: {e}"))?;
+    write_zeros(&mut stream, upload).await.map_err(|e| format!("upload: {e}"))?;
+    // Closes our side only (a yamux FIN): the reply still comes in.
+    stream.close().await.map_err(|e| format!("closing the upload: {e}"))?;
+    let uploaded = Instant::now();
+    let mut buf = vec![0u8; PERF_BLOCK];
+    let mut got: u64 = 0;
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => got += n as u64,
+            Err(e) => return Err(format!("download after {got} bytes: {e}")),
+        }
+    }
+    if got != download {
+        return Err(format!("asked for {download} bytes, got {got}"));
+    }
+    Ok(fields(json!({
+        "uploaded": upload, "downloaded": got,
+        "upload_us": (uploaded - started).as_micros() as u64, "download_us": uploaded.elapsed().as_micros() as u64,
+    })))
+}
+
+/// One inbound perf stream: read the size asked for and the upload to its end, then send the reply.
+async fn perf_serve(mut stream: libp2p::Stream) -> std::io::Result<()> {
+    let mut header = [0u8; 8];
+    stream.read_exact(&mut header).await?;
+    let mut buf = vec![0u8; PERF_BLOCK];
+    // The spec forbids overlapping the directions: the whole upload is read before replying.
+    while stream.read(&mut buf).await? != 0 {}
+    write_zeros(&mut stream, u64::from_be_bytes(header)).await?;
+    stream.close().await
+}
+
+async fn serve_perf(mut incoming: libp2p_stream::IncomingStreams) {
+    while let Some((peer, stream)) = incoming.next().await {
+        tokio::spawn(async move {
+            if let Err(e) = perf_serve(stream).await {
+                log(&format!("perf stream from {peer}: {e}"));
+            }
+        });
+    }
+}
+
 fn providers_reply(providers: &HashSet<PeerId>) -> Reply {
     let mut list: Vec<String> = providers.iter().map(|p| p.to_string()).collect();
     list.sort();
@@ -960,6 +1062,14 @@ async fn main() {
             std::process::exit(1);
         }
     };
+    // Served before anyone can know our address.
+    let mut streams = swarm.behaviour().stream.new_control();
+    match streams.accept(PERF_PROTOCOL) {
+        Ok(incoming) => {
+            tokio::spawn(serve_perf(incoming));
+        }
+        Err(e) => log(&format!("cannot serve {PERF_PROTOCOL}: {e}")),
+    }
     let me = *swarm.local_peer_id();
     let addrs: Vec<String> = swarm.listeners().map(|a| format!("{a}/p2p/{me}")).collect();
     emit(json!({"event": "ready", "peer_id": me.to_string(), "addrs": addrs,
@@ -978,7 +1088,8 @@ async fn main() {
         let _ = tx.send(None);
     });
 
-    let mut app = App { swarm, infos: HashMap::new(), waiting: HashMap::new(), queries: HashMap::new(), next_serial: 0 };
+    let mut app =
+        App { swarm, infos: HashMap::new(), waiting: HashMap::new(), queries: HashMap::new(), next_serial: 0, streams };
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     loop {
         tokio::select! {
