@@ -35,13 +35,8 @@ from physarum.overlay import addr as addrs_
 from physarum.overlay.identity import KeyPair
 from physarum.overlay.multiaddr import Multiaddr
 from physarum.overlay.transport import RawConnection, TcpTransport
-from physarum.overlay.websocket import (
-    WebSocketOptions,
-    WebSocketStream,
-    WebSocketTransport,
-    client_handshake,
-    server_handshake,
-)
+from physarum.overlay.websocket import WebSocketOptions, WebSocketTransport
+from physarum.overlay.wsstream import WebSocketStream, client_handshake, server_handshake
 
 LOOPBACK_WS = Multiaddr("/ip4/127.0.0.1/tcp/0/ws")
 

@@ -79,13 +79,13 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass
-from typing import Generic, NamedTuple, Protocol, TypeVar
+from typing import TYPE_CHECKING, Generic, NamedTuple, Protocol, TypeVar
 
 import trio
-from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics_core import Metric
 
 from physarum.errors import ConfigError, PhysarumError
 from physarum.overlay import addr as addrs_
@@ -530,8 +530,9 @@ async def _close_trimmed(conn: ManagedConnection) -> None:
         pass  # already going: closed is what we wanted
 
 
-class _Collector(Collector):
-    """The manager's counters on a prometheus registry, read at each scrape."""
+class _Collector:
+    """The manager's counters on a prometheus registry, read at each scrape (prometheus_client is
+    imported then, so hosts without metrics never load it)."""
 
     def __init__(self, manager: ConnectionManager) -> None:
         self.manager = manager
@@ -540,6 +541,8 @@ class _Collector(Collector):
         return self.collect()
 
     def collect(self) -> Iterable[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         m = self.manager
         return [
             CounterMetricFamily(

@@ -31,10 +31,9 @@ import math
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import trio
-from prometheus_client import CollectorRegistry
 
 from physarum.errors import (
     PEER_FAILURES,
@@ -69,6 +68,9 @@ from physarum.overlay.upgrader import DEFAULT_SECURITY, DialPhase, FirstBytesTim
 from physarum.overlay.websocket import WebSocketTransport
 from physarum.overlay.yamux import GO_AWAY_GARBAGE_COLLECTED, GO_AWAY_TIMEOUT, YamuxSession, YamuxStream
 from physarum.psk import PSK_SIZE, KeyFileError, KeyFileReason, PskMismatchError
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 log = logging.getLogger(__name__)
 

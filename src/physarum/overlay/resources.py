@@ -14,12 +14,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import trio
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 from physarum.errors import ConfigError
 
@@ -434,14 +434,18 @@ class ResourceManager:
         self.stream_refusals.flush(now, force=force)
 
 
-class ResourceCollector(Collector):
-    """``physarum_resource_*`` at scrape time, from the manager and the host's ``usage()``."""
+class ResourceCollector:
+    """``physarum_resource_*`` at scrape time, from the manager and the host's ``usage()`` (a
+    prometheus_client collector; imported from there only when a scrape comes, so hosts without
+    metrics never load it)."""
 
     def __init__(self, manager: ResourceManager, usage: Callable[[], Usage]) -> None:
         self.manager = manager
         self.usage = usage
 
     def collect(self) -> Iterable[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         m = self.manager
         u = self.usage()
         conns = GaugeMetricFamily(
