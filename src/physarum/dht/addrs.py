@@ -6,28 +6,25 @@ validator: minimal varint protocol codes, known protocols, exact value lengths, 
 at most :data:`MAX_MULTIADDR_SIZE` bytes) for the DHT's peer-input paths, which report every
 malformed message as a :class:`DecodeError`.
 
-Bounds on peer input (the DHT applies them wherever a peer's addresses arrive: identify, kad
-messages we decode, provider entries, routing table contacts; contact records have their own
-:data:`physarum.dht.records.MAX_ENDPOINTS`, also 32):
-
-* a peer keeps at most :data:`MAX_ADDRS_PER_PEER` (32) addresses, its first distinct ones, as
-  go-libp2p and physarum's identify keep a similar bound; an honest node lists under 10;
-* an address over :data:`MAX_ADDR_SIZE` (256) binary bytes or :data:`MAX_ADDR_COMPONENTS` (16)
-  components is dropped (the same bounds as identify's defaults): the length and component count
-  are what a parsed address costs in memory (:func:`addr_footprint`), and real ones stay under
-  150 bytes and 10 components.
-
-:func:`bounded_addrs` applies them in one pass over its input (a set, not pairwise comparisons),
-stopping as soon as it has enough, so a peer announcing thousands of addresses costs a read of
-what it sent and no more.
+The bounds on peer input (:data:`MAX_ADDRS_PER_PEER`, :data:`MAX_ADDR_SIZE`,
+:data:`MAX_ADDR_COMPONENTS`, :func:`addr_allowed`, :func:`bounded_addrs`) are
+:mod:`physarum.overlay.addr`'s, re-exported here: the DHT applies them wherever a peer's addresses
+arrive (kad messages we decode, provider entries, routing table contacts; contact records have
+their own :data:`physarum.dht.records.MAX_ENDPOINTS`, also 32), as identify does.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
 
 from physarum.errors import DecodeError
+from physarum.overlay.addr import (
+    MAX_ADDR_COMPONENTS,
+    MAX_ADDR_SIZE,
+    MAX_ADDRS_PER_PEER,
+    addr_allowed,
+    bounded_addrs,
+)
 from physarum.overlay.multiaddr import MAX_MULTIADDR_SIZE, AddressError, Multiaddr
 
 __all__ = [
@@ -43,13 +40,6 @@ __all__ = [
     "parse_multiaddr_bytes",
     "parse_multiaddr_text",
 ]
-
-#: Most addresses kept for one peer (contacts, provider entries, peers in kad messages).
-MAX_ADDRS_PER_PEER = 32
-#: Longest address kept, in binary bytes.
-MAX_ADDR_SIZE = 256
-#: Most components (``/ip4/..``, ``/tcp/..``) in a kept address.
-MAX_ADDR_COMPONENTS = 16
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -99,29 +89,7 @@ def ip_address_of(addr: Multiaddr) -> IPAddress | None:
     return None
 
 
-def addr_allowed(addr: Multiaddr) -> bool:
-    """Whether ``addr`` is within :data:`MAX_ADDR_SIZE` bytes and :data:`MAX_ADDR_COMPONENTS`
-    components. Never raises."""
-    return len(addr.to_bytes()) <= MAX_ADDR_SIZE and len(addr.protocols()) <= MAX_ADDR_COMPONENTS
-
-
 def addr_footprint(addr: Multiaddr) -> int:
     """About how many bytes of memory a parsed ``addr`` holds (measured on CPython 3.11: object
     and binary form, its text form once printed, ~64 bytes per parsed component). Never raises."""
     return 160 + 2 * len(addr.to_bytes()) + 64 * len(addr.protocols())
-
-
-def bounded_addrs(addrs: Iterable[Multiaddr], limit: int = MAX_ADDRS_PER_PEER) -> tuple[Multiaddr, ...]:
-    """The first ``limit`` distinct allowed (:func:`addr_allowed`) addresses of ``addrs``, in order.
-
-    Linear: one pass, membership in a set, and it stops reading once it has ``limit``. Never raises.
-    """
-    out: dict[Multiaddr, None] = {}
-    if limit <= 0:
-        return ()
-    for addr in addrs:
-        if addr not in out and addr_allowed(addr):
-            out[addr] = None
-            if len(out) >= limit:
-                break
-    return tuple(out)

@@ -348,10 +348,9 @@ def dialable(addrs: Iterable[Multiaddr], limit: int = MAX_ADDRS_PER_PEER) -> lis
         seen.add(raw)
         try:
             checked = parse_multiaddr_bytes(addrs_.without_peer(a).to_bytes())
-            ep = addrs_.tcp_endpoint(checked)
         except (PhysarumError, ValueError):
             continue
-        if ep.port == 0 or checked in out or not addr_allowed(checked) or addrs_.is_unspecified(checked):
+        if checked in out or not addr_allowed(checked) or not addrs_.is_dialable(checked):
             continue
         out[checked] = None
         if len(out) >= limit:

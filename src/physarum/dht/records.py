@@ -73,7 +73,7 @@ from physarum.dht.standing import rank as _rank
 from physarum.errors import DecodeError, EncodeError, PhysarumError
 from physarum.overlay import envelope as signed_envelope
 from physarum.overlay import pb
-from physarum.overlay.identity import KEY_ED25519, IdentityKeyError, KeyPair, PeerId, PublicKey
+from physarum.overlay.identity import KEY_ED25519, KeyPair, PeerId, PublicKey
 
 DOMAIN = "physarum-contact-record"
 PAYLOAD_TYPE = b"/physarum/contact-record/1"
@@ -203,33 +203,22 @@ def open_envelope(
         UnsupportedKeyError: the key is not Ed25519.
         BadSignatureError: the signature does not verify for ``domain``.
     """
-    if len(data) > max_size:
-        raise RecordTooLargeError(f"envelope of {len(data)} bytes exceeds {max_size}")
     try:
-        fields = pb.decode(data)
-        raw_key = pb.get_bytes(fields, 1)
-        got_type = pb.get_bytes(fields, 2)
-        payload = pb.get_bytes(fields, 3)
-        signature = pb.get_bytes(fields, 5)
-    except DecodeError as e:
-        raise MalformedRecordError(f"not a signed envelope: {e.reason}") from None
-    if raw_key is None or got_type is None or payload is None or signature is None:
-        raise MalformedRecordError("envelope lacks public_key, payload_type, payload or signature")
-    if got_type != payload_type:
-        raise MalformedRecordError(f"envelope payload type {got_type!r}, want {payload_type!r}")
-    try:
-        key = PublicKey.from_protobuf(raw_key)
-    except DecodeError as e:
-        raise MalformedRecordError(f"envelope public key: {e.reason}") from None
-    if key.key_type != KEY_ED25519:
-        raise UnsupportedKeyError(f"envelope signed with key type {key.key_type}; only Ed25519 is supported")
-    try:
-        valid = key.verify(signed_envelope.signing_bytes(domain.encode(), payload_type, payload), signature)
-    except IdentityKeyError as e:
-        raise UnsupportedKeyError(e.reason) from None
-    if not valid:
-        raise BadSignatureError("envelope signature does not verify", publisher=key.peer_id())
-    return key, payload
+        env = signed_envelope.open_envelope(
+            data, domain.encode(), payload_type, max_size=max_size, key_types=(KEY_ED25519,)
+        )
+    except signed_envelope.EnvelopeError as e:
+        raise _RECORD_ERRORS[e.fault](e.reason, publisher=e.signer) from None
+    return env.public_key, env.payload
+
+
+#: The contact-record error for each envelope fault (what the DHT counts and reports).
+_RECORD_ERRORS: dict[signed_envelope.EnvelopeFault, type[RecordError]] = {
+    signed_envelope.EnvelopeFault.TOO_LARGE: RecordTooLargeError,
+    signed_envelope.EnvelopeFault.MALFORMED: MalformedRecordError,
+    signed_envelope.EnvelopeFault.UNSUPPORTED_KEY: UnsupportedKeyError,
+    signed_envelope.EnvelopeFault.BAD_SIGNATURE: BadSignatureError,
+}
 
 
 # -- contact records ---------------------------------------------------------------------------

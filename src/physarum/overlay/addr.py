@@ -4,23 +4,38 @@ Every transport physarum has runs over TCP: plain (``/ip4/1.2.3.4/tcp/4001``) or
 WebSocket (``/ip4/1.2.3.4/tcp/4002/ws``). :func:`tcp_endpoint` splits both shapes; the layers
 above TCP (``("ws",)``) say which transport the address is for.
 
-:class:`Multiaddr` and :class:`AddressError` live in :mod:`physarum.overlay.multiaddr` (the codec)
-and are re-exported here.
+:class:`Multiaddr` and :class:`AddressError` live in :mod:`physarum.overlay.multiaddr` (the codec,
+physarum's one validator of multiaddr bytes) and are re-exported here.
+
+Addresses a peer sends us (identify, kad messages, provider entries, contacts) are bounded here,
+below every user of them: a peer keeps at most :data:`MAX_ADDRS_PER_PEER` (32) addresses, its
+first distinct ones, as go-libp2p keeps a similar bound (an honest node lists under 10); an address
+over :data:`MAX_ADDR_SIZE` (256) binary bytes or :data:`MAX_ADDR_COMPONENTS` (16) components is
+dropped, since length and component count are what a parsed address costs in memory (real ones
+stay under 150 bytes and 10 components). :func:`bounded_addrs` applies them in one pass, stopping
+once it has enough; :func:`is_dialable` says whether another machine could dial an address.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from typing import NamedTuple
 
 from physarum.overlay.identity import PeerId
 from physarum.overlay.multiaddr import AddressError, Multiaddr
 
 __all__ = [
+    "MAX_ADDRS_PER_PEER",
+    "MAX_ADDR_COMPONENTS",
+    "MAX_ADDR_SIZE",
     "AddressError",
     "Multiaddr",
     "TcpEndpoint",
+    "addr_allowed",
+    "bounded_addrs",
     "from_sockaddr",
+    "is_dialable",
     "is_unspecified",
     "parse",
     "tcp_endpoint",
@@ -30,6 +45,13 @@ __all__ = [
 ]
 
 _IP_PROTOCOLS = ("ip4", "ip6", "dns", "dns4", "dns6")
+
+#: Most addresses kept for one peer (identify, contacts, provider entries, peers in kad messages).
+MAX_ADDRS_PER_PEER = 32
+#: Longest address kept, in binary bytes.
+MAX_ADDR_SIZE = 256
+#: Most components (``/ip4/..``, ``/tcp/..``) in a kept address.
+MAX_ADDR_COMPONENTS = 16
 
 
 class TcpEndpoint(NamedTuple):
@@ -131,3 +153,43 @@ def is_unspecified(addr: Multiaddr) -> bool:
         return ipaddress.ip_address(host).is_unspecified
     except ValueError:
         return False
+
+
+def is_dialable(addr: Multiaddr) -> bool:
+    """Whether another machine could dial ``addr``: a TCP address (plain or ``/ws``) with a real
+    port and a host that is not a wildcard. Never raises."""
+    try:
+        ep = tcp_endpoint(addr)
+    except AddressError:
+        return False
+    return ep.port != 0 and not is_unspecified(addr)
+
+
+def addr_allowed(
+    addr: Multiaddr, max_size: int = MAX_ADDR_SIZE, max_components: int = MAX_ADDR_COMPONENTS
+) -> bool:
+    """Whether ``addr`` is within ``max_size`` binary bytes and ``max_components`` components.
+    Never raises."""
+    return len(addr.to_bytes()) <= max_size and len(addr.protocols()) <= max_components
+
+
+def bounded_addrs(
+    addrs: Iterable[Multiaddr],
+    limit: int = MAX_ADDRS_PER_PEER,
+    *,
+    max_size: int = MAX_ADDR_SIZE,
+    max_components: int = MAX_ADDR_COMPONENTS,
+) -> tuple[Multiaddr, ...]:
+    """The first ``limit`` distinct allowed (:func:`addr_allowed`) addresses of ``addrs``, in order.
+
+    Linear: one pass, membership in a set, and it stops reading once it has ``limit``. Never raises.
+    """
+    out: dict[Multiaddr, None] = {}
+    if limit <= 0:
+        return ()
+    for addr in addrs:
+        if addr not in out and addr_allowed(addr, max_size, max_components):
+            out[addr] = None
+            if len(out) >= limit:
+                break
+    return tuple(out)

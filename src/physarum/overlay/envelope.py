@@ -7,6 +7,8 @@ record signed for one purpose cannot be replayed as another.
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from physarum.errors import DecodeError, PhysarumError
@@ -18,8 +20,28 @@ PEER_RECORD_DOMAIN = b"libp2p-peer-record"
 PEER_RECORD_TYPE = b"\x03\x01"
 
 
+class EnvelopeFault(enum.StrEnum):
+    """What was wrong with an envelope (:attr:`EnvelopeError.fault`)."""
+
+    TOO_LARGE = "too_large"
+    MALFORMED = "malformed"
+    """Not an envelope, a field missing, another payload type, or an undecodable key."""
+    UNSUPPORTED_KEY = "unsupported_key"
+    """A key type the caller does not take, or that cannot be checked."""
+    BAD_SIGNATURE = "bad_signature"
+    """The signature does not verify (for this domain)."""
+
+
 class EnvelopeError(DecodeError):
-    """An envelope that is malformed, signed for another domain, or badly signed."""
+    """An envelope that is malformed, signed for another domain, or badly signed. ``fault`` says
+    which; ``signer`` is the key's peer id when the key decoded."""
+
+    def __init__(
+        self, reason: str, *, fault: EnvelopeFault = EnvelopeFault.MALFORMED, signer: PeerId | None = None
+    ) -> None:
+        super().__init__(reason)
+        self.fault = fault
+        self.signer = signer
 
 
 @dataclass(frozen=True)
@@ -47,28 +69,52 @@ def seal(key_pair: KeyPair, domain: bytes, payload_type: bytes, payload: bytes) 
     )
 
 
-def open_envelope(data: bytes, domain: bytes, payload_type: bytes | None = None) -> Envelope:
-    """Decode and verify an envelope signed for ``domain``.
+def open_envelope(
+    data: bytes,
+    domain: bytes,
+    payload_type: bytes | None = None,
+    *,
+    max_size: int | None = None,
+    key_types: Collection[int] | None = None,
+) -> Envelope:
+    """Decode and verify an envelope signed for ``domain``: the one place physarum opens envelopes
+    a peer sent (identify's peer records, the DHT's contact records).
+
+    ``payload_type``: the type it must carry (None: any). ``max_size``: refuse larger ``data``
+    before decoding it. ``key_types``: the key types taken (None: every type physarum can check).
 
     Raises:
-        EnvelopeError: malformed, wrong payload type, unverifiable key type or bad signature.
+        EnvelopeError: with ``fault`` TOO_LARGE, MALFORMED (not an envelope, a field missing,
+            another payload type), UNSUPPORTED_KEY or BAD_SIGNATURE.
     """
+    if max_size is not None and len(data) > max_size:
+        raise EnvelopeError(f"envelope of {len(data)} bytes exceeds {max_size}", fault=EnvelopeFault.TOO_LARGE)
     try:
         fields = pb.decode(data)
-        key = PublicKey.from_protobuf(pb.get_bytes(fields, 1) or b"")
-        ptype = pb.get_bytes(fields, 2) or b""
-        payload = pb.get_bytes(fields, 3) or b""
-        signature = pb.get_bytes(fields, 5) or b""
+        raw_key = pb.get_bytes(fields, 1)
+        ptype = pb.get_bytes(fields, 2)
+        payload = pb.get_bytes(fields, 3)
+        signature = pb.get_bytes(fields, 5)
+        if raw_key is None or ptype is None or payload is None or signature is None:
+            raise DecodeError("envelope lacks public_key, payload_type, payload or signature")
+        key = PublicKey.from_protobuf(raw_key)
     except DecodeError as e:
         raise EnvelopeError(f"malformed envelope: {e.reason}") from e
     if payload_type is not None and ptype != payload_type:
         raise EnvelopeError(f"envelope payload type {ptype.hex()} is not {payload_type.hex()}")
+    signer = key.peer_id()
+    if key_types is not None and key.key_type not in key_types:
+        raise EnvelopeError(
+            f"envelope signed with key type {key.key_type}, not one of {sorted(key_types)}",
+            fault=EnvelopeFault.UNSUPPORTED_KEY,
+            signer=signer,
+        )
     try:
         ok = key.verify(signing_bytes(domain, ptype, payload), signature)
     except PhysarumError as e:
-        raise EnvelopeError(str(e)) from e
+        raise EnvelopeError(str(e), fault=EnvelopeFault.UNSUPPORTED_KEY, signer=signer) from e
     if not ok:
-        raise EnvelopeError("envelope signature is invalid")
+        raise EnvelopeError("envelope signature is invalid", fault=EnvelopeFault.BAD_SIGNATURE, signer=signer)
     return Envelope(key, ptype, payload, signature)
 
 

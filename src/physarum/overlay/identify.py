@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from physarum.errors import DecodeError, IncompleteError, PhysarumError
+from physarum.overlay import addr as addrs_
 from physarum.overlay import pb, varint
 from physarum.overlay.envelope import EnvelopeError, open_peer_record
 from physarum.overlay.identity import PeerId, PublicKey
@@ -53,12 +54,12 @@ class IdentifyLimits:
     max_protocol_length: int = 256
     """Longest protocol id kept, in UTF-8 bytes; longer ones are dropped, not cut (a cut id would
     name another protocol). Real ids are under 60 bytes."""
-    max_listen_addrs: int = 32
+    max_listen_addrs: int = addrs_.MAX_ADDRS_PER_PEER
     """Listen addresses kept per peer, the first ones announced (go-libp2p keeps a similar bound)."""
-    max_addr_length: int = 256
+    max_addr_length: int = addrs_.MAX_ADDR_SIZE
     """Longest address kept, in binary bytes (real ones are under 150, with two certificate
     hashes and a peer id); longer ones are dropped."""
-    max_addr_components: int = 16
+    max_addr_components: int = addrs_.MAX_ADDR_COMPONENTS
     """Most components (``/ip4/..``, ``/tcp/..``) in a kept address: each costs about 70 bytes
     once parsed, so this bounds an address's memory as its length cannot. Real ones have under 10."""
     max_version_length: int = 256
@@ -156,10 +157,7 @@ def decode_message(data: bytes, limits: IdentifyLimits | None = DEFAULT_LIMITS) 
 
 def addr_allowed(addr: Multiaddr, limits: IdentifyLimits = DEFAULT_LIMITS) -> bool:
     """Whether ``addr`` is within ``limits``' length and component bounds."""
-    return (
-        len(addr.to_bytes()) <= limits.max_addr_length
-        and len(addr.protocols()) <= limits.max_addr_components
-    )
+    return addrs_.addr_allowed(addr, limits.max_addr_length, limits.max_addr_components)
 
 
 def protocol_allowed(protocol: str, limits: IdentifyLimits = DEFAULT_LIMITS) -> bool:
@@ -174,13 +172,11 @@ def bounded_addrs(
     addrs: Iterable[Multiaddr], limit: int, limits: IdentifyLimits = DEFAULT_LIMITS
 ) -> list[Multiaddr]:
     """The first ``limit`` distinct addresses of ``addrs`` that ``limits`` allow (linear)."""
-    out: dict[Multiaddr, None] = {}
-    for a in addrs:
-        if len(out) >= limit:
-            break
-        if a not in out and addr_allowed(a, limits):
-            out[a] = None
-    return list(out)
+    return list(
+        addrs_.bounded_addrs(
+            addrs, limit, max_size=limits.max_addr_length, max_components=limits.max_addr_components
+        )
+    )
 
 
 def bounded_protocols(protocols: Iterable[str], limits: IdentifyLimits = DEFAULT_LIMITS) -> list[str]:

@@ -222,7 +222,7 @@ class IdentifyService:
             observed = _observable(info.observed_addr)
             if observed is not None:
                 self._observed.record(conn.peer_id, observed)
-        dialable = [a for a in info.listen_addrs if _is_dialable(a)]
+        dialable = [a for a in info.listen_addrs if addrs_.is_dialable(a)]
         host.peerstore.add_addrs(conn.peer_id, [addrs_.without_peer(a) for a in dialable])
         conn.identify_info = info
         conn.identified.set()
@@ -282,14 +282,6 @@ async def _read(stream: YamuxStream) -> IdentifyInfo:
         if len(data) > identify.MAX_MESSAGE:
             raise DecodeError(f"identify message over {identify.MAX_MESSAGE} bytes")
     return identify.decode_message(bytes(data))
-
-
-def _is_dialable(a: Multiaddr) -> bool:
-    try:
-        ep = addrs_.tcp_endpoint(a)
-    except PhysarumError:
-        return False
-    return ep.port != 0 and not addrs_.is_unspecified(a)
 
 
 def _observable(a: Multiaddr) -> Multiaddr | None:
