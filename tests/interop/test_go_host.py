@@ -16,8 +16,6 @@ import pytest
 import trio
 
 from physarum.errors import DialError
-from physarum.overlay import addr as addrs_
-from physarum.overlay import ping
 from physarum.overlay.envelope import open_peer_record
 from physarum.overlay.host import Host, open_host
 from physarum.overlay.identity import PeerId, PublicKey
@@ -25,6 +23,7 @@ from physarum.overlay.yamux import YamuxStream
 from physarum.psk import PskMismatchError, generate_psk, load_key_file, write_key_file
 from tests.integration._util import ECHO, echo_handler
 from tests.integration.test_monitor import monitor_node, rtt_series, scrape, wait_scrape
+from tests.interop._util import PingStreams, bare
 from tests.interop.partner import Partner, PartnerError, go_peer_argv, open_partner
 
 pytestmark = pytest.mark.interop
@@ -46,20 +45,6 @@ async def host(psk_file: Path) -> AsyncIterator[Host]:
         yield h
 
 
-class PingStreams:
-    """physarum's ping handler, counting the streams it is given."""
-
-    def __init__(self) -> None:
-        self.streams = 0
-
-    async def __call__(self, stream: YamuxStream) -> None:
-        self.streams += 1
-        await ping.handle_ping(stream)
-
-
-def bare(addr: str) -> str:
-    """``addr`` without its ``/p2p/<id>`` suffix."""
-    return str(addrs_.without_peer(addrs_.parse(addr)))
 
 
 async def test_partner_reports_its_versions(go: Partner) -> None:

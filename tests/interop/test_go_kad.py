@@ -30,6 +30,7 @@ from physarum.overlay.identity import PeerId
 from physarum.psk import load_key_file
 from tests.integration._dht import Node, start_node
 from tests.integration._util import wait_until
+from tests.interop._util import bare
 from tests.interop.partner import Partner, go_peer_argv, open_partner
 
 pytestmark = pytest.mark.interop
@@ -38,10 +39,6 @@ pytestmark = pytest.mark.interop
 def multihash(text: str) -> bytes:
     """A sha2-256 multihash: go-libp2p-kad-dht takes provider keys only in that form."""
     return b"\x12\x20" + hashlib.sha256(text.encode()).digest()
-
-
-def bare(addr: str) -> str:
-    return str(addrs_.without_peer(addrs_.parse(addr)))
 
 
 @pytest.fixture

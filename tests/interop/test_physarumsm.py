@@ -20,16 +20,15 @@ import trio
 from physarum.dht.service import KadDHT
 from physarum.errors import DialError
 from physarum.overlay import addr as addrs_
-from physarum.overlay import ping
 from physarum.overlay.envelope import open_peer_record
 from physarum.overlay.host import Host, open_host
 from physarum.overlay.identity import KEY_RSA, PeerId, PublicKey
 from physarum.overlay.tls import TlsStream
-from physarum.overlay.yamux import YamuxStream
 from physarum.psk import PskMismatchError, psk_from_passphrase
 from tests.integration._dht import start_node
 from tests.integration._util import wait_until
 from tests.integration.test_monitor import monitor_node, rtt_series, wait_scrape
+from tests.interop._util import PingStreams, bare
 from tests.interop.partner import Partner, go09_peer_argv, open_partner
 
 pytestmark = pytest.mark.interop
@@ -60,20 +59,6 @@ async def host(passphrase: str) -> AsyncIterator[Host]:
         yield h
 
 
-class PingStreams:
-    """physarum's ping handler, counting the streams it is given."""
-
-    def __init__(self) -> None:
-        self.streams = 0
-
-    async def __call__(self, stream: YamuxStream) -> None:
-        self.streams += 1
-        await ping.handle_ping(stream)
-
-
-def bare(addr: str) -> str:
-    """``addr`` without its ``/p2p/<id>`` suffix."""
-    return str(addrs_.without_peer(addrs_.parse(addr)))
 
 
 async def test_physarum_joins_a_physarumsm_node_pings_and_identifies_it(host: Host, node: Partner) -> None:

@@ -96,7 +96,13 @@ def normalize_bool_flags(argv: Sequence[str], names: Sequence[str] = BOOL_FLAGS)
 # -- values --------------------------------------------------------------------------------------
 
 
-def _port(text: str, what: str, whole: str) -> int:
+def parse_port(text: str, what: str, whole: str | None = None) -> int:
+    """``text`` as a TCP port (0-65535); ``what`` and ``whole`` (default ``text``) name it in errors.
+
+    Raises:
+        UsageError: not a number, or out of range.
+    """
+    whole = text if whole is None else whole
     try:
         port = int(text)
     except ValueError:
@@ -114,7 +120,7 @@ def split_host_port(text: str, what: str) -> tuple[str, int]:
     """
     text = text.strip()
     if text.isdigit():
-        return "", _port(text, what, text)
+        return "", parse_port(text, what)
     host, sep, port = text.rpartition(":")
     if not sep:
         raise UsageError(f"bad {what} {text!r}: want HOST:PORT or :PORT")
@@ -124,7 +130,7 @@ def split_host_port(text: str, what: str) -> tuple[str, int]:
         host = host[1:-1]
     elif ":" in host:
         raise UsageError(f"bad {what} {text!r}: write IPv6 addresses in brackets, [::1]:PORT")
-    return host, _port(port, what, text)
+    return host, parse_port(port, what, text)
 
 
 def parse_listen_addr(text: str, what: str = "-p2p-listen-addr") -> Multiaddr:
@@ -540,6 +546,7 @@ __all__ = [
     "parse_announce_addr",
     "parse_listen_addr",
     "parse_peer_addr",
+    "parse_port",
     "positive_float",
     "positive_int",
     "resolve_conn_manager",

@@ -19,17 +19,8 @@ from dataclasses import dataclass, field
 
 import trio
 
-from physarum.cli.flags import (
-    FlagParser,
-    NodeOptions,
-    UsageError,
-    add_node_flags,
-    flag,
-    node_options,
-    normalize_bool_flags,
-    positive_float,
-    split_host_port,
-)
+from physarum.cli import flags
+from physarum.cli.flags import NodeOptions, UsageError
 from physarum.cli.node import RunningNode, run_main, run_node, setup_logging
 from physarum.services.discovery import Advertiser
 from physarum.services.network import OverlayNetwork
@@ -62,28 +53,18 @@ class ProxyArgs:
     selector: SelectorOptions = field(default_factory=SelectorOptions)
 
 
-def build_parser() -> FlagParser:
-    parser = FlagParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG)
-    add_node_flags(parser, listen_default=LISTEN_DEFAULT, keyfile_default=None)
+def build_parser() -> flags.FlagParser:
+    parser = flags.FlagParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG)
+    flags.add_node_flags(parser, listen_default=LISTEN_DEFAULT, keyfile_default=None)
     group = parser.add_argument_group("selection (client mode)")
-    flag(group, "soft-rtt-ms", type=positive_float, default=None, metavar="MS",
+    flags.flag(group, "soft-rtt-ms", type=flags.positive_float, default=None, metavar="MS",
          help="the best instance is 'not close enough' over MS milliseconds (default: no limit)")
-    flag(group, "hard-rtt-ms", type=positive_float, default=None, metavar="MS",
+    flags.flag(group, "hard-rtt-ms", type=flags.positive_float, default=None, metavar="MS",
          help="never use an instance over MS milliseconds (default: no limit)")
-    flag(group, "ping-budget", type=positive_float, default=SelectorOptions.ping_budget, metavar="SECONDS",
+    flags.flag(group, "ping-budget", type=flags.positive_float, default=SelectorOptions.ping_budget, metavar="SECONDS",
          help=f"one budget for pinging all instances of a service (default {SelectorOptions.ping_budget:g})")
     parser.add_argument("args", nargs="+", metavar="PORT [SERVICE HOST:PORT METRICS_PORT]")
     return parser
-
-
-def _port_arg(text: str, what: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise UsageError(f"bad {what} {text!r}: not a number") from None
-    if not 0 <= port <= 65535:
-        raise UsageError(f"bad {what} {text!r}: out of range")
-    return port
 
 
 def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> ProxyArgs:
@@ -92,20 +73,20 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Pro
     Raises:
         UsageError: bad flags or values, a wrong number of arguments, unusable key files.
     """
-    args: argparse.Namespace = build_parser().parse_args(normalize_bool_flags(argv))
-    node = node_options(args, listen_default=LISTEN_DEFAULT, keyfile_default=None, env=env)
+    args: argparse.Namespace = build_parser().parse_args(flags.normalize_bool_flags(argv))
+    node = flags.node_options(args, listen_default=LISTEN_DEFAULT, keyfile_default=None, env=env)
     selector = SelectorOptions(soft_rtt_ms=args.soft_rtt_ms, hard_rtt_ms=args.hard_rtt_ms,
                                ping_budget=args.ping_budget)
     positional: list[str] = args.args
     if len(positional) == 1:
-        return ProxyArgs(node, _port_arg(positional[0], "PORT"), None, selector=selector)
+        return ProxyArgs(node, flags.parse_port(positional[0], "PORT"), None, selector=selector)
     if len(positional) == 4:
         port, service, where, metrics = positional
         if not service or "/" in service:
             raise UsageError(f"bad SERVICE {service!r}: a name without '/'")
-        host, service_port = split_host_port(where, "HOST:PORT")
-        return ProxyArgs(node, _port_arg(port, "PORT"), service, host or "127.0.0.1", service_port,
-                         _port_arg(metrics, "METRICS_PORT"), selector)
+        host, service_port = flags.split_host_port(where, "HOST:PORT")
+        return ProxyArgs(node, flags.parse_port(port, "PORT"), service, host or "127.0.0.1", service_port,
+                         flags.parse_port(metrics, "METRICS_PORT"), selector)
     raise UsageError("expected PORT (client mode) or PORT SERVICE HOST:PORT METRICS_PORT (sidecar mode)")
 
 

@@ -13,13 +13,16 @@
 # Env: GO picks the go command (default: go on PATH, else /usr/local/go/bin/go); it must be at
 # least the version go.mod names (GOTOOLCHAIN=local: no toolchain is downloaded behind our back).
 # Exit status non-zero, with the reason on stderr, if the partner cannot be built.
+# Other Go partners build through this script: `setup.sh MODULE_DIR BINARY_NAME LABEL` (go09 does).
 set -euo pipefail
 
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-BIN="$HERE/bin/gopeer"
+HERE="$(cd "${1:-$(dirname "${BASH_SOURCE[0]}")}" && pwd)"
+NAME="$(basename "$HERE")"
+BIN="$HERE/bin/${2:-gopeer}"
+LABEL="${3:-go-libp2p interop partner}"
 MARKER="$HERE/bin/.built"
 
-fail() { echo "tests/interop/go/setup.sh: $*" >&2; exit 1; }
+fail() { echo "tests/interop/$NAME/setup.sh: $*" >&2; exit 1; }
 
 for f in go.mod go.sum main.go; do
   [ -f "$HERE/$f" ] || fail "missing $HERE/$f"
@@ -38,7 +41,7 @@ fi
 [ -n "$GO" ] || fail "no go command on PATH (install Go >= $(sed -n 's/^go //p' "$HERE/go.mod"), or set GO)"
 
 # Serialise concurrent runs (e.g. parallel test workers) on a lock outside the source tree.
-lock="${TMPDIR:-/tmp}/physarum-interop-go-$(printf '%s' "$HERE" | sha256sum | cut -c1-16).lock"
+lock="${TMPDIR:-/tmp}/physarum-interop-$NAME-$(printf '%s' "$HERE" | sha256sum | cut -c1-16).lock"
 exec 9>"$lock"
 if command -v flock >/dev/null 2>&1; then
   flock -w 900 9 || fail "timed out waiting for $lock"
@@ -48,7 +51,7 @@ up_to_date && exit 0
 start=$SECONDS
 mkdir -p "$HERE/bin"
 rm -f "$MARKER"
-log="$(mktemp "${TMPDIR:-/tmp}/physarum-interop-go-build.XXXXXX")"
+log="$(mktemp "${TMPDIR:-/tmp}/physarum-interop-$NAME-build.XXXXXX")"
 # -trimpath and no symbol table: a smaller binary whose build does not depend on this path.
 if ! (cd "$HERE" && GOTOOLCHAIN=local GOFLAGS=-mod=readonly \
       "$GO" build -trimpath -ldflags='-s -w' -o "$BIN.tmp" .) >"$log" 2>&1 </dev/null; then
@@ -59,4 +62,4 @@ fi
 rm -f "$log"
 mv "$BIN.tmp" "$BIN"
 echo "$want" >"$MARKER"
-echo "go-libp2p interop partner built in $((SECONDS - start)) s: $BIN"
+echo "$LABEL built in $((SECONDS - start)) s: $BIN"
