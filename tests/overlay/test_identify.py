@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from physarum.overlay import identify, pb, varint
+from physarum.overlay import envelope, identify, pb, varint
 from physarum.overlay.identify import DEFAULT_LIMITS, IdentifyInfo, IdentifyLimits
 from physarum.overlay.identity import KeyPair, PublicKey
 from physarum.overlay.multiaddr import Multiaddr
@@ -168,3 +170,24 @@ def test_trim_never_exceeds_its_limits(protocols: list[str], addr_ids: list[int]
     # Nothing allowed is skipped: the kept ones are the first allowed, in order.
     allowed = list(dict.fromkeys(p for p in protocols if identify.protocol_allowed(p, limits)))
     assert t.protocols == allowed[:16]
+
+
+def test_unreadable_records_are_dropped_quietly_and_foreign_ones_loudly(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="physarum.overlay.identify")
+    me, other = KeyPair(bytes(32)), KeyPair(bytes([1]) * 32)
+    # rust-libp2p's identify carries its legacy routing-state record: another payload type.
+    legacy = envelope.seal(me, envelope.PEER_RECORD_DOMAIN, b"/libp2p/routing-state-record", b"x")
+    info = identify.check_against(IdentifyInfo(signed_peer_record=legacy), me.peer_id)
+    assert info.signed_peer_record is None
+    assert [r.levelno for r in caplog.records] == [logging.DEBUG]
+    caplog.clear()
+    # Someone else's valid record, relayed: news.
+    foreign = envelope.seal_peer_record(other, 1, [Multiaddr("/ip4/1.2.3.4/tcp/1")])
+    info = identify.check_against(IdentifyInfo(signed_peer_record=foreign), me.peer_id)
+    assert info.signed_peer_record is None
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+    caplog.clear()
+    # Our own record passes, silently.
+    own = envelope.seal_peer_record(me, 1, [Multiaddr("/ip4/1.2.3.4/tcp/1")])
+    assert identify.check_against(IdentifyInfo(signed_peer_record=own), me.peer_id).signed_peer_record == own
+    assert caplog.records == []

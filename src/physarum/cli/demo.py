@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import h11
 import trio
 
 from physarum.cli.flags import FlagParser, NodeOptions, UsageError, flag, seconds_flag
@@ -66,26 +67,44 @@ def _options(key_pair: KeyPair, psk: bytes, bootstrap: list[Multiaddr]) -> NodeO
     )
 
 
+#: Largest body :func:`http_get` reads (a metrics page of 1,000 peers is well under it).
+MAX_BODY = 64 << 20
+
+
 async def http_get(host: str, port: int, path: str, *, timeout: float = 5.0) -> tuple[int, bytes]:
-    """A minimal HTTP/1.1 GET: (status, body). Enough for our own metrics server.
+    """An HTTP/1.1 GET through h11: (status, body). Enough for our own metrics server.
 
     Raises:
-        OSError, trio.TooSlowError, DecodeError (not an HTTP response).
+        OSError, trio.TooSlowError, DecodeError (not an HTTP response, or a body over
+        :data:`MAX_BODY`).
     """
+    conn = h11.Connection(h11.CLIENT)
+    status, body = 0, bytearray()
     with trio.fail_after(timeout):
         stream = await trio.open_tcp_stream(host, port)
         async with stream:
-            await stream.send_all(
-                f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode()
+            request = h11.Request(
+                method="GET", target=path, headers=[("Host", f"{host}:{port}"), ("Connection", "close")]
             )
-            data = bytearray()
-            while chunk := await stream.receive_some(65536):
-                data += chunk
-    head, _, body = bytes(data).partition(b"\r\n\r\n")
-    status_line = head.split(b"\r\n", 1)[0].split(b" ")
-    if len(status_line) < 2 or not status_line[0].startswith(b"HTTP/"):
-        raise DecodeError("not an HTTP response")
-    return int(status_line[1]), body
+            await stream.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
+            while True:
+                try:
+                    event = conn.next_event()
+                except h11.RemoteProtocolError as e:
+                    raise DecodeError(f"not an HTTP response: {e}") from None
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await stream.receive_some(65536))
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                    if len(body) > MAX_BODY:
+                        raise DecodeError(f"HTTP body over {MAX_BODY} bytes")
+                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                    break
+    if not status:
+        raise DecodeError("the server closed the connection without an HTTP response")
+    return status, bytes(body)
 
 
 async def demo(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from physarum.errors import DecodeError, IncompleteError, PhysarumError
 from physarum.overlay import addr as addrs_
 from physarum.overlay import pb, varint
-from physarum.overlay.envelope import EnvelopeError, open_peer_record
+from physarum.overlay.envelope import EnvelopeError, EnvelopeFault, open_peer_record
 from physarum.overlay.identity import PeerId, PublicKey
 from physarum.overlay.multiaddr import AddressError, Multiaddr
 
@@ -267,11 +267,21 @@ def check_against(info: IdentifyInfo, peer_id: PeerId) -> IdentifyInfo:
     if info.signed_peer_record is not None:
         try:
             record = open_peer_record(info.signed_peer_record)
-            if record.peer_id != peer_id:
-                raise EnvelopeError("peer record names another peer")
         except (EnvelopeError, PhysarumError) as e:
-            log.info("identify: ignoring a bad signed peer record from %s: %s", peer_id, type(e).__name__)
+            # A record we cannot read (another format: rust-libp2p's identify sends its legacy
+            # routing-state record) is routine; a forged one, or one naming another peer, is news.
+            routine = isinstance(e, EnvelopeError) and e.fault is EnvelopeFault.MALFORMED
+            log.log(
+                logging.DEBUG if routine else logging.INFO,
+                "identify: ignoring a bad signed peer record from %s: %s",
+                peer_id,
+                type(e).__name__,
+            )
             info.signed_peer_record = None
+        else:
+            if record.peer_id != peer_id:
+                log.info("identify: ignoring a signed peer record of %s sent by %s", record.peer_id, peer_id)
+                info.signed_peer_record = None
     return info
 
 
