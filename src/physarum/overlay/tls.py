@@ -226,16 +226,8 @@ class TlsStream(trio.abc.HalfCloseableStream):
         self._eof = False
 
     async def _flush(self) -> None:
-        """Write what OpenSSL has produced to the transport."""
         async with self._send_lock:
-            while True:
-                try:
-                    out = self._conn.bio_read(RECEIVE_SIZE)
-                except _want_read():
-                    return
-                if not out:
-                    return
-                await self.transport.send_all(out)
+            await _drain(self._conn, self.transport)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         from OpenSSL import SSL
@@ -295,10 +287,18 @@ class TlsStream(trio.abc.HalfCloseableStream):
         await self.transport.aclose()
 
 
-def _want_read() -> type[Exception]:
+async def _drain(conn: SSL.Connection, transport: trio.abc.SendStream) -> None:
+    """Write what OpenSSL has produced (records, alerts, handshake messages) to ``transport``."""
     from OpenSSL import SSL
 
-    return SSL.WantReadError
+    while True:
+        try:
+            out = conn.bio_read(RECEIVE_SIZE)
+        except SSL.WantReadError:
+            return
+        if not out:
+            return
+        await transport.send_all(out)
 
 
 def _ssl_reason(e: Exception) -> str:
@@ -326,16 +326,6 @@ async def handshake(
     else:
         conn.set_accept_state()
 
-    async def flush() -> None:
-        while True:
-            try:
-                out = conn.bio_read(RECEIVE_SIZE)
-            except SSL.WantReadError:
-                return
-            if not out:
-                return
-            await transport.send_all(out)
-
     while True:
         try:
             conn.do_handshake()
@@ -343,14 +333,14 @@ async def handshake(
         except SSL.WantReadError:
             pass
         except SSL.Error as e:
-            await _try(flush())  # the alert, so the peer knows why
+            await _try(_drain(conn, transport))  # the alert, so the peer knows why
             raise TlsError(f"TLS handshake failed: {_ssl_reason(e)}") from None
-        await flush()
+        await _drain(conn, transport)
         chunk = await transport.receive_some(RECEIVE_SIZE)
         if not chunk:
             raise trio.BrokenResourceError("the peer closed the connection during the TLS handshake")
         conn.bio_write(bytes(chunk))
-    await flush()
+    await _drain(conn, transport)
     if conn.get_alpn_proto_negotiated() != ALPN:
         raise TlsError("the peer did not agree on ALPN 'libp2p'")
     # OpenSSL's chain holds the server's own certificate as the client sees it, not the client's
