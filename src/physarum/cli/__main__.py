@@ -6,6 +6,7 @@ The thin scripts in bin/ call this, so they work from a source checkout without 
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 
@@ -19,6 +20,9 @@ commands:
   bootstrap      a DHT node that other nodes join with -bootstrap
   peer           join the network and stay up; or one-shot: peer ping | find | publish
   proxy          HTTP proxy to services by name: PORT (client) or PORT SERVICE HOST:PORT METRICS_PORT (sidecar)
+  registry       the service registry: serve | add | get | list | delete
+  allocator      start instances of registered services on this machine when clients ask
+  hello          the hello-world HTTP service of the services demo (on $SERVICE_PORT)
   demo           a local private network (a ping-monitor and 3 peers) with metrics on :9100
   key generate   write a new private-network key file (libp2p swarm key, mode 0600)
   version        print physarum's version
@@ -26,17 +30,27 @@ commands:
 Run 'physarum COMMAND -help' for a command's flags."""
 
 
-def _programs() -> dict[str, Callable[[list[str]], int]]:
-    from physarum.cli import bootstrap, demo, key, peer, ping_monitor, proxy
+#: command -> the module whose ``main(argv)`` runs it; imported only when chosen, so a light command
+#: (``hello``, an instance started on demand) does not pay for the others' imports.
+_PROGRAMS: dict[str, str] = {
+    "ping-monitor": "physarum.cli.ping_monitor",
+    "bootstrap": "physarum.cli.bootstrap",
+    "peer": "physarum.cli.peer",
+    "proxy": "physarum.cli.proxy",
+    "registry": "physarum.cli.registry",
+    "allocator": "physarum.cli.allocator",
+    "hello": "physarum.cli.hello",
+    "demo": "physarum.cli.demo",
+    "key": "physarum.cli.key",
+}
 
-    return {
-        "ping-monitor": ping_monitor.main,
-        "bootstrap": bootstrap.main,
-        "peer": peer.main,
-        "proxy": proxy.main,
-        "demo": demo.main,
-        "key": key.main,
-    }
+
+def _program(name: str) -> Callable[[list[str]], int] | None:
+    module = _PROGRAMS.get(name)
+    if module is None:
+        return None
+    program: Callable[[list[str]], int] = importlib.import_module(module).main
+    return program
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -51,8 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[0] in ("version", "-version", "--version"):
         print(f"physarum {__version__}")
         return 0
-    programs = _programs()
-    program = programs.get(args[0])
+    program = _program(args[0])
     if program is None:
         print(f"physarum: unknown command {args[0]!r} (see physarum -help)", file=sys.stderr)
         return 2

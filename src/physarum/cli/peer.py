@@ -212,7 +212,7 @@ async def ping_peer(opts: NodeOptions, args: argparse.Namespace) -> int:
     """``peer ping``: 0 if every echo came back, 1 otherwise (messages on stderr, summary on stdout)."""
     if args.peer_id is not None:
 
-        async def work(dht: KadDHT, timeout: float) -> int:
+        async def work(_host: Host, dht: KadDHT, timeout: float) -> int:
             try:
                 found = await dht.find_peer(args.peer_id, timeout=min(timeout, args.timeout))
             except PeerNotFoundError:
@@ -221,7 +221,7 @@ async def ping_peer(opts: NodeOptions, args: argparse.Namespace) -> int:
             dht.host.peerstore.add_addrs(found.peer_id, list(found.addrs), prefer=True)
             return await _ping(dht.host, args.peer_id, args.count, args.interval, args.timeout)
 
-        return await _with_dht(opts, "ping", args.timeout + args.count * (args.interval + args.timeout), work)
+        return await with_dht(opts, "ping", args.timeout + args.count * (args.interval + args.timeout), work)
     host = Host(opts.key_pair, psk=opts.psk, listen=())
     async with trio.open_nursery() as nursery:
         await nursery.start(host.run)
@@ -297,8 +297,8 @@ def _fail(command: str, message: str) -> int:
     return 1
 
 
-async def _with_dht(opts: NodeOptions, command: str, timeout: float, work: Any) -> int:
-    """Run ``await work(dht, seconds_left)`` on a DHT client joined through the bootstrap peers
+async def with_dht(opts: NodeOptions, command: str, timeout: float, work: Any) -> int:
+    """Run ``await work(host, dht, seconds_left)`` on a DHT client joined through the bootstrap peers
     (or the peers saved in -dht-state), all within ``timeout`` seconds.
 
     The bootstrap peers are dialed first, all at once: when none answers (and no saved table can
@@ -326,7 +326,7 @@ async def _with_dht(opts: NodeOptions, command: str, timeout: float, work: Any) 
                 how = " through -bootstrap" if opts.bootstrap else ""
                 return _fail(command, f"could not join the network{how} within {timeout:g} s")
             try:
-                result: int = await work(dht, max(0.1, deadline - trio.current_time()))
+                result: int = await work(host, dht, max(0.1, deadline - trio.current_time()))
             except trio.TooSlowError:
                 return _fail(command, f"no answer within {timeout:g} s")
             except NotJoinedError as e:
@@ -395,7 +395,7 @@ def join_failures(failures: Mapping[Multiaddr, BaseException]) -> str:
 async def find(opts: NodeOptions, args: argparse.Namespace) -> int:
     """``peer find``: 0 and the peer's multiaddrs or the name's records (JSON lines); 1 if not found."""
 
-    async def work(dht: KadDHT, timeout: float) -> int:
+    async def work(_host: Host, dht: KadDHT, timeout: float) -> int:
         if args.peer_id is not None:
             try:
                 found = await dht.find_peer(args.peer_id, timeout=timeout)
@@ -424,13 +424,13 @@ async def find(opts: NodeOptions, args: argparse.Namespace) -> int:
         sys.stdout.flush()
         return 0
 
-    return await _with_dht(opts, "find", args.timeout, work)
+    return await with_dht(opts, "find", args.timeout, work)
 
 
 async def publish(opts: NodeOptions, args: argparse.Namespace) -> int:
     """``peer publish``: 0 and ``{"id", "stored", ...}`` when at least one node stored the record, else 1."""
 
-    async def work(dht: KadDHT, timeout: float) -> int:
+    async def work(_host: Host, dht: KadDHT, timeout: float) -> int:
         try:
             stored = await dht.publish_contact(
                 args.name, args.endpoint, args.data, ttl=args.ttl, timeout=timeout
@@ -443,7 +443,7 @@ async def publish(opts: NodeOptions, args: argparse.Namespace) -> int:
             return _fail("publish", "no node stored the record")
         return 0
 
-    return await _with_dht(opts, "publish", args.timeout, work)
+    return await with_dht(opts, "publish", args.timeout, work)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,7 +1,9 @@
 """``proxy``: PhysarumSM's HTTP proxy, in its two modes (issue 14, first step).
 
 * ``proxy [flags] PORT``: client mode. Serves HTTP/1.1 on 127.0.0.1:PORT; ``/SERVICE/PATH`` goes to
-  the instance of SERVICE with the lowest RTT from this node, as ``/PATH``.
+  the instance of SERVICE with the lowest RTT from this node, as ``/PATH``. A service with no
+  instance is looked up in the registry (404 if it has no entry) and started by the nearest
+  allocator; one whose best instance misses its soft RTT limit gets a nearer one in the background.
 * ``proxy [flags] PORT SERVICE HOST:PORT METRICS_PORT``: sidecar mode, beside an instance. Provides
   SERVICE on the DHT (again after reconnects), forwards requests from client proxies to the service
   at HOST:PORT, and serves the seconds since the latest request on 127.0.0.1:METRICS_PORT
@@ -22,9 +24,12 @@ import trio
 from physarum.cli import flags
 from physarum.cli.flags import NodeOptions, UsageError
 from physarum.cli.node import RunningNode, run_main, run_node, setup_logging
+from physarum.services.allocator import AllocatorClient
 from physarum.services.discovery import Advertiser
 from physarum.services.network import OverlayNetwork
+from physarum.services.placement import Placement
 from physarum.services.proxy import PROTOCOL_ID, ClientProxy, IdleReporter, ProxyOptions, Sidecar
+from physarum.services.registry import RegistryClient
 from physarum.services.selection import Selector, SelectorOptions
 
 PROG = "proxy"
@@ -37,8 +42,9 @@ instance, provides SERVICE on the DHT and forwards requests to HOST:PORT."""
 
 EPILOG = """\
 Flags take one dash (Go style, as PhysarumSM) or two. Environment: P2P_PSK, P2P_BOOTSTRAPS.
-Proxy errors are one line of text/plain: 400 malformed request, 404 no service in the path,
-503 no instance found, 504 the instance timed out, 502 the instance failed."""
+Proxy errors are one line of text/plain: 400 malformed request, 404 no service in the path or no
+such service in the registry, 503 no instance found or allocated, 504 the instance timed out,
+502 the instance failed. Responses carry 'physarum-instance: PEER_ID; rtt-ms=RTT' (who answered)."""
 
 
 @dataclass
@@ -112,7 +118,9 @@ async def run_proxy(
             if opts.service is None:
                 selector = Selector(network, opts.selector)
                 await nursery.start(selector.run)
-                proxy = ClientProxy(selector, network, ProxyOptions(), port=opts.port)
+                placement = Placement(selector, network, RegistryClient(network), AllocatorClient(network))
+                await nursery.start(placement.run)
+                proxy = ClientProxy(placement, network, ProxyOptions(), port=opts.port)
                 port = await nursery.start(proxy.run)
                 print(f"proxy: http://127.0.0.1:{port}/SERVICE/PATH", file=sys.stderr, flush=True)
             else:

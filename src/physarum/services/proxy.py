@@ -28,7 +28,9 @@ import trio
 
 from physarum.errors import PEER_FAILURES
 from physarum.overlay.identity import PeerId
-from physarum.services.selection import Selector
+from physarum.services.errors import AllocationError
+from physarum.services.registry import UnknownServiceError
+from physarum.services.selection import Candidate, Selection
 
 log = logging.getLogger("physarum.services.proxy")
 
@@ -36,6 +38,9 @@ PROTOCOL_ID = "/LCAManagerRequest/1.0"
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS"})
 #: Header on the responses the proxies make themselves; its value says which failure.
 ERROR_HEADER = b"physarum-proxy-error"
+#: Header the client proxy adds to every forwarded response: the instance's peer id and its RTT
+#: when chosen (``PEER_ID; rtt-ms=0.412``), so a client can see who answered and why.
+INSTANCE_HEADER = b"physarum-instance"
 #: The sidecar's kind for "the service did not take the connection": the client proxy may retry.
 UPSTREAM_UNREACHABLE = b"upstream-unreachable"
 
@@ -72,6 +77,17 @@ class ProxyOptions:
     """The sidecar's connection to the service may take this long."""
     retry_buffer_bytes: int = 1 << 20
     """An idempotent request's body is kept up to this size so it can be retried."""
+
+
+class Chooser(Protocol):
+    """Which instances may answer a request for a service (:class:`~physarum.services.selection.Selector`,
+    or :class:`~physarum.services.placement.Placement`, which also allocates)."""
+
+    async def select(self, service: str) -> Selection:
+        """Raises UnknownServiceError (404) or AllocationError (503); else the ranked instances."""
+        ...
+
+    def report_failure(self, service: str, peer: PeerId) -> None: ...
 
 
 class StreamOpener(Protocol):
@@ -267,7 +283,7 @@ class ClientProxy:
 
     def __init__(
         self,
-        selector: Selector,
+        selector: Chooser,
         network: StreamOpener,
         options: ProxyOptions = ProxyOptions(),
         *,
@@ -326,7 +342,14 @@ class ClientProxy:
         if not service:
             await _send_error(hop, 404, b"no-service", "no service in the path: ask for /SERVICE/PATH")
             return
-        selection = await self.selector.select(service)
+        try:
+            selection = await self.selector.select(service)
+        except UnknownServiceError as e:
+            await _send_error(hop, 404, b"unknown-service", str(e))
+            return
+        except AllocationError as e:
+            await _send_error(hop, 503, b"no-instance", f"no instance of {service}: {e}")
+            return
         if not selection.ranked:
             await _send_error(hop, 503, b"no-instance", f"no instance of {service} could be found")
             return
@@ -345,7 +368,7 @@ class ClientProxy:
                 self.retries += 1
                 log.info("%s: retrying %s on %s", service, request.method.decode(), candidate.peer_id)
             try:
-                await self._attempt(hop, service, candidate.peer_id, outgoing, body)
+                await self._attempt(hop, service, candidate, outgoing, body)
                 return
             except _AttemptFailed as e:
                 failure = e
@@ -354,10 +377,11 @@ class ClientProxy:
         assert failure is not None
         await _send_error(hop, failure.status, failure.kind, failure.reason)
 
-    async def _attempt(self, hop: _Hop, service: str, peer: PeerId, request: h11.Request, body: _Body) -> None:
-        """Forward ``request`` to ``peer``; raises _AttemptFailed before the response head was
+    async def _attempt(self, hop: _Hop, service: str, candidate: Candidate, request: h11.Request, body: _Body) -> None:
+        """Forward ``request`` to ``candidate``; raises _AttemptFailed before the response head was
         forwarded, _Gone after it (or when the client is gone)."""
         opts = self.options
+        peer = candidate.peer_id
         try:
             stream = await self.network.open_stream(peer, PROTOCOL_ID, timeout=opts.stream_timeout)
         except PEER_FAILURES as e:
@@ -398,7 +422,9 @@ class ClientProxy:
                                              f"instance {peer} of {service}: service not accepting connections",
                                              retryable=True)
                     try:
-                        await hop.send(h11.Response(status_code=head.status_code, headers=_forwarded(list(head.headers)),
+                        served_by = f"{peer}; rtt-ms={candidate.rtt_ms:.3f}".encode()
+                        await hop.send(h11.Response(status_code=head.status_code,
+                                                    headers=[*_forwarded(list(head.headers)), (INSTANCE_HEADER, served_by)],
                                                     reason=head.reason))
                     except PEER_FAILURES as e:
                         raise _Gone(f"requester gone: {e}") from e
@@ -563,6 +589,7 @@ class IdleReporter:
 __all__ = [
     "ERROR_HEADER",
     "IDEMPOTENT",
+    "INSTANCE_HEADER",
     "PROTOCOL_ID",
     "ClientProxy",
     "IdleReporter",

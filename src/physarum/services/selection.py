@@ -116,6 +116,15 @@ class Selector:
         self.options = options
         self.on_not_close_enough = on_not_close_enough
         self._cache: dict[str, _Entry] = {}
+        self._limits: dict[str, tuple[float | None, float | None]] = {}
+
+    def set_limits(self, service: str, soft_rtt_ms: float | None, hard_rtt_ms: float | None) -> None:
+        """``service``'s own RTT limits (from its registry entry) instead of the options' defaults."""
+        self._limits[service] = (soft_rtt_ms, hard_rtt_ms)
+
+    def limits(self, service: str) -> tuple[float | None, float | None]:
+        """(soft, hard) in milliseconds for ``service``: its own, else the options'."""
+        return self._limits.get(service, (self.options.soft_rtt_ms, self.options.hard_rtt_ms))
 
     # -- queries --
 
@@ -124,13 +133,15 @@ class Selector:
         entry = self._cache.get(service)
         return dict(entry.rtts) if entry else {}
 
-    def _over_hard(self, rtt: float) -> bool:
-        hard = self.options.hard_rtt_ms
+    def _over_hard(self, service: str, rtt: float) -> bool:
+        hard = self.limits(service)[1]
         return hard is not None and rtt * 1000.0 > hard
 
     def _selection(self, service: str, entry: _Entry) -> Selection:
-        ranked = tuple(sorted(Candidate(rtt, p) for p, rtt in entry.rtts.items() if not self._over_hard(rtt)))
-        soft = self.options.soft_rtt_ms
+        ranked = tuple(
+            sorted(Candidate(rtt, p) for p, rtt in entry.rtts.items() if not self._over_hard(service, rtt))
+        )
+        soft = self.limits(service)[0]
         close = bool(ranked) and (soft is None or ranked[0].rtt_ms <= soft)
         return Selection(service, ranked, close)
 
@@ -156,6 +167,15 @@ class Selector:
         if not selection.close_enough and self.on_not_close_enough is not None:
             self.on_not_close_enough(selection)
         return selection
+
+    async def add_instances(self, service: str, peers: Sequence[PeerId]) -> Selection:
+        """Ping ``peers`` (instances of ``service`` learnt otherwise than from the DHT: an allocator's
+        answer) within one budget, keep those that answered, and return the new selection."""
+        entry = self._cache.get(service)
+        if entry is None:
+            entry = self._cache[service] = _Entry(used_at=trio.current_time())
+        await self._measure(service, entry, list(peers))
+        return self._selection(service, entry)
 
     def report_failure(self, service: str, peer: PeerId) -> None:
         """``peer`` failed a request for ``service``: drop it now (the next lookup may bring it back
@@ -206,7 +226,7 @@ class Selector:
                     nursery.start_soon(one, peer)
         for peer in peers:
             rtt = answers.get(peer)
-            if rtt is None or self._over_hard(rtt):
+            if rtt is None or self._over_hard(service, rtt):
                 if entry.rtts.pop(peer, None) is not None:
                     why = "no answer" if rtt is None else f"{rtt * 1000:.1f} ms over the hard limit"
                     log.info("%s: instance %s evicted (%s)", service, peer, why)

@@ -1,0 +1,177 @@
+"""``physarum allocator``: starts instances of registered services on this machine when client
+proxies ask (PhysarumSM's allocator; see :mod:`physarum.services.allocator` for what differs).
+
+Runtimes: ``process`` (the default; the registry entry's command as a child process) and
+``docker`` (its image, through the Docker Engine API at -docker-host or $DOCKER_HOST; podman's
+``system service`` serves that API too; needs ``pip install 'physarum[docker]'``). Metrics
+(instances, allocations by result, allocation seconds) on -metrics-listen-addr, PhysarumSM's :9101.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import trio
+
+from physarum.cli import flags
+from physarum.cli.flags import NodeOptions, UsageError
+from physarum.cli.node import RunningNode, run_main, run_node, setup_logging
+from physarum.errors import ConfigError
+from physarum.services.allocator import Allocator, AllocatorOptions
+from physarum.services.network import OverlayNetwork
+from physarum.services.registry import RegistryClient
+from physarum.services.runtime import ProcessRuntime, Runtime, StartError
+
+PROG = "physarum allocator"
+LISTEN_DEFAULT = ":0"
+METRICS_DEFAULT = "127.0.0.1:9101"
+RUNTIMES = ("process", "docker")
+
+DESCRIPTION = """\
+Start instances of registered services on this machine when client proxies ask for one nearer
+than they have. Each instance gets a sidecar with its own peer id, is answered for only once it
+accepts connections on $SERVICE_PORT, and is stopped after -idle-timeout without requests."""
+
+EPILOG = """\
+Flags take one dash (Go style) or two. Environment: P2P_PSK, P2P_BOOTSTRAPS, DOCKER_HOST.
+An instance's environment: SERVICE_PORT (listen there, on 127.0.0.1), SERVICE_NAME, P2P_BOOTSTRAPS."""
+
+
+@dataclass
+class AllocatorArgs:
+    node: NodeOptions
+    options: AllocatorOptions
+    runtimes: tuple[str, ...]
+    metrics_host: str
+    metrics_port: int
+    docker_host: str | None
+
+
+def _port_range(text: str) -> tuple[int, int]:
+    lo, sep, hi = text.partition("-")
+    try:
+        low, high = int(lo), int(hi if sep else lo)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LOW-HIGH") from None
+    if not 1 <= low <= high <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: ports are 1-65535, LOW <= HIGH")
+    return low, high
+
+
+def build_parser() -> flags.FlagParser:
+    parser = flags.FlagParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG)
+    flags.add_node_flags(parser, listen_default=LISTEN_DEFAULT, keyfile_default=None)
+    group = parser.add_argument_group("allocator")
+    d = AllocatorOptions()
+    flags.flag(group, "runtime", action="append", choices=RUNTIMES, default=None, metavar="NAME",
+               help="process or docker; repeatable, in order of preference (default: process)")
+    flags.flag(group, "capacity", type=flags.positive_int, default=d.capacity, metavar="N",
+               help=f"instances running at once at most (default {d.capacity})")
+    flags.seconds_flag(group, "idle-timeout", default=d.idle_timeout,
+                       help="stop an instance without requests for this long")
+    flags.seconds_flag(group, "ready-timeout", default=d.ready_timeout,
+                       help="an instance must accept connections within this")
+    flags.flag(group, "port-range", type=_port_range, default=None, metavar="LOW-HIGH",
+               help="ports for instances (default: any free port)")
+    flags.flag(group, "instance-listen", action="append", default=None, metavar="ADDR",
+               help="where instances' sidecars listen, a multiaddr; repeatable (default /ip4/127.0.0.1/tcp/0;"
+                    " use this machine's address for a network of several machines)")
+    flags.flag(group, "metrics-listen-addr", default=METRICS_DEFAULT, metavar="HOST:PORT",
+               help=f"serve /metrics here (default {METRICS_DEFAULT}; port 0: any)")
+    flags.flag(group, "docker-host", default=None, metavar="URL",
+               help="the Docker Engine API of the docker runtime (default $DOCKER_HOST, else the engine's default)")
+    return parser
+
+
+def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> AllocatorArgs:
+    """Raises:
+        UsageError: bad flags or values, unusable key files.
+    """
+    args = build_parser().parse_args(flags.normalize_bool_flags(argv))
+    node = flags.node_options(args, listen_default=LISTEN_DEFAULT, keyfile_default=None, env=env)
+    listen = tuple(args.instance_listen or AllocatorOptions.instance_listen)
+    for a in listen:
+        flags.parse_listen_addr(a, "-instance-listen")
+    runtimes = tuple(dict.fromkeys(args.runtime or ["process"]))
+    options = AllocatorOptions(
+        capacity=args.capacity, idle_timeout=args.idle_timeout, ready_timeout=args.ready_timeout,
+        port_range=args.port_range, runtimes=runtimes,
+        instance_listen=tuple(str(flags.parse_listen_addr(a, "-instance-listen")) for a in listen),
+    )
+    host, port = flags.split_host_port(args.metrics_listen_addr, "-metrics-listen-addr")
+    return AllocatorArgs(node, options, runtimes, host or "127.0.0.1", port, args.docker_host)
+
+
+def make_runtimes(opts: AllocatorArgs) -> dict[str, Runtime]:
+    """Raises:
+        UsageError: the docker runtime is asked for but cannot be set up.
+    """
+    out: dict[str, Runtime] = {}
+    for name in opts.runtimes:
+        if name == "process":
+            out[name] = ProcessRuntime()
+        else:
+            try:
+                from physarum.services.docker_runtime import DockerRuntime
+
+                out[name] = DockerRuntime(opts.docker_host)
+            except (StartError, ConfigError, ImportError) as e:
+                raise UsageError(f"-runtime docker: {e}") from None
+    return out
+
+
+async def run_allocator(
+    opts: AllocatorArgs, *, task_status: trio.TaskStatus[tuple[RunningNode, Allocator, int]] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run the node, the allocator and its metrics until SIGINT/SIGTERM; ``nursery.start`` returns
+    them and the metrics port.
+
+    Raises:
+        UsageError: an address cannot be bound, or a runtime cannot be set up.
+    """
+    from physarum.monitor.http import MetricsServer
+    from physarum.monitor.metrics import node_registry
+
+    runtimes = make_runtimes(opts)
+    async with trio.open_nursery() as nursery:
+
+        async def node_then_stop(task_status: trio.TaskStatus[RunningNode] = trio.TASK_STATUS_IGNORED) -> None:
+            await run_node(opts.node, task_status=task_status)
+            nursery.cancel_scope.cancel()
+
+        running: RunningNode = await nursery.start(node_then_stop)
+        assert running.dht is not None
+        registry = node_registry()
+        network = OverlayNetwork(running.host, running.dht)
+        allocator = Allocator(running.dht, RegistryClient(network), runtimes, opts.options, metrics=registry)
+        allocator.attach(running.host)
+        await nursery.start(allocator.run)
+        server = MetricsServer(registry, host=opts.metrics_host, port=opts.metrics_port)
+        try:
+            await nursery.start(server.run)
+        except OSError as e:
+            raise UsageError(f"cannot serve metrics on {opts.metrics_host}:{opts.metrics_port}: {e.strerror or e}") from None
+        port = server.addresses[0][1]
+        print(f"allocator: runtimes {', '.join(runtimes)}, capacity {opts.options.capacity}, "
+              f"metrics at http://{opts.metrics_host}:{port}/metrics", file=sys.stderr, flush=True)
+        task_status.started((running, allocator, port))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point: ``physarum allocator [flags]`` (and ``bin/allocator``)."""
+    argv = sys.argv[1:] if argv is None else argv
+
+    async def start() -> None:
+        opts = parse_args(argv, os.environ)
+        setup_logging(opts.node.debug)
+        await run_allocator(opts)
+
+    return run_main(PROG, start)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

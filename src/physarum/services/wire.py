@@ -1,0 +1,47 @@
+"""The registry's and the allocator's framing: uvarint-length-prefixed JSON objects, one request
+per stream, answered by one or more messages and the end of the stream."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import trio
+
+from physarum.errors import DecodeError
+from physarum.overlay.streamio import BufferedStream
+from physarum.overlay.varint import encode as varint_encode
+
+#: Largest message either side takes (a signed registry entry in base64 and its JSON wrapping).
+MAX_MESSAGE = 32768
+
+
+def frame(obj: dict[str, Any]) -> bytes:
+    """``obj`` as one message."""
+    data = json.dumps(obj, separators=(",", ":")).encode()
+    return varint_encode(len(data)) + data
+
+
+async def read_message(stream: BufferedStream, max_size: int = MAX_MESSAGE) -> dict[str, Any] | None:
+    """The next message, None at a clean end of the stream.
+
+    Raises:
+        DecodeError: not a JSON object, too large, or cut short; or one of
+            :data:`~physarum.errors.PEER_FAILURES`.
+    """
+    try:
+        data = await stream.receive_length_prefixed(max_size)
+    except trio.BrokenResourceError:
+        if stream.take_buffer():
+            raise DecodeError("message cut short") from None
+        return None
+    try:
+        obj = json.loads(data)
+    except ValueError as e:
+        raise DecodeError(f"message is not JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise DecodeError("message is not a JSON object")
+    return obj
+
+
+__all__ = ["MAX_MESSAGE", "frame", "read_message"]
