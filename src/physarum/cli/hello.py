@@ -57,6 +57,9 @@ class _Handler(socketserver.BaseRequestHandler):
 class _Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog of 5 drops connections when a sidecar opens many at once
+    # (one per request): 100 concurrent clients saw refusals.
+    request_queue_size = 1024
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -28,7 +29,14 @@ from physarum.services.allocator import AllocatorClient
 from physarum.services.discovery import Advertiser
 from physarum.services.network import OverlayNetwork
 from physarum.services.placement import Placement
-from physarum.services.proxy import PROTOCOL_ID, ClientProxy, IdleReporter, ProxyOptions, Sidecar
+from physarum.services.proxy import (
+    PROTOCOL_ID,
+    ClientProxy,
+    IdleReporter,
+    ProxyOptions,
+    Sidecar,
+    sidecar_limits,
+)
 from physarum.services.registry import RegistryClient
 from physarum.services.selection import Selector, SelectorOptions
 
@@ -87,6 +95,7 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Pro
     if len(positional) == 1:
         return ProxyArgs(node, flags.parse_port(positional[0], "PORT"), None, selector=selector)
     if len(positional) == 4:
+        node = dataclasses.replace(node, limits=sidecar_limits(node.limits))
         port, service, where, metrics = positional
         if not service or "/" in service:
             raise UsageError(f"bad SERVICE {service!r}: a name without '/'")

@@ -46,7 +46,7 @@ from physarum.overlay.streamio import BufferedStream
 from physarum.services.discovery import Advertiser, AdvertiserOptions, service_key
 from physarum.services.errors import AllocationError, AtCapacityError, NoAllocatorError
 from physarum.services.proxy import PROTOCOL_ID as SIDECAR_PROTOCOL
-from physarum.services.proxy import ProxyOptions, Sidecar
+from physarum.services.proxy import ProxyOptions, Sidecar, sidecar_limits
 from physarum.services.registry import (
     NoRegistryError,
     RegistryClient,
@@ -323,7 +323,7 @@ class Allocator:
     async def _sidecar(self, service: str, port: int, instance: Instance, runtime: str) -> RunningInstance:
         """A host of its own for the instance: listening, joined through ours, serving the sidecar."""
         assert self._host is not None and self._nursery is not None
-        host = Host(KeyPair.generate(), psk=self._host.psk, listen=())
+        host = Host(KeyPair.generate(), psk=self._host.psk, listen=(), limits=sidecar_limits())
         sidecar = Sidecar("127.0.0.1", port, self.options.proxy)
         host.set_handler(SIDECAR_PROTOCOL, sidecar.handle_stream)
         running = RunningInstance(service, port, instance, host, sidecar, runtime, trio.current_time())

@@ -17,6 +17,7 @@ once more to the next-best instance, if its body (up to ``retry_buffer_bytes``) 
 
 from __future__ import annotations
 
+import dataclasses
 import http
 import logging
 from collections.abc import Awaitable, Callable
@@ -28,6 +29,7 @@ import trio
 
 from physarum.errors import PEER_FAILURES
 from physarum.overlay.identity import PeerId
+from physarum.overlay.resources import ResourceLimits
 from physarum.services.errors import AllocationError
 from physarum.services.registry import UnknownServiceError
 from physarum.services.selection import Candidate, Selection
@@ -77,6 +79,10 @@ class ProxyOptions:
     """The sidecar's connection to the service may take this long."""
     retry_buffer_bytes: int = 1 << 20
     """An idempotent request's body is kept up to this size so it can be retried."""
+    max_streams_per_instance: int = 128
+    """Requests in flight to one instance at once (one stream each); more wait for a slot. A
+    sidecar resets streams over its host's limit for the protocol (:func:`sidecar_limits`: 128;
+    the host default for other protocols is 32), which would fail requests instead of queueing them."""
 
 
 class Chooser(Protocol):
@@ -297,6 +303,7 @@ class ClientProxy:
         self.port = port
         self.requests = 0
         self.retries = 0
+        self._slots: dict[PeerId, trio.Semaphore] = {}
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen and serve until cancelled; ``nursery.start`` returns the bound port.
@@ -378,8 +385,22 @@ class ClientProxy:
         await _send_error(hop, failure.status, failure.kind, failure.reason)
 
     async def _attempt(self, hop: _Hop, service: str, candidate: Candidate, request: h11.Request, body: _Body) -> None:
-        """Forward ``request`` to ``candidate``; raises _AttemptFailed before the response head was
-        forwarded, _Gone after it (or when the client is gone)."""
+        """Forward ``request`` to ``candidate`` once one of its ``max_streams_per_instance`` slots is
+        free; raises _AttemptFailed before the response head was forwarded, _Gone after it (or when
+        the client is gone)."""
+        peer = candidate.peer_id
+        slots = self._slots.get(peer)
+        if slots is None:
+            slots = self._slots[peer] = trio.Semaphore(self.options.max_streams_per_instance)
+        try:
+            async with slots:
+                await self._attempt_now(hop, service, candidate, request, body)
+        finally:
+            if slots.value == self.options.max_streams_per_instance and self._slots.get(peer) is slots:
+                del self._slots[peer]  # idle: instances come and go, the map must not grow with them
+
+    async def _attempt_now(self, hop: _Hop, service: str, candidate: Candidate, request: h11.Request,
+                           body: _Body) -> None:
         opts = self.options
         peer = candidate.peer_id
         try:
@@ -443,6 +464,19 @@ class ClientProxy:
             await stream.aclose()
         if failed is not None:
             raise failed
+
+
+#: Inbound ``/LCAManagerRequest/1.0`` streams one client proxy may hold open on a sidecar's host at
+#: once (the host's default for a protocol is 32): one client proxy carries many users' requests.
+SIDECAR_STREAM_LIMIT = 128
+
+
+def sidecar_limits(limits: ResourceLimits | None = None) -> ResourceLimits:
+    """``limits`` (default: the host's defaults) with :data:`SIDECAR_STREAM_LIMIT` for the sidecar's protocol."""
+    limits = limits or ResourceLimits()
+    return dataclasses.replace(
+        limits, protocol_stream_limits={**limits.protocol_stream_limits, PROTOCOL_ID: SIDECAR_STREAM_LIMIT}
+    )
 
 
 class Sidecar:
@@ -591,10 +625,12 @@ __all__ = [
     "IDEMPOTENT",
     "INSTANCE_HEADER",
     "PROTOCOL_ID",
+    "SIDECAR_STREAM_LIMIT",
     "ClientProxy",
     "IdleReporter",
     "ProxyOptions",
     "Sidecar",
     "StreamOpener",
+    "sidecar_limits",
     "split_target",
 ]
