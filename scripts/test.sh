@@ -34,6 +34,10 @@ bash tests/interop/rust/setup.sh
 # A real Prometheus (and promtool) for the scrape tests: Debian's package.
 bash scripts/prometheus-setup.sh
 
+# podman serving the Docker Engine API, and the busybox test image, for the allocator's docker
+# runtime (Debian's podman, runc, catatonit and busybox-static; built once).
+bash tests/containers/setup.sh
+
 .venv/bin/python -m ruff check src tests bench
 .venv/bin/python -m mypy
 .venv/bin/python -m pytest -q "$@"

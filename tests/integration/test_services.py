@@ -166,6 +166,7 @@ async def test_concurrent_first_requests_share_one_allocation(tmp_path: Path) ->
 
 
 async def test_unknown_service_and_instances_that_cannot_start(tmp_path: Path) -> None:
+    before = {c.pid for c in psutil.Process().children(recursive=True)}  # other tests' (podman)
     async with services(tmp_path, AllocatorOptions(ready_timeout=3.0)) as s:
         assert await (await Client.open(s.port)).request("GET", "/nope/") == (
             404, b"no service named 'nope' in the registry\n")
@@ -183,8 +184,8 @@ async def test_unknown_service_and_instances_that_cannot_start(tmp_path: Path) -
         assert trio.current_time() - t0 < 6
         assert s.allocator.instances == {}
         assert s.allocator.allocations == {"start-failed": 2, "not-ready": 1}
-        children = psutil.Process().children(recursive=True)
-        await wait_until(lambda: all(_pid_gone(c.pid) for c in children), timeout=10, what="children gone")
+        ours = [c for c in psutil.Process().children(recursive=True) if c.pid not in before]
+        await wait_until(lambda: all(_pid_gone(c.pid) for c in ours), timeout=10, what="its children gone")
 
 
 async def test_no_free_port_is_refused_with_the_reason(tmp_path: Path) -> None:

@@ -44,6 +44,8 @@ class _Handler(socketserver.BaseRequestHandler):
                     if event.method != b"HEAD":
                         out += conn.send(h11.Data(data=body)) or b""
                     sock.sendall(out + (conn.send(h11.EndOfMessage()) or b""))
+                elif isinstance(event, h11.Data):
+                    continue  # a request body (already answered 405): read and dropped to keep the connection
                 elif isinstance(event, h11.EndOfMessage):
                     if conn.our_state is not h11.DONE:
                         return

@@ -871,6 +871,23 @@ class Host:
             conn = await self.connect(peer, timeout=timeout)
             return await conn.open_stream(protocols)
 
+    async def new_lazy_stream(
+        self, peer: PeerId | str | Multiaddr, protocol: str, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> multistream.LazyStream:
+        """Open a stream to ``peer`` proposing ``protocol`` without waiting for the answer (see
+        :class:`~physarum.overlay.multistream.LazyStream`): the proposal goes out with the first
+        data, and the first receive raises NegotiationError if the peer refused it. For a
+        request-response protocol this saves the round trip :meth:`new_stream` waits for.
+
+        Raises:
+            see :meth:`new_stream` (NegotiationError only later, from a receive).
+        """
+        with trio.fail_after(timeout):
+            conn = await self.connect(peer, timeout=timeout)
+            stream = await conn.session.open_stream()
+        stream.protocol = protocol
+        return multistream.LazyStream(stream, protocol)
+
     # -- ping --
 
     async def ping(

@@ -8,6 +8,9 @@ listener's side) run the exchange over a :class:`BufferedStream`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Protocol, runtime_checkable
+
+import trio
 
 from physarum.errors import (
     ConfigError,
@@ -118,19 +121,118 @@ async def handle(
         DecodeError: garbage from the dialer.
         trio.BrokenResourceError: the stream broke (also when the dialer gives up and closes).
     """
-    if not greeted:
-        await stream.send_all(encode(PROTOCOL_ID))
+    # Our header goes out at once unless the dialer's header and proposal are already here (a
+    # dialer that proposes without waiting, as every libp2p does): then it leaves with the answer,
+    # one write instead of two.
+    header = b"" if greeted else encode(PROTOCOL_ID)
+    if header and not stream.has_buffered():
+        await stream.send_all(header)
+        header = b""
     await _read_header(stream)
     while True:
         proposal = await _read(stream)
         if proposal == LS:
             body = b"".join(encode(p) for p in listing()) + b"\n"
-            await stream.send_all(varint.encode(len(body)) + body)
+            answer = varint.encode(len(body)) + body
         elif supports(proposal):
-            await stream.send_all(encode(proposal))
+            await stream.send_all(header + encode(proposal))
             return proposal
         else:
-            await stream.send_all(encode(NA))
+            answer = encode(NA)
+        await stream.send_all(header + answer)
+        header = b""
 
 
-__all__ = ["LS", "MAX_MESSAGE", "NA", "PROTOCOL_ID", "IncompleteError", "decode", "encode", "handle", "select"]
+@runtime_checkable
+class Unreading(Protocol):
+    """A stream that can take back bytes read ahead (a yamux stream)."""
+
+    def unread(self, data: bytes) -> None: ...
+
+
+class LazyStream(trio.abc.HalfCloseableStream):
+    """A stream whose single protocol is proposed but not yet confirmed: multistream-select's lazy
+    dialer (go-libp2p's for one protocol). The header and proposal go out with the first data
+    sent, and the first receive reads and checks the listener's answer before any data, so a
+    request-response protocol costs no round trip for negotiation.
+
+    Receiving raises NegotiationError when the listener refused the protocol (it then reads our
+    data as garbage proposals and closes), DecodeError when it sent garbage.
+    """
+
+    def __init__(self, transport_stream: trio.abc.HalfCloseableStream, protocol: str) -> None:
+        self.transport_stream = transport_stream
+        self.protocol = protocol
+        self._proposal: bytes | None = encode(PROTOCOL_ID) + encode(protocol)
+        self._confirmed = False
+        # A receive may have to send the proposal while a task sends: only until it is out.
+        self._proposing = trio.Lock()
+
+    async def _flush_proposal(self, data: bytes | bytearray | memoryview = b"") -> None:
+        # acquire_nowait when free: an await here would let the yamux session flush the stream's
+        # SYN on its own before the proposal, two frames instead of one.
+        if self._proposing.locked():
+            await self._proposing.acquire()
+        else:
+            self._proposing.acquire_nowait()
+        try:
+            proposal = self._proposal
+            if proposal is not None:
+                await self.transport_stream.send_all(proposal + bytes(data))
+                self._proposal = None
+                return
+        finally:
+            self._proposing.release()
+        if data:
+            await self.transport_stream.send_all(data)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._proposal is not None or self._proposing.locked():
+            await self._flush_proposal(data)
+        else:
+            await self.transport_stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport_stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        if self._proposal is not None or self._proposing.locked():
+            await self._flush_proposal()
+        await self.transport_stream.send_eof()
+
+    async def _confirm(self) -> None:
+        if self._proposal is not None:
+            await self._flush_proposal()
+        buffered = BufferedStream(self.transport_stream)
+        await _read_header(buffered)
+        answer = await _read(buffered)
+        if answer != self.protocol:
+            raise NegotiationError(f"listener answered {answer[:64]!r} to {self.protocol!r}")
+        rest = buffered.take_buffer()
+        if rest:
+            if not isinstance(self.transport_stream, Unreading):
+                raise ConfigError("a lazy stream needs a transport stream with unread()")
+            self.transport_stream.unread(rest)
+        self._confirmed = True
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if not self._confirmed:
+            await self._confirm()
+        return await self.transport_stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.transport_stream.aclose()
+
+
+__all__ = [
+    "LS",
+    "MAX_MESSAGE",
+    "NA",
+    "PROTOCOL_ID",
+    "IncompleteError",
+    "LazyStream",
+    "decode",
+    "encode",
+    "handle",
+    "select",
+]

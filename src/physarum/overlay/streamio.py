@@ -105,6 +105,11 @@ class BufferedStream(trio.abc.HalfCloseableStream):
         del self._buf[:pos]
         return await self.receive_exactly(length)
 
+    def has_buffered(self) -> bool:
+        """Whether bytes are here to read without waiting (read ahead, or in a transport stream
+        that says so through a ``buffered`` attribute, as a yamux stream does)."""
+        return bool(self._buf) or bool(getattr(self.transport_stream, "buffered", 0))
+
     def take_buffer(self) -> bytes:
         """Remove and return whatever has been read ahead."""
         out = bytes(self._buf)

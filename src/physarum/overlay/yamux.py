@@ -148,6 +148,11 @@ class YamuxStream(trio.abc.HalfCloseableStream):
         Protocols reserve what they buffer for a peer from it (see :mod:`physarum.dht.framing`)."""
         return self.session.memory
 
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not read yet."""
+        return sum(map(len, self._buf))
+
     def __repr__(self) -> str:
         return f"<YamuxStream {self.stream_id} {self.protocol or ''} peer={self.session.peer_id}>"
 

@@ -53,12 +53,14 @@ class OverlayNetwork:
         return min(await self.host.ping(peer, count=2, timeout=timeout))
 
     async def open_stream(self, peer: PeerId, protocol: str, *, timeout: float) -> trio.abc.HalfCloseableStream:
-        """A new stream to ``peer`` speaking ``protocol``.
+        """A new stream to ``peer`` proposing ``protocol`` lazily (:meth:`Host.new_lazy_stream`):
+        the proxy, the registry and the allocator each send a request first, so the negotiation's
+        round trip is saved; a refusal surfaces as NegotiationError on the first receive.
 
         Raises:
             see :meth:`Host.new_stream`.
         """
-        return await self.host.new_stream(peer, [protocol], timeout=timeout)
+        return await self.host.new_lazy_stream(peer, protocol, timeout=timeout)
 
 
 __all__ = ["OverlayNetwork"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import http
 import logging
+import select
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -79,6 +80,10 @@ class ProxyOptions:
     """The sidecar's connection to the service may take this long."""
     retry_buffer_bytes: int = 1 << 20
     """An idempotent request's body is kept up to this size so it can be retried."""
+    upstream_max_idle: int = 16
+    """A sidecar keeps up to this many idle keep-alive connections to its service..."""
+    upstream_idle_timeout: float = 15.0
+    """...each for at most this long (under the usual server keep-alive timeouts)."""
     max_streams_per_instance: int = 128
     """Requests in flight to one instance at once (one stream each); more wait for a slot. A
     sidecar resets streams over its host's limit for the protocol (:func:`sidecar_limits`: 128;
@@ -120,19 +125,34 @@ class _Hop:
         self.conn = h11.Connection(role, max_incomplete_event_size=opts.max_header_bytes)
         self.stream = stream
         self.chunk_size = opts.chunk_size
+        self._held = b""
 
-    async def next_event(self, timeout: float) -> h11.Event | type[h11.PAUSED]:
-        """The next event; raises h11.RemoteProtocolError, trio.TooSlowError, or one of PEER_FAILURES."""
+    async def next_event(self, timeout: float, *, flush: _Hop | None = None) -> h11.Event | type[h11.PAUSED]:
+        """The next event; before waiting for more data, ``flush``'s held bytes go out. Raises
+        h11.RemoteProtocolError, trio.TooSlowError, or one of PEER_FAILURES."""
         while True:
             event = self.conn.next_event()
             if event is not h11.NEED_DATA:
                 return event  # type: ignore[return-value]
+            if flush is not None:
+                await flush.flush()
             with trio.fail_after(timeout):
                 data = await self.stream.receive_some(self.chunk_size)
             self.conn.receive_data(bytes(data))
 
+    def hold(self, event: h11.Event) -> None:
+        """Encode ``event`` but send it with the next :meth:`send` or :meth:`flush`: a response
+        head and a body that is already there then leave in one write (one overlay frame)."""
+        self._held += self.conn.send(event) or b""
+
+    async def flush(self) -> None:
+        if self._held:
+            data, self._held = self._held, b""
+            await self.stream.send_all(data)
+
     async def send(self, event: h11.Event) -> None:
-        data = self.conn.send(event)
+        data = self._held + (self.conn.send(event) or b"")
+        self._held = b""
         if data:
             await self.stream.send_all(data)
 
@@ -238,7 +258,7 @@ async def _relay_response(src: _Hop, dst: _Hop, timeout: float) -> None:
     side fails (the client's connection must then be closed: its response is cut short)."""
     while True:
         try:
-            event = await src.next_event(timeout)
+            event = await src.next_event(timeout, flush=dst)
         except _HOP_FAILURES as e:
             raise _Gone(f"response cut short: {e}") from e
         try:
@@ -412,18 +432,24 @@ class ClientProxy:
         replay = list(body.kept)
         failed: _AttemptFailed | None = None
         try:
+            # The head first, before anything reads: with a lazy stream the protocol proposal and
+            # the head then leave in one frame. No EOF after the body: the sidecar knows where the
+            # request ends (h11), and the stream is closed after the response.
+            try:
+                await up.send(request)
+            except _SEND_FAILURES as e:
+                raise _AttemptFailed(502, b"instance-unreachable",
+                                     f"instance {peer} of {service} unreachable: {e}", retryable=True) from e
             async with trio.open_nursery() as nursery:
                 async def upload() -> None:
                     try:
-                        await up.send(request)
                         await _upload(body, up, replay, opts.request_timeout)
-                        if isinstance(stream, trio.abc.HalfCloseableStream):
-                            await stream.send_eof()
                     except _Gone:
                         raise
                     except _SEND_FAILURES as e:
                         # The instance stopped reading; its response (if any) still decides.
                         log.debug("request to %s cut short: %s", peer, e)
+
 
                 nursery.start_soon(upload)
                 # _AttemptFailed is caught inside the nursery: out of it, trio would wrap it in a group.
@@ -444,9 +470,9 @@ class ClientProxy:
                                              retryable=True)
                     try:
                         served_by = f"{peer}; rtt-ms={candidate.rtt_ms:.3f}".encode()
-                        await hop.send(h11.Response(status_code=head.status_code,
-                                                    headers=[*_forwarded(list(head.headers)), (INSTANCE_HEADER, served_by)],
-                                                    reason=head.reason))
+                        hop.hold(h11.Response(status_code=head.status_code,
+                                              headers=[*_forwarded(list(head.headers)), (INSTANCE_HEADER, served_by)],
+                                              reason=head.reason))
                     except PEER_FAILURES as e:
                         raise _Gone(f"requester gone: {e}") from e
                     await _relay_response(up, hop, opts.response_timeout)
@@ -500,10 +526,46 @@ class Sidecar:
         self.options = options
         self._connect = connect or self._connect_tcp
         self.requests = 0
+        self.connections = 0
+        """Connections made to the service (the others were reused)."""
         self.last_request: float | None = None
+        self._idle: list[tuple[_Hop, float]] = []
 
     async def _connect_tcp(self) -> trio.abc.Stream:
         return await trio.open_tcp_stream(self.service_host, self.service_port)
+
+    # -- keep-alive connections to the service --
+
+    async def _upstream(self) -> tuple[_Hop, bool]:
+        """An idle connection to the service that is still open, else a new one; and whether it
+        was reused. Raises OSError or trio.TooSlowError."""
+        now = trio.current_time()
+        while self._idle:
+            hop, since = self._idle.pop()
+            if now - since < self.options.upstream_idle_timeout and not _closed_by_peer(hop.stream):
+                return hop, True
+            await hop.stream.aclose()
+        with trio.fail_after(self.options.connect_timeout):
+            stream = await self._connect()
+        self.connections += 1
+        return _Hop(h11.CLIENT, stream, self.options), False
+
+    async def _release(self, hop: _Hop) -> None:
+        """Keep ``hop`` for the next request if its exchange completed and both sides keep it
+        alive; close it otherwise."""
+        conn = hop.conn
+        if (conn.our_state is h11.DONE and conn.their_state is h11.DONE
+                and len(self._idle) < self.options.upstream_max_idle):
+            conn.start_next_cycle()
+            self._idle.append((hop, trio.current_time()))
+        else:
+            await hop.stream.aclose()
+
+    async def aclose(self) -> None:
+        """Close the idle connections to the service."""
+        idle, self._idle = self._idle, []
+        for hop, _ in idle:
+            await hop.stream.aclose()
 
     async def handle_stream(self, stream: trio.abc.Stream) -> None:
         """Serve one request from a client proxy (the host closes the stream afterwards)."""
@@ -521,45 +583,83 @@ class Sidecar:
         self.requests += 1
         self.last_request = trio.current_time()
         where = f"{self.service_host}:{self.service_port}"
-        try:
-            with trio.fail_after(opts.connect_timeout):
-                service = await self._connect()
-        except (OSError, trio.TooSlowError) as e:
-            await _send_error(down, 502, UPSTREAM_UNREACHABLE, f"service at {where} not reachable: {e}")
-            return
-        up = _Hop(h11.CLIENT, service, opts)
-        try:
-            async with trio.open_nursery() as nursery:
+        headers = dict(event.headers)
+        bodiless = headers.get(b"content-length", b"0") == b"0" and b"transfer-encoding" not in headers
+        request = h11.Request(method=event.method, target=event.target, headers=_forwarded(list(event.headers)))
+        while True:
+            try:
+                up, reused = await self._upstream()
+            except (OSError, trio.TooSlowError) as e:
+                await _send_error(down, 502, UPSTREAM_UNREACHABLE, f"service at {where} not reachable: {e}")
+                return
+            try:
+                again = await self._exchange(down, up, request, where, retry=reused and bodiless)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await up.stream.aclose()
+                raise
+            if not again:
+                await self._release(up)
+                return
+            # The service had closed the idle connection we took (a keep-alive timeout): the
+            # request had no body, so it is sent again on a new connection.
+            await up.stream.aclose()
 
-                async def upload() -> None:
-                    try:
-                        await up.send(h11.Request(method=event.method, target=event.target,
-                                                  headers=_forwarded(list(event.headers))))
-                        await _upload(down, up, [], opts.request_timeout)
-                    except _GONE_ALL as e:
-                        log.debug("request to %s cut short: %s", where, e)
+    async def _exchange(self, down: _Hop, up: _Hop, request: h11.Request, where: str, *, retry: bool) -> bool:
+        """One request and its response between the client proxy's stream and the service; True
+        when it should be sent again on a new connection (``retry`` and the service closed the
+        connection before answering)."""
+        opts = self.options
+        async with trio.open_nursery() as nursery:
 
-                nursery.start_soon(upload)
+            async def upload() -> None:
                 try:
-                    try:
-                        head = await _read_response_head(up, opts.response_timeout)
-                    except trio.TooSlowError:
-                        await _send_error(down, 504, b"upstream-timeout",
-                                          f"service at {where} did not answer within {opts.response_timeout:g} s")
-                        return
-                    except _GONE_HOP as e:
-                        await _send_error(down, 502, b"upstream-failed", f"service at {where} failed: {e}")
-                        return
-                    try:
-                        await down.send(h11.Response(status_code=head.status_code,
-                                                     headers=_forwarded(list(head.headers)), reason=head.reason))
-                        await _relay_response(up, down, opts.response_timeout)
-                    except _GONE_PEER as e:
-                        log.debug("response from %s cut short: %s", where, e)
-                finally:
-                    nursery.cancel_scope.cancel()  # the response is over: so is the request
-        finally:
-            await service.aclose()
+                    await _upload(down, up, [], opts.request_timeout)
+                except _GONE_ALL as e:
+                    log.debug("request to %s cut short: %s", where, e)
+
+            try:
+                await up.send(request)
+            except _SEND_FAILURES as e:
+                if retry:
+                    return True
+                await _send_error(down, 502, b"upstream-failed", f"service at {where} failed: {e}")
+                return False
+            nursery.start_soon(upload)
+            try:
+                try:
+                    head = await _read_response_head(up, opts.response_timeout)
+                except trio.TooSlowError:
+                    await _send_error(down, 504, b"upstream-timeout",
+                                      f"service at {where} did not answer within {opts.response_timeout:g} s")
+                    return False
+                except _GONE_HOP as e:
+                    if retry:
+                        return True
+                    await _send_error(down, 502, b"upstream-failed", f"service at {where} failed: {e}")
+                    return False
+                try:
+                    down.hold(h11.Response(status_code=head.status_code,
+                                           headers=_forwarded(list(head.headers)), reason=head.reason))
+                    await _relay_response(up, down, opts.response_timeout)
+                except _GONE_PEER as e:
+                    log.debug("response from %s cut short: %s", where, e)
+            finally:
+                nursery.cancel_scope.cancel()  # the response is over: so is the request
+        return False
+
+
+def _closed_by_peer(stream: trio.abc.Stream) -> bool:
+    """Whether an idle connection became readable (the peer closed it, or sent what it should
+    not have): either way it cannot carry another request. Streams without a socket are trusted."""
+    sock = getattr(stream, "socket", None)
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 class _Listening(Protocol):

@@ -230,12 +230,19 @@ class Entry:
 
 
 def seal_entry(key_pair: KeyPair, name: str, info: ServiceInfo | None, seq: int | None = None) -> Entry:
-    """Sign ``info`` (None: a delete of ``name``) with ``seq`` (default: the clock in ns)."""
+    """Sign ``info`` (None: a delete of ``name``) with ``seq`` (default: the clock in ns).
+
+    Raises:
+        ConfigError: a bad name, a name other than the service's, or a seq outside 1..2**63-1
+            (what :func:`open_entry` would refuse).
+    """
     if info is not None and info.name != name:
         raise ConfigError(f"entry name {name!r} differs from the service's {info.name!r}")
     if not NAME_RE.fullmatch(name):
         raise ConfigError(f"bad service name {name!r}")
     seq = time.time_ns() if seq is None else seq
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 0 < seq < 2**63:
+        raise ConfigError(f"bad seq {seq!r}: a whole number from 1 to 2**63-1")
     payload = json.dumps(
         {"name": name, "seq": seq, "service": info.to_dict() if info else None}, separators=(",", ":"), sort_keys=True
     ).encode()
@@ -264,7 +271,7 @@ def open_entry(data: bytes) -> Entry:
         info = None if service is None else ServiceInfo.from_dict(service)
         if info is not None and info.name != name:
             raise ConfigError(f"entry name {name!r} differs from the service's {info.name!r}")
-    except (ValueError, ConfigError) as e:  # json's errors are ValueErrors
+    except (ValueError, RecursionError, ConfigError) as e:  # json's errors are ValueErrors
         raise MalformedEntryError(f"entry: {e}") from e
     return Entry(name, seq, env.signer, info, data)
 
@@ -290,7 +297,7 @@ class RegistryStore:
         self._stored_at: dict[str, float] = {}
         for name, stored_at, envelope in self._db.execute("SELECT name, stored_at, envelope FROM entries"):
             try:
-                entry = open_entry(bytes(envelope))
+                entry = open_entry(envelope if isinstance(envelope, bytes) else b"")  # a TEXT or number cell: corrupt
             except MalformedEntryError as e:
                 log.warning("registry database %s: dropping entry %r: %s", path, name, e)
                 self._db.execute("DELETE FROM entries WHERE name = ?", (name,))

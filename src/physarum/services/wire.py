@@ -8,7 +8,8 @@ from typing import Any
 
 import trio
 
-from physarum.errors import DecodeError
+from physarum.errors import DecodeError, IncompleteError
+from physarum.overlay import varint
 from physarum.overlay.streamio import BufferedStream
 from physarum.overlay.varint import encode as varint_encode
 
@@ -29,15 +30,27 @@ async def read_message(stream: BufferedStream, max_size: int = MAX_MESSAGE) -> d
         DecodeError: not a JSON object, too large, or cut short; or one of
             :data:`~physarum.errors.PEER_FAILURES`.
     """
+    # The length prefix is read a byte at a time so that an end of stream after it (a message cut
+    # short, even when its prefix was already read ahead) is told apart from one between messages.
+    prefix = b""
     try:
-        data = await stream.receive_length_prefixed(max_size)
+        while True:
+            prefix += await stream.receive_exactly(1)
+            try:
+                length = varint.decode(prefix)[0]
+                break
+            except IncompleteError:
+                continue
+        if length > max_size:
+            raise DecodeError(f"message of {length} bytes exceeds the limit of {max_size}")
+        data = await stream.receive_exactly(length)
     except trio.BrokenResourceError:
-        if stream.take_buffer():
+        if prefix:
             raise DecodeError("message cut short") from None
         return None
     try:
         obj = json.loads(data)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: nested deeper than the parser goes
         raise DecodeError(f"message is not JSON: {e}") from None
     if not isinstance(obj, dict):
         raise DecodeError("message is not a JSON object")
