@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import trio
 
 from physarum.cli import allocator as cli
 from physarum.cli.flags import UsageError
 from physarum.overlay.identity import KeyPair
 from physarum.overlay.multiaddr import Multiaddr
 from physarum.services.allocator import AllocatorOptions
+from physarum.services.docker_runtime import DockerRuntime
 
 BOOT = f"/ip4/127.0.0.1/tcp/4001/p2p/{KeyPair.generate().peer_id}"
 
@@ -128,3 +130,70 @@ def test_help_names_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
                  "-metrics-listen-addr", "-docker-host", "-bootstrap", "-psk"):
         assert flag in text, flag
     assert "(default 16)" in text and "(default 60)" in text and "default 127.0.0.1:9101" in text
+
+
+def test_metrics_on_every_interface_with_an_empty_host() -> None:
+    # as ping-monitor's -prom-listen-addr :9100; the default stays on loopback
+    opts = cli.parse_args(["-metrics-listen-addr", ":9101"], {})
+    assert (opts.metrics_host, opts.metrics_port) == (None, 9101)
+    assert cli.parse_args(["-metrics-listen-addr", "9102"], {}).metrics_host is None
+    assert cli.parse_args([], {}).metrics_host == "127.0.0.1"
+    # the printed URL can be fetched on this machine whatever was bound
+    assert cli.metrics_url([("0.0.0.0", 9101), ("::", 9101)]) == "http://127.0.0.1:9101/metrics"
+    assert cli.metrics_url([("::", 9101)]) == "http://[::1]:9101/metrics"
+    assert cli.metrics_url([("::1", 9200)]) == "http://[::1]:9200/metrics"
+    assert cli.metrics_url([("10.0.0.5", 9101)]) == "http://10.0.0.5:9101/metrics"
+
+
+async def _get_metrics(host: str, port: int) -> bytes:
+    stream = await trio.open_tcp_stream(host, port)
+    async with stream:
+        await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    return data
+
+
+async def test_metrics_served_on_every_interface(capsys: pytest.CaptureFixture[str]) -> None:
+    opts = cli.parse_args(["-p2p-listen-addr", "127.0.0.1:0", "-metrics-listen-addr", ":0"], {})
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            _, _, port = await nursery.start(cli.run_allocator, opts)
+            err = capsys.readouterr().err
+            assert f"metrics at http://127.0.0.1:{port}/metrics (every interface)" in err, err
+            # 127.0.0.2 answers only when the wildcard address is bound (a 127.0.0.1 bind refuses it)
+            for host in ("127.0.0.1", "127.0.0.2"):
+                answer = await _get_metrics(host, port)
+                assert answer.startswith(b"HTTP/1.1 200 ") and b"physarum_allocator_instances 0.0" in answer
+            nursery.cancel_scope.cancel()
+
+
+async def test_metrics_on_loopback_refuse_other_addresses(capsys: pytest.CaptureFixture[str]) -> None:
+    opts = cli.parse_args(["-p2p-listen-addr", "127.0.0.1:0", "-metrics-listen-addr", "127.0.0.1:0"], {})
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            _, _, port = await nursery.start(cli.run_allocator, opts)
+            err = capsys.readouterr().err
+            assert f"metrics at http://127.0.0.1:{port}/metrics\n" in err, err
+            assert (await _get_metrics("127.0.0.1", port)).startswith(b"HTTP/1.1 200 ")
+            with pytest.raises(OSError):
+                await _get_metrics("127.0.0.2", port)
+            nursery.cancel_scope.cancel()
+
+
+def test_docker_owner_flag() -> None:
+    assert cli.parse_args([], {}).docker_owner == cli.DOCKER_OWNER_DEFAULT == "physarum"
+    opts = cli.parse_args(["-runtime", "docker", "-docker-owner", "edge-2", "-docker-host", "unix:///x.sock"], {})
+    assert opts.docker_owner == "edge-2"
+    runtime = cli.make_runtimes(opts)["docker"]
+    assert isinstance(runtime, DockerRuntime)
+    assert runtime.options.owner == "edge-2" and runtime.url == "unix:///x.sock"
+    assert "-docker-owner must not be empty" in usage_error(["-docker-owner", " "])
+
+
+def test_help_documents_the_docker_owner(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.parse_args(["-help"], {})
+    text = " ".join(capsys.readouterr().out.split())
+    assert "-docker-owner NAME" in text and "allocators sharing an engine need distinct owners (default physarum)" in text

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from physarum.cli import bootstrap, peer, ping_monitor
+from physarum.cli import allocator, bootstrap, peer, ping_monitor
 from physarum.cli.flags import (
     NodeOptions,
     UsageError,
@@ -432,3 +432,21 @@ def test_peer_ping_takes_a_peer_id() -> None:
         peer.parse_args(["ping", PEER_ID], {})
     args, _ = peer.parse_args(["ping", BOOT1], {})
     assert args.peer_id is None and str(args.target) == BOOT1
+
+
+def test_single_dash_prefixes_are_not_abbreviations() -> None:
+    # argparse 3.11 matched "-port" to "-port-range" despite allow_abbrev=False
+    with pytest.raises(UsageError, match=r"^unrecognized arguments: -port 80 \(see physarum allocator -help\)$"):
+        allocator.parse_args(["-port", "80"], {})
+    with pytest.raises(UsageError, match="unrecognized arguments: -dht-query 7"):
+        peer.parse_args(["ping", BOOT1, "-dht-query", "7"], {})
+    with pytest.raises(UsageError, match="unrecognized arguments: -dht-query=7"):
+        peer.parse_args(["-dht-query=7", "ping", BOOT1], {})
+    with pytest.raises(UsageError, match="unrecognized arguments: --dht-query 7"):
+        bootstrap.parse_args(["-ephemeral", "--dht-query", "7"], {})
+    # ambiguous prefixes are unknown too, not "ambiguous option"
+    with pytest.raises(UsageError, match="unrecognized arguments: -conn 7"):
+        pm("-ephemeral", "-conn", "7")
+    # whole names still work in every spelling
+    assert peer.parse_args(["ping", BOOT1, "-dht-query-timeout", "7"], {})[1].dht_query_timeout == 7
+    assert allocator.parse_args(["-port-range=80"], {}).options.port_range == (80, 80)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +40,7 @@ from physarum.services.registry import (
     RegistryStore,
     ServiceInfo,
 )
-from physarum.services.runtime import ProcessRuntime
+from physarum.services.runtime import ProcessRuntime, Runtime
 from tests.integration._http import Client, delaying_relay, http_service
 from tests.integration._util import wait_until
 
@@ -66,7 +66,9 @@ class Services:
 
 
 @asynccontextmanager
-async def services(tmp_path: Path, options: AllocatorOptions | None = None) -> AsyncIterator[Services]:
+async def services(tmp_path: Path, options: AllocatorOptions | None = None,
+                   runtimes: Mapping[str, Runtime] | None = None) -> AsyncIterator[Services]:
+    """``runtimes``: the allocator's (default: the process runtime)."""
     options = options or AllocatorOptions()
     psk = generate_psk()
     async with open_host(psk=psk) as boot_host, trio.open_nursery() as nursery:
@@ -85,7 +87,7 @@ async def services(tmp_path: Path, options: AllocatorOptions | None = None) -> A
             alloc_dht = KadDHT.for_host(alloc_host, bootstrap=[boot])
             await nursery.start(alloc_dht.run)
             allocator = Allocator(alloc_dht, RegistryClient(OverlayNetwork(alloc_host, alloc_dht)),
-                                  {"process": ProcessRuntime()}, options)
+                                  runtimes or {"process": ProcessRuntime()}, options)
             allocator.attach(alloc_host)
             await nursery.start(allocator.run)
 
@@ -291,6 +293,26 @@ async def test_killed_instance_is_dropped_and_replaced(tmp_path: Path) -> None:
         assert await (await Client.open(s.port)).request("GET", "/hello-world/") == (200, b"Hello, world\n")
         assert s.allocator.instances["hello-world"] is not first
         assert s.allocator.allocations == {"started": 2}
+
+
+async def test_instance_killed_mid_run_requests_keep_succeeding(tmp_path: Path) -> None:
+    # The client still has the dead instance cached: the request fails there, is retried, and the
+    # retry finds no other instance, so placement allocates a new one (the allocator notices the
+    # exit before its cull does).
+    async with services(tmp_path, AllocatorOptions(cull_interval=60)) as s:
+        await s.add("hello-world")
+        client = await Client.open(s.port)
+        assert await client.request("GET", "/hello-world/") == (200, b"Hello, world\n")
+        first = s.allocator.instances["hello-world"]
+        pid = _pid(s.allocator, "hello-world")
+        os.kill(pid, 9)
+        await wait_until(lambda: _pid_gone(pid), timeout=5, what="the instance died")
+        assert first.host.peer_id in s.selector.cached("hello-world")
+        for _ in range(3):
+            assert await (await Client.open(s.port)).request("GET", "/hello-world/") == (200, b"Hello, world\n")
+        assert s.allocator.allocations["started"] == 2
+        assert s.allocator.instances["hello-world"] is not first
+        await wait_until(lambda: not first.host.connections, timeout=5, what="the dead instance's sidecar stopped")
 
 
 async def test_registry_entry_survives_registry_restart_and_refuses_strangers(tmp_path: Path) -> None:

@@ -213,13 +213,82 @@ async def test_a_ping_flood_from_a_peer_that_does_not_read_queues_few_pongs(auto
 
 
 def _churn(first_id: int, count: int) -> bytes:
-    """Open and reset ``count`` streams: each costs the server an ACK (12 bytes) to send."""
+    """Open and reset ``count`` streams."""
     out = bytearray()
     for i in range(count):
         sid = first_id + 2 * i
         out += yamux.encode_header(yamux.TYPE_WINDOW_UPDATE, yamux.FLAG_SYN, sid, 0)
         out += yamux.encode_header(yamux.TYPE_WINDOW_UPDATE, yamux.FLAG_RST, sid, 0)
     return bytes(out)
+
+
+def _syns(first_id: int, count: int) -> bytes:
+    """Open ``count`` streams: past ``max_streams`` each costs the server an RST (12 bytes) to send."""
+    return b"".join(
+        yamux.encode_header(yamux.TYPE_WINDOW_UPDATE, yamux.FLAG_SYN, first_id + 2 * i, 0) for i in range(count)
+    )
+
+
+async def test_streams_opened_and_reset_cost_no_control_frames(autojump_clock: object) -> None:
+    # An inbound stream's ACK rides with its first frame (YamuxStream._prefix): a stream the peer
+    # resets before we wrote costs us nothing to send, however many.
+    attacker, ours = trio.testing.memory_stream_pair()
+    opened: list[YamuxStream] = []
+    server = YamuxSession(ours, is_client=False, on_stream=opened.append)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        await attacker.send_all(_churn(1, 20_000))
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(opened) == 20_000 and not server.streams and not server._pending and not server.broken
+        assert await _nothing_sent(attacker)
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("first", ["write", "read", "deferred then write", "close"])
+async def test_an_inbound_streams_ack_rides_with_its_first_frame(first: str, autojump_clock: object) -> None:
+    peer, ours = trio.testing.memory_stream_pair()
+    opened: list[YamuxStream] = []
+    server = YamuxSession(ours, is_client=False, on_stream=opened.append)
+    grant = yamux.DEFAULT_WINDOW - yamux.INITIAL_WINDOW
+    ack = (0, yamux.TYPE_WINDOW_UPDATE, yamux.FLAG_ACK, 1, grant)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        await peer.send_all(yamux.encode_header(yamux.TYPE_DATA, yamux.FLAG_SYN, 1, 3) + b"req")
+        with trio.fail_after(5):
+            while not opened:
+                await trio.sleep(0.001)
+        stream = opened[0]
+        assert await _nothing_sent(peer)  # nothing yet: the ACK waits for the stream's first frame
+        if first == "write":
+            await stream.send_all(b"answer")
+            expected = [ack, (0, yamux.TYPE_DATA, 0, 1, 6)]
+        elif first == "deferred then write":
+            stream.defer(b"ok")
+            await stream.send_all(b"answer")
+            expected = [ack, (0, yamux.TYPE_DATA, 0, 1, 2), (0, yamux.TYPE_DATA, 0, 1, 6)]
+        elif first == "read":
+            assert await stream.receive_some() == b"req"
+            nursery.start_soon(stream.receive_some)  # waits for more: the ACK must go out now
+            expected = [ack]
+        else:
+            await stream.aclose()
+            expected = [ack, (0, yamux.TYPE_WINDOW_UPDATE, yamux.FLAG_FIN, 1, 0)]
+        with trio.fail_after(5):
+            data = await peer.receive_some()
+        frames, pos = [], 0
+        while pos < len(data):
+            frame = struct.unpack(">BBHII", data[pos : pos + 12])
+            frames.append(frame)
+            pos += 12 + (frame[4] if frame[1] == yamux.TYPE_DATA else 0)
+        assert frames == expected  # one write: every frame in the first chunk
+        nursery.cancel_scope.cancel()
+
+
+async def _nothing_sent(peer: trio.testing.MemoryReceiveStream | trio.abc.Stream) -> bool:
+    with trio.move_on_after(1):
+        await peer.receive_some()
+        return False
+    return True
 
 
 async def test_a_peer_that_does_not_read_its_control_frames_is_disconnected(
@@ -233,7 +302,7 @@ async def test_a_peer_that_does_not_read_its_control_frames_is_disconnected(
 
     async def attack() -> None:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await attacker.send_all(_churn(1, 20_000))  # 20,000 ACKs = 234 KiB
+            await attacker.send_all(_syns(1, 20_000))  # past 512 streams, 19,488 RSTs = 228 KiB
 
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)
@@ -244,22 +313,22 @@ async def test_a_peer_that_does_not_read_its_control_frames_is_disconnected(
     assert isinstance(server.close_reason, LimitError)
     assert server.close_reason.limit == yamux.DEFAULT_MAX_PENDING_CONTROL
     assert not server._pending and not server.streams
-    # It stopped at the cap (queued ACKs, plus those the stuck write took, at most a cap's
+    # It stopped at the cap (queued RSTs, plus those the stuck write took, at most a cap's
     # worth too), not after reading the whole flood.
-    assert len(opened) <= 2 * (yamux.DEFAULT_MAX_PENDING_CONTROL // 12)
+    assert len(opened) == 512
     lines = [r for r in caplog.records if "not reading" in r.getMessage()]
     assert len(lines) == 1 and lines[0].levelno == logging.INFO
     assert budget.used == 0
 
 
 async def test_overflow_with_no_write_in_flight_says_go_away() -> None:
-    # Three SYNs arrive in one read: their three ACKs (36 bytes) overflow a 24-byte cap before
-    # the flusher ever ran, so no frame is half written and a GoAway can go out.
+    # Three SYNs past max_streams arrive in one read: their three RSTs (36 bytes) overflow a 24-byte
+    # cap before the flusher ever ran, so no frame is half written and a GoAway can go out.
     peer, ours = trio.testing.memory_stream_pair()
-    server = YamuxSession(ours, is_client=False, on_stream=lambda s: None, max_pending_control=24)
+    server = YamuxSession(ours, is_client=False, on_stream=lambda s: None, max_pending_control=24, max_streams=0)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)
-        await peer.send_all(_churn(1, 1)[:12] + _churn(3, 1)[:12] + _churn(5, 1)[:12])
+        await peer.send_all(_syns(1, 3))
         with trio.fail_after(5):
             await server.closed.wait()
             reply = b""
@@ -344,6 +413,7 @@ async def _open_pair(
     await s.send_all(first)
     with trio.fail_after(5):
         r = await inbound.receive()
+        r.accept()  # the full window now: these tests buffer without reading
         await _wait_until(lambda: bool(r._buf) or r._fin_received)
     return s, r
 

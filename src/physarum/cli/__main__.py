@@ -24,6 +24,7 @@ commands:
   allocator      start instances of registered services on this machine when clients ask
   hello          the hello-world HTTP service of the services demo (on $SERVICE_PORT)
   demo           a local private network (a ping-monitor and 3 peers) with metrics on :9100
+  demo services  services by name: a registry, 2 allocators and a proxy on :4200; curl it for "Hello, world"
   key generate   write a new private-network key file (libp2p swarm key, mode 0600)
   version        print physarum's version
 

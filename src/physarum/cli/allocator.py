@@ -4,7 +4,12 @@ proxies ask (PhysarumSM's allocator; see :mod:`physarum.services.allocator` for 
 Runtimes: ``process`` (the default; the registry entry's command as a child process) and
 ``docker`` (its image, through the Docker Engine API at -docker-host or $DOCKER_HOST; podman's
 ``system service`` serves that API too; needs ``pip install 'physarum[docker]'``). Metrics
-(instances, allocations by result, allocation seconds) on -metrics-listen-addr, PhysarumSM's :9101.
+(instances, allocations by result, allocation seconds) on -metrics-listen-addr, PhysarumSM's :9101
+(``:PORT``, an empty host, binds every interface, as ping-monitor's -prom-listen-addr does).
+
+With the docker runtime, the allocator removes at start every container labelled with its
+-docker-owner: what a previous run that was killed left behind. Allocators sharing one engine
+must therefore have distinct owners, or each start removes the others' instances.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from physarum.cli.flags import NodeOptions, UsageError
 from physarum.cli.node import RunningNode, run_main, run_node, setup_logging
 from physarum.errors import ConfigError
 from physarum.services.allocator import Allocator, AllocatorOptions
+from physarum.services.docker_runtime import DockerOptions, DockerRuntime
 from physarum.services.network import OverlayNetwork
 from physarum.services.registry import RegistryClient
 from physarum.services.runtime import ProcessRuntime, Runtime, StartError
@@ -29,6 +35,7 @@ from physarum.services.runtime import ProcessRuntime, Runtime, StartError
 PROG = "physarum allocator"
 LISTEN_DEFAULT = ":0"
 METRICS_DEFAULT = "127.0.0.1:9101"
+DOCKER_OWNER_DEFAULT = DockerOptions.owner
 RUNTIMES = ("process", "docker")
 
 DESCRIPTION = """\
@@ -46,9 +53,11 @@ class AllocatorArgs:
     node: NodeOptions
     options: AllocatorOptions
     runtimes: tuple[str, ...]
-    metrics_host: str
+    metrics_host: str | None
+    """None: every interface (``-metrics-listen-addr :PORT``)."""
     metrics_port: int
     docker_host: str | None
+    docker_owner: str = DOCKER_OWNER_DEFAULT
 
 
 def _port_range(text: str) -> tuple[int, int]:
@@ -84,6 +93,10 @@ def build_parser() -> flags.FlagParser:
                help=f"serve /metrics here (default {METRICS_DEFAULT}; port 0: any)")
     flags.flag(group, "docker-host", default=None, metavar="URL",
                help="the Docker Engine API of the docker runtime (default $DOCKER_HOST, else the engine's default)")
+    flags.flag(group, "docker-owner", default=DOCKER_OWNER_DEFAULT, metavar="NAME",
+               help="label value marking this allocator's containers; at start it removes every container"
+                    " with it (leftovers of a killed run), so allocators sharing an engine need distinct"
+                    f" owners (default {DOCKER_OWNER_DEFAULT})")
     return parser
 
 
@@ -103,7 +116,9 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> All
         instance_listen=tuple(str(flags.parse_listen_addr(a, "-instance-listen")) for a in listen),
     )
     host, port = flags.split_host_port(args.metrics_listen_addr, "-metrics-listen-addr")
-    return AllocatorArgs(node, options, runtimes, host or "127.0.0.1", port, args.docker_host)
+    if not args.docker_owner.strip():
+        raise UsageError("-docker-owner must not be empty")
+    return AllocatorArgs(node, options, runtimes, host or None, port, args.docker_host, args.docker_owner)
 
 
 def make_runtimes(opts: AllocatorArgs) -> dict[str, Runtime]:
@@ -116,9 +131,7 @@ def make_runtimes(opts: AllocatorArgs) -> dict[str, Runtime]:
             out[name] = ProcessRuntime()
         else:
             try:
-                from physarum.services.docker_runtime import DockerRuntime
-
-                out[name] = DockerRuntime(opts.docker_host)
+                out[name] = DockerRuntime(opts.docker_host, DockerOptions(owner=opts.docker_owner))
             except (StartError, ConfigError, ImportError) as e:
                 raise UsageError(f"-runtime docker: {e}") from None
     return out
@@ -154,11 +167,21 @@ async def run_allocator(
         try:
             await nursery.start(server.run)
         except OSError as e:
-            raise UsageError(f"cannot serve metrics on {opts.metrics_host}:{opts.metrics_port}: {e.strerror or e}") from None
+            where = f"[{opts.metrics_host}]" if opts.metrics_host and ":" in opts.metrics_host else opts.metrics_host or ""
+            raise UsageError(f"cannot serve metrics on {where}:{opts.metrics_port}: {e.strerror or e}") from None
         port = server.addresses[0][1]
+        every = "" if opts.metrics_host else " (every interface)"
         print(f"allocator: runtimes {', '.join(runtimes)}, capacity {opts.options.capacity}, "
-              f"metrics at http://{opts.metrics_host}:{port}/metrics", file=sys.stderr, flush=True)
+              f"metrics at {metrics_url(server.addresses)}{every}", file=sys.stderr, flush=True)
         task_status.started((running, allocator, port))
+
+
+def metrics_url(addresses: Sequence[tuple[str, int]]) -> str:
+    """A URL of the metrics one can fetch from this machine: the first bound address, a wildcard
+    (every interface) replaced by the loopback address of its family, IPv6 in brackets."""
+    host, port = addresses[0]
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""``physarum demo``: a local private network with a ping-monitor and 3 peers, metrics on :9100.
+"""``physarum demo``: a local private network with a ping-monitor and 3 peers, metrics on :9100;
+``physarum demo services``: the service layer's hello world (:mod:`physarum.cli.demo_services`).
 
 See :data:`DESCRIPTION`. The key file lives in a temporary directory (mode 0700, the file 0600)
 removed when the demo stops, so the printed join command carries no secret on its command line.
@@ -15,6 +16,7 @@ import socket
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import h11
@@ -35,11 +37,17 @@ ping-monitor binary) and 3 peers that join it with -bootstrap and a freshly gene
 demo waits for the first pings, prints the metrics URL and the ping_rtt lines it serves, then stays
 up for curl or Prometheus until Ctrl-C, and prints the command that joins one more peer from another
 terminal."""
+
+EPILOG = """\
+The second demo, the service layer's hello world (PhysarumSM's): a registry, two allocators and a
+client proxy on :4200 that starts a hello-world instance on the first request and says which
+instance answered and why:  physarum demo services   (see physarum demo services -help)"""
 LOOPBACK = Multiaddr("/ip4/127.0.0.1/tcp/0")
 
 
 def build_parser() -> FlagParser:
-    parser = FlagParser(prog=PROG, description=DESCRIPTION)
+    usage = f"{PROG} [flags]\n       {PROG} services [flags]   (the second demo: services by name)"
+    parser = FlagParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG, usage=usage)
     flag(
         parser,
         "prom-port",
@@ -55,7 +63,8 @@ def build_parser() -> FlagParser:
     return parser
 
 
-def _options(key_pair: KeyPair, psk: bytes, bootstrap: list[Multiaddr]) -> NodeOptions:
+def demo_node_options(key_pair: KeyPair, psk: bytes, bootstrap: list[Multiaddr]) -> NodeOptions:
+    """A demo node's options: loopback, any free port, the demo's key, joining through ``bootstrap``."""
     return NodeOptions(
         listen=[LOOPBACK],
         bootstrap=bootstrap,
@@ -71,8 +80,26 @@ def _options(key_pair: KeyPair, psk: bytes, bootstrap: list[Multiaddr]) -> NodeO
 MAX_BODY = 64 << 20
 
 
+@dataclass(frozen=True)
+class HttpResponse:
+    status: int
+    headers: dict[bytes, bytes]
+    """Lowercase names; a repeated header keeps its last value."""
+    body: bytes
+
+
 async def http_get(host: str, port: int, path: str, *, timeout: float = 5.0) -> tuple[int, bytes]:
     """An HTTP/1.1 GET through h11: (status, body). Enough for our own metrics server.
+
+    Raises:
+        see :func:`http_request`.
+    """
+    response = await http_request(host, port, path, timeout=timeout)
+    return response.status, response.body
+
+
+async def http_request(host: str, port: int, path: str, *, timeout: float = 5.0) -> HttpResponse:
+    """An HTTP/1.1 GET through h11 on a connection of its own, closed after the response.
 
     Raises:
         OSError, trio.TooSlowError, DecodeError (not an HTTP response, or a body over
@@ -80,6 +107,7 @@ async def http_get(host: str, port: int, path: str, *, timeout: float = 5.0) -> 
     """
     conn = h11.Connection(h11.CLIENT)
     status, body = 0, bytearray()
+    headers: dict[bytes, bytes] = {}
     with trio.fail_after(timeout):
         stream = await trio.open_tcp_stream(host, port)
         async with stream:
@@ -96,6 +124,7 @@ async def http_get(host: str, port: int, path: str, *, timeout: float = 5.0) -> 
                     conn.receive_data(await stream.receive_some(65536))
                 elif isinstance(event, h11.Response):
                     status = event.status_code
+                    headers = dict(event.headers)
                 elif isinstance(event, h11.Data):
                     body += event.data
                     if len(body) > MAX_BODY:
@@ -104,7 +133,7 @@ async def http_get(host: str, port: int, path: str, *, timeout: float = 5.0) -> 
                     break
     if not status:
         raise DecodeError("the server closed the connection without an HTTP response")
-    return status, bytes(body)
+    return HttpResponse(status, headers, bytes(body))
 
 
 async def demo(args: argparse.Namespace) -> int:
@@ -133,7 +162,7 @@ async def _demo(args: argparse.Namespace, keydir: str) -> int:
         try:
             monitor: RunningNode = await nursery.start(
                 lambda task_status: run_node(
-                    _options(KeyPair.generate(), psk, []),
+                    demo_node_options(KeyPair.generate(), psk, []),
                     monitor=monitor_opts,
                     out=io.StringIO(),
                     handle_signals=False,
@@ -159,7 +188,7 @@ async def _demo(args: argparse.Namespace, keydir: str) -> int:
         for i in range(1, args.peers + 1):
             peer: RunningNode = await nursery.start(
                 lambda task_status: run_node(
-                    _options(KeyPair.generate(), psk, [monitor_addr]),
+                    demo_node_options(KeyPair.generate(), psk, [monitor_addr]),
                     out=io.StringIO(),
                     handle_signals=False,
                     task_status=task_status,
@@ -211,8 +240,13 @@ def _peer_command() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``physarum demo [--prom-port PORT] [--peers N] [--once]``."""
+    """Entry point of ``physarum demo [--prom-port PORT] [--peers N] [--once]`` and of
+    ``physarum demo services ...`` (:func:`physarum.cli.demo_services.main`)."""
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "services":
+        from physarum.cli import demo_services
+
+        return demo_services.main(argv[1:])
     logging.basicConfig(
         level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )

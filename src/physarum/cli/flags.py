@@ -54,6 +54,15 @@ class FlagParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.add_argument("-h", "-help", "--help", action="help", help="show this help and exit")
 
+    def _get_option_tuples(self, option_string: str) -> list[tuple[argparse.Action, str, str | None]]:
+        tuples = super()._get_option_tuples(option_string)
+        if self.allow_abbrev:
+            return tuples
+        # argparse (3.11) still matches single-dash prefixes as abbreviations with allow_abbrev=False
+        # ("-port 80" was read as "-port-range 80"): keep only a one-letter option with its value
+        # attached ("-hx"), which error() reports; every long name must be spelled whole.
+        return [t for t in tuples if len(t[1]) == 2]
+
     def error(self, message: str) -> NoReturn:
         # Go-style single dashes make argparse read an unknown "-hostname" as "-h ostname".
         explicit = re.fullmatch(r"argument -h/-help/--help: ignored explicit argument '(.*)'", message)

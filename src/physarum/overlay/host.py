@@ -817,7 +817,9 @@ class Host:
             with trio.move_on_after(self.limits.stream_negotiation_timeout):
                 buf = BufferedStream(stream)
                 handlers = self._handlers
-                stream.protocol = await multistream.handle(buf, handlers.__contains__, lambda: list(handlers))
+                stream.protocol = await multistream.handle(
+                    buf, handlers.__contains__, lambda: list(handlers), defer=stream.defer
+                )
                 stream.unread(buf.take_buffer())
             handler = self._handlers.get(stream.protocol or "")
             if handler is None or stream.protocol is None:

@@ -113,8 +113,11 @@ async def handle(
     listing: Callable[[], list[str]],
     *,
     greeted: bool = False,
+    defer: Callable[[bytes], None] | None = None,
 ) -> str:
     """Answer proposals until one is supported; return it. ``greeted``: our header already went out.
+    ``defer``: takes the accepting answer to send later (a yamux stream's ``defer``: with the
+    protocol's first write, or before it first waits to read) instead of sending it now.
 
     Raises:
         NegotiationError: the dialer does not speak multistream or gave up.
@@ -135,7 +138,10 @@ async def handle(
             body = b"".join(encode(p) for p in listing()) + b"\n"
             answer = varint.encode(len(body)) + body
         elif supports(proposal):
-            await stream.send_all(header + encode(proposal))
+            if defer is not None:
+                defer(header + encode(proposal))
+            else:
+                await stream.send_all(header + encode(proposal))
             return proposal
         else:
             answer = encode(NA)

@@ -137,6 +137,9 @@ class YamuxStream(trio.abc.HalfCloseableStream):
         self._receiving = False
         self._reserved = 0  # bytes of _buf reserved in session.memory
         self._reset_reason = "was reset by the peer"
+        # Frames that go out with the stream's next write (an inbound stream's ACK, a deferred
+        # negotiation answer), or on their own once the stream is about to wait for the peer.
+        self._prefix = b""
 
     @property
     def peer_id(self) -> PeerId | None:
@@ -155,6 +158,26 @@ class YamuxStream(trio.abc.HalfCloseableStream):
 
     def __repr__(self) -> str:
         return f"<YamuxStream {self.stream_id} {self.protocol or ''} peer={self.session.peer_id}>"
+
+    def defer(self, data: bytes) -> None:
+        """Send ``data`` with the stream's next write, or before it next waits to receive,
+        whichever comes first: a negotiation answer then shares a frame (one write, one wake-up of
+        the peer) with what the protocol sends first, and a peer waiting for it is never kept
+        waiting by a handler that reads first."""
+        if data:
+            self._send_window -= len(data)
+            self._prefix += encode_header(TYPE_DATA, 0, self.stream_id, len(data)) + data
+
+    def _flush_prefix(self) -> None:
+        prefix, self._prefix = self._prefix, b""
+        self.session._queue(prefix)
+
+    def accept(self) -> None:
+        """Send what waits for the stream's first frame now (an inbound stream's ACK, which grants
+        the peer our full receive window, and anything deferred): for a reader that will not read
+        for a while but wants the peer to send up to the whole window meanwhile."""
+        if self._prefix and not (self._reset or self._closed or self.session.broken):
+            self._flush_prefix()
 
     def unread(self, data: bytes) -> None:
         """Put bytes a negotiation layer read ahead back in front of the stream.
@@ -240,6 +263,9 @@ class YamuxStream(trio.abc.HalfCloseableStream):
                 n = min(len(view) - pos, self._send_window, MAX_DATA_FRAME)
                 self._send_window -= n
                 frame = encode_header(TYPE_DATA, 0, self.stream_id, n) + view[pos : pos + n]
+                if self._prefix:
+                    frame = self._prefix + frame
+                    self._prefix = b""
                 pos += n
                 await self.session._write(frame)
         finally:
@@ -268,6 +294,8 @@ class YamuxStream(trio.abc.HalfCloseableStream):
                         return b""
                     if self._reset or self.session.broken:
                         raise self._broken()
+                    if self._prefix:
+                        self._flush_prefix()  # the peer may be waiting for it to send more
                     await self._recv_lot.park()
                 else:
                     # Data was there at once: yield anyway, then look again, since a reset (or
@@ -307,7 +335,8 @@ class YamuxStream(trio.abc.HalfCloseableStream):
         if self._reset or self.session.broken:
             raise self._broken()
         self._fin_sent = True
-        self.session._queue(encode_header(TYPE_WINDOW_UPDATE, FLAG_FIN, self.stream_id, 0))
+        prefix, self._prefix = self._prefix, b""
+        self.session._queue(prefix + encode_header(TYPE_WINDOW_UPDATE, FLAG_FIN, self.stream_id, 0))
         self.session._maybe_forget(self)
 
     async def aclose(self) -> None:
@@ -315,7 +344,8 @@ class YamuxStream(trio.abc.HalfCloseableStream):
             self._closed = True
             if not (self._reset or self._fin_sent or self.session.broken):
                 self._fin_sent = True
-                self.session._queue(encode_header(TYPE_WINDOW_UPDATE, FLAG_FIN, self.stream_id, 0))
+                prefix, self._prefix = self._prefix, b""
+                self.session._queue(prefix + encode_header(TYPE_WINDOW_UPDATE, FLAG_FIN, self.stream_id, 0))
             self._drop_buffer()
             self._recv_lot.unpark_all()
             self._send_lot.unpark_all()
@@ -324,6 +354,7 @@ class YamuxStream(trio.abc.HalfCloseableStream):
 
     def reset(self) -> None:
         """Abort the stream both ways (RST): the peer's reads and writes fail."""
+        self._prefix = b""  # what was deferred is moot now
         if not (self._reset or self.session.broken):
             self.session._queue(encode_header(TYPE_WINDOW_UPDATE, FLAG_RST, self.stream_id, 0))
         self._closed = True
@@ -646,7 +677,8 @@ class YamuxSession:
                 return
             stream = YamuxStream(self, stream_id)
             self.streams[stream_id] = stream
-            self._queue(encode_header(TYPE_WINDOW_UPDATE, FLAG_ACK, stream_id, self.window - INITIAL_WINDOW))
+            # The ACK (and our larger window) rides with the stream's first frame: see _prefix.
+            stream._prefix = encode_header(TYPE_WINDOW_UPDATE, FLAG_ACK, stream_id, self.window - INITIAL_WINDOW)
             self.on_stream(stream)
         if stream is None:
             # A stream we already forgot (closed, reset): late frames are harmless.

@@ -169,11 +169,13 @@ class Allocator:
         host.set_handler(PROTOCOL_ID, self.handle_stream)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Advertise, serve and cull until cancelled; then stop every instance."""
+        """Clean up what an earlier run left (each runtime's ``cleanup``), advertise, serve and cull
+        until cancelled; then stop every instance."""
         assert self._host is not None, "attach the allocator to a host first"
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                await self._cleanup()
                 await nursery.start(Advertiser(ALLOCATOR_NAME, self.dht, self._host, self.options.advertise).run)
                 task_status.started()
                 while True:
@@ -184,6 +186,20 @@ class Allocator:
             with trio.CancelScope(shield=True):
                 for running in list(self.instances.values()):
                     await self._stop(running, "the allocator is stopping")
+
+    async def _cleanup(self) -> None:
+        """Before anything is started: each runtime removes the instances an earlier run (killed,
+        so it could not stop them) left; a failure is logged, not fatal (the engine may be back
+        by the first request)."""
+        for name, runtime in self.runtimes.items():
+            try:
+                removed = await runtime.cleanup()
+            except StartError as e:
+                log.warning("runtime %s: cannot remove an earlier run's instances: %s", name, e)
+                continue
+            if removed:
+                log.info("runtime %s: removed %d instance(s) an earlier run left: %s", name, len(removed),
+                         ", ".join(removed))
 
     def _count(self, result: str) -> None:
         self.allocations[result] = self.allocations.get(result, 0) + 1
@@ -220,9 +236,14 @@ class Allocator:
         """
         while True:
             running = self.instances.get(service)
-            if running is not None and running.instance.exit_status() is None:
-                self._count("reused")
-                return running, True
+            if running is not None:
+                status = running.instance.exit_status()
+                if status is None:
+                    self._count("reused")
+                    return running, True
+                # Ended before the cull saw it: stop its sidecar before a new one takes its place.
+                await self._stop(running, f"it exited with status {status}")
+                continue
             pending = self._pending.get(service)
             if pending is None:
                 break
@@ -413,6 +434,9 @@ class AllocatorClient:
         self.fixed = list(nodes) if nodes is not None else None
         self._ranked: list[PeerId] = []
         self._ranked_at = -math.inf
+        self.rtts: dict[PeerId, float] = {}
+        """The allocators that answered the latest ranking's pings and their RTTs in seconds
+        (what :meth:`ranked` ordered them by; a demo or an operator can show why one was chosen)."""
 
     async def ranked(self) -> list[PeerId]:
         """Allocators that answered a ping, nearest first (cached ``cache_ttl`` s)."""
@@ -439,6 +463,7 @@ class AllocatorClient:
                 for peer in found:
                     nursery.start_soon(one, peer)
         self._ranked = sorted(rtts, key=rtts.__getitem__)
+        self.rtts = rtts
         self._ranked_at = trio.current_time()
         return self._ranked
 

@@ -25,7 +25,7 @@ Decisions:
   :attr:`DockerInstance.last_output`. Without an init, start raises :class:`StartError` naming it.
 * **Labels**: every container carries ``DockerOptions.label=owner`` and the service's name under
   ``DockerOptions.service_label``; :meth:`DockerRuntime.remove_leftovers` removes what an allocator
-  that died left behind.
+  that died left behind (the allocator calls it as it starts, through the runtime's ``cleanup``).
 * **Removal on stop**, not the engine's auto-remove: a container that ends on its own stays (its
   exit status and logs can be read) until :meth:`stop` removes it, so callers must stop every
   instance they started, ended or not (the allocator does, when it culls).
@@ -414,6 +414,16 @@ class DockerRuntime:
             StartError: the engine refused to list them.
         """
         return await trio.to_thread.run_sync(self._remove_leftovers, abandon_on_cancel=True)
+
+    async def cleanup(self) -> list[str]:
+        """:meth:`remove_leftovers` (the :class:`~physarum.services.runtime.Runtime` protocol's
+        clean-up, called by the allocator as it starts).
+
+        Raises:
+            EngineUnreachableError: the engine cannot be reached.
+            StartError: the engine refused to list them.
+        """
+        return await self.remove_leftovers()
 
     def _remove_leftovers(self) -> list[str]:
         client = self._connect()

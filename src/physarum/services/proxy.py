@@ -381,19 +381,25 @@ class ClientProxy:
             await _send_error(hop, 503, b"no-instance", f"no instance of {service} could be found")
             return
         retry = request.method in IDEMPOTENT
-        candidates = selection.ranked[:2] if retry else selection.ranked[:1]
         body = _Body(hop, self.options.retry_buffer_bytes if retry else 0, self.options.request_timeout)
         headers = _forwarded(list(request.headers))
         if not any(k == b"host" for k, _ in headers):
             headers.append((b"host", service.encode()))
         outgoing = h11.Request(method=request.method, target=target, headers=headers)
         failure: _AttemptFailed | None = None
-        for i, candidate in enumerate(candidates):
-            if i:
+        tried: set[PeerId] = set()
+        candidate = selection.ranked[0]
+        for attempt in range(2 if retry else 1):
+            if attempt:
                 if not (failure and failure.retryable and body.replayable):
                     break
+                nxt = await self._next_candidate(service, selection, tried)
+                if nxt is None:
+                    break
+                candidate = nxt
                 self.retries += 1
                 log.info("%s: retrying %s on %s", service, request.method.decode(), candidate.peer_id)
+            tried.add(candidate.peer_id)
             try:
                 await self._attempt(hop, service, candidate, outgoing, body)
                 return
@@ -403,6 +409,20 @@ class ClientProxy:
                     self.selector.report_failure(service, candidate.peer_id)
         assert failure is not None
         await _send_error(hop, failure.status, failure.kind, failure.reason)
+
+    async def _next_candidate(self, service: str, selection: Selection, tried: set[PeerId]) -> Candidate | None:
+        """The next-best instance not tried yet: from ``selection``, else from a new selection
+        (which looks the service up again, and with placement allocates one when none is left:
+        an instance culled or killed since the selection)."""
+        for candidate in selection.ranked:
+            if candidate.peer_id not in tried:
+                return candidate
+        try:
+            fresh = await self.selector.select(service)
+        except (UnknownServiceError, AllocationError) as e:
+            log.info("%s: no other instance to retry on: %s", service, e)
+            return None
+        return next((c for c in fresh.ranked if c.peer_id not in tried), None)
 
     async def _attempt(self, hop: _Hop, service: str, candidate: Candidate, request: h11.Request, body: _Body) -> None:
         """Forward ``request`` to ``candidate`` once one of its ``max_streams_per_instance`` slots is

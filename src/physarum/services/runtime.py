@@ -52,7 +52,12 @@ class Instance(Protocol):
 
 
 class Runtime(Protocol):
-    """Starts instances (:class:`ProcessRuntime`, :class:`~physarum.services.docker_runtime.DockerRuntime`)."""
+    """Starts instances (:class:`ProcessRuntime`, :class:`~physarum.services.docker_runtime.DockerRuntime`).
+
+    :meth:`cleanup` is part of the protocol, not an optional extra found with ``getattr``: a runtime
+    with nothing to clean up returns ``[]`` (as :class:`ProcessRuntime` does), and mypy checks
+    every runtime has it.
+    """
 
     name: str
 
@@ -65,6 +70,17 @@ class Runtime(Protocol):
 
         Raises:
             StartError: it could not be started.
+        """
+        ...
+
+    async def cleanup(self) -> list[str]:
+        """Remove what an earlier run of this allocator left behind (a killed allocator cannot stop
+        its instances): the allocator calls it once, at the start of ``Allocator.run``, before it
+        starts or advertises anything. What it removed, for the log.
+
+        Raises:
+            StartError: it could not clean up (the allocator logs it and goes on: its instances
+                are still started as usual).
         """
         ...
 
@@ -111,6 +127,10 @@ class ProcessRuntime:
 
     def can_run(self, info: ServiceInfo) -> bool:
         return bool(info.command)
+
+    async def cleanup(self) -> list[str]:
+        # Nothing to find: child processes carry no mark of the allocator that started them.
+        return []
 
     async def start(self, info: ServiceInfo, env: Mapping[str, str]) -> Instance:
         if not info.command:
