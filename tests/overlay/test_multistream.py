@@ -216,6 +216,44 @@ async def test_handle_wire_bytes() -> None:
             assert await multistream.handle(ln, _only("/a"), lambda: ["/a"]) == "/a"
 
 
+async def test_handle_answers_a_dialer_that_waits_for_our_header() -> None:
+    # py-libp2p sends its header, then waits for ours before it proposes: the listener must not
+    # keep its header back (for the answer) while it waits for that proposal.
+    a, b = trio.testing.memory_stream_pair()
+    d, ln = BufferedStream(a), BufferedStream(b, HEADER)  # the dialer's header is already here
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+
+            async def dialer() -> None:
+                assert await d.receive_exactly(len(HEADER)) == HEADER
+                await d.send_all(b"\x03/a\n")
+                assert await d.receive_exactly(4) == b"\x03/a\n"
+
+            nursery.start_soon(dialer)
+            assert await multistream.handle(ln, _only("/a"), lambda: ["/a"]) == "/a"
+
+
+async def test_handle_answers_a_lazy_dialer_in_one_write_or_defers_it() -> None:
+    for deferred in (False, True):
+        a, b = trio.testing.memory_stream_pair()
+        # header and proposal already read ahead, as a yamux stream holds them on arrival
+        ln = BufferedStream(b, HEADER + b"\x03/a\n")
+        later: list[bytes] = []
+        with trio.fail_after(TIMEOUT):
+            proto = await multistream.handle(
+                ln, _only("/a"), lambda: ["/a"], defer=later.append if deferred else None
+            )
+            assert proto == "/a"
+            if deferred:
+                assert later == [HEADER + b"\x03/a\n"]
+                with trio.move_on_after(0.05):
+                    await a.receive_some()
+                    raise AssertionError("nothing may be sent now")
+            else:
+                # one write: header and answer arrive in one chunk
+                assert await a.receive_some() == HEADER + b"\x03/a\n"
+
+
 async def test_select_listener_answers_something_else() -> None:
     d, ln = buffered_pair()
     await ln.send_all(HEADER + multistream.encode("/other"))

@@ -492,7 +492,8 @@ EXAMPLES = [
     _case([frame(WINDOW, SYN, 1, 0), frame(DATA, 0, 1, 30, b"m" * 30)], memory_limit=1000),
     # a reading application grants more window; the peer then uses it, past the first window
     _case([_burst(1, INITIAL // 2 + 1, 2, 0), frame(DATA, FIN, 1, 150_000, bytes(150_000))], app_reads=True),
-    # a peer that does not read: pongs (four at most), then ACKs, pile up to the control cap
+    # a peer that does not read: pongs (four at most) pile up to the control cap (its streams' ACKs
+    # wait for their first frame, and no application takes them here)
     _case(
         [*(frame(PING, SYN, 0, i) for i in range(6)), *(frame(WINDOW, SYN, sid, 0) for sid in (1, 3, 5))],
         peer_reads=False,
@@ -505,6 +506,13 @@ EXAMPLES = [
     _case([frame(WINDOW, SYN, 1, 0), frame(DATA, 0, 1, 3, b"abc"), frame(WINDOW, RST, 1, 0)]),
     # a window update on stream 0
     _case([frame(WINDOW, SYN, 1, 0) + frame(WINDOW, 0, 0, 5)]),
+    # a peer that does not read, a reading application: its first wait queues the stream's ACK
+    # into a control queue the pongs filled, which breaks the session; the reader must not park
+    # after that (it did, for ever)
+    _case(
+        [b"".join([*(frame(PING, SYN, 0, i) for i in range(3)), frame(WINDOW, SYN, 1, 0), frame(DATA, SYN, 1, 0)])],
+        outbound=1, max_streams=2, app_reads=True, peer_reads=False,
+    ),
 ]
 
 
@@ -519,6 +527,7 @@ EXAMPLES = [
 @example(EXAMPLES[4])
 @example(EXAMPLES[5])
 @example(EXAMPLES[6])
+@example(EXAMPLES[7])
 def test_random_frame_sequences(case: Case) -> None:
     trio.run(drive, case, clock=trio.testing.MockClock(autojump_threshold=0))
 

@@ -127,12 +127,17 @@ async def handle(
     # Our header goes out at once unless the dialer's header and proposal are already here (a
     # dialer that proposes without waiting, as every libp2p does): then it leaves with the answer,
     # one write instead of two.
+    # Some dialers (py-libp2p) wait for our header before they propose: it goes out whenever we
+    # would otherwise wait for the dialer with nothing of it at hand.
     header = b"" if greeted else encode(PROTOCOL_ID)
     if header and not stream.has_buffered():
         await stream.send_all(header)
         header = b""
     await _read_header(stream)
     while True:
+        if header and not stream.has_buffered():
+            await stream.send_all(header)
+            header = b""
         proposal = await _read(stream)
         if proposal == LS:
             body = b"".join(encode(p) for p in listing()) + b"\n"
@@ -205,6 +210,17 @@ class LazyStream(trio.abc.HalfCloseableStream):
         if self._proposal is not None or self._proposing.locked():
             await self._flush_proposal()
         await self.transport_stream.send_eof()
+
+    async def send_final(self, data: bytes | bytearray | memoryview) -> None:
+        """``send_all(data)`` then ``send_eof()``, in one frame when the transport stream can
+        (a yamux stream's ``send_final``), the proposal too if it is still here."""
+        send_final = getattr(self.transport_stream, "send_final", None)
+        if send_final is None or self._proposing.locked():
+            await self.send_all(data)
+            await self.send_eof()
+            return
+        proposal, self._proposal = self._proposal, None
+        await send_final((proposal or b"") + bytes(data))
 
     async def _confirm(self) -> None:
         if self._proposal is not None:

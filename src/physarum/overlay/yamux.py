@@ -239,6 +239,17 @@ class YamuxStream(trio.abc.HalfCloseableStream):
         return trio.BrokenResourceError(f"connection to {self.session.peer_id} is broken")
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._send(data, fin=False)
+
+    async def send_final(self, data: bytes | bytearray | memoryview) -> None:
+        """``send_all(data)`` then ``send_eof()``, the FIN on the last data frame: a short answer
+        and its end leave in one frame, one write, one wake-up of the peer."""
+        if not data:
+            await self.send_eof()
+            return
+        await self._send(data, fin=True)
+
+    async def _send(self, data: bytes | bytearray | memoryview, *, fin: bool) -> None:
         if self._sending:
             raise trio.BusyResourceError("another task is sending on this stream")
         self._sending = True
@@ -262,12 +273,18 @@ class YamuxStream(trio.abc.HalfCloseableStream):
                     continue
                 n = min(len(view) - pos, self._send_window, MAX_DATA_FRAME)
                 self._send_window -= n
-                frame = encode_header(TYPE_DATA, 0, self.stream_id, n) + view[pos : pos + n]
+                last = fin and pos + n >= len(view)
+                frame = encode_header(TYPE_DATA, FLAG_FIN if last else 0, self.stream_id, n) + view[pos : pos + n]
                 if self._prefix:
                     frame = self._prefix + frame
                     self._prefix = b""
                 pos += n
+                if last:
+                    self._fin_sent = True
                 await self.session._write(frame)
+                if last:
+                    self.session._maybe_forget(self)
+                    return
         finally:
             self._sending = False
 
@@ -295,7 +312,10 @@ class YamuxStream(trio.abc.HalfCloseableStream):
                     if self._reset or self.session.broken:
                         raise self._broken()
                     if self._prefix:
-                        self._flush_prefix()  # the peer may be waiting for it to send more
+                        # The peer may be waiting for it to send more. Queuing it may also break
+                        # the session (the control cap), so look again before parking.
+                        self._flush_prefix()
+                        continue
                     await self._recv_lot.park()
                 else:
                     # Data was there at once: yield anyway, then look again, since a reset (or

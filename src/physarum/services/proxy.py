@@ -150,10 +150,21 @@ class _Hop:
             data, self._held = self._held, b""
             await self.stream.send_all(data)
 
-    async def send(self, event: h11.Event) -> None:
+    async def send(self, event: h11.Event, *, final: bool = False) -> None:
+        """Send ``event`` (after anything held); ``final``: then end the stream's sending side,
+        in the same frame when the stream can (a yamux stream's ``send_final``)."""
         data = self._held + (self.conn.send(event) or b"")
         self._held = b""
-        if data:
+        if final:
+            send_final = getattr(self.stream, "send_final", None)
+            if send_final is not None:
+                await send_final(data)
+                return
+            if data:
+                await self.stream.send_all(data)
+            if isinstance(self.stream, trio.abc.HalfCloseableStream):
+                await self.stream.send_eof()
+        elif data:
             await self.stream.send_all(data)
 
 
@@ -232,8 +243,9 @@ class _AttemptFailed(Exception):
         self.retryable = retryable
 
 
-async def _upload(src: _Body | _Hop, dst: _Hop, replay: list[bytes], timeout: float) -> None:
-    """Send ``replay`` then the rest of ``src``'s body to ``dst``, then end the message."""
+async def _upload(src: _Body | _Hop, dst: _Hop, replay: list[bytes], timeout: float, *, eof: bool = False) -> None:
+    """Send ``replay`` then the rest of ``src``'s body to ``dst``, then end the message (and with
+    ``eof`` the stream's sending side: the overlay stream's FIN rides with the body's end)."""
     for chunk in replay:
         await dst.send(h11.Data(data=chunk))
     while True:
@@ -250,12 +262,14 @@ async def _upload(src: _Body | _Hop, dst: _Hop, replay: list[bytes], timeout: fl
         if data is None:
             break
         await dst.send(h11.Data(data=data))
-    await dst.send(h11.EndOfMessage())
+    await dst.send(h11.EndOfMessage(), final=eof)
 
 
-async def _relay_response(src: _Hop, dst: _Hop, timeout: float) -> None:
-    """Relay the body of the response whose head was already forwarded; raises _Gone when either
-    side fails (the client's connection must then be closed: its response is cut short)."""
+async def _relay_response(src: _Hop, dst: _Hop, timeout: float, *, eof: bool = False) -> None:
+    """Relay the body of the response whose head was already held on ``dst``; raises _Gone when
+    either side fails (the client's connection must then be closed: its response is cut short).
+    What ``src`` already delivered is held and goes out in one write when ``src`` must be waited
+    for or the response ends (with ``eof``, the stream's FIN too): a short response is one frame."""
     while True:
         try:
             event = await src.next_event(timeout, flush=dst)
@@ -263,9 +277,9 @@ async def _relay_response(src: _Hop, dst: _Hop, timeout: float) -> None:
             raise _Gone(f"response cut short: {e}") from e
         try:
             if isinstance(event, h11.Data):
-                await dst.send(h11.Data(data=event.data))
+                dst.hold(h11.Data(data=event.data))
             elif isinstance(event, h11.EndOfMessage):
-                await dst.send(h11.EndOfMessage())
+                await dst.send(h11.EndOfMessage(), final=eof)
                 return
             else:
                 raise _Gone("response cut short")
@@ -453,49 +467,38 @@ class ClientProxy:
         failed: _AttemptFailed | None = None
         try:
             # The head first, before anything reads: with a lazy stream the protocol proposal and
-            # the head then leave in one frame. No EOF after the body: the sidecar knows where the
-            # request ends (h11), and the stream is closed after the response.
+            # the head then leave in one frame; the stream's FIN follows the request's end.
+            bodiless = _bodiless(request)
             try:
-                await up.send(request)
+                if bodiless:
+                    # Nothing to upload (a GET): the request and the stream's FIN leave with the
+                    # proposal in one frame, and no task runs beside the response.
+                    while await body.read() is not None:
+                        pass
+                    up.hold(request)
+                    await up.send(h11.EndOfMessage(), final=True)
+                else:
+                    await up.send(request)
             except _SEND_FAILURES as e:
                 raise _AttemptFailed(502, b"instance-unreachable",
                                      f"instance {peer} of {service} unreachable: {e}", retryable=True) from e
+            if bodiless:
+                await self._respond(hop, up, service, candidate)
+                return
             async with trio.open_nursery() as nursery:
                 async def upload() -> None:
                     try:
-                        await _upload(body, up, replay, opts.request_timeout)
+                        await _upload(body, up, replay, opts.request_timeout, eof=True)
                     except _Gone:
                         raise
                     except _SEND_FAILURES as e:
                         # The instance stopped reading; its response (if any) still decides.
                         log.debug("request to %s cut short: %s", peer, e)
 
-
                 nursery.start_soon(upload)
                 # _AttemptFailed is caught inside the nursery: out of it, trio would wrap it in a group.
                 try:
-                    try:
-                        head = await _read_response_head(up, opts.response_timeout)
-                    except trio.TooSlowError as e:
-                        raise _AttemptFailed(504, b"upstream-timeout",
-                                             f"instance {peer} of {service} did not answer within "
-                                             f"{opts.response_timeout:g} s", retryable=False) from e
-                    except _GONE_HOP as e:
-                        raise _AttemptFailed(502, b"instance-failed", f"instance {peer} of {service} failed: {e}",
-                                             retryable=True) from e
-                    kind = dict(head.headers).get(ERROR_HEADER)
-                    if kind == UPSTREAM_UNREACHABLE:
-                        raise _AttemptFailed(head.status_code, kind,
-                                             f"instance {peer} of {service}: service not accepting connections",
-                                             retryable=True)
-                    try:
-                        served_by = f"{peer}; rtt-ms={candidate.rtt_ms:.3f}".encode()
-                        hop.hold(h11.Response(status_code=head.status_code,
-                                              headers=[*_forwarded(list(head.headers)), (INSTANCE_HEADER, served_by)],
-                                              reason=head.reason))
-                    except PEER_FAILURES as e:
-                        raise _Gone(f"requester gone: {e}") from e
-                    await _relay_response(up, hop, opts.response_timeout)
+                    await self._respond(hop, up, service, candidate)
                 except _AttemptFailed as e:
                     failed = e
                 # Done, failed, or an early answer (the instance did not want the rest of the body).
@@ -510,6 +513,40 @@ class ClientProxy:
             await stream.aclose()
         if failed is not None:
             raise failed
+
+
+    async def _respond(self, hop: _Hop, up: _Hop, service: str, candidate: Candidate) -> None:
+        """Read the instance's response head and relay the response to the client; raises
+        _AttemptFailed before anything reached the client, _Gone after."""
+        opts = self.options
+        peer = candidate.peer_id
+        try:
+            head = await _read_response_head(up, opts.response_timeout)
+        except trio.TooSlowError as e:
+            raise _AttemptFailed(504, b"upstream-timeout",
+                                 f"instance {peer} of {service} did not answer within "
+                                 f"{opts.response_timeout:g} s", retryable=False) from e
+        except _GONE_HOP as e:
+            raise _AttemptFailed(502, b"instance-failed", f"instance {peer} of {service} failed: {e}",
+                                 retryable=True) from e
+        kind = dict(head.headers).get(ERROR_HEADER)
+        if kind == UPSTREAM_UNREACHABLE:
+            raise _AttemptFailed(head.status_code, kind,
+                                 f"instance {peer} of {service}: service not accepting connections",
+                                 retryable=True)
+        served_by = f"{peer}; rtt-ms={candidate.rtt_ms:.3f}".encode()
+        hop.hold(h11.Response(status_code=head.status_code,
+                              headers=[*_forwarded(list(head.headers)), (INSTANCE_HEADER, served_by)],
+                              reason=head.reason))
+        await _relay_response(up, hop, opts.response_timeout)
+
+
+def _bodiless(request: h11.Request) -> bool:
+    """Whether ``request`` has no body (h11 then has its end already: nothing to stream)."""
+    for name, value in request.headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+            return False
+    return True
 
 
 #: Inbound ``/LCAManagerRequest/1.0`` streams one client proxy may hold open on a sidecar's host at
@@ -630,42 +667,49 @@ class Sidecar:
         when it should be sent again on a new connection (``retry`` and the service closed the
         connection before answering)."""
         opts = self.options
-        async with trio.open_nursery() as nursery:
+        try:
+            await up.send(request)
+        except _SEND_FAILURES as e:
+            if retry:
+                return True
+            await _send_error(down, 502, b"upstream-failed", f"service at {where} failed: {e}")
+            return False
 
-            async def upload() -> None:
-                try:
-                    await _upload(down, up, [], opts.request_timeout)
-                except _GONE_ALL as e:
-                    log.debug("request to %s cut short: %s", where, e)
-
+        async def upload() -> None:
             try:
-                await up.send(request)
-            except _SEND_FAILURES as e:
-                if retry:
-                    return True
-                await _send_error(down, 502, b"upstream-failed", f"service at {where} failed: {e}")
-                return False
+                await _upload(down, up, [], opts.request_timeout)
+            except _GONE_ALL as e:
+                log.debug("request to %s cut short: %s", where, e)
+
+        if _bodiless(request):
+            await upload()  # ends at once: no task beside the response
+            return await self._respond(down, up, where, retry=retry)
+        async with trio.open_nursery() as nursery:
             nursery.start_soon(upload)
             try:
-                try:
-                    head = await _read_response_head(up, opts.response_timeout)
-                except trio.TooSlowError:
-                    await _send_error(down, 504, b"upstream-timeout",
-                                      f"service at {where} did not answer within {opts.response_timeout:g} s")
-                    return False
-                except _GONE_HOP as e:
-                    if retry:
-                        return True
-                    await _send_error(down, 502, b"upstream-failed", f"service at {where} failed: {e}")
-                    return False
-                try:
-                    down.hold(h11.Response(status_code=head.status_code,
-                                           headers=_forwarded(list(head.headers)), reason=head.reason))
-                    await _relay_response(up, down, opts.response_timeout)
-                except _GONE_PEER as e:
-                    log.debug("response from %s cut short: %s", where, e)
+                return await self._respond(down, up, where, retry=retry)
             finally:
                 nursery.cancel_scope.cancel()  # the response is over: so is the request
+
+    async def _respond(self, down: _Hop, up: _Hop, where: str, *, retry: bool) -> bool:
+        opts = self.options
+        try:
+            head = await _read_response_head(up, opts.response_timeout)
+        except trio.TooSlowError:
+            await _send_error(down, 504, b"upstream-timeout",
+                              f"service at {where} did not answer within {opts.response_timeout:g} s")
+            return False
+        except _GONE_HOP as e:
+            if retry:
+                return True
+            await _send_error(down, 502, b"upstream-failed", f"service at {where} failed: {e}")
+            return False
+        try:
+            down.hold(h11.Response(status_code=head.status_code,
+                                   headers=_forwarded(list(head.headers)), reason=head.reason))
+            await _relay_response(up, down, opts.response_timeout, eof=True)
+        except _GONE_PEER as e:
+            log.debug("response from %s cut short: %s", where, e)
         return False
 
 
