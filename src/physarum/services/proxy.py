@@ -64,7 +64,7 @@ _HOP_BY_HOP = frozenset(
 class ProxyOptions:
     """Limits and timeouts of both proxies (seconds, bytes)."""
 
-    chunk_size: int = 65536
+    chunk_size: int = 262144
     """Bytes read at a time from a socket or stream."""
     max_header_bytes: int = 65536
     """A request or response head larger than this is refused (400 / 502)."""
