@@ -18,6 +18,14 @@ async def http_service(name: str, *, task_status: trio.TaskStatus[int] = trio.TA
     anything else answers ``NAME PATH``."""
 
     async def serve(stream: trio.SocketStream) -> None:
+        try:
+            await serve_one(stream)
+        except (h11.RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client (a sidecar giving up on a request) went away
+        finally:
+            await stream.aclose()
+
+    async def serve_one(stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER)
         while True:
             request = await _events(conn, stream)

@@ -185,3 +185,27 @@ async def test_added_latency_of_the_proxy_pair() -> None:
                   "(all in one process on a shared 2-core machine)")
             assert pm < 50_000
             nursery.cancel_scope.cancel()
+
+
+async def test_a_client_leaving_mid_body_leaves_nothing_behind() -> None:
+    async with network() as net:
+        assert await (await Client.open(net.port)).request("GET", "/hello/warm") == (200, b"fast /warm")
+        raw = await trio.open_tcp_stream("127.0.0.1", net.port)
+        await raw.send_all(b"POST /hello/count HTTP/1.1\r\nhost: x\r\ncontent-length: 10000000\r\n\r\n")
+        await raw.send_all(b"u" * 1_000_000)  # a tenth of it, then the client is gone
+        await raw.aclose()
+
+        def streams_open() -> int:
+            return sum(len(c.session.streams) for conns in net.client.connections.values() for c in conns)
+
+        # the overlay stream to the instance is closed on both sides, the service's connection too
+        await wait_until(lambda: streams_open() == 0, timeout=5, what="the client proxy's streams closed")
+        fast = net.fast.host
+        await wait_until(
+            lambda: sum(len(c.session.streams) for conns in fast.connections.values() for c in conns) == 0,
+            timeout=5, what="the sidecar's streams closed",
+        )
+        assert net.proxy.requests == 2
+        # and the next request is served as usual
+        client = await Client.open(net.port)
+        assert await client.request("POST", "/hello/count", b"abc") == (200, b"3")

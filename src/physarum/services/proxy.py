@@ -245,14 +245,19 @@ class _AttemptFailed(Exception):
 
 async def _upload(src: _Body | _Hop, dst: _Hop, replay: list[bytes], timeout: float, *, eof: bool = False) -> None:
     """Send ``replay`` then the rest of ``src``'s body to ``dst``, then end the message (and with
-    ``eof`` the stream's sending side: the overlay stream's FIN rides with the body's end)."""
+    ``eof`` the stream's sending side: the overlay stream's FIN rides with the body's end). Raises
+    _Gone when ``src`` fails (the requester went away mid-body), one of _SEND_FAILURES when
+    ``dst`` does."""
     for chunk in replay:
         await dst.send(h11.Data(data=chunk))
     while True:
         if isinstance(src, _Body):
             data = await src.read()
         else:
-            event = await src.next_event(timeout)
+            try:
+                event = await src.next_event(timeout)
+            except _HOP_FAILURES as e:
+                raise _Gone(f"requester: {e}") from e
             if isinstance(event, h11.Data):
                 data = bytes(event.data)
             elif isinstance(event, h11.EndOfMessage):
@@ -675,21 +680,31 @@ class Sidecar:
             await _send_error(down, 502, b"upstream-failed", f"service at {where} failed: {e}")
             return False
 
-        async def upload() -> None:
+        if _bodiless(request):
             try:
-                await _upload(down, up, [], opts.request_timeout)
+                await _upload(down, up, [], opts.request_timeout)  # ends at once: no task beside
             except _GONE_ALL as e:
                 log.debug("request to %s cut short: %s", where, e)
-
-        if _bodiless(request):
-            await upload()  # ends at once: no task beside the response
             return await self._respond(down, up, where, retry=retry)
         async with trio.open_nursery() as nursery:
+
+            async def upload() -> None:
+                try:
+                    await _upload(down, up, [], opts.request_timeout)
+                except _Gone as e:
+                    # The client proxy went away mid-body: nobody is left to answer, and the
+                    # service would wait for the rest until its own timeout. Drop it all.
+                    log.debug("request to %s abandoned: %s", where, e)
+                    nursery.cancel_scope.cancel()
+                except _SEND_FAILURES as e:
+                    log.debug("request to %s cut short: %s", where, e)  # its answer may still come
+
             nursery.start_soon(upload)
             try:
                 return await self._respond(down, up, where, retry=retry)
             finally:
                 nursery.cancel_scope.cancel()  # the response is over: so is the request
+        return False  # abandoned (the connection to the service is not reused: h11 is mid-request)
 
     async def _respond(self, down: _Hop, up: _Hop, where: str, *, retry: bool) -> bool:
         opts = self.options
