@@ -104,6 +104,12 @@ def test_one_shots_sign_with_the_default_key_file(home: Path) -> None:
     assert second.key_pair.peer_id == first.key_pair.peer_id
 
 
+def test_a_bad_service_creates_no_key_file(home: Path) -> None:
+    with pytest.raises(UsageError, match="bad service name"):
+        cli.parse_args(["add", "bad name", "-command", "x", "-bootstrap", BOOT], {})
+    assert not (home / ".privKeyRegistry").exists()
+
+
 @pytest.mark.parametrize("command", [["add", "x", "-image", "i"], ["get", "x"], ["delete", "x"], ["list"]])
 def test_one_shots_need_a_bootstrap(command: list[str], home: Path) -> None:
     assert usage_error([*command, "-ephemeral"]) == (

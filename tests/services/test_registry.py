@@ -829,3 +829,13 @@ async def test_sync_pulls_entries_under_the_same_rules() -> None:
         assert a.store.get("gone") == entry(ALICE, 6, "gone", deleted=True)
         assert a.store.get("fresh") == entry(BOB, 1, "fresh")
     assert await RegistryService(RegistryStore(), None).sync() == 0  # no client: nothing to pull
+
+
+def test_a_database_of_another_schema_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE entries (x INTEGER)")
+    db.commit()
+    db.close()
+    with pytest.raises(ConfigError, match="is not a physarum registry database"):
+        RegistryStore(str(path))

@@ -151,9 +151,9 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> tup
     # A registry node needs no lasting identity (it is found through the DHT), and must not share
     # the one-shots' signing key: two hosts with one peer id on a machine cannot reach each other.
     keyfile_default = None if args.command == "serve" else KEYFILE_DEFAULT
-    opts = node_options(args, listen_default=LISTEN_DEFAULT, keyfile_default=keyfile_default, env=env)
     if args.command == "add":
-        args.service = service_from_args(args)
+        args.service = service_from_args(args)  # before the key file is created: bad input leaves nothing
+    opts = node_options(args, listen_default=LISTEN_DEFAULT, keyfile_default=keyfile_default, env=env)
     if args.command == "serve":
         try:
             args.admins = [PeerId.from_string(a) for a in args.admin]

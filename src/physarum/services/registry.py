@@ -295,7 +295,12 @@ class RegistryStore:
             raise ConfigError(f"cannot open the registry database {path}: {e}") from None
         self._entries: dict[str, Entry] = {}
         self._stored_at: dict[str, float] = {}
-        for name, stored_at, envelope in self._db.execute("SELECT name, stored_at, envelope FROM entries"):
+        try:
+            rows = self._db.execute("SELECT name, stored_at, envelope FROM entries").fetchall()
+        except sqlite3.Error as e:  # a file of another program, or another schema
+            self._db.close()
+            raise ConfigError(f"{path} is not a physarum registry database: {e}") from None
+        for name, stored_at, envelope in rows:
             try:
                 entry = open_entry(envelope if isinstance(envelope, bytes) else b"")  # a TEXT or number cell: corrupt
             except MalformedEntryError as e:
