@@ -236,8 +236,9 @@ async def test_handle_answers_a_dialer_that_waits_for_our_header() -> None:
 async def test_handle_answers_a_lazy_dialer_in_one_write_or_defers_it() -> None:
     for deferred in (False, True):
         a, b = trio.testing.memory_stream_pair()
-        # header and proposal already read ahead, as a yamux stream holds them on arrival
-        ln = BufferedStream(b, HEADER + b"\x03/a\n")
+        # header, proposal and the protocol's first bytes already read ahead, as a yamux stream
+        # holds what a lazy dialer sent in one frame
+        ln = BufferedStream(b, HEADER + b"\x03/a\n" + b"request")
         later: list[bytes] = []
         with trio.fail_after(TIMEOUT):
             proto = await multistream.handle(
@@ -252,6 +253,18 @@ async def test_handle_answers_a_lazy_dialer_in_one_write_or_defers_it() -> None:
             else:
                 # one write: header and answer arrive in one chunk
                 assert await a.receive_some() == HEADER + b"\x03/a\n"
+
+
+async def test_handle_answers_at_once_a_dialer_that_sent_nothing_more() -> None:
+    # A dialer that waits for the answer (multistream.select) must get it even if the protocol's
+    # handler neither reads nor writes for a while: nothing is deferred then.
+    a, b = trio.testing.memory_stream_pair()
+    ln = BufferedStream(b, HEADER + b"\x03/a\n")
+    later: list[bytes] = []
+    with trio.fail_after(TIMEOUT):
+        assert await multistream.handle(ln, _only("/a"), lambda: ["/a"], defer=later.append) == "/a"
+        assert later == []
+        assert await a.receive_some() == HEADER + b"\x03/a\n"
 
 
 async def test_select_listener_answers_something_else() -> None:

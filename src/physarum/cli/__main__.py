@@ -20,6 +20,7 @@ commands:
   bootstrap      a DHT node that other nodes join with -bootstrap
   peer           join the network and stay up; or one-shot: peer ping | find | publish
   proxy          HTTP proxy to services by name: PORT (client) or PORT SERVICE HOST:PORT METRICS_PORT (sidecar)
+  sidecar        a node with a local HTTP/JSON API (-api 127.0.0.1:9081) for programs in any language
   registry       the service registry: serve | add | get | list | delete
   allocator      start instances of registered services on this machine when clients ask
   hello          the hello-world HTTP service of the services demo (on $SERVICE_PORT)
@@ -38,6 +39,7 @@ _PROGRAMS: dict[str, str] = {
     "bootstrap": "physarum.cli.bootstrap",
     "peer": "physarum.cli.peer",
     "proxy": "physarum.cli.proxy",
+    "sidecar": "physarum.cli.sidecar",
     "registry": "physarum.cli.registry",
     "allocator": "physarum.cli.allocator",
     "hello": "physarum.cli.hello",

@@ -11,11 +11,14 @@ Routes (GET and HEAD; HEAD answers the same head without the body):
     ``_created`` samples are never served (see :class:`WithoutCreated`).
 ``/``
     An HTML page linking to ``/metrics`` (more pages will be linked from it).
+``/healthz``
+    ``200 ok`` (text/plain) while the node runs: for liveness and readiness probes, so it needs no
+    token even when ``/metrics`` does, and renders nothing.
 
 Anything else: 404; other methods: 405 (with ``Allow``); a request h11 rejects (a malformed request
 line, a bare-LF HTTP/1.1 request without ``Host``, duplicate ``Host`` headers...): 400 at once; a request
 head larger than ``max_request_bytes``: 431. With a token (:class:`MetricsServer` ``token=``), every
-path answers 401 unless the request carries ``Authorization: Bearer TOKEN``. A client over the limit
+path but ``/healthz`` answers 401 unless the request carries ``Authorization: Bearer TOKEN``. A client over the limit
 that cannot make room gets 503 (see :class:`MetricsServer`). Every response carries ``Connection: close``.
 
 Line ends: h11 reads bare-LF lines (RFC 9112 lets a server do so). A client that stops sending right
@@ -236,6 +239,12 @@ def text_reply(status: int, text: str, headers: Sequence[tuple[str, str]] = ()) 
 METRICS = "metrics"
 """What :func:`route` answers for the metrics page (rendered by the caller)."""
 
+HEALTHZ = "/healthz"
+"""The health path: answered without a token (a probe carries none) and without rendering."""
+
+HEALTHY = text_reply(200, "ok")
+"""The answer to :data:`HEALTHZ`."""
+
 
 def route(method: bytes, target: bytes) -> Reply | str:
     """:data:`METRICS` for ``GET``/``HEAD /metrics`` (any query), else the complete reply: the index page,
@@ -249,6 +258,8 @@ def route(method: bytes, target: bytes) -> Reply | str:
         return text_reply(400, "bad request target")
     if path == "/metrics":
         return METRICS
+    if path == HEALTHZ:
+        return HEALTHY
     if path == "/":
         return Reply(200, [("Content-Type", "text/html; charset=utf-8")], INDEX_HTML)
     return text_reply(404, "not found: metrics are at /metrics")
@@ -608,13 +619,15 @@ class MetricsServer:
             bare_lf = bool(data) and _ends_in_bare_lf(conn)
 
     async def _answer(self, request: h11.Request) -> Reply:
+        routed = route(request.method, request.target)
+        if routed is HEALTHY:  # probes carry no token, and the answer says nothing about the node
+            return routed
         if self.token is not None:
             credentials = _bearer(request)
             if credentials is None or not hmac.compare_digest(credentials, self.token.encode()):
                 return text_reply(
                     401, "unauthorized: send Authorization: Bearer TOKEN", [("WWW-Authenticate", "Bearer")]
                 )
-        routed = route(request.method, request.target)
         if isinstance(routed, Reply):
             return routed
         accept = _header(request, b"accept")
@@ -748,6 +761,8 @@ __all__ = [
     "CONTENT_TYPE",
     "GZIP_LEVEL",
     "HEAD_TIMEOUT",
+    "HEALTHY",
+    "HEALTHZ",
     "INDEX_HTML",
     "MAX_CLIENTS",
     "MAX_REQUEST_BYTES",

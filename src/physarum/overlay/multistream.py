@@ -117,7 +117,8 @@ async def handle(
 ) -> str:
     """Answer proposals until one is supported; return it. ``greeted``: our header already went out.
     ``defer``: takes the accepting answer to send later (a yamux stream's ``defer``: with the
-    protocol's first write, or before it first waits to read) instead of sending it now.
+    protocol's first write, or before it first waits to read) instead of sending it now, when the
+    dialer already sent data behind its proposal (it did not wait for the answer).
 
     Raises:
         NegotiationError: the dialer does not speak multistream or gave up.
@@ -143,7 +144,10 @@ async def handle(
             body = b"".join(encode(p) for p in listing()) + b"\n"
             answer = varint.encode(len(body)) + body
         elif supports(proposal):
-            if defer is not None:
+            # Deferred only when the dialer sent more right behind its proposal (a lazy dialer,
+            # which does not wait for the answer); a dialer with nothing more here may be waiting
+            # for it, and the protocol's handler need not send or read soon (one that stalls).
+            if defer is not None and stream.has_buffered():
                 defer(header + encode(proposal))
             else:
                 await stream.send_all(header + encode(proposal))

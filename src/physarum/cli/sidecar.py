@@ -1,0 +1,161 @@
+"""``sidecar``: a node that serves the local HTTP/JSON API of :mod:`physarum.sidecar`.
+
+See :data:`DESCRIPTION` (its -help text). The API is bound to loopback by default; binding any other
+address needs a bearer token (``-api-token-file PATH`` or ``$PHYSARUM_API_TOKEN``), else the sidecar
+refuses to start (exit status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+import trio
+
+from physarum.cli.flags import (
+    FlagParser,
+    NodeOptions,
+    UsageError,
+    add_node_flags,
+    flag,
+    node_options,
+    normalize_bool_flags,
+    seconds_flag,
+    split_host_port,
+)
+from physarum.cli.node import RunningNode, run_main, run_node, setup_logging
+from physarum.errors import ConfigError
+from physarum.monitor.http import check_token, read_token_file
+from physarum.sidecar.api import ApiOptions, SidecarApi
+from physarum.sidecar.server import ApiServer
+
+PROG = "sidecar"
+LISTEN_DEFAULT = ":0"
+KEYFILE_DEFAULT: str | None = None  # a fresh identity unless -keyfile is given
+API_DEFAULT = "127.0.0.1:9081"
+#: Environment variable holding the API's bearer token (-api-token-file wins over it).
+ENV_TOKEN = "PHYSARUM_API_TOKEN"
+
+DESCRIPTION = f"""\
+Run a node and serve a local HTTP/JSON API to it (OpenAPI document at /openapi.json):
+info, join, peers, ping, find a peer's addresses, contact records, providers.
+Prints the node's multiaddrs, then "api http://HOST:PORT". The API listens on -api (default
+{API_DEFAULT}); a non-loopback -api needs a token (-api-token-file or ${ENV_TOKEN}), and with a
+token every /v1 request must send Authorization: Bearer TOKEN."""
+
+
+def build_parser() -> FlagParser:
+    parser = FlagParser(prog=PROG, description=DESCRIPTION)
+    add_node_flags(parser, listen_default=LISTEN_DEFAULT, keyfile_default=KEYFILE_DEFAULT)
+    flag(
+        parser,
+        "api",
+        default=API_DEFAULT,
+        metavar="HOST:PORT",
+        help=f"the API's address (default {API_DEFAULT})",
+    )
+    flag(
+        parser,
+        "api-token-file",
+        metavar="PATH",
+        help=f"file holding the API's bearer token (or ${ENV_TOKEN})",
+    )
+    seconds_flag(
+        parser, "api-dht-timeout", default=ApiOptions.dht_timeout, help="deadline of a DHT operation"
+    )
+    seconds_flag(
+        parser, "api-dial-timeout", default=ApiOptions.dial_timeout, help="deadline of a join or a dial"
+    )
+    return parser
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name, or "" (every interface)
+
+
+def parse_args(
+    argv: Sequence[str], env: Mapping[str, str] | None = None
+) -> tuple[argparse.Namespace, NodeOptions]:
+    """Parse the command line; ``args.api_host``, ``args.api_port`` and ``args.token`` (or None) are set.
+
+    Raises:
+        UsageError: bad flags or values, an unreadable token file, a bad token, or a non-loopback
+            -api without a token.
+    """
+    env = os.environ if env is None else env
+    parser = build_parser()
+    args = parser.parse_args(normalize_bool_flags(argv))
+    opts = node_options(args, listen_default=LISTEN_DEFAULT, keyfile_default=KEYFILE_DEFAULT, env=env)
+    args.api_host, args.api_port = split_host_port(args.api, "-api")
+    try:
+        if args.api_token_file:
+            args.token = read_token_file(args.api_token_file)
+        elif env.get(ENV_TOKEN):
+            args.token = check_token(env[ENV_TOKEN].strip())
+        else:
+            args.token = None
+    except OSError as e:
+        raise UsageError(f"cannot read -api-token-file: {e.strerror or e}") from None
+    except ConfigError as e:
+        raise UsageError(f"bad API token: {e}") from None
+    if args.token is None and not _loopback(args.api_host):
+        where = args.api_host or "every interface"
+        raise UsageError(
+            f"-api {args.api}: {where} is not loopback: give a token (-api-token-file or ${ENV_TOKEN})"
+        )
+    return args, opts
+
+
+async def serve(opts: NodeOptions, args: argparse.Namespace) -> None:
+    """Run the node and the API until SIGINT/SIGTERM.
+
+    Raises:
+        UsageError: a listen address or the API address cannot be bound.
+    """
+    async with trio.open_nursery() as nursery:
+
+        async def node_then_stop(*, task_status: trio.TaskStatus[RunningNode]) -> None:
+            # run_node returns on SIGINT/SIGTERM: the API stops with it
+            await run_node(opts, task_status=task_status)
+            nursery.cancel_scope.cancel()
+
+        node: RunningNode = await nursery.start(node_then_stop)
+        assert node.dht is not None  # run_node always runs the DHT
+        options = ApiOptions(dht_timeout=args.api_dht_timeout, dial_timeout=args.api_dial_timeout)
+        server = ApiServer(
+            SidecarApi(node.host, node.dht, options),
+            host=args.api_host or None,
+            port=args.api_port,
+            token=args.token,
+        )
+        try:
+            await nursery.start(server.run)
+        except OSError as e:
+            raise UsageError(f"cannot serve the API on {args.api}: {e.strerror or e}") from None
+        for url in server.urls:
+            print(f"api {url}", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point: ``sidecar [node flags] [-api HOST:PORT] [-api-token-file PATH]``."""
+    argv = sys.argv[1:] if argv is None else argv
+
+    async def start() -> int:
+        args, opts = parse_args(argv, os.environ)
+        setup_logging(opts.debug)
+        await serve(opts, args)
+        return 0
+
+    return run_main(PROG, start)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
