@@ -9,8 +9,10 @@ limit, leaves the cache at once. The limits are in milliseconds and named so (``
 Unlike PhysarumSM, the hard limit is applied at request time too: :meth:`Selector.select` never
 returns an instance whose latest RTT is over it. When even the best instance misses the soft limit
 (or there is none), the :class:`Selection` says so (``close_enough`` is False) and the selector
-calls its ``on_not_close_enough`` hook: that is where the allocator of the next step starts an
-instance near this node, while traffic keeps going to the best one there is.
+calls its ``on_not_close_enough`` hook; :class:`~physarum.services.placement.Placement` reads
+``close_enough`` itself and has an allocator start an instance near this node, while traffic keeps
+going to the best one there is. A service's own limits (from its registry entry) replace the
+options' with :meth:`Selector.set_limits`.
 """
 
 from __future__ import annotations
