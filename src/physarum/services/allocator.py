@@ -55,7 +55,7 @@ from physarum.services.registry import (
     UnknownServiceError,
 )
 from physarum.services.runtime import Instance, Runtime, StartError
-from physarum.services.wire import frame, read_message
+from physarum.services.wire import frame, read_message, serve_request
 
 log = logging.getLogger("physarum.services.allocator")
 
@@ -365,23 +365,10 @@ class Allocator:
         return running
 
     async def handle_stream(self, stream: trio.abc.HalfCloseableStream) -> None:
-        buffered = BufferedStream(stream)
-        try:
-            with trio.fail_after(self.options.request_timeout):
-                request = await read_message(buffered)
-            if request is None:
-                return
-            answer = await self._answer(request)
-            await stream.send_all(frame(answer))
-            await stream.send_eof()
-        except DecodeError as e:
-            log.info("allocator: bad request: %s", e)
-            try:
-                await stream.send_all(frame({"error": "malformed", "message": str(e)}))
-            except PEER_FAILURES:
-                pass
-        except PEER_FAILURES as e:
-            log.debug("allocator stream failed: %s", e)
+        async def answer(request: dict[str, Any]) -> list[dict[str, Any]]:
+            return [await self._answer(request)]
+
+        await serve_request(stream, answer, timeout=self.options.request_timeout, log=log)
 
     async def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
         if request.get("op") != "allocate" or not isinstance(request.get("service"), str):

@@ -47,7 +47,7 @@ from physarum.overlay.envelope import EnvelopeError, open_envelope, seal
 from physarum.overlay.identity import KeyPair, PeerId
 from physarum.overlay.streamio import BufferedStream
 from physarum.services.discovery import Advertiser, AdvertiserOptions, service_key
-from physarum.services.wire import frame, read_message
+from physarum.services.wire import frame, read_message, serve_request
 
 log = logging.getLogger("physarum.services.registry")
 
@@ -455,24 +455,11 @@ class RegistryService:
         return new
 
     async def handle_stream(self, stream: trio.abc.HalfCloseableStream) -> None:
-        buffered = BufferedStream(stream)
-        try:
-            with trio.fail_after(self.options.request_timeout):
-                request = await read_message(buffered)
-            if request is None:
-                return
+        async def answer(request: dict[str, Any]) -> Iterable[dict[str, Any]]:
             self.requests += 1
-            for answer in self._answer(request):
-                await stream.send_all(frame(answer))
-            await stream.send_eof()
-        except DecodeError as e:
-            log.info("registry: bad request: %s", e)
-            try:
-                await stream.send_all(frame({"error": "malformed", "message": str(e)}))
-            except PEER_FAILURES:
-                pass
-        except PEER_FAILURES as e:
-            log.debug("registry stream failed: %s", e)
+            return self._answer(request)
+
+        await serve_request(stream, answer, timeout=self.options.request_timeout, log=log)
 
     def _answer(self, request: dict[str, Any]) -> Iterable[dict[str, Any]]:
         op = request.get("op")

@@ -4,11 +4,13 @@ per stream, answered by one or more messages and the end of the stream."""
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import trio
 
-from physarum.errors import DecodeError, IncompleteError
+from physarum.errors import PEER_FAILURES, DecodeError, IncompleteError
 from physarum.overlay import varint
 from physarum.overlay.streamio import BufferedStream
 from physarum.overlay.varint import encode as varint_encode
@@ -57,4 +59,36 @@ async def read_message(stream: BufferedStream, max_size: int = MAX_MESSAGE) -> d
     return obj
 
 
-__all__ = ["MAX_MESSAGE", "frame", "read_message"]
+async def serve_request(
+    stream: trio.abc.HalfCloseableStream,
+    answer: Callable[[dict[str, Any]], Awaitable[Iterable[dict[str, Any]]]],
+    *,
+    timeout: float,
+    log: logging.Logger,
+) -> bool:
+    """One request-response exchange on ``stream``: read the request (within ``timeout``), write
+    what ``answer`` returns, end the stream. A request that does not decode is answered
+    ``{"error": "malformed"}`` (logged at INFO); a peer that fails is logged at DEBUG. Returns
+    whether a request was read. Never raises for what the peer did."""
+    buffered = BufferedStream(stream)
+    try:
+        with trio.fail_after(timeout):
+            request = await read_message(buffered)
+        if request is None:
+            return False
+        for message in await answer(request):
+            await stream.send_all(frame(message))
+        await stream.send_eof()
+        return True
+    except DecodeError as e:
+        log.info("bad request: %s", e)
+        try:
+            await stream.send_all(frame({"error": "malformed", "message": str(e)}))
+        except PEER_FAILURES:
+            pass
+    except PEER_FAILURES as e:
+        log.debug("stream failed: %s", e)
+    return False
+
+
+__all__ = ["MAX_MESSAGE", "frame", "read_message", "serve_request"]
