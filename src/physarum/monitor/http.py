@@ -37,7 +37,7 @@ import logging
 import re
 import socket
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from http import HTTPStatus
@@ -246,10 +246,15 @@ HEALTHY = text_reply(200, "ok")
 """The answer to :data:`HEALTHZ`."""
 
 
-def route(method: bytes, target: bytes) -> Reply | str:
-    """:data:`METRICS` for ``GET``/``HEAD /metrics`` (any query), else the complete reply: the index page,
-    405 for other methods, 404 for other paths, 400 for a target that is not a URL. ``target`` may be in
-    origin or absolute form."""
+Page = Callable[[], Reply]
+"""A page's handler: called on the event loop for each ``GET``/``HEAD`` of its path (any query), so it
+must be quick; it answers the whole reply."""
+
+
+def route(method: bytes, target: bytes, pages: Mapping[str, Page] | None = None) -> Reply | str:
+    """:data:`METRICS` for ``GET``/``HEAD /metrics`` (any query), else the complete reply: a page of
+    ``pages`` (by path, which may replace the index page at ``/``), the index page, 405 for other methods,
+    404 for other paths, 400 for a target that is not a URL. ``target`` may be in origin or absolute form."""
     if method not in (b"GET", b"HEAD"):
         return text_reply(405, "only GET and HEAD", [("Allow", "GET, HEAD")])
     try:
@@ -260,6 +265,9 @@ def route(method: bytes, target: bytes) -> Reply | str:
         return METRICS
     if path == HEALTHZ:
         return HEALTHY
+    page = None if pages is None else pages.get(path)
+    if page is not None:
+        return page()
     if path == "/":
         return Reply(200, [("Content-Type", "text/html; charset=utf-8")], INDEX_HTML)
     return text_reply(404, "not found: metrics are at /metrics")
@@ -388,6 +396,9 @@ class _Render:
 class MetricsServer:
     """Serve ``registry`` at ``/metrics`` (and an index page at ``/``) over HTTP/1.1 on ``host``:``port``.
 
+    ``pages`` maps further paths to their :data:`Page` handlers (add more to :attr:`pages` before
+    :meth:`run`); they answer under the same token and bounds as ``/metrics``.
+
     ``host`` None or ``""`` binds every interface; port 0 picks a free port, the same one on every
     address family (IPv4 and IPv6), retried up to ``bind_attempts`` times when another program holds it
     on one of them. Run it with ``await nursery.start(server.run)``: that returns once listening, with
@@ -440,6 +451,7 @@ class MetricsServer:
         refusal_linger: float = REFUSAL_LINGER,
         max_clients: int = MAX_CLIENTS,
         bind_attempts: int = BIND_ATTEMPTS,
+        pages: Mapping[str, Page] | None = None,
     ) -> None:
         for name, value in (
             ("max_request_bytes", max_request_bytes),
@@ -461,6 +473,7 @@ class MetricsServer:
         self.refusal_linger = refusal_linger
         self.max_clients = max_clients
         self.bind_attempts = bind_attempts
+        self.pages: dict[str, Page] = dict(pages or {})
         self.addresses: list[tuple[str, int]] = []
         self.dropped = 0
         self.refused = 0
@@ -619,15 +632,15 @@ class MetricsServer:
             bare_lf = bool(data) and _ends_in_bare_lf(conn)
 
     async def _answer(self, request: h11.Request) -> Reply:
-        routed = route(request.method, request.target)
-        if routed is HEALTHY:  # probes carry no token, and the answer says nothing about the node
-            return routed
+        if route(request.method, request.target) is HEALTHY:  # probes carry no token; it says nothing
+            return HEALTHY
         if self.token is not None:
             credentials = _bearer(request)
             if credentials is None or not hmac.compare_digest(credentials, self.token.encode()):
                 return text_reply(
                     401, "unauthorized: send Authorization: Bearer TOKEN", [("WWW-Authenticate", "Bearer")]
                 )
+        routed = route(request.method, request.target, self.pages)  # a page runs only for the token holder
         if isinstance(routed, Reply):
             return routed
         accept = _header(request, b"accept")
