@@ -21,7 +21,7 @@ from physarum.overlay.multiaddr import Multiaddr
 from physarum.sidecar.openapi import OPENAPI
 from tests.integration.test_cli import LOCAL, PASS, script
 
-#: Examples per operation (10 operations, plus the methods the document does not list): about 10 s here.
+#: Examples per operation (12 operations, plus the methods the document does not list): about 12 s here.
 EXAMPLES = 100
 #: Seconds any one request may take before the test calls it a hang.
 REQUEST_TIMEOUT = 15.0

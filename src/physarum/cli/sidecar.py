@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -27,10 +28,13 @@ from physarum.cli.flags import (
     split_host_port,
 )
 from physarum.cli.node import RunningNode, run_main, run_node, setup_logging
-from physarum.errors import ConfigError
+from physarum.errors import ConfigError, PhysarumError
 from physarum.monitor.http import check_token, read_token_file
 from physarum.sidecar.api import ApiOptions, SidecarApi
+from physarum.sidecar.messages import MessageOptions, MessageService, MessageStore
 from physarum.sidecar.server import ApiServer
+
+log = logging.getLogger("physarum.cli")
 
 PROG = "sidecar"
 LISTEN_DEFAULT = ":0"
@@ -41,7 +45,9 @@ ENV_TOKEN = "PHYSARUM_API_TOKEN"
 
 DESCRIPTION = f"""\
 Run a node and serve a local HTTP/JSON API to it (OpenAPI document at /openapi.json):
-info, join, peers, ping, find a peer's addresses, contact records, providers.
+info, join, peers, ping, find a peer's addresses, contact records, providers, and messages:
+persist to a topic and query it back. Every sidecar also stores messages for the network, in
+-messages-db (SQLite; kept only in memory when not given, with a warning).
 Prints the node's multiaddrs, then "api http://HOST:PORT". The API listens on -api (default
 {API_DEFAULT}); a non-loopback -api needs a token (-api-token-file or ${ENV_TOKEN}), and with a
 token every /v1 request must send Authorization: Bearer TOKEN."""
@@ -62,6 +68,26 @@ def build_parser() -> FlagParser:
         "api-token-file",
         metavar="PATH",
         help=f"file holding the API's bearer token (or ${ENV_TOKEN})",
+    )
+    flag(
+        parser,
+        "messages-db",
+        metavar="PATH",
+        help="SQLite file where this node keeps the messages it stores (default: memory only)",
+    )
+    flag(
+        parser,
+        "messages-replicas",
+        type=int,
+        default=MessageOptions.replicas,
+        metavar="N",
+        help=f"stores that hold each topic (default {MessageOptions.replicas})",
+    )
+    seconds_flag(
+        parser,
+        "messages-sync-interval",
+        default=MessageOptions.sync_interval,
+        help="how often this store offers its topics to the others closest to them",
     )
     seconds_flag(
         parser, "api-dht-timeout", default=ApiOptions.dht_timeout, help="deadline of a DHT operation"
@@ -95,6 +121,8 @@ def parse_args(
     args = parser.parse_args(normalize_bool_flags(argv))
     opts = node_options(args, listen_default=LISTEN_DEFAULT, keyfile_default=KEYFILE_DEFAULT, env=env)
     args.api_host, args.api_port = split_host_port(args.api, "-api")
+    if args.messages_replicas < 1:
+        raise UsageError(f"-messages-replicas must be at least 1, not {args.messages_replicas}")
     try:
         if args.api_token_file:
             args.token = read_token_file(args.api_token_file)
@@ -130,8 +158,20 @@ async def serve(opts: NodeOptions, args: argparse.Namespace) -> None:
         node: RunningNode = await nursery.start(node_then_stop)
         assert node.dht is not None  # run_node always runs the DHT
         options = ApiOptions(dht_timeout=args.api_dht_timeout, dial_timeout=args.api_dial_timeout)
+        if args.messages_db is None:
+            log.warning("no -messages-db: the messages this node stores are lost when it stops")
+        try:
+            store = MessageStore(args.messages_db or ":memory:")
+        except PhysarumError as e:
+            raise UsageError(str(e)) from None
+        messages = MessageService(
+            store,
+            node.dht,
+            MessageOptions(replicas=args.messages_replicas, sync_interval=args.messages_sync_interval),
+        )
+        node.host.add_service(messages)
         server = ApiServer(
-            SidecarApi(node.host, node.dht, options),
+            SidecarApi(node.host, node.dht, options, messages, node.host.key_pair),
             host=args.api_host or None,
             port=args.api_port,
             token=args.token,

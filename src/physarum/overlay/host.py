@@ -857,9 +857,10 @@ class Host:
             await stream.aclose()
 
     async def new_stream(
-        self, peer: PeerId | str | Multiaddr, protocols: Sequence[str], *, timeout: float = DEFAULT_TIMEOUT
+        self, peer: PeerId | str | Multiaddr, protocols: str | Sequence[str], *, timeout: float = DEFAULT_TIMEOUT
     ) -> YamuxStream:
-        """Open a stream to ``peer`` (dialing if needed) speaking the first protocol it accepts.
+        """Open a stream to ``peer`` (dialing if needed) speaking the first protocol it accepts
+        (``protocols``: one protocol id, or several in order of preference).
 
         Raises:
             DialError: cannot connect.
@@ -869,6 +870,8 @@ class Host:
             trio.TooSlowError: ``timeout`` passed.
             trio.BrokenResourceError: the connection broke meanwhile.
         """
+        if isinstance(protocols, str):  # not its characters as protocols
+            protocols = [protocols]
         with trio.fail_after(timeout):
             conn = await self.connect(peer, timeout=timeout)
             return await conn.open_stream(protocols)

@@ -65,15 +65,16 @@ async def serve_request(
     *,
     timeout: float,
     log: logging.Logger,
+    max_size: int = MAX_MESSAGE,
 ) -> bool:
     """One request-response exchange on ``stream``: read the request (within ``timeout``), write
-    what ``answer`` returns, end the stream. A request that does not decode is answered
+    what ``answer`` returns, end the stream. Requests over ``max_size`` bytes are malformed. A request that does not decode is answered
     ``{"error": "malformed"}`` (logged at INFO); a peer that fails is logged at DEBUG. Returns
     whether a request was read. Never raises for what the peer did."""
     buffered = BufferedStream(stream)
     try:
         with trio.fail_after(timeout):
-            request = await read_message(buffered)
+            request = await read_message(buffered, max_size)
         if request is None:
             return False
         for message in await answer(request):

@@ -12,12 +12,15 @@ Provider keys are names: the DHT key is the SHA2-256 multihash of the name's UTF
 :func:`physarum.services.discovery.service_key` builds it, so the instances of a service named
 ``hello`` are the providers of ``hello`` here.
 
-The messages operations (persist and query) are the next step; they will be methods here too,
-backed by a store that :class:`SidecarApi` will take as one more constructor argument.
+Messages (``/v1/topics/{topic}/messages``) are :mod:`physarum.sidecar.messages`: signed by this node's
+key, stored on the stores closest to the topic. Without a :class:`~.messages.MessageService` (an
+embedder that passes none) those operations answer 503 ``no_store``.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,9 +33,10 @@ from physarum.dht.service import KadDHT, PeerNotFoundError
 from physarum.errors import PEER_FAILURES, DecodeError, DialError, exception_leaves
 from physarum.overlay import addr as addrs_
 from physarum.overlay.host import Host
-from physarum.overlay.identity import PeerId
+from physarum.overlay.identity import KeyPair, PeerId
 from physarum.overlay.multiaddr import Multiaddr
 from physarum.services.discovery import service_key
+from physarum.sidecar.messages import MessageError, MessageService
 from physarum.sidecar.openapi import OPENAPI
 
 JSON = dict[str, Any]
@@ -106,10 +110,19 @@ def _peer_json(peer_id: PeerId, addrs: Any) -> JSON:
 class SidecarApi:
     """The operations over a running ``host`` and its ``dht`` (started by the caller)."""
 
-    def __init__(self, host: Host, dht: KadDHT, options: ApiOptions | None = None) -> None:
+    def __init__(
+        self,
+        host: Host,
+        dht: KadDHT,
+        options: ApiOptions | None = None,
+        messages: MessageService | None = None,
+        key_pair: KeyPair | None = None,
+    ) -> None:
         self.host = host
         self.dht = dht
         self.options = options or ApiOptions()
+        self.messages = messages
+        self.key_pair = key_pair
         self.handlers: dict[str, Callable[[Mapping[str, str], JSON], Awaitable[Result]]] = {
             "openapi": self.openapi,
             "info": self.info,
@@ -121,6 +134,8 @@ class SidecarApi:
             "find_records": self.find_records,
             "provide": self.provide,
             "find_providers": self.find_providers,
+            "persist": self.persist,
+            "query": self.query,
         }
 
     async def _network(self, work: Callable[[], Awaitable[Result]], timeout: float) -> Result:
@@ -274,6 +289,52 @@ class SidecarApi:
             return 200, {"key": key, "providers": [_peer_json(p.peer_id, p.addrs) for p in found]}
 
         return await self._network(work, self.options.dht_timeout)
+
+    def _message_service(self) -> tuple[MessageService, KeyPair]:
+        if self.messages is None or self.key_pair is None:
+            raise ApiError(503, "no_store", "this node does not run the message service")
+        return self.messages, self.key_pair
+
+    async def persist(self, params: Mapping[str, str], body: JSON) -> Result:
+        service, key_pair = self._message_service()
+        topic = params["topic"]
+        if ("data" in body) == ("data_base64" in body):
+            raise ApiError(400, "bad_body", "give exactly one of data and data_base64")
+        raw = "data_base64" in body
+        data = body.get("data")
+        if raw:
+            try:
+                data = base64.b64decode(body["data_base64"], validate=True)
+            except (binascii.Error, ValueError):
+                raise ApiError(400, "bad_body", "data_base64 is not base64") from None
+        timeout = self.options.dht_timeout
+        try:
+            with trio.fail_after(timeout):
+                result = await service.persist(key_pair, topic, data, raw=raw)
+        except MessageError as e:
+            raise ApiError(_MESSAGE_STATUS.get(e.code, 503), e.code, e.message) from None
+        except trio.TooSlowError:
+            raise ApiError(504, "timeout", f"not acknowledged within {timeout:g} s") from None
+        return 201, {"topic": topic, "message": result.message.to_json(), "stored": result.stored}
+
+    async def query(self, params: Mapping[str, str], _body: JSON) -> Result:
+        service, _ = self._message_service()
+        topic = params["topic"]
+        since = int(params.get("since", 0))
+        limit = int(params.get("limit", 100))
+        timeout = self.options.dht_timeout
+        try:
+            with trio.fail_after(timeout):
+                messages, more = await service.query(topic, since, limit)
+        except MessageError as e:
+            raise ApiError(_MESSAGE_STATUS.get(e.code, 503), e.code, e.message) from None
+        except trio.TooSlowError:
+            raise ApiError(504, "timeout", f"no store answered within {timeout:g} s") from None
+        return 200, {"topic": topic, "messages": [m.to_json() for m in messages], "more": more}
+
+
+#: HTTP status of each message error code (others: 503).
+_MESSAGE_STATUS = {"bad_topic": 400, "too_large": 413, "malformed": 400}
 
 
 __all__ = ["JSON", "ApiError", "ApiOptions", "Result", "SidecarApi", "parse_peer_id"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from physarum.dht.records import MAX_RECORD_TTL
+from physarum.sidecar.messages import MAX_DATA_BYTES, MAX_LIMIT
 
 #: Largest request body accepted (bytes); larger ones are answered 413 without being read.
 MAX_BODY_BYTES = 65536
@@ -47,6 +48,35 @@ _PEER_ID_PARAM = {
     "description": "a peer id (base58 multihash, 12D3KooW... or Qm...)",
     "schema": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[1-9A-HJ-NP-Za-km-z]+$"},
 }
+_TOPIC_PARAM = {
+    "name": "topic",
+    "in": "path",
+    "required": True,
+    "description": "a topic name: 1-128 letters, digits and ._:- starting with a letter or digit",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9][A-Za-z0-9._:-]*$"},
+}
+_MESSAGE = {
+    "type": "object",
+    "required": ["publisher", "seq", "ts", "id"],
+    "description": "data (a JSON message) or data_base64 (a bytes message)",
+    "properties": {
+        "publisher": {"type": "string"},
+        "seq": {"type": "integer"},
+        "ts": {"type": "integer", "description": "the publisher's clock, unix milliseconds"},
+        "id": {"type": "string", "description": "hex SHA-256 of the signed payload"},
+        "data": {},
+        "data_base64": {"type": "string"},
+    },
+}
+_MESSAGE_STORED = {
+    "type": "object",
+    "required": ["topic", "message", "stored"],
+    "properties": {
+        "topic": {"type": "string"},
+        "message": _MESSAGE,
+        "stored": {"type": "integer", "description": "stores that acknowledged it"},
+    },
+}
 _BAD = _error("bad input: malformed JSON, wrong types, unknown fields, a bad peer id or multiaddr")
 _UNAUTHORIZED = _error("a token is configured and the request does not carry it")
 _NET = _error("the network cannot be reached (not joined, or the peer cannot be dialed)")
@@ -65,7 +95,8 @@ OPENAPI: dict[str, Any] = {
         "version": "1",
         "description": (
             "A local HTTP/JSON API to a physarum node: join the overlay, list and ping peers, find a "
-            "peer's addresses, publish and find signed contact records, provide and find providers. "
+            "peer's addresses, publish and find signed contact records, provide and find providers, "
+            "persist messages to a topic and query them back. "
             f"Request bodies are JSON objects of at most {MAX_BODY_BYTES} bytes; unknown fields are "
             "refused. With a token, every /v1 request needs Authorization: Bearer TOKEN."
         ),
@@ -362,6 +393,71 @@ OPENAPI: dict[str, Any] = {
                 },
             },
         },
+        "/v1/topics/{topic}/messages": {
+            "parameters": [_TOPIC_PARAM],
+            "post": {
+                "operationId": "persist",
+                "summary": "append a message to the topic: signed by this node, stored by the stores closest to "
+                "the topic, answered once they acknowledged it",
+                "requestBody": _body(
+                    {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "description": "exactly one of data (any JSON value) and data_base64 (bytes); "
+                        f"at most {MAX_DATA_BYTES} bytes of data (its compact JSON text, or the bytes)",
+                        "properties": {"data": {}, "data_base64": {"type": "string"}},
+                    }
+                ),
+                "responses": {
+                    "201": _ok("the message as stored", _MESSAGE_STORED),
+                    "400": _error("bad input: malformed JSON, a bad topic name, not exactly one of data and "
+                                  "data_base64, bad base64"),
+                    "401": _UNAUTHORIZED,
+                    "413": _error("the message's data is over the limit"),
+                    "503": _error("fewer stores than wanted acknowledged the message (it may still appear)"),
+                    "504": _TIMEOUT,
+                },
+            },
+            "get": {
+                "operationId": "query",
+                "summary": "the topic's messages with ts >= since, oldest first (publish order for each "
+                "publisher), at most limit",
+                "parameters": [
+                    {
+                        "name": "since",
+                        "in": "query",
+                        "required": False,
+                        "description": "unix milliseconds; messages published at or after it (default 0)",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": 2**62},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "description": "most messages returned (default 100)",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+                    },
+                ],
+                "responses": {
+                    "200": _ok(
+                        "messages; more is true when further ones exist past limit",
+                        {
+                            "type": "object",
+                            "required": ["topic", "messages", "more"],
+                            "properties": {
+                                "topic": {"type": "string"},
+                                "messages": {"type": "array", "items": _MESSAGE},
+                                "more": {"type": "boolean"},
+                            },
+                        },
+                    ),
+                    "400": _BAD,
+                    "401": _UNAUTHORIZED,
+                    "503": _error("no store answered"),
+                    "504": _TIMEOUT,
+                },
+            },
+        },
     },
     "components": {
         "schemas": {
@@ -395,6 +491,12 @@ def request_schema(path: str, method: str) -> dict[str, Any] | None:
         return None
     schema: dict[str, Any] = body["content"]["application/json"]["schema"]
     return schema
+
+
+def query_parameters(path: str, method: str) -> list[dict[str, Any]]:
+    """The ``in: query`` parameters of ``method path``."""
+    op = OPENAPI["paths"][path][method.lower()]
+    return [p for p in op.get("parameters", []) if p["in"] == "query"]
 
 
 class SchemaError(ValueError):
@@ -472,6 +574,7 @@ __all__ = [
     "OPENAPI",
     "SchemaError",
     "operations",
+    "query_parameters",
     "request_schema",
     "validate",
 ]

@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import h11
 import trio
@@ -40,7 +40,14 @@ import trio
 from physarum.errors import ConfigError
 from physarum.monitor.http import check_token, open_listeners
 from physarum.sidecar.api import JSON, ApiError, Result, SidecarApi
-from physarum.sidecar.openapi import MAX_BODY_BYTES, OPENAPI, SchemaError, request_schema, validate
+from physarum.sidecar.openapi import (
+    MAX_BODY_BYTES,
+    OPENAPI,
+    SchemaError,
+    query_parameters,
+    request_schema,
+    validate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +114,42 @@ def parse_body(data: bytes) -> Any:
         return json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
     except (ValueError, RecursionError) as e:
         raise ApiError(400, "bad_json", f"the body is not JSON: {str(e)[:120]}") from None
+
+
+def parse_query(template: str, method: str, query: str) -> dict[str, str]:
+    """The query parameters ``method template`` declares, checked against their schemas (integers
+    in range); others are ignored, as HTTP servers usually do.
+
+    Raises:
+        ApiError: 400 ``bad_query``: a declared parameter given twice, or not matching its schema.
+    """
+    out: dict[str, str] = {}
+    declared = query_parameters(template, method)
+    if not declared:
+        return out
+    try:
+        given = parse_qs(query, keep_blank_values=True, strict_parsing=False, max_num_fields=64)
+    except ValueError as e:
+        raise ApiError(400, "bad_query", f"bad query string: {e}") from None
+    for param in declared:
+        name, schema = param["name"], param["schema"]
+        values = given.get(name)
+        if values is None:
+            continue
+        if len(values) != 1:
+            raise ApiError(400, "bad_query", f"{name} given {len(values)} times")
+        text = values[0]
+        value: Any = text
+        if schema.get("type") == "integer":
+            if not re.fullmatch(r"-?[0-9]{1,20}", text):
+                raise ApiError(400, "bad_query", f"{name} must be an integer, not {text[:40]!r}")
+            value = int(text)
+        try:
+            validate(value, schema, name)
+        except SchemaError as e:
+            raise ApiError(400, "bad_query", str(e)) from None
+        out[name] = str(value)
+    return out
 
 
 def error_body(code: str, message: str) -> JSON:
@@ -279,7 +322,8 @@ class ApiServer:
         self, conn: h11.Connection, stream: trio.abc.ReceiveStream, request: h11.Request
     ) -> tuple[int, JSON, list[tuple[str, str]]]:
         try:
-            path = urlsplit(request.target.decode("ascii")).path
+            split = urlsplit(request.target.decode("ascii"))
+            path = split.path
         except (ValueError, UnicodeDecodeError):
             return 400, error_body("bad_request", "bad request target"), []
         found = match(self.routes, path)
@@ -298,6 +342,7 @@ class ApiServer:
             body = error_body("unauthorized", "send Authorization: Bearer TOKEN")
             return 401, body, [("WWW-Authenticate", "Bearer")]
         try:
+            params.update(parse_query(route.template, method, split.query))
             result = await self._call(conn, stream, request, route, method, params)
         except ApiError as e:
             return e.status, error_body(e.code, e.message), []
