@@ -166,3 +166,22 @@ async def test_no_acknowledged_message_is_lost_when_a_store_is_killed_and_restar
             ok=lambda s, j: s == 200 and len(j["messages"]) >= len(acked),
         )
         assert set(acked) <= {m["seq"] for m in got_v["messages"]}
+
+
+async def test_a_restarted_store_answers_from_its_disk_and_continues_its_chain(tmp_path: Path) -> None:
+    """A lone sidecar (no other store to refresh it from): killed and restarted on the same key and
+    -messages-db, it answers the earlier messages at once and writes the next seq after them."""
+    argv = [*SIDECAR, "-keyfile", str(tmp_path / "k.key"), "-messages-db", str(tmp_path / "m.db")]
+    async with binary(argv) as first:
+        url = await api_url(first)
+        for i in range(3):
+            status, body = await call("POST", f"{url}/v1/topics/t/messages", {"data": i})
+            assert (status, body["stored"]) == (201, 1), body
+        first.process.kill()
+        await first.process.wait()
+    async with binary(argv) as second:
+        url = await api_url(second)
+        status, got = await call("GET", f"{url}/v1/topics/t/messages")
+        assert status == 200 and [m["data"] for m in got["messages"]] == [0, 1, 2]
+        status, body = await call("POST", f"{url}/v1/topics/t/messages", {"data": 3})
+        assert status == 201 and body["message"]["seq"] == 4
