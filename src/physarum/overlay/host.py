@@ -29,6 +29,7 @@ import collections
 import logging
 import math
 import socket
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -67,7 +68,7 @@ from physarum.overlay.transport import RawConnection, TcpTransport, Transport
 from physarum.overlay.upgrader import DEFAULT_SECURITY, DialPhase, FirstBytesTimeout, Upgrader
 from physarum.overlay.websocket import WebSocketTransport
 from physarum.overlay.yamux import GO_AWAY_GARBAGE_COLLECTED, GO_AWAY_TIMEOUT, YamuxSession, YamuxStream
-from physarum.psk import PSK_SIZE, KeyFileError, KeyFileReason, PskMismatchError
+from physarum.psk import PSK_SIZE, KeyFileError, KeyFileReason, PskMismatchError, xsalsa20
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -253,7 +254,8 @@ class Host:
         # yamux's counters of the sessions that ended, for the metrics (see _usage)
         self._closed_memory_resets = 0
         self._closed_pongs_dropped = 0
-        self._victims: collections.deque[Connection] = collections.deque()  # see _next_victim
+        # Weak: a batch outlives a flood, and must not keep its closed connections' buffers alive.
+        self._victims: collections.deque[weakref.ref[Connection]] = collections.deque()  # see _next_victim
         self._victims_at = -math.inf
         self._closed = False
         self._interfaces = netif.InterfaceCache(address_cache_ttl)
@@ -300,6 +302,8 @@ class Host:
             try:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
+                    if self.psk is not None:
+                        xsalsa20.preload()  # see there: not under a flood of first connections
                     # Services first: they hear of every connection the listeners bring.
                     for service in self._services:
                         await _start_service(nursery, service)
@@ -571,12 +575,12 @@ class Host:
                 candidates = [c for conns in self.connections.values() for c in conns if c not in self._evicting]
                 # A small host ranks per newcomer (cheap, and exact: newcomers since count too).
                 batch = VICTIM_BATCH if len(candidates) > 4 * VICTIM_BATCH else 1
-                self._victims = collections.deque(manager.rank_victims(candidates, batch))
+                self._victims = collections.deque(weakref.ref(c) for c in manager.rank_victims(candidates, batch))
                 self._victims_at = now if batch > 1 else -math.inf
                 if not self._victims:
                     return None
-            victim = self._victims.popleft()
-            if victim.is_closed or victim in self._evicting or manager.is_protected(victim.peer_id):
+            victim = self._victims.popleft()()
+            if victim is None or victim.is_closed or victim in self._evicting or manager.is_protected(victim.peer_id):
                 continue
             manager.note_victim()
             return victim
