@@ -146,6 +146,7 @@ async def run_allocator(
     Raises:
         UsageError: an address cannot be bound, or a runtime cannot be set up.
     """
+    from physarum.monitor.discovery import announce_metrics
     from physarum.monitor.http import MetricsServer
     from physarum.monitor.metrics import node_registry
 
@@ -169,6 +170,7 @@ async def run_allocator(
         except OSError as e:
             where = f"[{opts.metrics_host}]" if opts.metrics_host and ":" in opts.metrics_host else opts.metrics_host or ""
             raise UsageError(f"cannot serve metrics on {where}:{opts.metrics_port}: {e.strerror or e}") from None
+        announce_metrics(running.host, server, "allocator")  # so the ping-monitor lists it at /sd
         port = server.addresses[0][1]
         every = "" if opts.metrics_host else " (every interface)"
         print(f"allocator: runtimes {', '.join(runtimes)}, capacity {opts.options.capacity}, "

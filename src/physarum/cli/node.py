@@ -27,8 +27,10 @@ from physarum.cli.flags import NodeOptions, UsageError
 from physarum.dht.service import KadDHT
 from physarum.dht.table import RoutingTable, TableFormatError
 from physarum.errors import DialError, PeerIdMismatchError, exception_leaves
+from physarum.monitor.discovery import LINGER, DiscoveryOptions, serve_discovery
 from physarum.monitor.metrics import MetricsServer, node_registry
 from physarum.monitor.ping_monitor import MAX_PEER_SERIES, PingMonitor
+from physarum.monitor.topology import TopologyView
 from physarum.overlay import addr as addrs_
 from physarum.overlay.backoff import (
     MAX_BACKOFF,
@@ -51,7 +53,7 @@ DHT_STATE_SAVE_INTERVAL = 60.0
 
 @dataclass
 class MonitorOptions:
-    """The ping monitor and its metrics server (ping-monitor only)."""
+    """The metrics server and, with ``ping`` (ping-monitor), the ping monitor and /sd."""
 
     prom_host: str | None
     """None: every interface."""
@@ -62,6 +64,12 @@ class MonitorOptions:
     max_peer_series: int = MAX_PEER_SERIES
     token: str | None = None
     """Bearer token every /metrics request must carry (None: none needed)."""
+    ping: bool = True
+    """Ping every connected peer and list the network's metrics endpoints at /sd (the ping-monitor);
+    False: serve this node's own metrics only (``peer -prom-listen-addr``). Either way the node answers
+    ``/physarum/metrics/1.0.0`` (:mod:`physarum.monitor.discovery`) with its endpoint."""
+    discovery: DiscoveryOptions | None = None
+    """How /sd learns the peers' endpoints (None: the defaults, ``linger`` at most ``expiry``)."""
 
 
 @dataclass
@@ -200,7 +208,7 @@ async def run_node(
         registry = node_registry() if monitor is not None else None
         host = Host(
             opts.key_pair, psk=opts.psk, listen=(), announce=opts.announce, limits=opts.limits, registry=registry,
-            conn_manager=conn_manager_options(opts, monitor=monitor is not None),
+            conn_manager=conn_manager_options(opts, monitor=monitor is not None and monitor.ping),
         )
         protect_bootstraps(host, opts)
         await nursery.start(host.run)
@@ -233,7 +241,7 @@ async def _serve(
     ping_monitor: PingMonitor | None = None
     server: MetricsServer | None = None
     if monitor is not None and registry is not None:
-        ping_monitor = PingMonitor(
+        ping_monitor = None if not monitor.ping else PingMonitor(
             host,
             registry,
             hostname=opts.hostname,
@@ -243,12 +251,23 @@ async def _serve(
             max_peer_series=monitor.max_peer_series,
         )
         server = MetricsServer(registry, host=monitor.prom_host, port=monitor.prom_port, token=monitor.token)
+        # the live page at / and /topology.json (the ping-monitor's; a peer's metrics have none)
+        topology = None if ping_monitor is None else TopologyView(ping_monitor, host)
+        if topology is not None:
+            server.pages.update(topology.pages())
         try:
             await nursery.start(server.run)
         except OSError as e:
             where = f"{monitor.prom_host or ''}:{monitor.prom_port}"
             raise UsageError(f"cannot serve metrics on {where}: {_os_reason(e)}") from None
-        await nursery.start(ping_monitor.run)
+        serve_discovery(
+            host, server, role="monitor" if monitor.ping else "peer", discover=monitor.ping, registry=registry,
+            options=monitor.discovery or DiscoveryOptions(linger=min(LINGER, monitor.expiry)),
+        )
+        if ping_monitor is not None:
+            await nursery.start(ping_monitor.run)
+        if topology is not None:
+            await nursery.start(topology.run)
 
     for a in host.addrs:
         print(a, file=out)

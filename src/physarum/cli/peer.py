@@ -33,8 +33,10 @@ from physarum.cli.flags import (
     positive_float,
     positive_int,
     seconds_flag,
+    split_host_port,
 )
 from physarum.cli.node import (
+    MonitorOptions,
     run_main,
     run_node,
     save_dht_state,
@@ -54,6 +56,7 @@ from physarum.dht.records import (
 from physarum.dht.service import PROTOCOL_ID as KAD_PROTOCOL_ID
 from physarum.dht.service import KadDHT, NotJoinedError, PeerNotFoundError
 from physarum.errors import PEER_FAILURES, DecodeError
+from physarum.monitor.http import read_token_file
 from physarum.overlay import addr as addrs_
 from physarum.overlay import ping
 from physarum.overlay.host import Host
@@ -90,6 +93,21 @@ DHT_TIMEOUT_DEFAULT = 30.0
 def build_parser() -> FlagParser:
     parser = FlagParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG)
     add_node_flags(parser, listen_default=LISTEN_DEFAULT, keyfile_default=KEYFILE_DEFAULT)
+    metrics = parser.add_argument_group("metrics")
+    flag(
+        metrics,
+        "prom-listen-addr",
+        metavar="ADDR",
+        help="serve this node's /metrics (DHT, connections, process) on HOST:PORT, :PORT for every "
+        "interface; the ping-monitor then lists it for Prometheus at /sd (default: off)",
+    )
+    flag(
+        metrics,
+        "prom-token-file",
+        metavar="PATH",
+        help="with -prom-listen-addr: require 'Authorization: Bearer TOKEN', TOKEN read from PATH "
+        "(as ping-monitor's flag); default: no token",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=FlagParser)
     ping_cmd = commands.add_parser("ping", help="ping a peer and print the RTTs", prog=f"{PROG} ping")
     ping_cmd.add_argument(
@@ -157,6 +175,10 @@ def parse_args(
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     needs_dht = args.command in ("find", "publish")
+    if args.command is not None and (args.prom_listen_addr is not None or args.prom_token_file is not None):
+        raise UsageError("-prom-listen-addr is for a peer that stays up, not for a subcommand")
+    if args.prom_token_file is not None and args.prom_listen_addr is None:
+        raise UsageError("-prom-token-file needs -prom-listen-addr")
     if args.command == "ping":
         args.peer_id = None if args.target.startswith("/") else _peer_id_or_none(args.target)
         if args.peer_id is None:
@@ -446,6 +468,25 @@ async def publish(opts: NodeOptions, args: argparse.Namespace) -> int:
     return await with_dht(opts, "publish", args.timeout, work)
 
 
+def metrics_options(args: argparse.Namespace) -> MonitorOptions | None:
+    """The metrics server of ``-prom-listen-addr`` (no pinging), or None without the flag.
+
+    Raises:
+        UsageError: the address is malformed, or ``-prom-token-file`` cannot be read or holds no token.
+    """
+    if args.prom_listen_addr is None:
+        return None
+    host, port = split_host_port(args.prom_listen_addr, "-prom-listen-addr")
+    token = None
+    if args.prom_token_file is not None:
+        try:
+            token = read_token_file(os.path.expanduser(args.prom_token_file))
+        except (OSError, ValueError) as e:
+            why = getattr(e, "strerror", None) or e
+            raise UsageError(f"bad -prom-token-file {args.prom_token_file}: {why}") from None
+    return MonitorOptions(prom_host=host or None, prom_port=port, ping=False, token=token)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: ``peer [flags] [ping MADDR | find ... | publish ...]``."""
     argv = sys.argv[1:] if argv is None else argv
@@ -459,7 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return await find(opts, args)
         if args.command == "publish":
             return await publish(opts, args)
-        await run_node(opts)
+        await run_node(opts, monitor=metrics_options(args))
         return 0
 
     return run_main(PROG, start)
