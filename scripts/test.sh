@@ -34,9 +34,14 @@ bash tests/interop/rust/setup.sh
 # A real Prometheus (and promtool) for the scrape tests: Debian's package.
 bash scripts/prometheus-setup.sh
 
+# Debian's chromium and playwright-core (npm ci, cached by lock hash) for the topology page test (tests/browser).
+bash scripts/browser-setup.sh
+
 # podman serving the Docker Engine API, and the busybox test image, for the allocator's docker
 # runtime (Debian's podman, runc, catatonit and busybox-static; built once).
 bash tests/containers/setup.sh
+# tests/deploy: the image's debootstrap base, its dependency wheels and a kustomize renderer (Go).
+bash tests/containers/image-setup.sh
 
 .venv/bin/python -m ruff check src tests bench
 .venv/bin/python -m mypy
