@@ -42,7 +42,6 @@ from physarum.overlay import addr as addrs_
 from physarum.overlay.host import Host
 from physarum.overlay.identity import KeyPair, PeerId
 from physarum.overlay.multiaddr import Multiaddr
-from physarum.overlay.streamio import BufferedStream
 from physarum.services.discovery import Advertiser, AdvertiserOptions, service_key
 from physarum.services.errors import AllocationError, AtCapacityError, NoAllocatorError
 from physarum.services.proxy import PROTOCOL_ID as SIDECAR_PROTOCOL
@@ -55,7 +54,7 @@ from physarum.services.registry import (
     UnknownServiceError,
 )
 from physarum.services.runtime import Instance, Runtime, StartError
-from physarum.services.wire import frame, read_message, serve_request
+from physarum.services.wire import call, serve_request
 
 log = logging.getLogger("physarum.services.allocator")
 
@@ -481,18 +480,15 @@ class AllocatorClient:
         raise first
 
     async def _call(self, peer: PeerId, service: str) -> Allocated:
+        def refusal(code: str, message: str) -> AllocationError:
+            return AllocationError(f"allocator {peer}: {message}", code)
+
         with trio.fail_after(self.timeout):
             stream = await self.network.open_stream(peer, PROTOCOL_ID, timeout=self.timeout)
-            try:
-                await stream.send_all(frame({"op": "allocate", "service": service}))
-                await stream.send_eof()
-                answer = await read_message(BufferedStream(stream))
-            finally:
-                await stream.aclose()
-        if answer is None:
+            answers = await call(stream, {"op": "allocate", "service": service}, refusal=refusal)
+        if not answers:
             raise DecodeError("the allocator closed the stream without an answer")
-        if "error" in answer:
-            raise AllocationError(f"allocator {peer}: {answer.get('message', answer['error'])}", str(answer["error"]))
+        answer = answers[0]
         try:
             return Allocated(
                 PeerId.from_string(answer["peer"]),

@@ -45,9 +45,8 @@ import trio
 from physarum.errors import PEER_FAILURES, ConfigError, DecodeError, PhysarumError
 from physarum.overlay.envelope import EnvelopeError, open_envelope, seal
 from physarum.overlay.identity import KeyPair, PeerId
-from physarum.overlay.streamio import BufferedStream
 from physarum.services.discovery import Advertiser, AdvertiserOptions, service_key
-from physarum.services.wire import frame, read_message, serve_request
+from physarum.services.wire import call, serve_request
 
 log = logging.getLogger("physarum.services.registry")
 
@@ -524,21 +523,13 @@ class RegistryClient:
 
     async def _call(self, peer: PeerId, request: dict[str, Any]) -> list[dict[str, Any]]:
         """Raises RegistryError (the node's answer), DecodeError or one of PEER_FAILURES."""
+
+        def refusal(code: str, message: str) -> RegistryError:
+            return _CODES.get(code, RegistryError)(f"{peer}: {message}")
+
         with trio.fail_after(self.timeout):
             stream = await self.network.open_stream(peer, PROTOCOL_ID, timeout=self.timeout)
-            try:
-                await stream.send_all(frame(request))
-                await stream.send_eof()
-                buffered = BufferedStream(stream)
-                answers = []
-                while (msg := await read_message(buffered)) is not None:
-                    if "error" in msg:
-                        cls = _CODES.get(str(msg["error"]), RegistryError)
-                        raise cls(f"{peer}: {msg.get('message', msg['error'])}")
-                    answers.append(msg)
-                return answers
-            finally:
-                await stream.aclose()
+            return await call(stream, request, refusal=refusal)
 
     async def _each(self, request: dict[str, Any]) -> list[tuple[PeerId, list[dict[str, Any]] | BaseException]]:
         """``request`` to every registry node at once; each node's answers or failure.

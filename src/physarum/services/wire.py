@@ -1,5 +1,6 @@
-"""The registry's and the allocator's framing: uvarint-length-prefixed JSON objects, one request
-per stream, answered by one or more messages and the end of the stream."""
+"""The framing of physarum's own request protocols (the registry, the allocator, the sidecar's
+message stores): uvarint-length-prefixed JSON objects, one request per stream, answered by one or
+more messages and the end of the stream; an answer ``{"error": CODE, "message": TEXT}`` is a refusal."""
 
 from __future__ import annotations
 
@@ -92,4 +93,32 @@ async def serve_request(
     return False
 
 
-__all__ = ["MAX_MESSAGE", "frame", "read_message", "serve_request"]
+async def call(
+    stream: trio.abc.HalfCloseableStream,
+    request: dict[str, Any],
+    *,
+    refusal: Callable[[str, str], Exception],
+    max_size: int = MAX_MESSAGE,
+) -> list[dict[str, Any]]:
+    """Send ``request`` on ``stream`` (a new stream of the protocol, which this closes) and read the
+    answers up to the end of the stream. The caller sets the deadline.
+
+    Raises:
+        the exception ``refusal(code, message)`` makes when an answer is a refusal;
+        DecodeError: an answer that does not decode; or one of :data:`~physarum.errors.PEER_FAILURES`.
+    """
+    try:
+        await stream.send_all(frame(request))
+        await stream.send_eof()
+        buffered = BufferedStream(stream)
+        answers = []
+        while (msg := await read_message(buffered, max_size)) is not None:
+            if "error" in msg:
+                raise refusal(str(msg["error"]), str(msg.get("message", msg["error"])))
+            answers.append(msg)
+        return answers
+    finally:
+        await stream.aclose()
+
+
+__all__ = ["MAX_MESSAGE", "call", "frame", "read_message", "serve_request"]

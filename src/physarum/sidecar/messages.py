@@ -63,9 +63,8 @@ from physarum.errors import PEER_FAILURES, DecodeError, PhysarumError
 from physarum.overlay import pb
 from physarum.overlay.envelope import EnvelopeError, open_envelope, seal
 from physarum.overlay.identity import KeyPair, PeerId, PublicKey
-from physarum.overlay.streamio import BufferedStream
 from physarum.services.discovery import Advertiser, AdvertiserOptions, service_key
-from physarum.services.wire import frame, read_message, serve_request
+from physarum.services.wire import call, serve_request
 
 log = logging.getLogger("physarum.sidecar.messages")
 
@@ -429,7 +428,8 @@ class MessageOptions:
     query_grace: float = 0.2
     """After the first store answers a query, how long the others may still add to it."""
     discovery_ttl: float = 30.0
-    """How long the DHT's list of stores is reused before it is looked up again."""
+    """How long the DHT's list of stores is reused before a persist or query looks it up again (it
+    is refreshed in the background every half of it, so that seldom happens)."""
     advertise: AdvertiserOptions = field(default_factory=AdvertiserOptions)
 
 
@@ -476,10 +476,17 @@ class MessageService:
         assert self._host is not None, "attach the message service to a host first"
         async with trio.open_nursery() as nursery:
             await nursery.start(Advertiser(STORES_NAME, self.dht, self._host, self.options.advertise).run)
+            nursery.start_soon(self._refresh_stores)
             task_status.started()
             while True:
                 await trio.sleep(self.options.sync_interval)
                 await self.sync()
+
+    async def _refresh_stores(self) -> None:
+        # Ahead of time, so that a persist or a query rarely waits for the DHT's lookup itself.
+        while True:
+            await trio.sleep(max(self.options.discovery_ttl / 2, 1.0))
+            await self.stores(refresh=True)
 
     # -- which stores --
 
@@ -517,22 +524,14 @@ class MessageService:
 
     async def _call(self, peer: PeerId, request: dict[str, Any]) -> list[dict[str, Any]]:
         """Raises MessageError (the store's answer), DecodeError or one of PEER_FAILURES."""
+
+        def refusal(code: str, message: str) -> MessageError:
+            return _CODES.get(code, MessageError)(f"{peer}: {message}")
+
         timeout = self.options.request_timeout
         with trio.fail_after(timeout):
             stream = await self._host.new_lazy_stream(peer, PROTOCOL_ID, timeout=timeout)
-            try:
-                await stream.send_all(frame(request))
-                await stream.send_eof()
-                buffered = BufferedStream(stream)
-                answers = []
-                while (msg := await read_message(buffered, MAX_FRAME)) is not None:
-                    if "error" in msg:
-                        cls = _CODES.get(str(msg["error"]), MessageError)
-                        raise cls(f"{peer}: {msg.get('message', msg['error'])}")
-                    answers.append(msg)
-                return answers
-            finally:
-                await stream.aclose()
+            return await call(stream, request, refusal=refusal, max_size=MAX_FRAME)
 
     async def _store_on(self, peer: PeerId, messages: Sequence[Message]) -> None:
         if peer == self.peer_id:
