@@ -24,7 +24,7 @@ import trio
 
 from physarum.cli import flags
 from physarum.cli.flags import NodeOptions, UsageError
-from physarum.cli.node import RunningNode, run_main, run_node, setup_logging
+from physarum.cli.node import RunningNode, run_main, setup_logging, start_node
 from physarum.errors import ConfigError
 from physarum.services.allocator import Allocator, AllocatorOptions
 from physarum.services.docker_runtime import DockerOptions, DockerRuntime
@@ -153,12 +153,7 @@ async def run_allocator(
     runtimes = make_runtimes(opts)
     async with trio.open_nursery() as nursery:
 
-        async def node_then_stop(task_status: trio.TaskStatus[RunningNode] = trio.TASK_STATUS_IGNORED) -> None:
-            await run_node(opts.node, task_status=task_status)
-            nursery.cancel_scope.cancel()
-
-        running: RunningNode = await nursery.start(node_then_stop)
-        assert running.dht is not None
+        running = await start_node(nursery, opts.node)
         registry = node_registry()
         network = OverlayNetwork(running.host, running.dht)
         allocator = Allocator(running.dht, RegistryClient(network), runtimes, opts.options, metrics=registry)

@@ -142,7 +142,6 @@ async def _demo(args: argparse.Namespace, store: RegistryStore, tmp: str) -> int
 
         # The client proxy first: a busy port is the likeliest failure and should cost nothing.
         client = await _node(nursery, psk, bootstrap)
-        assert client.dht is not None
         network = OverlayNetwork(client.host, client.dht)
         selector = Selector(network)
         await nursery.start(selector.run)
@@ -157,7 +156,6 @@ async def _demo(args: argparse.Namespace, store: RegistryStore, tmp: str) -> int
                              "(pick another port with -port PORT, or 0 for any free port)") from None
 
         registry_node = await _node(nursery, psk, bootstrap)
-        assert registry_node.dht is not None
         registry = RegistryService(store, registry_node.dht,
                                    RegistryClient(OverlayNetwork(registry_node.host, registry_node.dht)))
         registry.attach(registry_node.host)
@@ -165,7 +163,6 @@ async def _demo(args: argparse.Namespace, store: RegistryStore, tmp: str) -> int
 
         for i in range(1, ALLOCATORS + 1):
             node = await _node(nursery, psk, bootstrap)
-            assert node.dht is not None
             metrics = CollectorRegistry()
             allocator = Allocator(
                 node.dht, RegistryClient(OverlayNetwork(node.host, node.dht)), {"process": ProcessRuntime()},
@@ -226,7 +223,6 @@ async def _demo(args: argparse.Namespace, store: RegistryStore, tmp: str) -> int
 async def _wait_provided(boot: RunningNode, allocators: int) -> None:
     """Until the bootstrap node holds the registry's and every allocator's provider record: then the
     proxy's lookups find them all (the DHT joins and the first provides take a few hundred ms)."""
-    assert boot.dht is not None
     providers = boot.dht.providers
     while (len(providers.get(service_key(REGISTRY_NAME), trio.current_time())) < 1
            or len(providers.get(service_key(ALLOCATOR_NAME), trio.current_time())) < allocators):

@@ -79,7 +79,7 @@ class RunningNode:
     host: Host
     monitor: PingMonitor | None
     metrics_server: MetricsServer | None
-    dht: KadDHT | None = None
+    dht: KadDHT
 
 
 # -- the DHT's saved routing table (-dht-state) ----------------------------------------------------
@@ -182,6 +182,23 @@ def _os_reason(e: OSError) -> str:
     if e.errno is not None and e.errno in errno.errorcode:
         return os.strerror(e.errno).lower()
     return str(e)
+
+
+async def start_node(nursery: trio.Nursery, opts: NodeOptions) -> RunningNode:
+    """Run the node of ``opts`` in ``nursery`` (see :func:`run_node`) and return once it is up; when a
+    signal ends it, ``nursery`` is cancelled, so whatever the program serves beside it stops too.
+    Its ``dht`` is always set.
+
+    Raises:
+        UsageError: as :func:`run_node`.
+    """
+
+    async def node_then_stop(*, task_status: trio.TaskStatus[RunningNode]) -> None:
+        await run_node(opts, task_status=task_status)
+        nursery.cancel_scope.cancel()
+
+    running: RunningNode = await nursery.start(node_then_stop)
+    return running
 
 
 async def run_node(

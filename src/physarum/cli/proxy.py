@@ -24,7 +24,7 @@ import trio
 
 from physarum.cli import flags
 from physarum.cli.flags import NodeOptions, UsageError
-from physarum.cli.node import RunningNode, run_main, run_node, setup_logging
+from physarum.cli.node import RunningNode, run_main, setup_logging, start_node
 from physarum.services.allocator import AllocatorClient
 from physarum.services.discovery import Advertiser
 from physarum.services.network import OverlayNetwork
@@ -116,12 +116,7 @@ async def run_proxy(
     """
     async with trio.open_nursery() as nursery:
 
-        async def node_then_stop(task_status: trio.TaskStatus[RunningNode] = trio.TASK_STATUS_IGNORED) -> None:
-            await run_node(opts.node, task_status=task_status)
-            nursery.cancel_scope.cancel()  # a signal ended the node: end the proxy too
-
-        running: RunningNode = await nursery.start(node_then_stop)
-        assert running.dht is not None
+        running = await start_node(nursery, opts.node)
         network = OverlayNetwork(running.host, running.dht)
         try:
             if opts.service is None:

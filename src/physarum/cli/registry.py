@@ -37,7 +37,7 @@ from physarum.cli.flags import (
     positive_int,
     seconds_flag,
 )
-from physarum.cli.node import run_main, run_node, setup_logging
+from physarum.cli.node import run_main, setup_logging, start_node
 from physarum.cli.peer import with_dht
 from physarum.dht.service import KadDHT
 from physarum.errors import ConfigError
@@ -180,12 +180,7 @@ async def serve(opts: NodeOptions, args: argparse.Namespace,
     try:
         async with trio.open_nursery() as nursery:
 
-            async def node_then_stop(task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED) -> None:
-                await run_node(opts, task_status=task_status)
-                nursery.cancel_scope.cancel()
-
-            running = await nursery.start(node_then_stop)
-            assert running.dht is not None
+            running = await start_node(nursery, opts)
             network = OverlayNetwork(running.host, running.dht)
             service = RegistryService(store, running.dht, RegistryClient(network),
                                       RegistryOptions(sync_interval=args.sync_interval))

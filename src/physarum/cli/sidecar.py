@@ -27,7 +27,7 @@ from physarum.cli.flags import (
     seconds_flag,
     split_host_port,
 )
-from physarum.cli.node import RunningNode, run_main, run_node, setup_logging
+from physarum.cli.node import run_main, setup_logging, start_node
 from physarum.errors import ConfigError, PhysarumError
 from physarum.monitor.http import check_token, read_token_file
 from physarum.sidecar.api import ApiOptions, SidecarApi
@@ -150,13 +150,7 @@ async def serve(opts: NodeOptions, args: argparse.Namespace) -> None:
     """
     async with trio.open_nursery() as nursery:
 
-        async def node_then_stop(*, task_status: trio.TaskStatus[RunningNode]) -> None:
-            # run_node returns on SIGINT/SIGTERM: the API stops with it
-            await run_node(opts, task_status=task_status)
-            nursery.cancel_scope.cancel()
-
-        node: RunningNode = await nursery.start(node_then_stop)
-        assert node.dht is not None  # run_node always runs the DHT
+        node = await start_node(nursery, opts)
         options = ApiOptions(dht_timeout=args.api_dht_timeout, dial_timeout=args.api_dial_timeout)
         if args.messages_db is None:
             log.warning("no -messages-db: the messages this node stores are lost when it stops")
