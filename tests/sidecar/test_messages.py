@@ -365,3 +365,28 @@ async def test_stores_refuse_what_they_cannot_check() -> None:
             assert answer is not None and answer["error"] == code, (request, answer)
             await stream.aclose()
         assert b.service.store.query("t") == []
+
+
+async def test_a_query_fetches_what_the_first_store_lacks_and_survives_its_loss() -> None:
+    async with overlay(5) as nodes:
+        await connect_all(nodes)
+        topic = "gaps"
+        holders = closest_three(nodes, topic)
+        reader = next(n for n in nodes if n not in holders)
+        writer = next(n for n in nodes if n not in holders and n is not reader)
+        for text in ("a", "b", "c"):
+            await writer.service.persist(writer.host.key_pair, topic, text)
+        # the closest store loses "b" (as if it had been down when it was written)
+        first = holders[0]
+        b = next(open_message(e) for e in first.service.store.query(topic) if open_message(e).data == "b")
+        first.service.store._db.execute("DELETE FROM messages WHERE id=?", (b.id,))
+        got, _ = await reader.service.query(topic)
+        assert [m.data for m in got] == ["a", "b", "c"]  # "b" fetched by id from another store
+        # the first store stops answering: another sends the messages
+        first.host.remove_handler(PROTOCOL_ID)
+        got, _ = await reader.service.query(topic)
+        assert [m.data for m in got] == ["a", "b", "c"]
+        for node in holders[1:]:
+            node.host.remove_handler(PROTOCOL_ID)
+        with pytest.raises(NoStoreError, match="no message store answered"):
+            await reader.service.query(topic)

@@ -26,15 +26,17 @@ This is lightchain's ``Persist``/``Query`` on physarum. Decisions (issue 10):
   to the other stores now closest to it: it asks each for a digest (count and newest ``seq`` per
   publisher) and sends what they lack. A store that was down, or one that became closer, is filled
   within one interval; a restarted store answers from its disk at once.
-* **Queries** ask the closest stores at once, wait for the first answer and up to ``query_grace``
-  seconds for the others, and merge them (a store that missed messages while down is covered by the
-  others). Order: by ``ts``, then publisher, then ``seq``: publish order for each publisher.
+* **Queries** ask the closest stores at once: one for the messages, the others for their ids (up to
+  ``query_grace`` seconds after the messages came), and fetch by id what the others hold and the
+  first lacks (a store that missed messages while it was down is covered by the others). Order: by
+  ``ts``, then publisher, then ``seq``: publish order for each publisher.
   ``since`` (unix ms) keeps messages with ``ts >= since``; ``limit`` caps the answer (1,000 at most).
 
 Wire (``/physarum/topics/1.0.0``): one request per stream, uvarint-length-prefixed JSON objects
 (:mod:`physarum.services.wire`). Requests: ``{"op": "store", "messages": [B64...]}`` ->
 ``{"stored": N, "conflicts": N}``; ``{"op": "query", "topic", "since", "limit"}`` -> messages
-``{"messages": [B64...]}`` of at most :data:`MAX_FRAME` bytes each, then the end of the stream;
+``{"messages": [B64...]}`` of at most :data:`MAX_FRAME` bytes each, then the end of the stream (with
+``"ids": true``: ``{"ids": [HEX...]}`` instead); ``{"op": "get", "topic", "ids": [HEX...]}`` -> messages;
 ``{"op": "head", "topic", "publisher"}`` -> ``{"seq", "id", "ts"}`` (seq 0: none);
 ``{"op": "digest", "topic"}`` -> ``{"publishers": {ID: [count, max_seq]}}``;
 ``{"op": "seqs", "topic", "publisher"}`` -> ``{"seqs": [...]}``. Errors: ``{"error": CODE, "message"}``.
@@ -330,6 +332,7 @@ class MessageStore:
                     ts INTEGER NOT NULL, id TEXT NOT NULL, envelope BLOB NOT NULL,
                     PRIMARY KEY (topic, publisher, seq)) WITHOUT ROWID;
                 CREATE INDEX IF NOT EXISTS messages_by_time ON messages (topic, ts);
+                CREATE INDEX IF NOT EXISTS messages_by_id ON messages (id);
                 CREATE TABLE IF NOT EXISTS heads (
                     topic TEXT PRIMARY KEY, seq INTEGER NOT NULL, id TEXT NOT NULL, ts INTEGER NOT NULL);
                 """
@@ -369,6 +372,25 @@ class MessageStore:
             (topic, since, limit),
         ).fetchall()
         return [r[0] for r in rows]
+
+    def query_ids(self, topic: str, since: int = 0, limit: int = MAX_LIMIT) -> list[str]:
+        """The ids of what :meth:`query` returns."""
+        rows = self._db.execute(
+            "SELECT id FROM messages WHERE topic=? AND ts>=? ORDER BY ts, publisher, seq LIMIT ?",
+            (topic, since, limit),
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def get(self, topic: str, ids: Sequence[str]) -> list[bytes]:
+        """The envelopes of ``topic`` with these ids (those held)."""
+        out: list[bytes] = []
+        for start in range(0, len(ids), 500):  # SQLite's bound on parameters is 999 in old builds
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            out += [r[0] for r in self._db.execute(
+                f"SELECT envelope FROM messages WHERE topic=? AND id IN ({marks})", (topic, *chunk)
+            )]
+        return out
 
     def head(self, topic: str, publisher: PeerId) -> tuple[int, str, int]:
         """``(seq, id, ts)`` of the publisher's newest message held in ``topic``; ``(0, "", 0)``: none."""
@@ -621,7 +643,12 @@ class MessageService:
 
     async def query(self, topic: str, since: int = 0, limit: int = 100) -> tuple[list[Message], bool]:
         """Messages of ``topic`` with ``ts >= since`` in order, at most ``limit``, and whether more
-        exist beyond it (see the module for which stores are asked).
+        exist beyond it.
+
+        The closest stores are asked at once: one (this node, when it is one of them) for the
+        messages, the others for their ids only, within ``query_grace`` of the messages' arrival;
+        what those hold and the first lacks (a store that was down while they were written) is
+        then fetched by id. So a query costs about one store's answer, not ``replicas`` of them.
 
         Raises:
             BadTopicError: bad input.
@@ -629,60 +656,69 @@ class MessageService:
         """
         check_topic(topic)
         limit = max(1, min(limit, MAX_LIMIT))
-        stores = (await self.closest(topic))[: self.options.replicas]
-        envelopes: set[bytes] = set()
-        texts: set[str] = set()  # the other stores' answers, deduplicated before decoding
-        answered = 0
-        remaining = len(stores)
+        stores = sorted((await self.closest(topic))[: self.options.replicas], key=lambda p: p != self.peer_id)
+        first, rest = stores[0], stores[1:]
+        window: dict[str, Any] = {"topic": topic, "since": since, "limit": limit + 1}
+        ids: dict[PeerId, list[str]] = {}
         failures: list[str] = []
+        envelopes: list[bytes] | None = None
+
+        async def ids_of(peer: PeerId) -> None:
+            try:
+                ids[peer] = [i for answer in await self._call(peer, {"op": "query", "ids": True, **window})
+                             for i in _strings(answer.get("ids"), "ids")]
+            except CALL_FAILURES as e:
+                failures.append(f"{peer}: {e}")
 
         async with trio.open_nursery() as nursery:
-
-            async def grace() -> None:
-                await trio.sleep(self.options.query_grace)
-                nursery.cancel_scope.cancel()
-
-            async def ask(peer: PeerId) -> None:
-                nonlocal answered, remaining
-                try:
-                    if peer == self.peer_id:
-                        got = self.store.query(topic, since, limit + 1)
-                        envelopes.update(got)
-                    else:
-                        request = {"op": "query", "topic": topic, "since": since, "limit": limit + 1}
-                        for answer in await self._call(peer, request):
-                            listed = answer.get("messages")
-                            if not isinstance(listed, list) or not all(isinstance(t, str) for t in listed):
-                                raise MalformedMessageError("messages must be a list of base64 strings")
-                            texts.update(listed)
-                    answered += 1
-                    if answered == 1:
-                        nursery.start_soon(grace)
-                except CALL_FAILURES as e:
-                    failures.append(f"{peer}: {e}")
-                finally:
-                    remaining -= 1
-                    if remaining == 0:  # all in: no need to wait out the grace
-                        nursery.cancel_scope.cancel()
-
-            for peer in stores:
-                nursery.start_soon(ask, peer)
-        if not answered:
+            for peer in rest:
+                nursery.start_soon(ids_of, peer)
+            try:
+                envelopes = await self._messages(first, {"op": "query", **window})
+            except CALL_FAILURES as e:
+                failures.append(f"{first}: {e}")
+            else:  # the others have a little longer to say what this one lacks
+                nursery.cancel_scope.deadline = trio.current_time() + self.options.query_grace
+        for peer in [p for p in rest if p in ids] if envelopes is None else []:
+            try:
+                envelopes = await self._messages(peer, {"op": "query", **window})
+                break
+            except CALL_FAILURES as e:
+                failures.append(f"{peer}: {e}")
+        if envelopes is None:
             self._found_at = -math.inf
             raise NoStoreError("no message store answered: " + ("; ".join(failures) or "none known"))
-        for text in texts:
+        decoded = _decode_all(envelopes)
+        claimed = {m.id for m in decoded}
+        wanted: dict[PeerId, list[str]] = {}
+        for peer, listed in ids.items():
+            missing = [i for i in listed if i not in claimed]
+            claimed.update(missing)
+            if missing:
+                wanted[peer] = missing
+
+        async def fetch(peer: PeerId, missing: list[str]) -> None:
             try:
-                envelopes.add(base64.b64decode(text, validate=True))
-            except (binascii.Error, ValueError):
-                log.info("messages: a store sent a message that is not base64")
-        decoded = []
-        for env in envelopes:
-            try:
-                decoded.append(open_message(env, verify=False))
-            except MalformedMessageError as e:
-                log.info("messages: a store sent an undecodable message: %s", e)
+                decoded.extend(_decode_all(await self._messages(peer, {"op": "get", "topic": topic, "ids": missing})))
+            except CALL_FAILURES as e:
+                log.info("messages: fetching %d message(s) of %s from %s failed: %s", len(missing), topic, peer, e)
+
+        if wanted:
+            async with trio.open_nursery() as nursery:
+                for peer, missing in wanted.items():
+                    nursery.start_soon(fetch, peer, missing)
         merged = [m for m in order(verify_chains(decoded)) if m.topic == topic and m.ts >= since]
         return merged[:limit], len(merged) > limit
+
+    async def _messages(self, peer: PeerId, request: dict[str, Any]) -> list[bytes]:
+        """The envelopes a ``query`` or ``get`` request returns (this node's own store: no call).
+
+        Raises:
+            see :meth:`_call`.
+        """
+        if peer == self.peer_id:
+            return self._answer_messages(request)
+        return [e for answer in await self._call(peer, request) for e in _unb64_list(answer.get("messages"))]
 
     # -- serving --
 
@@ -704,12 +740,11 @@ class MessageService:
                     log.info("messages: %d conflicting message(s) refused", conflicts)
                 return [{"stored": stored, "conflicts": conflicts}]
             topic = check_topic(request.get("topic"))
-            if op == "query":
-                since, limit = request.get("since", 0), request.get("limit", MAX_LIMIT)
-                if not _int(since) or not _int(limit):
-                    raise MalformedMessageError("since and limit must be integers")
-                rows = self.store.query(topic, max(0, since), max(1, min(limit, MAX_LIMIT + 1)))
-                return [{"messages": b} for b in _batches(rows)]
+            if op == "query" and request.get("ids") is True:
+                since, limit = _window(request)
+                return [{"ids": self.store.query_ids(topic, since, limit)}]
+            if op in ("query", "get"):
+                return [{"messages": b} for b in _batches(self._answer_messages(request))]
             if op == "head":
                 seq, id_, ts = self.store.head(topic, _publisher(request))
                 return [{"seq": seq, "id": id_, "ts": ts}]
@@ -720,6 +755,21 @@ class MessageService:
             raise MalformedMessageError(f"unknown op {op!r}")
         except MessageError as e:
             return [{"error": e.code, "message": e.message}]
+
+    def _answer_messages(self, request: dict[str, Any]) -> list[bytes]:
+        """The envelopes of a ``query`` (a window) or a ``get`` (by ids) request.
+
+        Raises:
+            BadTopicError, MalformedMessageError: a bad request.
+        """
+        topic = check_topic(request.get("topic"))
+        if request.get("op") == "get":
+            wanted = _strings(request.get("ids"), "ids")
+            if len(wanted) > MAX_LIMIT + 1:
+                raise MalformedMessageError(f"more than {MAX_LIMIT + 1} ids")
+            return self.store.get(topic, wanted)
+        since, limit = _window(request)
+        return self.store.query(topic, since, limit)
 
     # -- replication --
 
@@ -764,6 +814,30 @@ class MessageService:
                 await self._call(peer, {"op": "store", "messages": batch})
             sent += len(missing)
         return sent
+
+
+def _window(request: dict[str, Any]) -> tuple[int, int]:
+    since, limit = request.get("since", 0), request.get("limit", MAX_LIMIT)
+    if not _int(since) or not _int(limit):
+        raise MalformedMessageError("since and limit must be integers")
+    return max(0, since), max(1, min(limit, MAX_LIMIT + 1))
+
+
+def _strings(value: object, what: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise MalformedMessageError(f"{what} must be a list of strings")
+    return value
+
+
+def _decode_all(envelopes: Iterable[bytes]) -> list[Message]:
+    """Each envelope decoded (not verified: see :func:`verify_chains`); undecodable ones are logged."""
+    out = []
+    for env in envelopes:
+        try:
+            out.append(open_message(env, verify=False))
+        except MalformedMessageError as e:
+            log.info("messages: a store sent an undecodable message: %s", e)
+    return out
 
 
 def _one(answers: list[dict[str, Any]]) -> dict[str, Any]:
