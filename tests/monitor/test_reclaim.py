@@ -161,3 +161,22 @@ def test_restarts_under_the_c_allocator() -> None:
 
 def test_pythonmalloc_set_keeps_the_allocator() -> None:
     assert run_restart({**os.environ, "PYTHONMALLOC": "pymalloc"}) == "not restarted"
+
+
+def test_a_reclaim_forgets_the_peer_caches_first() -> None:
+    steps = Steps()
+    r = MemoryReclaimer(after=1, collect=steps.collect, trim=steps.trim, forget=lambda: steps.calls.append("forget"))
+    r.departed(0.0)
+    assert r.maybe_reclaim(10.0, connected=0)
+    assert steps.calls == ["forget", "collect", "trim"]
+
+
+def test_the_default_forget_empties_the_peer_id_caches() -> None:
+    from physarum.dht import keyspace
+    from physarum.overlay.identity import KeyPair, _base58
+
+    peer = KeyPair.generate().peer_id
+    str(peer), keyspace.peer_key(peer)
+    assert _base58.cache_info().currsize > 0 and keyspace.peer_key.cache_info().currsize > 0
+    reclaim.forget_peer_caches()
+    assert _base58.cache_info().currsize == 0 and keyspace.peer_key.cache_info().currsize == 0

@@ -238,6 +238,11 @@ def _base58(raw: bytes) -> str:
     return base58.b58encode(raw).decode()
 
 
+def clear_text_cache() -> None:
+    """Empty the cache of peer ids' text forms (after a crowd left: see :mod:`physarum.monitor.reclaim`)."""
+    _base58.cache_clear()
+
+
 def _check_multihash(data: bytes) -> None:
     try:
         code, pos = varint.decode(data)
