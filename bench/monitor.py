@@ -20,7 +20,7 @@ Processes (every one on 127.0.0.1 only):
 Per N, once every peer is connected and has been pinged at least twice:
   1. CPU window (20 s; --quick 8 s) with no scrape at all: /proc/PID/stat utime+stime of the monitor, the
      peer processes and the echo processes; /proc/stat for the whole machine. RSS (VmRSS) at its end.
-     The ``physarum_ping_rtt_seconds`` histogram deltas across the window give pings/s and a bucketed RTT.
+     The ``physarum_pings_rtt_seconds`` histogram deltas across the window give pings/s and a bucketed RTT.
   2. RTT phase: the end-of-window scrape, then scrapes at least 3 s apart and at least twice as long as
      the previous scrape took, so the monitor has caught up after rendering. The ``ping_rtt`` gauges hold
      each peer's latest sample, so scrapes further apart than the 1 s interval never read one twice.
@@ -172,15 +172,16 @@ class Scrape:
     seconds: float
     size: int
     rtt_ms: dict[str, float] = field(default_factory=dict)  # ping_rtt, per peer
-    counts: dict[str, float] = field(default_factory=dict)  # histogram _count, per peer
-    buckets: dict[float, float] = field(default_factory=dict)  # histogram buckets summed over peers
+    count: float = 0.0  # the aggregate histogram's _count: successful pings of every peer
+    buckets: dict[float, float] = field(default_factory=dict)  # the aggregate histogram's buckets
     failures: dict[str, float] = field(default_factory=dict)  # failures by reason, summed over peers
     peers_connected: float | None = None
+    peers_reachable: float | None = None
     unreachable: int = 0
 
     @property
     def pings(self) -> float:
-        return sum(self.counts.values())
+        return self.count
 
     @property
     def failed(self) -> float:
@@ -197,10 +198,15 @@ def parse_exposition(text: str, scrape: Scrape) -> Scrape:
         if name == "physarum_peers_connected":
             scrape.peers_connected = value
             continue
+        if name == "physarum_peers_reachable":
+            scrape.peers_reachable = value
+            continue
+        if name == "physarum_pings_rtt_seconds_count":
+            scrape.count = value
+            continue
         if name not in (
             "ping_rtt",
-            "physarum_ping_rtt_seconds_count",
-            "physarum_ping_rtt_seconds_bucket",
+            "physarum_pings_rtt_seconds_bucket",
             "physarum_ping_failures_total",
             "physarum_peer_reachable",
         ):
@@ -208,9 +214,7 @@ def parse_exposition(text: str, scrape: Scrape) -> Scrape:
         labels = dict(_LABEL.findall(labels_text))
         if name == "ping_rtt":
             scrape.rtt_ms[labels["targetHost"]] = value
-        elif name == "physarum_ping_rtt_seconds_count":
-            scrape.counts[labels["peer"]] = value
-        elif name == "physarum_ping_rtt_seconds_bucket":
+        elif name == "physarum_pings_rtt_seconds_bucket":
             le = float(labels["le"])
             scrape.buckets[le] = scrape.buckets.get(le, 0.0) + value
         elif name == "physarum_ping_failures_total":
@@ -495,22 +499,22 @@ async def connected_peers(procs: Procs) -> int:
 
 
 async def wait_ready(procs: Procs, n: int, result: SizeResult, timeout: float = 90.0) -> Scrape:
-    """Scrape until the monitor has ``n`` peers connected, each pinged at least twice; the last scrape."""
+    """Scrape until the monitor has ``n`` peers connected, each answering its pings, and at least two
+    pings a peer counted; the last scrape."""
     t0 = time.perf_counter()
     last = await scrape(procs.monitor.prom_port)
     with trio.move_on_after(timeout):
         while True:
-            pinged = sum(1 for c in last.counts.values() if c >= 2)
-            if last.peers_connected == n and pinged >= n:
+            pinged = last.peers_reachable or 0
+            if last.peers_connected == n and pinged >= n and last.count >= 2 * n:
                 result.ready = True
                 break
             await trio.sleep(1.0)
             last = await scrape(procs.monitor.prom_port)
     result.ready_seconds = time.perf_counter() - t0
     if not result.ready:
-        pinged = sum(1 for c in last.counts.values() if c >= 2)
         result.notes.append(
-            f"not ready after {timeout:.0f} s: {last.peers_connected} connected, {pinged} pinged twice"
+            f"not ready after {timeout:.0f} s: {last.peers_connected} connected, {last.peers_reachable} reachable"
         )
     return last
 
@@ -963,7 +967,7 @@ def main() -> None:
         f" CPU window {cfg.window:g} s without scrapes; RTTs from {cfg.rtt_scrapes + 1} scrapes"
         f" >= {cfg.scrape_gap:g} s apart\n"
         "'mon RTT' = the monitor's ping_rtt gauges over all scrapes; 'quiet' = the end-of-window scrape alone;"
-        " 'hist' = physarum_ping_rtt_seconds\nover the window (bucketed, no scrape meanwhile); 'TCP' = raw trio"
+        " 'hist' = physarum_pings_rtt_seconds\nover the window (bucketed, no scrape meanwhile); 'TCP' = raw trio"
         " TCP 32 B echo between two otherwise idle processes; 'TCP@peers' = the same\necho served by a peer"
         " process's loop; bias = mon RTT med - TCP med; others' cores = machine busy minus this benchmark\n"
     )

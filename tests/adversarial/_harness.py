@@ -237,6 +237,7 @@ async def monitor_process(key_file: Path) -> AsyncIterator[Monitor]:
         "adversarial",
         "-ping-interval",
         str(PING_INTERVAL),
+        "-peer-histograms",  # each honest peer's ping count (physarum_ping_rtt_seconds_count{peer})
     ]
     async with child(argv) as proc:
         await proc.wait_for(lambda p: b"\n" in p.stdout, timeout=20, what="the monitor's address")

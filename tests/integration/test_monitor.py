@@ -56,6 +56,7 @@ async def monitor_node(
     """A monitor whose peers are established by their first answer (``established_after=0``): these
     tests connect peers for a moment and look at what stays once they leave."""
     kwargs.setdefault("established_after", 0)
+    kwargs.setdefault("peer_histograms", True)  # the tests read each peer's histogram
     async with open_host(psk=psk, listen=[LOOPBACK]) as host, trio.open_nursery() as nursery:
         registry = node_registry()
         monitor = PingMonitor(host, registry, hostname=HOSTNAME, interval=interval, **kwargs)  # type: ignore[arg-type]

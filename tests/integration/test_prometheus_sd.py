@@ -114,7 +114,7 @@ def test_dashboard_covers_what_the_issue_asks() -> None:
     for metric in (
         "ping_ewma_rtt",
         "ping_rtt",
-        "physarum_ping_rtt_seconds_bucket",
+        "physarum_pings_rtt_seconds_bucket",
         "physarum_peer_reachable",
         "physarum_peers_connected",
         "physarum_routing_table_peers",

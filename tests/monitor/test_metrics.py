@@ -53,15 +53,28 @@ def test_histogram_buckets_cover_lan_to_edge() -> None:
     assert RTT_BUCKETS[0] == 0.00005 and RTT_BUCKETS[-1] == 5.0
     assert list(RTT_BUCKETS) == sorted(RTT_BUCKETS)
     registry = CollectorRegistry()
-    m = MonitorMetrics(registry, hostname="h")
-    m.observe(TARGET, 0.00004, 0.04)
-    m.observe(TARGET, 7.0, 0.04)
-    buckets = {
-        s[1]["le"]: s[2] for s in families(registry)["physarum_ping_rtt_seconds"] if s[0].endswith("_bucket")
-    }
-    assert buckets["5e-05"] == 1
-    assert buckets["5.0"] == 1
-    assert buckets["+Inf"] == 2
+    m = MonitorMetrics(registry, hostname="h", peer_histograms=True)
+    for rtt in (0.00004, 7.0):
+        m.observe(TARGET, rtt, 0.04)
+        m.ping_result("ok", rtt)
+    for name in ("physarum_ping_rtt_seconds", "physarum_pings_rtt_seconds"):  # per peer, all together
+        buckets = {s[1]["le"]: s[2] for s in families(registry)[name] if s[0].endswith("_bucket")}
+        assert buckets["5e-05"] == 1
+        assert buckets["5.0"] == 1
+        assert buckets["+Inf"] == 2
+
+
+def test_per_peer_histograms_are_optional_and_the_aggregate_stays() -> None:
+    registry = CollectorRegistry()
+    m = MonitorMetrics(registry, hostname="h")  # the default: no per-peer histograms
+    for i in range(3):
+        m.observe(f"peer-{i}", 0.001, 1.0)
+        m.ping_result("ok", 0.001)
+    fams = families(registry)
+    assert fams.get("physarum_ping_rtt_seconds", []) == []
+    assert registry.get_sample_value("physarum_pings_rtt_seconds_count") == 3
+    assert registry.get_sample_value("physarum_pings_rtt_seconds_bucket", {"le": "0.001"}) == 3
+    assert len(fams["ping_rtt"]) == 3  # the per-peer gauges stay
 
 
 def test_failure_drops_rtt_gauges_and_counts() -> None:
@@ -124,7 +137,7 @@ def test_aggregates_start_at_zero_for_every_label() -> None:
 
 def test_label_names() -> None:
     registry = CollectorRegistry()
-    m = MonitorMetrics(registry, hostname="h")
+    m = MonitorMetrics(registry, hostname="h", peer_histograms=True)
     m.observe(TARGET, 0.001, 1.0)
     m.failed(TARGET, "timeout")
     m.observe(TARGET, 0.001, 1.0)
@@ -178,7 +191,7 @@ def scraped(body: bytes, content_type: str) -> dict[str, list[tuple[dict[str, st
 
 def busy_registry() -> CollectorRegistry:
     registry = node_registry()
-    m = MonitorMetrics(registry, hostname="h")
+    m = MonitorMetrics(registry, hostname="h", peer_histograms=True)
     m.observe(TARGET, 0.001, 1.0)
     m.failed("other", "timeout")
     return registry

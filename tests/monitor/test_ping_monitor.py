@@ -66,6 +66,7 @@ async def running(
     host: FakeHost, registry: CollectorRegistry | None = None, **kwargs: object
 ) -> AsyncIterator[tuple[PingMonitor, CollectorRegistry]]:
     registry = registry if registry is not None else CollectorRegistry()
+    kwargs.setdefault("peer_histograms", True)  # these tests read each peer's histogram
     monitor = PingMonitor(host, registry, hostname=HOSTNAME, **kwargs)  # type: ignore[arg-type]
     async with trio.open_nursery() as nursery:
         await nursery.start(monitor.run)
@@ -80,6 +81,21 @@ async def sleep_until(t: float) -> None:
 
 
 # -- RTT samples and EWMA --
+
+
+async def test_by_default_one_histogram_for_all_peers(autojump: trio.testing.MockClock) -> None:
+    host = FakeHost()
+    fast, slow = FakePeer(0.001), FakePeer(0.010)
+    host.connect(fast)
+    host.connect(slow)
+    async with running(host, interval=1.0, peer_histograms=False) as (_monitor, registry):
+        await trio.sleep(2.5)  # three pings each
+        get = registry.get_sample_value
+        assert get("physarum_pings_rtt_seconds_count") == 6
+        assert get("physarum_pings_rtt_seconds_bucket", {"le": "0.0025"}) == 3
+        assert get("physarum_pings_rtt_seconds_bucket", {"le": "+Inf"}) == 6
+        assert get("physarum_ping_rtt_seconds_count", {"peer": str(fast.peer_id)}) is None
+        assert rtt_ms(registry, slow) == pytest.approx(10.0)  # the per-peer gauges stay
 
 
 async def test_rtt_sample_in_ms_histogram_in_seconds(autojump: trio.testing.MockClock) -> None:

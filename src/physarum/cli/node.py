@@ -62,6 +62,8 @@ class MonitorOptions:
     timeout: float = 5.0
     expiry: float = 600.0
     max_peer_series: int = MAX_PEER_SERIES
+    peer_histograms: bool = False
+    """An RTT histogram per peer (see :class:`~physarum.monitor.ping_monitor.PingMonitor`)."""
     token: str | None = None
     """Bearer token every /metrics request must carry (None: none needed)."""
     ping: bool = True
@@ -266,6 +268,7 @@ async def _serve(
             timeout=monitor.timeout,
             expiry=monitor.expiry,
             max_peer_series=monitor.max_peer_series,
+            peer_histograms=monitor.peer_histograms,
         )
         server = MetricsServer(registry, host=monitor.prom_host, port=monitor.prom_port, token=monitor.token)
         # the live page at / and /topology.json (the ping-monitor's; a peer's metrics have none)

@@ -68,6 +68,13 @@ def build_parser() -> flags.FlagParser:
         help="peers with series of their own at most; others are pinged and counted in totals only "
         f"(default {MAX_PEER_SERIES})",
     )
+    flags.flag(
+        group,
+        "peer-histograms",
+        action="store_true",
+        help="an RTT histogram per peer (physarum_ping_rtt_seconds{peer}: 19 lines a peer in every scrape); "
+        "default: only the histogram of all peers together (physarum_pings_rtt_seconds)",
+    )
     flags.seconds_flag(group, "ping-interval", default=1.0, help="seconds between pings")
     flags.seconds_flag(group, "ping-timeout", default=5.0, help="deadline of one ping")
     flags.seconds_flag(group, "expiry", default=600.0, help="drop a peer's series after this long unseen")
@@ -82,7 +89,7 @@ def parse_args(
     Raises:
         UsageError: bad flags or values, unusable key files.
     """
-    args = build_parser().parse_args(flags.normalize_bool_flags(argv))
+    args = build_parser().parse_args(flags.normalize_bool_flags(argv, (*flags.BOOL_FLAGS, "peer-histograms")))
     host, port = flags.split_host_port(args.prom_listen_addr, "-prom-listen-addr")
     monitor = MonitorOptions(
         prom_host=host or None,
@@ -91,6 +98,7 @@ def parse_args(
         timeout=args.ping_timeout,
         expiry=args.expiry,
         max_peer_series=args.max_peer_series,
+        peer_histograms=args.peer_histograms,
         token=_read_token(args.prom_token_file),
     )
     opts = flags.node_options(args, listen_default=LISTEN_DEFAULT, keyfile_default=KEYFILE_DEFAULT, env=env)

@@ -16,8 +16,13 @@ PhysarumSM-compatible (existing dashboards keep working):
 ``targetHost`` lives only on those two legacy gauges. Named after the Prometheus conventions (base
 units, ``_total`` counters, snake_case labels, ``peer`` for the peer id), beside them:
 
+``physarum_pings_rtt_seconds``
+    Histogram of every successful ping's RTT, all peers together, buckets from 50 us (a loopback or
+    LAN ping) to 5 s (a congested edge link).
 ``physarum_ping_rtt_seconds{peer}``
-    Histogram of RTT samples, buckets from 50 us (a loopback or LAN ping) to 5 s (a congested edge link).
+    The same per peer, only with ``peer_histograms`` (``ping-monitor -peer-histograms``): 19 lines a
+    peer, six sevenths of a scrape at 1,000 peers (2.3 MB and 134 ms to render with them, 0.3 MB
+    and 16 ms without).
 ``physarum_ping_failures_total{peer, reason}``
     Pings that failed; ``reason`` is one of :data:`FAILURE_REASONS`.
 ``physarum_peers_connected``
@@ -74,6 +79,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     GCCollector,
+    Histogram,
     Info,
     PlatformCollector,
     ProcessCollector,
@@ -171,8 +177,10 @@ class PeerSeries(Collector):
     a scrape (rendered in another thread) copies the numbers under it and builds the families after.
     """
 
-    def __init__(self, hostname: str) -> None:
+    def __init__(self, hostname: str, *, histograms: bool = False) -> None:
         self.hostname = hostname
+        self.histograms = histograms
+        """Whether each peer has its RTT histogram (``physarum_ping_rtt_seconds{peer}``)."""
         self._lock = threading.Lock()
         self._peers: dict[str, _Series] = {}
 
@@ -191,10 +199,11 @@ class PeerSeries(Collector):
             series.rtt_ms = rtt * 1000.0
             series.ewma_ms = ewma_ms
             series.reachable = 1
-            if series.buckets is None:
-                series.buckets = [0] * len(_BUCKET_LABELS)
-            series.buckets[bisect_left(RTT_BUCKETS, rtt)] += 1
-            series.sum += rtt
+            if self.histograms:
+                if series.buckets is None:
+                    series.buckets = [0] * len(_BUCKET_LABELS)
+                series.buckets[bisect_left(RTT_BUCKETS, rtt)] += 1
+                series.sum += rtt
 
     def failed(self, peer: str, reason: str) -> None:
         with self._lock:
@@ -286,10 +295,10 @@ class MonitorMetrics:
         ValueError: a metric of the same name is already registered on ``registry``.
     """
 
-    def __init__(self, registry: CollectorRegistry, *, hostname: str) -> None:
+    def __init__(self, registry: CollectorRegistry, *, hostname: str, peer_histograms: bool = False) -> None:
         self.registry = registry
         self.hostname = hostname
-        self.peer_series = PeerSeries(hostname)
+        self.peer_series = PeerSeries(hostname, histograms=peer_histograms)
         registry.register(self.peer_series)
         self.peers_connected = Gauge(
             "physarum_peers_connected", "Peers with at least one open connection.", registry=registry
@@ -308,6 +317,12 @@ class MonitorMetrics:
         )
         for result in ("ok", *FAILURE_REASONS):
             self.pings.labels(result)
+        self.rtts = Histogram(
+            "physarum_pings_rtt_seconds",
+            "Round-trip time of every successful ping, all peers together (with or without per-peer series).",
+            buckets=RTT_BUCKETS,
+            registry=registry,
+        )
         self.series_peers = Gauge(
             "physarum_metrics_peers", "Peers that have per-peer series.", registry=registry
         )
@@ -348,9 +363,12 @@ class MonitorMetrics:
         its reachability stays."""
         self.peer_series.forget_history(peer)
 
-    def ping_result(self, result: str) -> None:
-        """Count one ping of any peer: ``result`` is ``ok`` or one of :data:`FAILURE_REASONS`."""
+    def ping_result(self, result: str, rtt: float | None = None) -> None:
+        """Count one ping of any peer: ``result`` is ``ok`` (with its ``rtt`` in seconds, for the
+        aggregate histogram) or one of :data:`FAILURE_REASONS`."""
         self.pings.labels(result).inc()
+        if rtt is not None:
+            self.rtts.observe(rtt)
 
     def set_peers_connected(self, n: int) -> None:
         self.peers_connected.set(n)

@@ -208,6 +208,8 @@ class PingMonitor:
             makes it established (see above); 0: its first answer does.
         grace: seconds a departed established peer keeps its histogram and failure counters.
         max_peer_series: peers that may have per-peer series at once.
+        peer_histograms: give each peer an RTT histogram of its own (``physarum_ping_rtt_seconds{peer}``,
+            19 lines a peer in every scrape); the histogram of all peers together is always there.
         reclaim_after: departures after which the sweep gives memory back (see above); 0 never does.
         reclaim_interval: seconds between two such reclaims at least.
 
@@ -228,6 +230,7 @@ class PingMonitor:
         established_after: float = ESTABLISHED_AFTER,
         grace: float = GRACE,
         max_peer_series: int = MAX_PEER_SERIES,
+        peer_histograms: bool = False,
         reclaim_after: int = RECLAIM_AFTER,
         reclaim_interval: float = RECLAIM_INTERVAL,
     ) -> None:
@@ -255,7 +258,7 @@ class PingMonitor:
         self.established_after = established_after
         self.grace = grace
         self.max_peer_series = max_peer_series
-        self.metrics = MonitorMetrics(registry, hostname=hostname)
+        self.metrics = MonitorMetrics(registry, hostname=hostname, peer_histograms=peer_histograms)
         self.reclaimer = MemoryReclaimer(after=reclaim_after, min_interval=reclaim_interval)
         self.peers: dict[PeerId, PeerStats] = {}
         self._workers: dict[PeerId, trio.CancelScope] = {}
@@ -542,7 +545,7 @@ class PingMonitor:
         stats.successes += 1
         self._set_reachable(stats, True)
         self._check_established(stats, now)
-        self.metrics.ping_result("ok")
+        self.metrics.ping_result("ok", rtt)
         if stats.tracked:
             self.metrics.observe(stats.label, rtt, stats.ewma_ms)
 
