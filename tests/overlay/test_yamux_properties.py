@@ -201,8 +201,11 @@ class Model:
     """What the yamux spec (and physarum's documented choices) make of the bytes a peer sends,
     when the application never reads and nothing else intervenes."""
 
-    def __init__(self, *, is_client: bool, window: int, max_streams: int, outbound: list[int]) -> None:
+    def __init__(
+        self, *, is_client: bool, window: int, max_streams: int, outbound: list[int], app_reads: bool = False
+    ) -> None:
         self.is_client = is_client
+        self.app_reads = app_reads
         self.window = window
         self.max_streams = max_streams
         self.open: dict[int, StreamModel] = {sid: StreamModel(sid, window) for sid in outbound}
@@ -269,6 +272,11 @@ class Model:
                 self.violation = "the peer used our parity"
                 return
             if len(self.open) >= self.max_streams or self.go_away:
+                if self.app_reads and not self.go_away and any(s.fin for s in self.open.values()):
+                    # The session forgets a stream once both sides sent FIN (an application that
+                    # reads to the end closes it), which this model cannot see: the session may
+                    # have had room and taken this one, so whatever follows is undecidable here.
+                    self.violation = "undecidable: a SYN the session may have taken"
                 return  # refused with RST; later frames for it are late frames
             stream = self.open[sid] = StreamModel(sid, self.window)
             self.inbound.append(stream)
@@ -388,6 +396,7 @@ async def drive(case: Case) -> None:
                     window=case.window,
                     max_streams=case.max_streams,
                     outbound=[s.stream_id for s in outbound],
+                    app_reads=case.app_reads,
                 )
                 if case.peer_reads:
 
