@@ -115,8 +115,6 @@ async def prometheus(
 ) -> AsyncIterator[tuple[int, Path]]:
     """Prometheus scraping the target as job ``physarum`` (sending the token in ``token_file`` if given,
     as ``authorization: credentials_file``) and, with a token, also as job ``anonymous`` without it."""
-    binary = prometheus_binary()
-    port = free_loopback_port()
     config = tmp_path / "prometheus.yml"
     jobs = "  - job_name: physarum\n"
     if token_file is not None:
@@ -133,6 +131,15 @@ async def prometheus(
         "  evaluation_interval: 1s\n"
         "scrape_configs:\n" + jobs
     )
+    async with run_prometheus(tmp_path, config) as running:
+        yield running
+
+
+@asynccontextmanager
+async def run_prometheus(tmp_path: Path, config: Path) -> AsyncIterator[tuple[int, Path]]:
+    """The real Prometheus on a free loopback port with ``config``; its port and log file."""
+    binary = prometheus_binary()
+    port = free_loopback_port()
     log_path = tmp_path / "prometheus.log"
     with open(log_path, "wb") as log:
         process = await trio.lowlevel.open_process(
@@ -160,15 +167,19 @@ async def prometheus(
                 await process.wait()
 
 
-async def api_query(port: int, query: str) -> dict[str, Any]:
-    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+async def api_get(port: int, path: str) -> dict[str, Any]:
+    """The JSON answer of Prometheus' HTTP API at ``path``."""
 
     def get() -> dict[str, Any]:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
             result: dict[str, Any] = json.loads(response.read())
             return result
 
     return await trio.to_thread.run_sync(get)
+
+
+async def api_query(port: int, query: str) -> dict[str, Any]:
+    return await api_get(port, "/api/v1/query?" + urllib.parse.urlencode({"query": query}))
 
 
 def tail(path: Path, n: int = 3000) -> str:

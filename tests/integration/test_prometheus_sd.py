@@ -30,10 +30,11 @@ from physarum.cli.node import MonitorOptions, RunningNode, run_node
 from physarum.monitor.discovery import SD_PATH
 from physarum.psk import psk_from_passphrase
 from tests.integration.test_prometheus import (
+    api_get,
     api_query,
-    free_loopback_port,
     node_options,
     prometheus_binary,
+    run_prometheus,
     tail,
 )
 
@@ -171,47 +172,6 @@ async def network() -> AsyncIterator[tuple[RunningNode, list[RunningNode]]]:
             nursery.cancel_scope.cancel()
 
 
-@asynccontextmanager
-async def prometheus(tmp_path: Path, config: Path) -> AsyncIterator[tuple[int, Path]]:
-    """The real Prometheus on a free loopback port with ``config``; its port and log file."""
-    binary = prometheus_binary()
-    port = free_loopback_port()
-    log_path = tmp_path / "prometheus.log"
-    with open(log_path, "wb") as log:
-        process = await trio.lowlevel.open_process(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={tmp_path / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--log.level=info",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            cwd=tmp_path,
-        )
-    try:
-        yield port, log_path
-    finally:
-        with trio.CancelScope(shield=True):
-            process.terminate()
-            with trio.move_on_after(10):
-                await process.wait()
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-
-
-async def api_get(port: int, path: str) -> dict[str, Any]:
-    def get() -> dict[str, Any]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            result: dict[str, Any] = json.loads(response.read())
-            return result
-
-    return await trio.to_thread.run_sync(get)
-
-
 def sd_url(monitor: RunningNode) -> str:
     assert monitor.metrics_server is not None
     host, port = monitor.metrics_server.addresses[0]
@@ -250,7 +210,7 @@ def expected_roles(monitor: RunningNode, peers: list[RunningNode]) -> dict[str, 
 async def test_prometheus_discovers_and_scrapes_every_node_through_the_monitor(tmp_path: Path) -> None:
     async with network() as (monitor, peers):
         config = fast_config(tmp_path, sd_url(monitor))
-        async with prometheus(tmp_path, config) as (port, log_path):
+        async with run_prometheus(tmp_path, config) as (port, log_path):
             targets = await wait_for_targets(port, expected_roles(monitor, peers), log_path)
             servers = {str(n.host.peer_id): n.metrics_server for n in (monitor, *peers)}
             for t in targets:
@@ -271,7 +231,7 @@ async def test_every_dashboard_query_returns_data(tmp_path: Path) -> None:
     assert len(queries) >= 10
     async with network() as (monitor, peers):
         config = fast_config(tmp_path, sd_url(monitor))
-        async with prometheus(tmp_path, config) as (port, log_path):
+        async with run_prometheus(tmp_path, config) as (port, log_path):
             await wait_for_targets(port, expected_roles(monitor, peers), log_path)
             empty = dict.fromkeys(queries)
             try:
