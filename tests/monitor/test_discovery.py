@@ -24,8 +24,6 @@ from physarum.monitor.discovery import (
     announce_metrics,
     decode_answer,
     encode_answer,
-    frame,
-    read_message,
     scrape_host,
     server_endpoints,
 )
@@ -33,6 +31,8 @@ from physarum.monitor.http import MetricsServer, route
 from physarum.overlay.identity import KeyPair, PeerId
 from physarum.overlay.multiaddr import Multiaddr
 from physarum.overlay.streamio import BufferedStream
+from physarum.overlay.streamio import json_frame as frame
+from physarum.overlay.streamio import read_json as read_message
 
 # -- the wire --
 

@@ -3,8 +3,8 @@ Prometheus' ``http_sd_configs``.
 
 The protocol, ``/physarum/metrics/1.0.0`` (:data:`PROTOCOL_ID`), is served only by nodes that serve
 metrics (:class:`MetricsAnnouncer`, see :func:`announce_metrics`), so identify tells the monitor which
-peers have any. One request per stream, framed as the service layer frames its messages
-(:mod:`physarum.services.wire`, which sits above this package: a uvarint length, then a JSON object)::
+peers have any. One request per stream, framed as physarum's own protocols frame their messages
+(:func:`physarum.overlay.streamio.json_frame`: a uvarint length, then a JSON object)::
 
     -> {"get": "endpoints"}
     <- {"endpoints": [{"role": "peer", "scheme": "http", "port": 9102, "path": "/metrics",
@@ -56,14 +56,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from physarum.errors import PEER_FAILURES, ConfigError, DecodeError, IncompleteError, NotRunningError
+from physarum.errors import PEER_FAILURES, ConfigError, DecodeError, NotRunningError
 from physarum.monitor.http import Reply
 from physarum.monitor.ping_monitor import CallbackList
 from physarum.overlay import addr as addrs_
-from physarum.overlay import varint
 from physarum.overlay.identity import PeerId
 from physarum.overlay.multiaddr import Multiaddr
-from physarum.overlay.streamio import BufferedStream
+from physarum.overlay.streamio import BufferedStream, json_frame, read_json
 
 if TYPE_CHECKING:
     from physarum.monitor.http import MetricsServer
@@ -181,44 +180,6 @@ def decode_answer(message: dict[str, Any], max_endpoints: int = MAX_ENDPOINTS) -
     return [MetricsEndpoint.from_json(e) for e in endpoints[:max_endpoints]]
 
 
-def frame(obj: dict[str, Any]) -> bytes:
-    """``obj`` as one message: its JSON's length as a uvarint, then the JSON."""
-    data = json.dumps(obj, separators=(",", ":")).encode()
-    return varint.encode(len(data)) + data
-
-
-async def read_message(stream: BufferedStream, max_size: int) -> dict[str, Any] | None:
-    """The next message, or None at a clean end of the stream.
-
-    Raises:
-        DecodeError: larger than ``max_size``, cut short, or not a JSON object.
-        trio.BrokenResourceError: the stream broke (or one of :data:`~physarum.errors.PEER_FAILURES`).
-    """
-    prefix = b""
-    try:
-        while True:  # a byte at a time: an end of stream right after the prefix is a cut message
-            prefix += await stream.receive_exactly(1)
-            try:
-                length = varint.decode(prefix)[0]
-                break
-            except IncompleteError:
-                continue
-        if length > max_size:
-            raise DecodeError(f"message of {length} bytes exceeds the limit of {max_size}")
-        data = await stream.receive_exactly(length)
-    except trio.BrokenResourceError:
-        if prefix:
-            raise DecodeError("message cut short") from None
-        return None
-    try:
-        obj = json.loads(data)
-    except (ValueError, RecursionError) as e:
-        raise DecodeError(f"message is not JSON: {e}") from None
-    if not isinstance(obj, dict):
-        raise DecodeError("message is not a JSON object")
-    return obj
-
-
 def scrape_host(endpoint: MetricsEndpoint, seen_at: str) -> str | None:
     """The host Prometheus should scrape ``endpoint`` at, for a peer whose connection the monitor sees
     at ``seen_at`` (an IP address, or the DNS name the monitor dialed): ``seen_at`` when a bind address
@@ -332,11 +293,11 @@ class MetricsAnnouncer:
         ``{"error": ...}`` for another request. Never raises for what the peer did."""
         try:
             with trio.fail_after(self.timeout):
-                request = await read_message(BufferedStream(stream), MAX_REQUEST_BYTES)
+                request = await read_json(BufferedStream(stream), MAX_REQUEST_BYTES)
             if request is None:
                 return
             answer = encode_answer(self.endpoints()) if request == REQUEST else {"error": "unknown request"}
-            await stream.send_all(frame(answer))
+            await stream.send_all(json_frame(answer))
             await stream.send_eof()
         except PEER_FAILURES as e:
             log.debug("metrics endpoints request: %s", e)
@@ -542,9 +503,9 @@ class MetricsDiscovery:
     async def _query(self, conn: DiscoveryConnection) -> list[MetricsEndpoint]:
         stream = await conn.open_stream([PROTOCOL_ID])
         try:
-            await stream.send_all(frame(REQUEST))
+            await stream.send_all(json_frame(REQUEST))
             await stream.send_eof()
-            answer = await read_message(BufferedStream(stream), self.options.max_answer_bytes)
+            answer = await read_json(BufferedStream(stream), self.options.max_answer_bytes)
         finally:
             await trio.aclose_forcefully(stream)
         if answer is None:
@@ -689,8 +650,6 @@ __all__ = [
     "announce_metrics",
     "decode_answer",
     "encode_answer",
-    "frame",
-    "read_message",
     "scrape_host",
     "serve_discovery",
     "server_endpoints",

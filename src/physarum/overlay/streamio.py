@@ -7,7 +7,9 @@ next layer wraps. Once the buffer is drained, calls go straight through to the t
 
 from __future__ import annotations
 
+import json
 import operator
+from typing import Any
 
 import trio
 
@@ -145,3 +147,46 @@ class BufferedStream(trio.abc.HalfCloseableStream):
     async def aclose(self) -> None:
         self._closed = True
         await self.transport_stream.aclose()
+
+
+# -- uvarint-length-prefixed JSON objects: the framing of physarum's own protocols --
+
+
+def json_frame(obj: dict[str, Any]) -> bytes:
+    """``obj`` as one message: its compact JSON's length as a uvarint, then the JSON."""
+    data = json.dumps(obj, separators=(",", ":")).encode()
+    return varint.encode(len(data)) + data
+
+
+async def read_json(stream: BufferedStream, max_size: int) -> dict[str, Any] | None:
+    """The next :func:`json_frame` message on ``stream``, None at a clean end of the stream.
+
+    Raises:
+        DecodeError: larger than ``max_size``, cut short, or not a JSON object; or one of
+            :data:`~physarum.errors.PEER_FAILURES`.
+    """
+    # The length prefix is read a byte at a time so that an end of stream after it (a message cut
+    # short, even when its prefix was already read ahead) is told apart from one between messages.
+    prefix = b""
+    try:
+        while True:
+            prefix += await stream.receive_exactly(1)
+            try:
+                length = varint.decode(prefix)[0]
+                break
+            except IncompleteError:
+                continue
+        if length > max_size:
+            raise DecodeError(f"message of {length} bytes exceeds the limit of {max_size}")
+        data = await stream.receive_exactly(length)
+    except trio.BrokenResourceError:
+        if prefix:
+            raise DecodeError("message cut short") from None
+        return None
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError) as e:  # RecursionError: nested deeper than the parser goes
+        raise DecodeError(f"message is not JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise DecodeError("message is not a JSON object")
+    return obj

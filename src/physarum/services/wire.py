@@ -4,60 +4,31 @@ more messages and the end of the stream; an answer ``{"error": CODE, "message": 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import trio
 
-from physarum.errors import PEER_FAILURES, DecodeError, IncompleteError
-from physarum.overlay import varint
-from physarum.overlay.streamio import BufferedStream
-from physarum.overlay.varint import encode as varint_encode
+from physarum.errors import PEER_FAILURES, DecodeError
+from physarum.overlay.streamio import BufferedStream, json_frame, read_json
 
 #: Largest message either side takes (a signed registry entry in base64 and its JSON wrapping).
 MAX_MESSAGE = 32768
 
 
-def frame(obj: dict[str, Any]) -> bytes:
-    """``obj`` as one message."""
-    data = json.dumps(obj, separators=(",", ":")).encode()
-    return varint_encode(len(data)) + data
+frame = json_frame
+"""``obj`` as one message (:func:`~physarum.overlay.streamio.json_frame`)."""
 
 
 async def read_message(stream: BufferedStream, max_size: int = MAX_MESSAGE) -> dict[str, Any] | None:
-    """The next message, None at a clean end of the stream.
+    """The next message, None at a clean end of the stream (:func:`~physarum.overlay.streamio.read_json`).
 
     Raises:
         DecodeError: not a JSON object, too large, or cut short; or one of
             :data:`~physarum.errors.PEER_FAILURES`.
     """
-    # The length prefix is read a byte at a time so that an end of stream after it (a message cut
-    # short, even when its prefix was already read ahead) is told apart from one between messages.
-    prefix = b""
-    try:
-        while True:
-            prefix += await stream.receive_exactly(1)
-            try:
-                length = varint.decode(prefix)[0]
-                break
-            except IncompleteError:
-                continue
-        if length > max_size:
-            raise DecodeError(f"message of {length} bytes exceeds the limit of {max_size}")
-        data = await stream.receive_exactly(length)
-    except trio.BrokenResourceError:
-        if prefix:
-            raise DecodeError("message cut short") from None
-        return None
-    try:
-        obj = json.loads(data)
-    except (ValueError, RecursionError) as e:  # RecursionError: nested deeper than the parser goes
-        raise DecodeError(f"message is not JSON: {e}") from None
-    if not isinstance(obj, dict):
-        raise DecodeError("message is not a JSON object")
-    return obj
+    return await read_json(stream, max_size)
 
 
 async def serve_request(
