@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from tests._process import pid_alive
+
 HERE = Path(__file__).resolve().parent
 CONF = HERE / "conf" / "containers.conf"
 UNAVAILABLE = HERE / "conf" / "unavailable"
@@ -58,22 +60,13 @@ class PodmanEngine:
         return [c.name for c in found]
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
 
 def _remove_dead_sessions(client: Any) -> None:
     """Containers of test sessions whose process is gone (a killed pytest); others' are left alone."""
     for c in client.containers.list(all=True, filters={"label": LABEL}):
         owner = c.labels.get(LABEL, "")
         pid = owner.removeprefix(OWNER_PREFIX)
-        if owner.startswith(OWNER_PREFIX) and pid.isdigit() and not _pid_alive(int(pid)):
+        if owner.startswith(OWNER_PREFIX) and pid.isdigit() and not pid_alive(int(pid)):
             c.remove(force=True, v=True)
 
 

@@ -35,6 +35,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests._process import pid_alive
 from tests.containers.podman import CONF, podman_or_skip
 from tests.deploy._k8s import BASE, ENV_REF, by_kind, container_env, render, workloads
 from tests.deploy._nodes import DOCKERFILE, ROOT, image_user
@@ -57,15 +58,6 @@ POLL_INTERVAL = 0.2
 #: Where a wheel's files are read from to build physarum's wheel outside the checkout.
 PROJECT_FILES = ("pyproject.toml", "README.md", "src")
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass
@@ -113,7 +105,7 @@ class Podman:
 
         def dead(name: str) -> bool:
             pid = name.removeprefix(PREFIX).split("-")[0]
-            return name.startswith(PREFIX) and pid.isdigit() and not _pid_alive(int(pid))
+            return name.startswith(PREFIX) and pid.isdigit() and not pid_alive(int(pid))
 
         owners = self("ps", "--all", "--filter", f"label={LABEL}", "--format", f'{{{{.ID}}}} {{{{index .Labels "{LABEL}"}}}}')
         stale = [line.split()[0] for line in owners.splitlines() if len(line.split()) == 2 and dead(line.split()[1])]

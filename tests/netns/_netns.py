@@ -28,6 +28,8 @@ from urllib.parse import urlsplit
 
 import trio
 
+from tests._process import pid_alive
+
 PYTHON = sys.executable
 
 
@@ -195,22 +197,13 @@ def remove_leftovers() -> list[str]:
         if not name.startswith(NAME_PREFIX):
             continue
         pid = name[len(NAME_PREFIX) :].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
             continue
         if not name.startswith(_SESSION):
             subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
             removed.append(name)
     return removed
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @contextmanager
