@@ -161,6 +161,21 @@ def goal_markdown(goals: Sequence[Goal]) -> str:
     return "\n".join(out)
 
 
+def print_table_report(
+    title: str, header: Sequence[str], rows: Sequence[Sequence[str]], goals: Sequence[Goal], *, target_width: int
+) -> None:
+    """The report of a benchmark with one table (its last column free text): ``title``, the table,
+    the goals, then both again in markdown for the README."""
+    print(title)
+    print(aligned(header, rows, free_last=True))
+    print("\nGoals:")
+    print(goal_lines(goals, target_width=target_width))
+    print("\nMarkdown:\n")
+    print(markdown(header, rows, free_last=True))
+    print()
+    print(goal_markdown(goals))
+
+
 # -------------------------------------------------------------------------------------------- the run
 
 

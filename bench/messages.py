@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _harness import RESULTS, Goal, Run, aligned, goal_lines, goal_markdown, markdown, progress, write_json
+from _harness import RESULTS, Goal, Run, print_table_report, progress, write_json
 
 RESULTS_JSON = RESULTS / "messages.json"
 PSK = "physarum messages bench"
@@ -163,7 +163,7 @@ def main() -> None:
     rows = [
         ["persist, 3 stores acknowledge", f"{persist_ms:.2f} ms", f"n={len(r['persist_s'])}",
          f"p90 {statistics.quantiles(r['persist_s'], n=10)[-1] * 1000:.2f} ms"],
-        ["query of 1,000 messages", f"{query_ms:.1f} ms", f"n={len(r['query_s'])}", "3 stores merged"],
+        ["query of 1,000 messages", f"{query_ms:.1f} ms", f"n={len(r['query_s'])}", "one store's messages, two stores' ids"],
         ["baseline: GET /v1/info", f"{info_ms:.2f} ms", f"n={len(r['info_s'])}", "the API's HTTP floor"],
         ["baseline: SQLite insert + commit (WAL)", f"{commit_ms:.3f} ms", f"n={len(r['sqlite_commit_s'])}",
          "one store's write, in-process"],
@@ -173,14 +173,8 @@ def main() -> None:
         Goal("query of 1,000 messages (median)", "<= 50 ms", f"{query_ms:.1f} ms", query_ms <= 50),
     ]
     header = ["measure", "value", "samples", "note"]
-    print(run.title("physarum messages benchmark", "quick" if args.quick else "full", "loopback, one process each"))
-    print(aligned(header, rows, free_last=True))
-    print("\nGoals:")
-    print(goal_lines(goals, target_width=10))
-    print("\nMarkdown:\n")
-    print(markdown(header, rows, free_last=True))
-    print()
-    print(goal_markdown(goals))
+    title = run.title("physarum messages benchmark", "quick" if args.quick else "full", "loopback, one process each")
+    print_table_report(title, header, rows, goals, target_width=10)
     write_json(args.json, run.record(args.quick, rows=[dict(zip(header, row, strict=True)) for row in rows],
                                      goals=[g.as_json() for g in goals]))
 

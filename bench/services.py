@@ -44,11 +44,8 @@ from _harness import (
     RESULTS,
     Goal,
     Run,
-    aligned,
     fmt,
-    goal_lines,
-    goal_markdown,
-    markdown,
+    print_table_report,
     progress,
     write_json,
 )
@@ -353,14 +350,8 @@ def main() -> None:
         Goal("streaming through the pair (lower of up, down)", ">= 100 MB/s", f"{stream:.0f} MB/s", stream >= 100),
     ]
     header = ["measure", "value", "samples", "note"]
-    print(run.title("physarum services benchmark", "quick" if cfg.quick else "full", "loopback, one process each"))
-    print(aligned(header, rows, free_last=True))
-    print("\nGoals:")
-    print(goal_lines(goals, target_width=12))
-    print("\nMarkdown:\n")
-    print(markdown(header, rows, free_last=True))
-    print()
-    print(goal_markdown(goals))
+    title = run.title("physarum services benchmark", "quick" if cfg.quick else "full", "loopback, one process each")
+    print_table_report(title, header, rows, goals, target_width=12)
     data = run.record(cfg.quick, rows=[dict(zip(header, row, strict=True)) for row in rows],
                       goals=[g.as_json() for g in goals],
                       raw={k: v for k, v in r.items() if not isinstance(v, list)} | {
