@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from physarum.dht.records import MAX_RECORD_TTL
-from physarum.sidecar.messages import MAX_DATA_BYTES, MAX_LIMIT
+from physarum.sidecar.messages import MAX_DATA_BYTES, MAX_LIMIT, TOPIC_RE
 
 #: Largest request body accepted (bytes); larger ones are answered 413 without being read.
 MAX_BODY_BYTES = 65536
@@ -33,28 +33,30 @@ def _body(schema: dict[str, Any]) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
-_KEY_PARAM = {
-    "name": "key",
-    "in": "path",
-    "required": True,
-    "description": "a name; the DHT key is the SHA2-256 multihash of its UTF-8 bytes "
+def _path_param(name: str, schema: dict[str, Any], description: str | None = None) -> dict[str, Any]:
+    param: dict[str, Any] = {"name": name, "in": "path", "required": True}
+    if description is not None:
+        param["description"] = description
+    param["schema"] = {"type": "string", "minLength": 1, **schema}
+    return param
+
+
+_KEY_PARAM = _path_param(
+    "key",
+    {"maxLength": 256},
+    "a name; the DHT key is the SHA2-256 multihash of its UTF-8 bytes "
     "(as services' service_key, so a service's instances are its providers)",
-    "schema": {"type": "string", "minLength": 1, "maxLength": 256},
-}
-_PEER_ID_PARAM = {
-    "name": "peer_id",
-    "in": "path",
-    "required": True,
-    "description": "a peer id (base58 multihash, 12D3KooW... or Qm...)",
-    "schema": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[1-9A-HJ-NP-Za-km-z]+$"},
-}
-_TOPIC_PARAM = {
-    "name": "topic",
-    "in": "path",
-    "required": True,
-    "description": "a topic name: 1-128 letters, digits and ._:- starting with a letter or digit",
-    "schema": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9][A-Za-z0-9._:-]*$"},
-}
+)
+_PEER_ID_PARAM = _path_param(
+    "peer_id",
+    {"maxLength": 128, "pattern": "^[1-9A-HJ-NP-Za-km-z]+$"},
+    "a peer id (base58 multihash, 12D3KooW... or Qm...)",
+)
+_TOPIC_PARAM = _path_param(
+    "topic",
+    {"maxLength": 128, "pattern": f"^{TOPIC_RE.pattern}$"},
+    "a topic name: 1-128 letters, digits and ._:- starting with a letter or digit",
+)
 _MESSAGE = {
     "type": "object",
     "required": ["publisher", "seq", "ts", "id"],
@@ -300,14 +302,7 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "operationId": "find_records",
                 "summary": "the contact records of a name, one per publisher (as peer find)",
-                "parameters": [
-                    {
-                        "name": "name",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string", "minLength": 1, "maxLength": 256},
-                    }
-                ],
+                "parameters": [_path_param("name", {"maxLength": 256})],
                 "responses": {
                     "200": _ok(
                         "records (an empty list: none found)",
