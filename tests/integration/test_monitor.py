@@ -278,7 +278,7 @@ async def test_no_fd_or_task_leak_over_100_connect_disconnect_cycles() -> None:
             await wait_until(
                 lambda: (
                     node.host.connection(peer.peer_id) is None
-                    and peer.peer_id not in monitor._workers
+                    and peer.peer_id not in monitor._pingers
                     and not peer.connections
                 ),
                 what="both sides disconnected",

@@ -69,15 +69,21 @@ class FakePeer:
         return float(rtt)
 
 
-class FakeStream(trio.abc.HalfCloseableStream):
+class FakeStream:
+    """A ping stream driven as the monitor drives yamux streams: ``send_nowait`` a ping, and the
+    watcher is called when the scripted echo (or end, or reset) is due, on trio's clock."""
+
     def __init__(self, conn: FakeConnection) -> None:
         self.conn = conn
         self.peer = conn.peer
         self.opened_at = trio.current_time()
         self.pending = b""
+        self.received = b""  # echoed, not yet taken
+        self.ended = False  # the responder ended the stream (EOF)
         self.closed = False  # aclose()d: a FIN went out
         self.was_reset = False
         self.pings = 0
+        self.watcher: Callable[[], None] | None = None
 
     def _check(self) -> None:
         if self.closed:
@@ -89,41 +95,51 @@ class FakeStream(trio.abc.HalfCloseableStream):
             self.was_reset = True
             raise trio.BrokenResourceError("reset by the responder (stream lifetime)")
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await trio.lowlevel.checkpoint()
+    def set_watcher(self, watcher: Callable[[], None] | None) -> None:
+        self.watcher = watcher
+
+    def send_nowait(self, data: bytes) -> None:
         self._check()
         if not self.pending:
             self.peer.ping_started_at.append(trio.current_time())
         self.pending += bytes(data)
+        if self.peer.mode != HANG:
+            trio.lowlevel.spawn_system_task(self._answer, self.peer.next_rtt())
 
-    async def wait_send_all_might_not_block(self) -> None:
-        await trio.lowlevel.checkpoint()
-
-    async def send_eof(self) -> None:
-        await self.aclose()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        await trio.lowlevel.checkpoint()
-        self._check()
-        mode = self.peer.mode
-        if mode == HANG:
-            await trio.sleep_forever()
-        rtt = self.peer.next_rtt()
+    async def _answer(self, rtt: float) -> None:
         await trio.sleep(rtt)
-        self._check()
+        try:
+            self._check()
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            if self.watcher is not None and not self.closed:
+                self.watcher()
+            return
+        mode = self.peer.mode
         if mode == EOF:
-            return b""
-        if mode == RESET:
+            self.ended = True
+        elif mode == RESET:
             self.was_reset = True
-            raise trio.BrokenResourceError("reset by peer")
-        data, self.pending = self.pending[: ping.PING_SIZE], self.pending[ping.PING_SIZE :]
-        self.pings += 1
-        self.peer.echoes += 1
-        if self.peer.on_echo is not None:
-            self.peer.on_echo()
-        if mode == BAD_ECHO:
-            return bytes(len(data))
-        return data
+        else:
+            data, self.pending = self.pending[: ping.PING_SIZE], self.pending[ping.PING_SIZE :]
+            self.pings += 1
+            self.peer.echoes += 1
+            if self.peer.on_echo is not None:
+                self.peer.on_echo()
+            self.received += bytes(len(data)) if mode == BAD_ECHO else data
+        if self.watcher is not None:
+            self.watcher()
+
+    def receive_nowait(self, max_bytes: int | None = None) -> bytes:
+        if self.received:
+            data, self.received = self.received, b""
+            return data
+        if self.closed:
+            raise trio.ClosedResourceError("closed")
+        if self.ended:
+            return b""
+        if self.was_reset or self.conn.is_closed:
+            raise trio.BrokenResourceError("reset")
+        raise trio.WouldBlock
 
     async def aclose(self) -> None:
         self.closed = True

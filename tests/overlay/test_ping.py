@@ -27,7 +27,7 @@ async def ping_streams() -> AsyncIterator[tuple[YamuxStream, YamuxStream]]:
         await nursery.start(server.run)
         s = await client.open_stream()
         await s.send_all(b"")  # the SYN goes out ahead of the first write
-        client._pending_event.set()
+        client._start_flusher()
         with trio.fail_after(5):
             r = await inbound.receive()
         yield s, r

@@ -67,7 +67,7 @@ async def test_check_half_closeable_stream() -> None:
             sessions.append(client)
             s = await client.open_stream()
             await s.send_all(b"")  # nudge the SYN out
-            client._pending_event.set()
+            client._start_flusher()
             r = await receive.receive()
             return s, r
 

@@ -66,16 +66,19 @@ This is PhysarumSM's ping-monitor behaviour (its metric names and labels are kep
 
 from __future__ import annotations
 
+import heapq
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from math import inf
 from typing import Protocol, TypeVar
 
 import base58
 import trio
 from prometheus_client import CollectorRegistry
 
-from physarum.errors import ConfigError, LimitError, NegotiationError, ProtocolError, StreamEndedError
+from physarum.errors import ConfigError, LimitError, NegotiationError, ProtocolError
 from physarum.monitor.metrics import MonitorMetrics
 from physarum.monitor.reclaim import RECLAIM_AFTER, RECLAIM_INTERVAL, MemoryReclaimer
 from physarum.overlay import ping
@@ -107,8 +110,7 @@ class PingConnection(Protocol):
     """What the monitor needs of a connection (:class:`physarum.overlay.host.Connection` is one).
 
     ``identify_info`` is None until the peer's identify message arrived (and stays None if it never
-    does). Streams with a ``reset()`` method (yamux streams) are reset when abandoned; others are
-    closed forcefully."""
+    does). Its streams are driven without a task (see :class:`PingStream`) and reset when abandoned."""
 
     @property
     def peer_id(self) -> PeerId: ...
@@ -119,7 +121,13 @@ class PingConnection(Protocol):
     @property
     def identify_info(self) -> ListenInfo | None: ...
 
-    async def open_stream(self, protocols: Sequence[str]) -> trio.abc.Stream: ...
+    async def open_stream(self, protocols: Sequence[str]) -> PingStream: ...
+
+
+class PingStream(ping.DrivenStream, Protocol):
+    """A ping stream the monitor drives from the connection's reader (a yamux stream is one)."""
+
+    async def aclose(self) -> None: ...
 
 
 ConnectionCallback = Callable[[PingConnection], None]
@@ -180,11 +188,22 @@ class PeerStats:
     """A departed established peer: when its histogram and failure counters go."""
 
 
-@dataclass
-class _Slot:
-    """A worker's ping stream, kept across pings."""
+class _Pinger:
+    """The pinging state of one connected peer: its stream, the ping in flight, when the next is due."""
 
-    stream: trio.abc.Stream | None = None
+    __slots__ = ("deadline", "due", "echo", "fresh", "opening", "payload", "sent_at", "stats", "stopped", "stream")
+
+    def __init__(self, stats: PeerStats, due: float) -> None:
+        self.stats = stats
+        self.stream: PingStream | None = None
+        self.fresh = True  # the stream has not echoed yet: a failure on it is not retried
+        self.opening = False  # a task is opening a stream (and will send the ping on it)
+        self.stopped = False  # the peer disconnected: nothing more is recorded
+        self.payload: bytes | None = None  # the ping in flight
+        self.echo = b""
+        self.sent_at = 0.0
+        self.deadline = 0.0
+        self.due = due
 
 
 class _PingFailed(Exception):
@@ -261,7 +280,15 @@ class PingMonitor:
         self.metrics = MonitorMetrics(registry, hostname=hostname, peer_histograms=peer_histograms)
         self.reclaimer = MemoryReclaimer(after=reclaim_after, min_interval=reclaim_interval)
         self.peers: dict[PeerId, PeerStats] = {}
-        self._workers: dict[PeerId, trio.CancelScope] = {}
+        self._pingers: dict[PeerId, _Pinger] = {}
+        self._due: list[tuple[float, int, _Pinger]] = []  # heap: when each peer's next ping is due
+        self._deadlines: list[tuple[float, int, _Pinger]] = []  # heap: deadlines of pings in flight
+        self._order = 0  # tie-breaker in both heaps
+        self._wakeup = trio.Event()  # a ping is due, or a deadline comes, before _asleep_until
+        self._asleep_until = -inf
+        # Pings due within this much of the first are sent with it: fewer wake-ups, and a send
+        # early by 0.1% of the interval moves no later ping (the schedule keeps its phase).
+        self._slack = interval / 1000
         self._nursery: trio.Nursery | None = None
         self._tracked: set[PeerId] = set()
         # Departed peers that still have series, in the order they left: the first is evicted first.
@@ -287,13 +314,24 @@ class PingMonitor:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self._reconcile()
+                nursery.start_soon(self._pinging)
                 task_status.started()
                 while True:
                     await trio.sleep(self.interval)
                     self.sweep()
         finally:
             self._nursery = None
-            self._workers.clear()
+            pingers = list(self._pingers.values())
+            self._pingers.clear()
+            self._due.clear()
+            self._deadlines.clear()
+            with trio.CancelScope(shield=True):
+                for pinger in pingers:
+                    pinger.stopped = True
+                    if pinger.stream is not None:
+                        stream, pinger.stream = pinger.stream, None
+                        stream.set_watcher(None)
+                        await _close(stream)
             _remove(self.host.on_connect, self._on_connect)
             _remove(self.host.on_disconnect, self._on_disconnect)
             if isinstance(on_identify, list):
@@ -319,19 +357,19 @@ class PingMonitor:
             for stats in waiting[: self.max_peer_series - len(self._tracked)]:
                 self._track(stats)
         self.metrics.series_peers.set(len(self._tracked))
-        self.reclaimer.maybe_reclaim(now, len(self._workers))
+        self.reclaimer.maybe_reclaim(now, len(self._pingers))
 
     # -- connections --
 
     def _on_connect(self, conn: PingConnection) -> None:
         self._peer_changed(conn.peer_id)
         self._note_listening(conn)
-        self.metrics.set_peers_connected(len(self._workers))
+        self.metrics.set_peers_connected(len(self._pingers))
 
     def _on_disconnect(self, conn: PingConnection) -> None:
         self._note_listening(conn)  # before the worker stops: its identify may have come in meanwhile
         self._peer_changed(conn.peer_id)
-        self.metrics.set_peers_connected(len(self._workers))
+        self.metrics.set_peers_connected(len(self._pingers))
 
     def _note_listening(self, conn: PingConnection | None) -> None:
         """Mark the peer of ``conn`` as listening if its identify message gave a listen address."""
@@ -349,16 +387,16 @@ class PingMonitor:
         # must not depend on hashing.
         peers = self.host.connected_peers()
         connected = set(peers)
-        for peer in [*peers, *(p for p in self._workers if p not in connected)]:
+        for peer in [*peers, *(p for p in self._pingers if p not in connected)]:
             self._peer_changed(peer, peer in connected)
         self.metrics.set_peers_connected(len(connected))
 
     def _peer_changed(self, peer: PeerId, connected: bool | None = None) -> None:
         if connected is None:
             connected = self.host.connection(peer) is not None
-        if connected and peer not in self._workers:
+        if connected and peer not in self._pingers:
             self._start_worker(peer)
-        elif not connected and peer in self._workers:
+        elif not connected and peer in self._pingers:
             self._stop_worker(peer)
 
     def _start_worker(self, peer: PeerId) -> None:
@@ -378,11 +416,17 @@ class PingMonitor:
             log.debug("%s gets no per-peer series: %d peers have them", stats.label, len(self._tracked))
         else:
             self._track(stats)
-        scope = self._workers[peer] = trio.CancelScope()
-        self._nursery.start_soon(self._peer_loop, stats, scope)
+        pinger = self._pingers[peer] = _Pinger(stats, now)
+        self._schedule(pinger)
+        self._wakeup.set()
 
     def _stop_worker(self, peer: PeerId) -> None:
-        self._workers.pop(peer).cancel()
+        pinger = self._pingers.pop(peer)
+        pinger.stopped = True
+        if pinger.stream is not None:  # the connection is gone or going: nothing to say on it
+            stream, pinger.stream = pinger.stream, None
+            stream.set_watcher(None)
+            stream.reset()
         now = trio.current_time()
         self.reclaimer.departed(now)
         stats = self.peers.get(peer)
@@ -448,80 +492,159 @@ class PingMonitor:
             self.metrics.peers_reachable.set(self._reachable)
 
     # -- pinging --
+    #
+    # One task sends every ping when it is due; the echo is taken by the stream's watcher, in the
+    # connection's reader task, the moment it is decrypted. Per ping that is one system call to
+    # send and the reader's own wake-up: no task, timer or cancel scope per peer (see the module
+    # docstring for what the RTT includes). Opening a stream, rare, gets a task of its own.
 
-    async def _peer_loop(self, stats: PeerStats, scope: trio.CancelScope) -> None:
-        slot = _Slot()
-        try:
-            with scope:
-                next_at = trio.current_time()
-                while True:
-                    await trio.sleep_until(next_at)
-                    await self._ping(stats, slot)
-                    next_at += self.interval
-                    now = trio.current_time()
-                    if next_at < now:  # this ping outlasted the interval: skip the missed ticks
-                        next_at += ((now - next_at) // self.interval + 1) * self.interval
-        finally:
-            if slot.stream is not None:
-                with trio.CancelScope(shield=True):
-                    await _close(slot.stream)
-                slot.stream = None
+    def _schedule(self, pinger: _Pinger) -> None:
+        self._order += 1
+        heapq.heappush(self._due, (pinger.due, self._order, pinger))
 
-    async def _ping(self, stats: PeerStats, slot: _Slot) -> None:
-        """One ping of ``stats.peer_id`` on ``slot``'s stream (opened if needed), recorded.
+    async def _pinging(self) -> None:
+        due, deadlines = self._due, self._deadlines
+        while True:
+            now = trio.current_time()
+            sent = 0
+            while due and due[0][0] <= now + self._slack:
+                pinger = heapq.heappop(due)[2]
+                if pinger.stopped:
+                    continue
+                pinger.due += self.interval
+                if pinger.due <= now:  # behind (a long stall): the missed ticks are skipped
+                    pinger.due += ((now - pinger.due) // self.interval + 1) * self.interval
+                self._schedule(pinger)
+                if pinger.payload is None and not pinger.opening:  # else still waiting: skip a tick
+                    self._ping(pinger, now)
+                    sent += 1
+                    if sent % 16 == 0:  # let readers take echoes that already came back
+                        await trio.lowlevel.checkpoint()
+                        now = trio.current_time()
+            while deadlines and deadlines[0][0] <= now:
+                deadline, _, pinger = heapq.heappop(deadlines)
+                if pinger.payload is not None and pinger.deadline == deadline and not pinger.stopped:
+                    self._lost(pinger, "timeout", f"no echo within {self.timeout} s", retry=False)
+            wake = min(due[0][0] if due else now + self.interval, deadlines[0][0] if deadlines else now + self.interval)
+            if wake > now:
+                self._asleep_until = wake
+                with trio.move_on_at(wake):
+                    await self._wakeup.wait()
+                self._asleep_until = -inf
+                self._wakeup = trio.Event()
+            else:
+                await trio.lowlevel.checkpoint()
 
-        Nothing is recorded once the worker is cancelled (its peer disconnected meanwhile, and may
-        have been forgotten): ``checkpoint_if_cancelled`` raises Cancelled before each record.
-        """
+    def _ping(self, pinger: _Pinger, now: float, deadline: float | None = None) -> None:
+        """Send a ping on the peer's stream, or have a task open one first."""
+        stats = pinger.stats
         self._note_listening(self.host.connection(stats.peer_id))
+        if pinger.stream is None:
+            pinger.opening = True
+            assert self._nursery is not None
+            self._nursery.start_soon(self._open_then_ping, pinger, now + self.timeout if deadline is None else deadline)
+            return
+        payload = os.urandom(ping.PING_SIZE)
+        pinger.payload, pinger.echo = payload, b""
+        pinger.deadline = now + self.timeout if deadline is None else deadline
+        self._order += 1
+        heapq.heappush(self._deadlines, (pinger.deadline, self._order, pinger))
+        if pinger.deadline < self._asleep_until:  # sent by an opening task: wake up for its deadline
+            self._wakeup.set()
+        pinger.sent_at = trio.current_time()
         try:
-            with trio.fail_after(self.timeout):
-                rtt = await self._ping_on(stats, slot)
+            pinger.stream.send_nowait(payload)
+        except trio.WouldBlock:
+            # The peer has not read 256 KiB of our pings: it is not answering them.
+            self._lost(pinger, "timeout", "the peer does not read its ping stream", retry=False)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError) as e:
+            self._lost(pinger, "closed", e)
+
+    async def _open_then_ping(self, pinger: _Pinger, deadline: float) -> None:
+        stream: PingStream | None = None
+        try:
+            with trio.fail_at(deadline):
+                stream = await self._open(pinger.stats.peer_id)
         except trio.TooSlowError:
-            reason, detail = "timeout", f"no echo within {self.timeout} s"
+            reason, detail = "timeout", f"no stream within {self.timeout} s"
         except _PingFailed as e:
             # Its reason and detail, not the exception: kept in a local of this frame, which its
-            # traceback and context hold, it would make a cycle holding the stream and connection
-            # until a full collection.
+            # traceback and context hold, it would make a cycle holding the connection until a
+            # full collection.
             reason, detail = e.reason, e.detail
         else:
-            await trio.lowlevel.checkpoint_if_cancelled()
-            self._record_success(stats, rtt)
+            reason = detail = ""
+        finally:
+            pinger.opening = False
+            if stream is not None and pinger.stopped:
+                with trio.CancelScope(shield=True):
+                    await _close(stream)
+        if pinger.stopped:
             return
-        if slot.stream is not None:  # a late echo must never be read as the next answer
-            stream, slot.stream = slot.stream, None
-            await _abort(stream)
-        await trio.lowlevel.checkpoint_if_cancelled()
-        self._record_failure(stats, reason, detail)
+        if stream is None:
+            self._record_failure(pinger.stats, reason, detail)
+            return
+        pinger.stats.streams_opened += 1
+        pinger.stream, pinger.fresh = stream, True
+        stream.set_watcher(lambda: self._on_ready(pinger))
+        self._ping(pinger, trio.current_time(), deadline)
 
-    async def _ping_on(self, stats: PeerStats, slot: _Slot) -> float:
-        """Ping on ``slot``'s stream, opening one if needed; if a reused stream turns out to have been
-        closed or reset by the responder, retry once on a fresh stream.
-
-        Raises:
-            _PingFailed: the ping failed (the deadline is the caller's).
-        """
+    def _on_ready(self, pinger: _Pinger) -> None:
+        """The stream's watcher (in the connection's reader task): take the echo, record the RTT."""
+        now = trio.current_time()
+        stream = pinger.stream
+        if stream is None or pinger.stopped:
+            return
         while True:
-            fresh = slot.stream is None
-            if slot.stream is None:
-                slot.stream = await self._open(stats.peer_id)
-                stats.streams_opened += 1
-            stream = slot.stream
             try:
-                return await ping.ping_once(stream)
+                data = stream.receive_nowait()
+            except trio.WouldBlock:
+                return
             except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
-                slot.stream = None
-                await _abort(stream)
-                if fresh:
-                    raise _PingFailed("closed", e) from None
-            except ProtocolError as e:
-                slot.stream = None
-                await _abort(stream)
-                if fresh or not isinstance(e, StreamEndedError):
-                    raise _PingFailed("protocol", e) from None
-            # a reused stream was closed or reset by the responder: once more, on a fresh stream
+                self._lost(pinger, "closed", e)
+                return
+            if not data:
+                self._lost(pinger, "protocol", "ping stream ended")
+                return
+            payload = pinger.payload
+            echo = pinger.echo = pinger.echo + data
+            if payload is None or len(echo) > ping.PING_SIZE:
+                self._lost(pinger, "protocol", "bytes the ping did not ask for", retry=False)
+                return
+            if len(echo) == ping.PING_SIZE:
+                if echo != payload:
+                    self._lost(pinger, "protocol", "ping echo does not match", retry=False)
+                    return
+                pinger.payload, pinger.echo, pinger.fresh = None, b"", False
+                self._record_success(pinger.stats, now - pinger.sent_at)
+                self._settled()
 
-    async def _open(self, peer: PeerId) -> trio.abc.Stream:
+    def _settled(self) -> None:
+        """A ping in flight ended before its deadline. Its entry stays in the deadline heap until then
+        (5 s of pings: 5,000 entries at 1,000 peers); past twice the peers, drop the stale ones."""
+        deadlines = self._deadlines
+        if len(deadlines) > 64 and len(deadlines) > 2 * len(self._pingers):
+            deadlines[:] = [e for e in deadlines if e[2].payload is not None and e[2].deadline == e[0]]
+            heapq.heapify(deadlines)
+
+    def _lost(self, pinger: _Pinger, reason: str, detail: object, *, retry: bool = True) -> None:
+        """The peer's stream failed (``reason``) and is abandoned (a late echo must never be read as
+        the next answer). A ping in flight on a stream that had answered before (js-libp2p resets
+        ping streams after 10 s) is sent again on a fresh stream within its deadline; else it counts
+        as failed. With no ping in flight nothing is counted: the next one opens a fresh stream."""
+        stream, pinger.stream = pinger.stream, None
+        if stream is not None:
+            stream.set_watcher(None)
+            stream.reset()
+        if pinger.payload is None or pinger.stopped:  # (a reset may end the connection at once)
+            return
+        pinger.payload, pinger.echo = None, b""
+        if retry and not pinger.fresh:
+            self._ping(pinger, trio.current_time(), pinger.deadline)
+            return
+        self._record_failure(pinger.stats, reason, str(detail))
+
+    async def _open(self, peer: PeerId) -> PingStream:
         conn = self.host.connection(peer)
         if conn is None:
             raise _PingFailed("closed", "not connected")
@@ -567,22 +690,12 @@ def _label(peer: PeerId) -> str:
     return base58.b58encode(bytes(peer)).decode()
 
 
-async def _close(stream: trio.abc.Stream) -> None:
+async def _close(stream: PingStream) -> None:
     """End a ping stream with FIN (the responder sees end of stream); reset if that fails."""
     try:
         await stream.aclose()
     except (trio.BrokenResourceError, trio.ClosedResourceError):
-        await _abort(stream)
-
-
-async def _abort(stream: trio.abc.Stream) -> None:
-    """Abandon a stream: reset it (RST) when it can be, else close it forcefully."""
-    reset = getattr(stream, "reset", None)
-    if callable(reset):
-        reset()
-        await trio.lowlevel.cancel_shielded_checkpoint()
-    else:
-        await trio.aclose_forcefully(stream)
+        stream.reset()
 
 
 def _remove(callbacks: CallbackList[ConnectionCallback], cb: ConnectionCallback) -> None:
@@ -604,4 +717,5 @@ __all__ = [
     "PeerStats",
     "PingConnection",
     "PingMonitor",
+    "PingStream",
 ]

@@ -19,6 +19,7 @@ import nacl.exceptions
 import trio
 
 from physarum.errors import DecodeError, HandshakeError, PeerIdMismatchError, PhysarumError, StateError
+from physarum.nowait import direct_writer
 from physarum.overlay import pb
 from physarum.overlay.identity import KeyPair, PeerId, PublicKey
 from physarum.overlay.streamio import BufferedStream, check_receive
@@ -307,6 +308,10 @@ class NoiseStream(trio.abc.HalfCloseableStream):
         initial: bytes = b"",
     ) -> None:
         self.transport_stream = transport_stream
+        self._direct = direct_writer(transport_stream)
+        # Below us, a pnet stream may write without waiting too (see send_nowait).
+        self._lower_nowait = getattr(transport_stream, "send_nowait", None)
+        self._lower_can_nowait = getattr(transport_stream, "can_send_nowait", None)
         self.remote_peer = remote_peer
         self._send = send
         self._recv = recv
@@ -330,18 +335,77 @@ class NoiseStream(trio.abc.HalfCloseableStream):
             if not view:
                 await trio.lowlevel.checkpoint()
                 return
-            encrypt = self._send.encrypt
-            if len(view) <= MAX_PLAINTEXT:
-                ct = encrypt(None, bytes(view))
-                out: bytes = struct.pack(">H", len(ct)) + ct
-            else:
-                parts = []
-                for start in range(0, len(view), MAX_PLAINTEXT):
-                    ct = encrypt(None, bytes(view[start : start + MAX_PLAINTEXT]))
-                    parts.append(struct.pack(">H", len(ct)))
-                    parts.append(ct)
-                out = b"".join(parts)
+            out = self._seal(view)
+            direct = self._direct
+            if direct is not None and direct.unsent:
+                out = direct.take_unsent() + out
             await self.transport_stream.send_all(out)
+        finally:
+            self._sending = False
+
+    def _seal(self, view: memoryview) -> bytes:
+        """``view`` as length-prefixed ChaChaPoly messages (the cipher's nonce moves on)."""
+        encrypt = self._send.encrypt
+        if len(view) <= MAX_PLAINTEXT:
+            ct = encrypt(None, bytes(view))
+            return struct.pack(">H", len(ct)) + ct
+        parts = []
+        for start in range(0, len(view), MAX_PLAINTEXT):
+            ct = encrypt(None, bytes(view[start : start + MAX_PLAINTEXT]))
+            parts.append(struct.pack(">H", len(ct)))
+            parts.append(ct)
+        return b"".join(parts)
+
+    def can_send_nowait(self) -> bool:
+        """Whether :meth:`send_nowait` can send now: TCP below (directly or under pnet), no other
+        send in progress or bytes left unsent, the stream open."""
+        if self._sending or self._closed:
+            return False
+        if self._direct is not None:
+            return not self._direct.unsent
+        return self._lower_can_nowait is not None and bool(self._lower_can_nowait())
+
+    def send_nowait(self, data: bytes) -> None:
+        """Encrypt ``data`` and hand it to the kernel without waiting (see :mod:`physarum.nowait`);
+        what the kernel does not take goes out first with the next ``send_all`` or :meth:`flush`.
+
+        Raises:
+            trio.WouldBlock: :meth:`can_send_nowait` is false; nothing was encrypted or sent.
+            trio.BrokenResourceError: the transport broke.
+        """
+        if not self.can_send_nowait():
+            raise trio.WouldBlock
+        out = self._seal(memoryview(data))
+        if self._direct is not None:
+            self._direct.write(out)
+        else:
+            assert self._lower_nowait is not None
+            self._lower_nowait(out)
+
+    @property
+    def unsent(self) -> int:
+        """Bytes :meth:`send_nowait` left for the next write (here or below)."""
+        if self._direct is not None:
+            return self._direct.unsent
+        return int(getattr(self.transport_stream, "unsent", 0))
+
+    async def flush(self) -> None:
+        """Send what :meth:`send_nowait` left unsent, if anything."""
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        self._sending = True
+        try:
+            if self._direct is not None:
+                unsent = self._direct.take_unsent()
+                if unsent:
+                    await self.transport_stream.send_all(unsent)
+                    return
+            else:
+                flush = getattr(self.transport_stream, "flush", None)
+                if flush is not None:
+                    await flush()
+                    return
+            await trio.lowlevel.checkpoint()
         finally:
             self._sending = False
 
@@ -415,6 +479,8 @@ class NoiseStream(trio.abc.HalfCloseableStream):
     async def send_eof(self) -> None:
         if not isinstance(self.transport_stream, trio.abc.HalfCloseableStream):
             raise trio.ClosedResourceError("transport stream cannot half-close")
+        if self.unsent:
+            await self.flush()
         await self.transport_stream.send_eof()
 
     async def aclose(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import trio
@@ -28,6 +29,17 @@ DEFAULT_IDLE_TIMEOUT = 10.0
 
 @runtime_checkable
 class _Resettable(Protocol):
+    def reset(self) -> None: ...
+
+
+@runtime_checkable
+class DrivenStream(Protocol):
+    """A stream a protocol can drive from the connection's reader, with no task waiting on it
+    (:class:`physarum.overlay.yamux.YamuxStream` is one; see its ``set_watcher``)."""
+
+    def set_watcher(self, watcher: Callable[[], None] | None) -> None: ...
+    def receive_nowait(self, max_bytes: int | None = None) -> bytes: ...
+    def send_nowait(self, data: bytes) -> None: ...
     def reset(self) -> None: ...
 
 
@@ -52,9 +64,15 @@ async def handle_ping(
 
     js-libp2p half-closes right after its 32 bytes, so the echo must still go out after EOF.
 
+    On a :class:`DrivenStream` the echo is sent from the connection's reader as the ping arrives
+    (no wake-up of this task per ping); should the peer stop reading our echoes, it goes on as
+    below, waiting for room.
+
     Raises:
         trio.BrokenResourceError: the stream broke.
     """
+    if isinstance(stream, DrivenStream) and not await _echo_driven(stream, idle_timeout):
+        return
     # One scope whose deadline moves on after each echo: cheaper than a scope per ping.
     with trio.CancelScope(deadline=trio.current_time() + idle_timeout) as scope:
         while True:
@@ -67,6 +85,68 @@ async def handle_ping(
         log.debug("ping: resetting a stream idle for %g s", idle_timeout)
         if isinstance(stream, _Resettable):
             stream.reset()
+
+
+async def _echo_driven(stream: DrivenStream, idle_timeout: float) -> bool:
+    """Echo from the stream's watcher until the peer ends the stream (False: done) or no longer
+    reads our echoes (True: the caller goes on waiting for room; what was not echoed is put back).
+
+    Raises:
+        trio.BrokenResourceError: the stream broke.
+    """
+    done = trio.Event()
+    pending = bytearray()
+    failed: list[BaseException] = []
+    stalled = False
+
+    def on_ready() -> None:
+        nonlocal stalled
+        if done.is_set():
+            return
+        try:
+            while True:
+                try:
+                    data = stream.receive_nowait()
+                except trio.WouldBlock:
+                    return
+                if not data:
+                    done.set()
+                    return
+                pending.extend(data)
+                whole = len(pending) - len(pending) % PING_SIZE
+                if whole:
+                    try:
+                        stream.send_nowait(bytes(pending[:whole]))
+                    except (trio.WouldBlock, ValueError):
+                        stalled = True
+                        done.set()
+                        return
+                    del pending[:whole]
+                    scope.deadline = trio.current_time() + idle_timeout
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError) as e:
+            failed.append(e)
+            done.set()
+
+    with trio.CancelScope(deadline=trio.current_time() + idle_timeout) as scope:
+        stream.set_watcher(on_ready)
+        try:
+            on_ready()
+            await done.wait()
+        finally:
+            stream.set_watcher(None)
+    if failed:
+        raise trio.BrokenResourceError("ping stream broke") from failed[0]
+    if scope.cancelled_caught:
+        log.debug("ping: resetting a stream idle for %g s", idle_timeout)
+        stream.reset()
+        return False
+    if stalled and pending:
+        unread = getattr(stream, "unread", None)
+        if unread is None:
+            stream.reset()
+            return False
+        unread(bytes(pending))
+    return stalled
 
 
 class PingService:

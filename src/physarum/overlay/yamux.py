@@ -140,6 +140,7 @@ class YamuxStream(trio.abc.HalfCloseableStream):
         # Frames that go out with the stream's next write (an inbound stream's ACK, a deferred
         # negotiation answer), or on their own once the stream is about to wait for the peer.
         self._prefix = b""
+        self._watcher: Callable[[], None] | None = None
 
     @property
     def peer_id(self) -> PeerId | None:
@@ -322,27 +323,91 @@ class YamuxStream(trio.abc.HalfCloseableStream):
                     # aclose from another task) meanwhile drops the buffer (found by fuzz_yamux).
                     await trio.lowlevel.cancel_shielded_checkpoint()
                 yielded = True
-            buf = self._buf
-            if max_bytes is None:
-                out = b"".join(buf) if len(buf) > 1 else buf[0]
-                buf.clear()
-            else:
-                out = buf[0]
-                if len(out) > max_bytes:
-                    buf[0] = out[max_bytes:]
-                    out = out[:max_bytes]
-                else:
-                    buf.popleft()
-            if self._reserved:
-                self._release(len(out))
-            self._consumed += len(out)
-            if self._consumed >= self.session.window // 2 and not self._fin_received:
-                self._recv_window += self._consumed
-                self.session._queue(encode_header(TYPE_WINDOW_UPDATE, 0, self.stream_id, self._consumed))
-                self._consumed = 0
-            return out
+            return self._take(max_bytes)
         finally:
             self._receiving = False
+
+    def _take(self, max_bytes: int | None) -> bytes:
+        """Hand on buffered data (there is some) and grant the peer window for what was read."""
+        buf = self._buf
+        if max_bytes is None:
+            out = b"".join(buf) if len(buf) > 1 else buf[0]
+            buf.clear()
+        else:
+            out = buf[0]
+            if len(out) > max_bytes:
+                buf[0] = out[max_bytes:]
+                out = out[:max_bytes]
+            else:
+                buf.popleft()
+        if self._reserved:
+            self._release(len(out))
+        self._consumed += len(out)
+        if self._consumed >= self.session.window // 2 and not self._fin_received:
+            self._recv_window += self._consumed
+            self.session._queue(encode_header(TYPE_WINDOW_UPDATE, 0, self.stream_id, self._consumed))
+            self._consumed = 0
+        return out
+
+    # -- without waiting: for protocols driven from the session's reader (see set_watcher) --
+
+    def set_watcher(self, watcher: Callable[[], None] | None) -> None:
+        """Call ``watcher()`` whenever the stream may have become readable: data, FIN or RST arrived,
+        or the connection broke. It runs synchronously in the session's reader task, so it must be
+        quick, must not raise, and should call :meth:`receive_nowait` (and maybe :meth:`send_nowait`).
+        A ping needs no task of its own this way. None removes it."""
+        self._watcher = watcher
+
+    def receive_nowait(self, max_bytes: int | None = None) -> bytes:
+        """What :meth:`receive_some` would return without waiting: buffered data, or ``b""`` once
+        the peer ended the stream.
+
+        Raises:
+            trio.WouldBlock: nothing is buffered and the stream is open.
+            trio.ClosedResourceError, trio.BrokenResourceError: as :meth:`receive_some`.
+        """
+        max_bytes = check_receive(self._receiving, max_bytes)
+        if not self._buf:
+            if self._closed:
+                raise trio.ClosedResourceError("stream is closed")
+            if self._fin_received and not self._reset:
+                return b""
+            if self._reset or self.session.broken:
+                raise self._broken()
+            if self._prefix:  # the peer may wait for it before it sends anything
+                self._flush_prefix()
+            raise trio.WouldBlock
+        return self._take(max_bytes)
+
+    def send_nowait(self, data: bytes) -> None:
+        """Send a small message (at most one frame, within the peer's window) without waiting: it is
+        written to the socket at once when nothing else is being written, else queued ahead of the
+        session's next write. For pings and their echoes; bulk data goes through :meth:`send_all`.
+
+        Raises:
+            trio.WouldBlock: the peer's window has no room for it, or the connection has a backlog of
+                writes (the peer is not reading); nothing was sent.
+            trio.BusyResourceError: a ``send_all`` is in progress on this stream.
+            trio.ClosedResourceError: the stream was closed or ended (FIN) here.
+            trio.BrokenResourceError: the stream was reset or the connection broke.
+            ValueError: ``data`` is larger than one frame.
+        """
+        if len(data) > MAX_DATA_FRAME:
+            raise ValueError(f"send_nowait takes at most {MAX_DATA_FRAME} bytes, got {len(data)}")
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        if self._closed:
+            raise trio.ClosedResourceError("stream is closed")
+        if self._fin_sent:
+            raise trio.ClosedResourceError("send_eof was called on this stream")
+        if self._reset or self.session.broken:
+            raise self._broken()
+        if len(data) > self._send_window:
+            raise trio.WouldBlock
+        frame = encode_header(TYPE_DATA, 0, self.stream_id, len(data)) + data
+        self.session._send_nowait(self._prefix + frame if self._prefix else frame)
+        self._send_window -= len(data)
+        self._prefix = b""
 
     async def send_eof(self) -> None:
         await trio.lowlevel.checkpoint()
@@ -420,7 +485,10 @@ class YamuxSession:
         self.streams: dict[int, YamuxStream] = {}
         self._next_id = 1 if is_client else 2
         self._pending = bytearray()
-        self._pending_event = trio.Event()
+        # A task that writes what is queued, started when something is (an idle connection keeps
+        # no task for it: a monitor holds a thousand).
+        self._flushing = False
+        self._nursery: trio.Nursery | None = None
         if max_pending_control < HEADER_SIZE:
             raise ConfigError(f"max_pending_control must hold at least one frame ({HEADER_SIZE} bytes)")
         self.max_pending_control = max_pending_control
@@ -437,6 +505,9 @@ class YamuxSession:
         # when nobody holds it, one extra task switch on every frame (every ping) we send.
         self._writing = False
         self._write_lot = trio.lowlevel.ParkingLot()
+        # The transport's synchronous write (pnet or Noise on TCP; see physarum.nowait), if any.
+        self._transport_nowait: Callable[[bytes], None] | None = getattr(transport, "send_nowait", None)
+        self._transport_can_nowait: Callable[[], bool] | None = getattr(transport, "can_send_nowait", None)
         self.broken = False
         self.go_away_received = False
         self.go_away_code: int | None = None
@@ -455,7 +526,7 @@ class YamuxSession:
             self._overflow()
             return
         self._pending += frame
-        self._pending_event.set()
+        self._start_flusher()
 
     def _overflow(self) -> None:
         """The peer let ``max_pending_control`` bytes of our control frames pile up: it is not
@@ -475,6 +546,31 @@ class YamuxSession:
             )
         )
 
+    def _send_nowait(self, frame: bytes) -> None:
+        """Write ``frame`` (after the queued control frames) to the transport without waiting when
+        nothing else is being written and the transport can; else queue it for the flusher."""
+        can = self._transport_can_nowait
+        if self._writing or can is None or not can():
+            if len(self._pending) + len(frame) > self.max_pending_control:
+                raise trio.WouldBlock  # the connection is backed up: the caller waits or gives up
+            self._queue(frame)
+            return
+        if self._pending:
+            frame = bytes(self._pending) + frame
+            self._pending = bytearray()
+            self._pending_pongs = 0
+        assert self._transport_nowait is not None
+        try:
+            self._transport_nowait(frame)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            self._break(e)
+            raise trio.BrokenResourceError(f"connection to {self.peer_id} is broken") from e
+        if getattr(self.transport, "unsent", 0):
+            self._start_flusher()  # the kernel took part of it: the flusher sends the rest
+
+    def _transport_unsent(self) -> bool:
+        return bool(self._transport_nowait is not None and getattr(self.transport, "unsent", 0))
+
     async def _write(self, frame: bytes | bytearray) -> None:
         if self.broken:
             raise trio.BrokenResourceError(f"connection to {self.peer_id} is broken")
@@ -488,7 +584,10 @@ class YamuxSession:
                 frame = self._pending + frame
                 self._pending = bytearray()
                 self._pending_pongs = 0
-            await self.transport.send_all(frame)
+            if frame:
+                await self.transport.send_all(frame)  # after what send_nowait left, if anything
+            elif self._transport_unsent():
+                await self.transport.flush()  # type: ignore[attr-defined]
             while self._pending:
                 chunk, self._pending = self._pending, bytearray()
                 self._pending_pongs = 0
@@ -517,15 +616,19 @@ class YamuxSession:
             self._writing = False
             self._write_lot.unpark()
 
+    def _start_flusher(self) -> None:
+        if not self._flushing and self._nursery is not None:
+            self._flushing = True
+            self._nursery.start_soon(self._flusher)
+
     async def _flusher(self) -> None:
-        while True:
-            await self._pending_event.wait()
-            self._pending_event = trio.Event()
-            if self._pending and not self.broken:
-                try:
-                    await self._write(b"")
-                except trio.BrokenResourceError:
-                    return
+        try:
+            while (self._pending or self._transport_unsent()) and not self.broken:
+                await self._write(b"")
+        except trio.BrokenResourceError:
+            return
+        finally:
+            self._flushing = False
 
     # -- opening --
 
@@ -568,7 +671,9 @@ class YamuxSession:
         """
         async with trio.open_nursery() as nursery:
             self._run_scope = nursery.cancel_scope
-            nursery.start_soon(self._flusher)
+            self._nursery = nursery
+            if self._pending:  # queued before the session ran (a stream opened early)
+                self._start_flusher()
             task_status.started()
             try:
                 await self._read_loop()
@@ -615,18 +720,22 @@ class YamuxSession:
             # Data already buffered stays readable: a peer's last message before it hung up.
             self.memory.release(self._reserved)
             self._reserved = 0
-        for stream in list(self.streams.values()):
+        streams = list(self.streams.values())
+        for stream in streams:
             stream._recv_lot.unpark_all()
             stream._send_lot.unpark_all()
         self.streams.clear()
         self._pending.clear()
         self._pending_pongs = 0
-        self._pending_event.set()
         self._write_lot.unpark_all()
+        self._nursery = None  # nothing is flushed any more
         self.closed.set()
         if self._run_scope is not None:
             # Stop reading too: frames after the break must not open streams or queue answers.
             self._run_scope.cancel()
+        for stream in streams:
+            if stream._watcher is not None:
+                stream._watcher()
 
     async def _read_loop(self) -> None:
         buf: bytes | bytearray = bytearray()
@@ -731,10 +840,11 @@ class YamuxSession:
         if flags & FLAG_RST:
             stream._on_reset()
             self._forget(stream)
-            return
-        if flags & FLAG_FIN:
+        elif flags & FLAG_FIN:
             stream._on_fin()
             self._maybe_forget(stream)
+        if stream._watcher is not None and (body or flags & (FLAG_RST | FLAG_FIN)):
+            stream._watcher()
 
     def _reset_for_memory(self, stream: YamuxStream, n: int) -> None:
         self.streams_reset_for_memory += 1
@@ -751,6 +861,8 @@ class YamuxSession:
         self._queue(encode_header(TYPE_WINDOW_UPDATE, FLAG_RST, stream.stream_id, 0))
         stream._on_reset()
         self._forget(stream)
+        if stream._watcher is not None:
+            stream._watcher()
 
     async def _go_away(self, code: int) -> None:
         """Tell the peer we are leaving, best effort: at most a second, even when cancelled."""

@@ -19,6 +19,7 @@ from typing import Final, NoReturn, overload
 import trio
 
 from physarum.errors import ConfigError, PhysarumError
+from physarum.nowait import direct_writer
 from physarum.psk.keyfile import PSK_SIZE
 from physarum.psk.xsalsa20 import NONCE_SIZE, XSalsa20
 
@@ -80,6 +81,10 @@ class _Guard:
         self._busy = False
         self._message = message
 
+    @property
+    def busy(self) -> bool:
+        return self._busy
+
     def __enter__(self) -> None:
         if self._busy:
             raise trio.BusyResourceError(self._message)
@@ -116,6 +121,7 @@ class PskStream(trio.abc.Stream):
         if len(received) > NONCE_SIZE:
             raise ConfigError(f"received holds {len(received)} bytes, more than a {NONCE_SIZE}-byte nonce")
         self.transport_stream = transport_stream
+        self._direct = direct_writer(transport_stream)
         self._psk: bytes | None = bytes(psk)
         nonce = secrets.token_bytes(NONCE_SIZE)
         self._encryptor = XSalsa20(psk, nonce)
@@ -149,6 +155,57 @@ class PskStream(trio.abc.Stream):
                     else:
                         for start in range(0, len(view), _SEND_CHUNK):
                             await self._write(self._encryptor.process(view[start : start + _SEND_CHUNK]))
+            except BaseException:
+                self._send_broken = True
+                raise
+
+    def can_send_nowait(self) -> bool:
+        """Whether :meth:`send_nowait` can send now: the transport is a TCP socket, no other send is
+        in progress or left bytes unsent, and the stream is open."""
+        direct = self._direct
+        return (
+            direct is not None
+            and not direct.unsent
+            and not self._send_guard.busy
+            and not (self._closed or self._eof_sent or self._send_broken)
+        )
+
+    def send_nowait(self, data: bytes) -> None:
+        """Encrypt ``data`` and hand it to the kernel without waiting (see :mod:`physarum.nowait`);
+        what the kernel does not take goes out first with the next ``send_all`` or :meth:`flush`.
+
+        Raises:
+            trio.WouldBlock: :meth:`can_send_nowait` is false; nothing was encrypted or sent.
+            trio.BrokenResourceError: the transport broke (the stream cannot send any more).
+        """
+        direct = self._direct
+        if direct is None or not self.can_send_nowait():
+            raise trio.WouldBlock
+        ciphertext = self._encryptor.process(data)
+        nonce = self._unsent_nonce
+        if nonce is not None:
+            self._unsent_nonce = None
+            ciphertext = nonce + ciphertext
+        try:
+            direct.write(ciphertext)
+        except BaseException:
+            self._send_broken = True
+            raise
+
+    @property
+    def unsent(self) -> int:
+        """Bytes :meth:`send_nowait` left for the next write."""
+        return 0 if self._direct is None else self._direct.unsent
+
+    async def flush(self) -> None:
+        """Send what :meth:`send_nowait` left unsent, if anything."""
+        with self._send_guard:
+            await self._check_sendable()
+            if not self.unsent:
+                await trio.lowlevel.checkpoint()
+                return
+            try:
+                await self._write(b"")
             except BaseException:
                 self._send_broken = True
                 raise
@@ -224,6 +281,9 @@ class PskStream(trio.abc.Stream):
             self._unsent_nonce = None
             # One write, so the nonce and the first data usually share a packet.
             ciphertext = nonce + ciphertext
+        direct = self._direct
+        if direct is not None and direct.unsent:
+            ciphertext = direct.take_unsent() + ciphertext
         await self.transport_stream.send_all(ciphertext)
 
     async def _send_nonce(self) -> None:
@@ -291,7 +351,7 @@ class HalfCloseablePskStream(PskStream, trio.abc.HalfCloseableStream):
                 await trio.lowlevel.checkpoint()
                 return
             try:
-                if self._unsent_nonce is not None:
+                if self._unsent_nonce is not None or self.unsent:
                     await self._write(b"")
                 await self.transport_stream.send_eof()
             except BaseException:
