@@ -1,15 +1,20 @@
-"""Writes that do not wait: the synchronous send path under the stream layers.
+"""Direct socket I/O under the stream layers: writes that do not wait, reads with one system call.
 
 A ping is 32 bytes. Sending it through trio's ``SocketStream.send_all`` costs a trip through the
 scheduler (trio yields after every successful send) on top of the system call; a monitor sending
 1,000 pings a second pays that 1,000 times. The layers that sit directly on a TCP socket (the pnet
 protector, or Noise when there is no pre-shared key) therefore also offer ``send_nowait(data)``:
-encrypt, then hand the ciphertext to the kernel at once with :class:`DirectWriter`.
+encrypt, then hand the ciphertext to the kernel at once with :class:`DirectSocket`.
 
 The kernel may take only part of it (its send buffer is full: the peer is not reading). The rest
 is kept, already encrypted (the cipher state has moved on), and goes out first with the layer's
 next ``send_all`` or ``flush()``; the caller (the yamux session) sends nothing else without
-waiting while :attr:`DirectWriter.unsent` is non-zero, so what is kept is at most one small write.
+waiting while :attr:`DirectSocket.unsent` is non-zero, so what is kept is at most one small write.
+
+Reads: trio's ``receive_some`` always tries the socket first and waits for readability only when
+that fails, so a connection carrying one small message at a time (pings) pays two ``recv`` calls
+per message. :meth:`DirectSocket.receive` waits first when the last read emptied the socket (it
+was shorter than asked for), and tries first otherwise (bulk data): one call per message.
 """
 
 from __future__ import annotations
@@ -19,16 +24,18 @@ import os
 import trio
 
 
-class DirectWriter:
-    """Synchronous writes to the socket of a ``trio.SocketStream``, keeping what the kernel did not
-    take for the stream's next asynchronous write. Its owner serialises sends (only one writer at
-    a time, as for ``send_all``)."""
+class DirectSocket:
+    """The socket of a ``trio.SocketStream``, read and written directly: synchronous writes, keeping
+    what the kernel did not take for the stream's next asynchronous write, and reads. Its owner
+    serialises sends and receives (one task at a time each, as for ``send_all`` and
+    ``receive_some``); closing stays the stream's."""
 
-    __slots__ = ("_stream", "_unsent")
+    __slots__ = ("_drained", "_stream", "_unsent")
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self._stream = stream
         self._unsent = b""
+        self._drained = True
 
     @property
     def unsent(self) -> int:
@@ -63,9 +70,44 @@ class DirectWriter:
         return unsent
 
 
-def direct_writer(stream: trio.abc.Stream) -> DirectWriter | None:
-    """A :class:`DirectWriter` for ``stream`` if it is a plain TCP socket stream, else None."""
-    return DirectWriter(stream) if type(stream) is trio.SocketStream else None
+    async def receive(self, max_bytes: int) -> bytes:
+        """``receive_some(max_bytes)`` of the stream, in one system call where trio makes two.
+
+        Raises:
+            trio.ClosedResourceError: the socket was closed here (before or while waiting).
+            trio.BrokenResourceError: the connection is broken (reset).
+        """
+        fd = self._stream.socket.fileno()
+        if fd < 0:
+            await trio.lowlevel.checkpoint()
+            raise trio.ClosedResourceError("the socket was closed")
+        waited = self._drained
+        if waited:
+            await trio.lowlevel.wait_readable(fd)
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            try:
+                data = os.read(fd, max_bytes)
+                break
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(fd)
+                waited = True
+            except OSError as e:
+                if self._stream.socket.fileno() < 0:
+                    raise trio.ClosedResourceError("the socket was closed") from e
+                raise trio.BrokenResourceError(f"socket read failed: {e}") from e
+        if not waited:
+            # As trio does after a read that did not wait: let other tasks run (a bulk reader
+            # would otherwise never give way).
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        self._drained = len(data) < max_bytes
+        return data
 
 
-__all__ = ["DirectWriter", "direct_writer"]
+def direct_socket(stream: trio.abc.Stream) -> DirectSocket | None:
+    """A :class:`DirectSocket` for ``stream`` if it is a plain TCP socket stream, else None."""
+    return DirectSocket(stream) if type(stream) is trio.SocketStream else None
+
+
+__all__ = ["DirectSocket", "direct_socket"]

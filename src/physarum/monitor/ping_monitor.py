@@ -3,24 +3,34 @@
 This is PhysarumSM's ping-monitor behaviour (its metric names and labels are kept, see
 :mod:`physarum.monitor.metrics`) with these decisions, each of which a test pins down:
 
-* **One worker task per connected peer.** It pings right after the peer connects, then every
-  ``interval`` seconds on its own schedule, so pings to different peers run concurrently and spread
-  over the interval in the order peers joined (rather than all 1,000 at the same instant, which
-  would queue them behind each other and inflate every RTT). A ping slower than the interval delays
-  that peer's next one (missed ticks are skipped, never bunched); it never delays other peers.
-* **Each ping has its own deadline** (``timeout``, applied once around opening the stream and the
-  echo). A timeout, a broken stream, a bad echo, a peer without the ping protocol: each is counted in
-  ``physarum_ping_failures_total{reason}`` and logged at debug level; nothing a peer does ends the loop.
+* **One task sends every ping; the connection's reader takes every echo.** Each connected peer is
+  pinged right after it connects, then every ``interval`` seconds on its own schedule, so pings to
+  different peers spread over the interval in the order peers joined (not all 1,000 at the same
+  instant, which would queue them behind each other and inflate every RTT). Pings due within 0.1%
+  of the interval of each other go out together. A ping slower than the interval delays that
+  peer's next one (missed ticks are skipped, never bunched); it never delays other peers. Per ping
+  there is no task, timer or cancel scope: one system call sends it (see :mod:`physarum.nowait`)
+  and the echo is taken by the stream's watcher in the connection's reader task (PhysarumSM pings
+  every peer each second from one loop too). Opening a stream, rare, runs in a task of its own.
+* **Each ping has its own deadline** (``timeout``, from the moment its stream is opened or, on an
+  open stream, from the moment it is sent). A timeout, a broken stream, a bad echo, a peer without
+  the ping protocol, a peer that stopped reading its ping stream: each is counted in
+  ``physarum_ping_failures_total{reason}`` and logged at debug level; nothing a peer does stops
+  the pinging.
 * **One ping stream per peer, reused.** js-libp2p accepts at most 2 inbound ping streams per
   connection (py-libp2p similar) and go/js count opened streams, so a new stream per ping would also
   cost a multistream round trip each time. The stream is opened lazily, reused while it works, and
   replaced when it fails. js-libp2p aborts an inbound ping stream 10 s after it was opened, so when a
-  *reused* stream turns out to be closed or reset, the ping is retried once on a fresh stream (within
-  the same deadline) before it counts as a failure. After a timeout or a bad echo the stream is reset
-  (a late echo must never be read as the next answer); when the monitor stops, streams are closed
-  with FIN so the responder sees a clean end of stream.
-* **RTT** is the echo time of one 32-byte ping measured with ``trio.current_time()`` (stream
-  negotiation is not included), so tests can run on trio's ``autojump_clock``.
+  *reused* stream turns out to be closed or reset while a ping is in flight, the ping is sent again
+  on a fresh stream (within the same deadline) before it counts as a failure. A failed stream is
+  reset (a late echo must never be read as the next answer); when the monitor stops, streams are
+  closed with FIN so the responder sees a clean end of stream.
+* **RTT** is taken as close to the socket as trio allows: from just before the ping's bytes are
+  encrypted and written to the socket to the moment the connection's reader has decrypted the echo
+  (it includes the peer's whole stack, the kernel both ways, and this process noticing the socket
+  became readable and decrypting; not stream negotiation), on ``trio.current_time()``, so tests can
+  run on trio's ``autojump_clock``. When the connection is busy writing something else the ping
+  waits in its queue, and that wait is counted (it is that connection's latency at that moment).
 * **EWMA**: ``ewma = 0.1 * sample + 0.9 * ewma``, initialised by the first sample. It survives single
   failed pings on a live connection (a lost ping says nothing new about the path's latency) and is
   reset when the peer's last connection closes (a new connection may take another path).
@@ -68,7 +78,7 @@ from __future__ import annotations
 
 import heapq
 import logging
-import os
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from math import inf
@@ -85,6 +95,10 @@ from physarum.overlay import ping
 from physarum.overlay.identity import PeerId
 
 log = logging.getLogger(__name__)
+
+# Ping payloads only need to differ from one ping to the next (the stream is encrypted): a system
+# call for each (os.urandom) would be one more per ping. Seeded from os.urandom.
+_random = random.Random()
 
 #: PhysarumSM's EWMA factor: weight of the newest sample.
 EWMA_ALPHA = 0.1
@@ -544,7 +558,7 @@ class PingMonitor:
             assert self._nursery is not None
             self._nursery.start_soon(self._open_then_ping, pinger, now + self.timeout if deadline is None else deadline)
             return
-        payload = os.urandom(ping.PING_SIZE)
+        payload = _random.randbytes(ping.PING_SIZE)
         pinger.payload, pinger.echo = payload, b""
         pinger.deadline = now + self.timeout if deadline is None else deadline
         self._order += 1

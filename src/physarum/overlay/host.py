@@ -773,12 +773,8 @@ class Host:
         self.peerstore.info(conn.peer_id).last_seen = trio.current_time()
         log.debug("connected %s", conn)
         try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(conn.session.run)
-                task_status.started()
-                self.on_connect.fire(conn)
-                await conn.session.closed.wait()
-                nursery.cancel_scope.cancel()
+            # The session reads in this very task (not a child of it): a task less per connection.
+            await conn.session.run(task_status=_ThenFire(task_status, self.on_connect, conn))
         finally:
             conns = self.connections.get(conn.peer_id, [])
             if conn in conns:
@@ -926,6 +922,20 @@ class Host:
             trio.BrokenResourceError.
         """
         return await self.identify_service.identify(peer, timeout=timeout)
+
+
+class _ThenFire:
+    """A task status for a session's ``run``: once it reads, tell the caller's task status, then fire
+    ``on_connect`` for the connection."""
+
+    __slots__ = ("_conn", "_event", "_outer")
+
+    def __init__(self, outer: trio.TaskStatus[None], event: Callbacks[Connection], conn: Connection) -> None:
+        self._outer, self._event, self._conn = outer, event, conn
+
+    def started(self, value: None = None) -> None:
+        self._outer.started()
+        self._event.fire(self._conn)
 
 
 async def _start_service(nursery: trio.Nursery, service: Service) -> None:

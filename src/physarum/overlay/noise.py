@@ -19,7 +19,7 @@ import nacl.exceptions
 import trio
 
 from physarum.errors import DecodeError, HandshakeError, PeerIdMismatchError, PhysarumError, StateError
-from physarum.nowait import direct_writer
+from physarum.nowait import direct_socket
 from physarum.overlay import pb
 from physarum.overlay.identity import KeyPair, PeerId, PublicKey
 from physarum.overlay.streamio import BufferedStream, check_receive
@@ -30,6 +30,8 @@ _SIG_PREFIX = b"noise-libp2p-static-key:"
 MAX_NOISE_MESSAGE = 65535
 _TAG = 16
 MAX_PLAINTEXT = MAX_NOISE_MESSAGE - _TAG
+# What one read of the connection asks for: four whole messages.
+_RECEIVE_SIZE = 262144
 _NONCE_PREFIX = b"\x00\x00\x00\x00"
 _ZERO_DH = bytes(32)
 _MAX_NONCE = (1 << 64) - 1
@@ -308,7 +310,7 @@ class NoiseStream(trio.abc.HalfCloseableStream):
         initial: bytes = b"",
     ) -> None:
         self.transport_stream = transport_stream
-        self._direct = direct_writer(transport_stream)
+        self._direct = direct_socket(transport_stream)
         # Below us, a pnet stream may write without waiting too (see send_nowait).
         self._lower_nowait = getattr(transport_stream, "send_nowait", None)
         self._lower_can_nowait = getattr(transport_stream, "can_send_nowait", None)
@@ -457,7 +459,12 @@ class NoiseStream(trio.abc.HalfCloseableStream):
             while not self._plain:
                 if self._eof:
                     return b""
-                data = await self.transport_stream.receive_some(262144)
+                direct = self._direct
+                data: bytes | bytearray
+                if direct is not None:
+                    data = await direct.receive(_RECEIVE_SIZE)
+                else:
+                    data = await self.transport_stream.receive_some(_RECEIVE_SIZE)
                 if not data:
                     self._eof = True
                     if self._raw:

@@ -19,7 +19,7 @@ from typing import Final, NoReturn, overload
 import trio
 
 from physarum.errors import ConfigError, PhysarumError
-from physarum.nowait import direct_writer
+from physarum.nowait import direct_socket
 from physarum.psk.keyfile import PSK_SIZE
 from physarum.psk.xsalsa20 import NONCE_SIZE, XSalsa20
 
@@ -34,6 +34,8 @@ __all__ = [
 
 # Bounds the ciphertext held in memory at once for a large send_all, at no cost in copies.
 _SEND_CHUNK: Final = 256 * 1024
+# What receive_some(None) reads at most (trio's default).
+_RECEIVE_SIZE: Final = 65536
 
 
 class PskMismatchError(PhysarumError):
@@ -121,7 +123,7 @@ class PskStream(trio.abc.Stream):
         if len(received) > NONCE_SIZE:
             raise ConfigError(f"received holds {len(received)} bytes, more than a {NONCE_SIZE}-byte nonce")
         self.transport_stream = transport_stream
-        self._direct = direct_writer(transport_stream)
+        self._direct = direct_socket(transport_stream)
         self._psk: bytes | None = bytes(psk)
         nonce = secrets.token_bytes(NONCE_SIZE)
         self._encryptor = XSalsa20(psk, nonce)
@@ -246,6 +248,9 @@ class PskStream(trio.abc.Stream):
             decryptor = self._decryptor
             if decryptor is None:
                 decryptor = await self._receive_nonce()
+            direct = self._direct
+            if direct is not None:
+                return decryptor.process(await direct.receive(max_bytes or _RECEIVE_SIZE))
             return decryptor.process(await self.transport_stream.receive_some(max_bytes))
 
     @property
