@@ -42,6 +42,7 @@ import argparse
 import dataclasses
 import os
 import re
+import resource
 import secrets
 import shutil
 import signal
@@ -951,6 +952,10 @@ def main() -> None:
     ap.add_argument("--window", type=float, metavar="S", help="CPU window seconds instead of the default")
     ap.add_argument("--json", type=Path, default=RESULTS_JSON, help=f"results file (default {RESULTS_JSON})")
     args = ap.parse_args()
+    # Thousands of peers: a socket each in the monitor and in the peer processes (which inherit this).
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     cfg = Config.make(args.quick, args.profile)
     if args.sizes:
         cfg = dataclasses.replace(cfg, sizes=tuple(sorted(set(args.sizes))))
