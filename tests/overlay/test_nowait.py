@@ -250,3 +250,29 @@ async def test_ping_responder_echoes_from_the_reader_and_waits_for_room_when_not
         await s.send_eof()
         with trio.fail_after(5):
             assert await s.receive_some() == b""
+
+
+async def test_direct_reads_end_cleanly_and_fail_closed_when_closed_while_waiting() -> None:
+    a, b = socket_pair()
+    sender, receiver = PskStream(a, PSK), PskStream(b, PSK)
+    await sender.send_all(b"x" * 100)
+    assert await receive_exactly(receiver, 100) == b"x" * 100  # a short read: the next one waits first
+    await sender.aclose()
+    assert await receiver.receive_some() == b""
+
+    a, b = socket_pair()
+    receiver = PskStream(b, PSK)
+    await a.send_all(bytes(24))
+    async with trio.open_nursery() as nursery:
+        failed = trio.Event()
+
+        async def wait_for_data() -> None:
+            with pytest.raises(trio.ClosedResourceError):
+                await receiver.receive_some()
+            failed.set()
+
+        nursery.start_soon(wait_for_data)
+        await trio.testing.wait_all_tasks_blocked()
+        await b.aclose()  # the stream's own close, under the waiting read
+        with trio.fail_after(5):
+            await failed.wait()
