@@ -322,8 +322,11 @@ class Monitor:
 
 
 @asynccontextmanager
-async def run_monitor(tmp: Path, passphrase: str) -> AsyncIterator[Monitor]:
-    """Start the ping-monitor binary; killed on the way out whatever happens.
+async def run_monitor(tmp: Path, passphrase: str, peers: int) -> AsyncIterator[Monitor]:
+    """Start the ping-monitor binary for up to ``peers`` peers; killed on the way out whatever happens.
+
+    Above 1,000 peers it gets ``-max-connections`` to match, as an operator would give it: a node's
+    default (1,024 connections) is sized for a node, not for a monitor of thousands.
 
     Raises:
         RuntimeError: it exited or printed no multiaddr within 30 s (after 3 tries on port clashes).
@@ -343,6 +346,7 @@ async def run_monitor(tmp: Path, passphrase: str) -> AsyncIterator[Monitor]:
             f"{LOOPBACK}:0",
             "-prom-listen-addr",
             f"{LOOPBACK}:{prom_port}",
+            *(["-max-connections", str(peers + 64)] if peers > 1000 else []),
         ]
         with open(out, "wb") as fout, open(err, "wb") as ferr:
             process = await trio.lowlevel.open_process(
@@ -897,7 +901,7 @@ async def run_all(cfg: Config, tmp: Path, py_spy: str | None) -> dict[str, Any]:
     info: dict[str, Any] = {"rows": rows}
     async with AsyncExitStack() as stack:
         progress("starting the ping-monitor and the helper processes")
-        monitor = await stack.enter_async_context(run_monitor(tmp, passphrase))
+        monitor = await stack.enter_async_context(run_monitor(tmp, passphrase, max(cfg.sizes)))
         info["monitor_program"] = monitor.program
         info["monitor_printed_addrs"] = monitor.addrs
         await trio.sleep(1.0)
