@@ -13,6 +13,7 @@ import pytest
 import trio
 import trio.testing
 
+from physarum.errors import ConfigError
 from physarum.overlay import ping
 from physarum.overlay.noise import NoiseStream
 from physarum.overlay.yamux import INITIAL_WINDOW, YamuxSession, YamuxStream
@@ -167,7 +168,7 @@ async def test_yamux_send_nowait_refuses_past_the_window() -> None:
             sent += 1000
         with pytest.raises(trio.WouldBlock):
             s.send_nowait(b"x" * 1000)
-        with pytest.raises(ValueError, match="at most"):
+        with pytest.raises(ConfigError, match="at most"):
             s.send_nowait(b"x" * 70_000)
 
 

@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 
 import trio
 
-from physarum.errors import ProtocolError, StreamEndedError
+from physarum.errors import ConfigError, ProtocolError, StreamEndedError
 from physarum.overlay.events import HandlerHost
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ async def _echo_driven(stream: DrivenStream, idle_timeout: float) -> bool:
                 if whole:
                     try:
                         stream.send_nowait(bytes(pending[:whole]))
-                    except (trio.WouldBlock, ValueError):
+                    except (trio.WouldBlock, ConfigError):
                         stalled = True
                         done.set()
                         return

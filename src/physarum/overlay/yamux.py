@@ -390,10 +390,10 @@ class YamuxStream(trio.abc.HalfCloseableStream):
             trio.BusyResourceError: a ``send_all`` is in progress on this stream.
             trio.ClosedResourceError: the stream was closed or ended (FIN) here.
             trio.BrokenResourceError: the stream was reset or the connection broke.
-            ValueError: ``data`` is larger than one frame.
+            ConfigError: ``data`` is larger than one frame.
         """
         if len(data) > MAX_DATA_FRAME:
-            raise ValueError(f"send_nowait takes at most {MAX_DATA_FRAME} bytes, got {len(data)}")
+            raise ConfigError(f"send_nowait takes at most {MAX_DATA_FRAME} bytes, got {len(data)}")
         if self._sending:
             raise trio.BusyResourceError("another task is sending on this stream")
         if self._closed:
