@@ -69,6 +69,10 @@ class DirectSocket:
         unsent, self._unsent = self._unsent, b""
         return unsent
 
+    def after_unsent(self, data: bytes) -> bytes:
+        """``data`` behind what :meth:`write` left unsent: what the next asynchronous write sends."""
+        return self.take_unsent() + data if self._unsent else data
+
 
     async def receive(self, max_bytes: int) -> bytes:
         """``receive_some(max_bytes)`` of the stream, in one system call where trio makes two.

@@ -338,9 +338,8 @@ class NoiseStream(trio.abc.HalfCloseableStream):
                 await trio.lowlevel.checkpoint()
                 return
             out = self._seal(view)
-            direct = self._direct
-            if direct is not None and direct.unsent:
-                out = direct.take_unsent() + out
+            if self._direct is not None:
+                out = self._direct.after_unsent(out)
             await self.transport_stream.send_all(out)
         finally:
             self._sending = False

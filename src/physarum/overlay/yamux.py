@@ -239,6 +239,14 @@ class YamuxStream(trio.abc.HalfCloseableStream):
             return trio.BrokenResourceError(f"stream {self.stream_id} {self._reset_reason}")
         return trio.BrokenResourceError(f"connection to {self.session.peer_id} is broken")
 
+    def _check_sendable(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("stream is closed")
+        if self._fin_sent:
+            raise trio.ClosedResourceError("send_eof was called on this stream")
+        if self._reset or self.session.broken:
+            raise self._broken()
+
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self._send(data, fin=False)
 
@@ -261,12 +269,7 @@ class YamuxStream(trio.abc.HalfCloseableStream):
                 await trio.lowlevel.cancel_shielded_checkpoint()
             pos = 0
             while True:
-                if self._closed:
-                    raise trio.ClosedResourceError("stream is closed")
-                if self._fin_sent:
-                    raise trio.ClosedResourceError("send_eof was called on this stream")
-                if self._reset or self.session.broken:
-                    raise self._broken()
+                self._check_sendable()
                 if pos >= len(view):
                     return
                 if self._send_window <= 0:
@@ -396,12 +399,7 @@ class YamuxStream(trio.abc.HalfCloseableStream):
             raise ConfigError(f"send_nowait takes at most {MAX_DATA_FRAME} bytes, got {len(data)}")
         if self._sending:
             raise trio.BusyResourceError("another task is sending on this stream")
-        if self._closed:
-            raise trio.ClosedResourceError("stream is closed")
-        if self._fin_sent:
-            raise trio.ClosedResourceError("send_eof was called on this stream")
-        if self._reset or self.session.broken:
-            raise self._broken()
+        self._check_sendable()
         if len(data) > self._send_window:
             raise trio.WouldBlock
         frame = encode_header(TYPE_DATA, 0, self.stream_id, len(data)) + data
@@ -600,7 +598,7 @@ class YamuxSession:
         except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
             self._break(e)
             raise trio.BrokenResourceError(f"connection to {self.peer_id} is broken") from e
-        if getattr(self.transport, "unsent", 0):
+        if self._transport_unsent():
             self._start_flusher()  # the kernel took part of it: the flusher sends the rest
 
     def _transport_unsent(self) -> bool:

@@ -200,10 +200,11 @@ class PskStream(trio.abc.Stream):
         return 0 if self._direct is None else self._direct.unsent
 
     async def flush(self) -> None:
-        """Send what :meth:`send_nowait` left unsent, if anything."""
+        """Send what has not gone out yet: our nonce (if nothing was sent so far) and what
+        :meth:`send_nowait` left unsent."""
         with self._send_guard:
             await self._check_sendable()
-            if not self.unsent:
+            if self._unsent_nonce is None and not self.unsent:
                 await trio.lowlevel.checkpoint()
                 return
             try:
@@ -286,23 +287,9 @@ class PskStream(trio.abc.Stream):
             self._unsent_nonce = None
             # One write, so the nonce and the first data usually share a packet.
             ciphertext = nonce + ciphertext
-        direct = self._direct
-        if direct is not None and direct.unsent:
-            ciphertext = direct.take_unsent() + ciphertext
+        if self._direct is not None:
+            ciphertext = self._direct.after_unsent(ciphertext)
         await self.transport_stream.send_all(ciphertext)
-
-    async def _send_nonce(self) -> None:
-        """Send our nonce now if it has not gone out yet."""
-        with self._send_guard:
-            await self._check_sendable()
-            if self._unsent_nonce is None:
-                await trio.lowlevel.checkpoint()
-                return
-            try:
-                await self._write(b"")
-            except BaseException:
-                self._send_broken = True
-                raise
 
     async def _receive_nonce(self) -> XSalsa20:
         if self._receive_error is not None:
@@ -391,5 +378,5 @@ async def protect(transport_stream: trio.abc.Stream, psk: bytes, *, received: by
         stream = HalfCloseablePskStream(transport_stream, psk, received=received)
     else:
         stream = PskStream(transport_stream, psk, received=received)
-    await stream._send_nonce()
+    await stream.flush()
     return stream
