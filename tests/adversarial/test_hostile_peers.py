@@ -111,7 +111,6 @@ async def test_06_clients_without_the_key(swarm_key: Path) -> None:
     check(outcome, short)
 
 
-@pytest.mark.open_issue  # issue 11: the peak, +62 to +65 MiB with 1,100-1,400 admitted (limit 64); what stays is now +12 to +17 MiB (limit +16)
 async def test_07_two_thousand_fresh_identities(swarm_key: Path) -> None:
     """Row 7: 2,000 valid connections from fresh identities (was: 1,022 accepted, then every new honest
     peer refused)."""
