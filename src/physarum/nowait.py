@@ -15,13 +15,29 @@ Reads: trio's ``receive_some`` always tries the socket first and waits for reada
 that fails, so a connection carrying one small message at a time (pings) pays two ``recv`` calls
 per message. :meth:`DirectSocket.receive` waits first when the last read emptied the socket (it
 was shorter than asked for), and tries first otherwise (bulk data): one call per message.
+
+Receive times: after :meth:`DirectSocket.stamp_receives` each read also takes the kernel's time of
+arrival of the bytes it returns (``SO_TIMESTAMPNS``), so a ping-monitor's RTT ends when the echo
+reached the socket, not when this process got round to reading it.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
 
 import trio
+
+# <asm-generic/socket.h> (x86-64, arm64 and most others); Python's socket module does not name them.
+_SO_TIMESTAMPNS = 35
+_SCM_TIMESTAMPNS = _SO_TIMESTAMPNS
+_TIMESPEC = struct.Struct("@qq")
+_ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size)
+_RecvMsg = Callable[[int, int], tuple[bytes, list[tuple[int, int, bytes]], int, Any]]
 
 
 class DirectSocket:
@@ -30,12 +46,32 @@ class DirectSocket:
     serialises sends and receives (one task at a time each, as for ``send_all`` and
     ``receive_some``); closing stays the stream's."""
 
-    __slots__ = ("_drained", "_stream", "_unsent")
+    __slots__ = ("_drained", "_recvmsg", "_stream", "_unsent", "received_at")
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self._stream = stream
         self._unsent = b""
         self._drained = True
+        self._recvmsg: _RecvMsg | None = None
+        #: With :meth:`stamp_receives`: when the bytes of the last read reached the socket, in
+        #: ``time.time()`` seconds (the kernel's stamp of the last packet among them); else 0.0.
+        self.received_at = 0.0
+
+    def stamp_receives(self) -> bool:
+        """Have the kernel stamp arriving bytes and :meth:`receive` keep the stamps in
+        :attr:`received_at`; False (and nothing changes) where the socket cannot."""
+        if self._recvmsg is not None:
+            return True
+        # trio's socket wraps a stdlib one; only that one offers a synchronous recvmsg.
+        sock = getattr(self._stream.socket, "_sock", None)
+        if not isinstance(sock, socket.socket):
+            return False
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        except OSError:
+            return False
+        self._recvmsg = sock.recvmsg
+        return True
 
     @property
     def unsent(self) -> int:
@@ -92,7 +128,11 @@ class DirectSocket:
             await trio.lowlevel.checkpoint_if_cancelled()
         while True:
             try:
-                data = os.read(fd, max_bytes)
+                if self._recvmsg is None:
+                    data = os.read(fd, max_bytes)
+                else:
+                    data, ancillary, _flags, _addr = self._recvmsg(max_bytes, _ANCILLARY)
+                    self._stamp(ancillary)
                 break
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(fd)
@@ -107,6 +147,14 @@ class DirectSocket:
             await trio.lowlevel.cancel_shielded_checkpoint()
         self._drained = len(data) < max_bytes
         return data
+
+    def _stamp(self, ancillary: list[tuple[int, int, bytes]]) -> None:
+        for level, kind, raw in ancillary:
+            if level == socket.SOL_SOCKET and kind == _SCM_TIMESTAMPNS and len(raw) >= _TIMESPEC.size:
+                seconds, nanoseconds = _TIMESPEC.unpack_from(raw)
+                self.received_at = seconds + nanoseconds * 1e-9
+                return
+        self.received_at = time.time()  # no stamp (none came with these bytes): now is the best bound
 
 
 def direct_socket(stream: trio.abc.Stream) -> DirectSocket | None:

@@ -5,6 +5,7 @@ Everything runs on trio's clock, so with ``autojump_clock`` an RTT of 10 ms is m
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -47,6 +48,7 @@ class FakePeer:
         stream_lifetime: float | None = None,
         listen_addrs: Sequence[str] = NODE_ADDRS,
         identified: bool = True,
+        arrival: float | None = None,
     ):
         self.peer_id: PeerId = KeyPair.generate().peer_id
         self.listen_addrs = list(listen_addrs)
@@ -55,6 +57,9 @@ class FakePeer:
         self._next = 0
         self.mode = mode
         self.stream_lifetime = stream_lifetime
+        # Its streams sit on a socket whose kernel stamps each echo's arrival this many (wall-clock)
+        # seconds after the ping was written, whatever trio's clock says (None: no such socket).
+        self.arrival = arrival
         self.streams: list[FakeStream] = []
         self.echoes = 0
         self.ping_started_at: list[float] = []
@@ -67,6 +72,18 @@ class FakePeer:
         rtt = self._rtts[min(self._next, len(self._rtts) - 1)]
         self._next += 1
         return float(rtt)
+
+
+class FakeDirect:
+    """The socket under a stream, as far as the monitor uses it: the kernel's arrival stamps."""
+
+    def __init__(self) -> None:
+        self.received_at = 0.0
+        self.stamping = False
+
+    def stamp_receives(self) -> bool:
+        self.stamping = True
+        return True
 
 
 class FakeStream:
@@ -84,6 +101,8 @@ class FakeStream:
         self.was_reset = False
         self.pings = 0
         self.watcher: Callable[[], None] | None = None
+        self.direct_socket = FakeDirect() if self.peer.arrival is not None else None
+        self.sent_wall = 0.0
 
     def _check(self) -> None:
         if self.closed:
@@ -102,6 +121,7 @@ class FakeStream:
         self._check()
         if not self.pending:
             self.peer.ping_started_at.append(trio.current_time())
+            self.sent_wall = time.time()
         self.pending += bytes(data)
         if self.peer.mode != HANG:
             trio.lowlevel.spawn_system_task(self._answer, self.peer.next_rtt())
@@ -126,6 +146,8 @@ class FakeStream:
             if self.peer.on_echo is not None:
                 self.peer.on_echo()
             self.received += bytes(len(data)) if mode == BAD_ECHO else data
+            if self.direct_socket is not None and self.peer.arrival is not None:
+                self.direct_socket.received_at = self.sent_wall + self.peer.arrival
         if self.watcher is not None:
             self.watcher()
 

@@ -119,6 +119,34 @@ async def test_rtt_sample_in_ms_histogram_in_seconds(autojump: trio.testing.Mock
         assert stats.last_rtt == pytest.approx(0.010)
 
 
+async def test_rtt_ends_when_the_kernel_stamped_the_echo(autojump: trio.testing.MockClock) -> None:
+    # The echo reached the socket 3 ms after the ping was written, but this process (busy, or
+    # waking up) read it 200 ms later: the RTT is the 3 ms.
+    host = FakeHost()
+    peer = FakePeer(0.200, arrival=0.003)
+    host.connect(peer)
+    async with running(host, interval=1.0) as (monitor, registry):
+        await trio.sleep(0.5)
+        assert rtt_ms(registry, peer) == pytest.approx(3.0, abs=1.0)
+        stream = peer.streams[0]
+        assert stream.direct_socket is not None and stream.direct_socket.stamping
+        assert monitor.peers[peer.peer_id].last_rtt == pytest.approx(0.003, abs=0.001)
+
+
+@pytest.mark.parametrize("arrival", [-5.0, 10.0])
+async def test_a_stepped_wall_clock_falls_back_to_the_monotonic_rtt(
+    autojump: trio.testing.MockClock, arrival: float
+) -> None:
+    # The wall clock moved between the write and the stamp (NTP stepped it back, or forward by
+    # more than the RTT): the stamp says nothing, the monotonic RTT is used.
+    host = FakeHost()
+    peer = FakePeer(0.020, arrival=arrival)
+    host.connect(peer)
+    async with running(host, interval=1.0) as (_monitor, registry):
+        await trio.sleep(0.5)
+        assert rtt_ms(registry, peer) == pytest.approx(20.0)
+
+
 async def test_ewma_factor_one_tenth_first_sample_initialises(autojump: trio.testing.MockClock) -> None:
     samples = [0.010, 0.020, 0.030, 0.030, 0.001]
     host = FakeHost()

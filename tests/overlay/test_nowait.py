@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -277,3 +278,51 @@ async def test_direct_reads_end_cleanly_and_fail_closed_when_closed_while_waitin
         await b.aclose()  # the stream's own close, under the waiting read
         with trio.fail_after(5):
             await failed.wait()
+
+
+async def tcp_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
+    """Two connected TCP streams on 127.0.0.1."""
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    client = await trio.open_tcp_stream("127.0.0.1", listener.socket.getsockname()[1])
+    server = await listener.accept()
+    await listener.aclose()
+    return client, server
+
+
+async def test_stamped_reads_give_the_time_the_bytes_arrived_not_the_time_they_were_read() -> None:
+    a, b = await tcp_pair()
+    sender, receiver = PskStream(a, PSK), PskStream(b, PSK)
+    direct = receiver.direct_socket
+    assert direct is not None and direct.received_at == 0.0
+    assert direct.stamp_receives() and direct.stamp_receives()  # once is enough; twice is harmless
+    for n in range(3):
+        before = time.time()
+        await sender.send_all(b"stamped %d" % n)
+        time.sleep(0.05)  # this process is busy: the bytes wait in the socket
+        assert await receive_exactly(receiver, 9) == b"stamped %d" % n
+        assert before <= direct.received_at <= time.time() - 0.045
+    await sender.aclose()
+    assert await receiver.receive_some() == b""
+
+    # Unstamped (the default): reads keep no time.
+    a, b = await tcp_pair()
+    sender, receiver = PskStream(a, PSK), PskStream(b, PSK)
+    await sender.send_all(b"x")
+    assert await receive_exactly(receiver, 1) == b"x"
+    assert receiver.direct_socket is not None and receiver.direct_socket.received_at == 0.0
+
+
+async def test_the_socket_under_yamux_noise_and_pnet_is_found_and_none_elsewhere() -> None:
+    def pnet_pair() -> tuple[trio.abc.Stream, trio.abc.Stream]:
+        a, b = socket_pair()
+        return PskStream(a, PSK), PskStream(b, PSK)
+
+    i, _r = await handshake_pair(pnet_pair)
+    assert i.direct_socket is not None and i.direct_socket is i.transport_stream.direct_socket  # type: ignore[attr-defined]
+    i, _r = await handshake_pair(lambda: socket_pair())
+    assert i.direct_socket is not None
+    async with yamux_pair() as (s, r):
+        assert s.direct_socket is not None and r.direct_socket is not None
+        assert s.direct_socket is not r.direct_socket
+    a, _ = trio.testing.memory_stream_pair()
+    assert PskStream(a, PSK).direct_socket is None

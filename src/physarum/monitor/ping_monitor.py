@@ -25,11 +25,15 @@ This is PhysarumSM's ping-monitor behaviour (its metric names and labels are kep
   on a fresh stream (within the same deadline) before it counts as a failure. A failed stream is
   reset (a late echo must never be read as the next answer); when the monitor stops, streams are
   closed with FIN so the responder sees a clean end of stream.
-* **RTT** is taken as close to the socket as trio allows: from just before the ping's bytes are
-  encrypted and written to the socket to the moment the connection's reader has decrypted the echo
-  (it includes the peer's whole stack, the kernel both ways, and this process noticing the socket
-  became readable and decrypting; not stream negotiation), on ``trio.current_time()``, so tests can
-  run on trio's ``autojump_clock``. When the connection is busy writing something else the ping
+* **RTT** is taken as close to the socket as the stack allows: from just before the ping's bytes
+  are encrypted and written to the socket to the moment the echo reached this node's socket, by the
+  kernel's arrival stamp (``SO_TIMESTAMPNS``, see :mod:`physarum.nowait`; wall clock at both ends).
+  It includes the peer's whole stack and the kernel both ways; not stream negotiation, and not the
+  time this process took to notice the socket was readable, read and decrypt (a monitor busy with
+  1,000 peers would otherwise add its own queueing to every peer's RTT). Where the transport has no
+  such socket (WebSocket, TLS, memory streams in tests), or the wall clock was stepped between the
+  two ends, the RTT ends when the reader has decrypted the echo, on ``trio.current_time()`` (tests
+  run on trio's ``autojump_clock``). When the connection is busy writing something else the ping
   waits in its queue, and that wait is counted (it is that connection's latency at that moment).
 * **EWMA**: ``ewma = 0.1 * sample + 0.9 * ewma``, initialised by the first sample. It survives single
   failed pings on a live connection (a lost ping says nothing new about the path's latency) and is
@@ -79,6 +83,7 @@ from __future__ import annotations
 import heapq
 import logging
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from math import inf
@@ -91,6 +96,7 @@ from prometheus_client import CollectorRegistry
 from physarum.errors import ConfigError, LimitError, NegotiationError, ProtocolError
 from physarum.monitor.metrics import MonitorMetrics
 from physarum.monitor.reclaim import RECLAIM_AFTER, RECLAIM_INTERVAL, MemoryReclaimer
+from physarum.nowait import DirectSocket
 from physarum.overlay import ping
 from physarum.overlay.identity import PeerId
 
@@ -205,7 +211,10 @@ class PeerStats:
 class _Pinger:
     """The pinging state of one connected peer: its stream, the ping in flight, when the next is due."""
 
-    __slots__ = ("deadline", "due", "echo", "fresh", "opening", "payload", "sent_at", "stats", "stopped", "stream")
+    __slots__ = (
+        "deadline", "direct", "due", "echo", "fresh", "opening", "payload", "sent_at", "sent_wall", "stats",
+        "stopped", "stream",
+    )  # fmt: skip
 
     def __init__(self, stats: PeerStats, due: float) -> None:
         self.stats = stats
@@ -216,6 +225,10 @@ class _Pinger:
         self.payload: bytes | None = None  # the ping in flight
         self.echo = b""
         self.sent_at = 0.0
+        # The socket under the stream when the kernel stamps its arrivals: the echo's arrival time
+        # then ends the RTT, against ``sent_wall`` (time.time() when the ping was written).
+        self.direct: DirectSocket | None = None
+        self.sent_wall = 0.0
         self.deadline = 0.0
         self.due = due
 
@@ -566,6 +579,8 @@ class PingMonitor:
         if pinger.deadline < self._asleep_until:  # sent by an opening task: wake up for its deadline
             self._wakeup.set()
         pinger.sent_at = trio.current_time()
+        if pinger.direct is not None:
+            pinger.sent_wall = time.time()
         try:
             pinger.stream.send_nowait(payload)
         except trio.WouldBlock:
@@ -600,6 +615,8 @@ class PingMonitor:
             return
         pinger.stats.streams_opened += 1
         pinger.stream, pinger.fresh = stream, True
+        direct = getattr(stream, "direct_socket", None)
+        pinger.direct = direct if direct is not None and direct.stamp_receives() else None
         stream.set_watcher(lambda: self._on_ready(pinger))
         self._ping(pinger, trio.current_time(), deadline)
 
@@ -630,7 +647,13 @@ class PingMonitor:
                     self._lost(pinger, "protocol", "ping echo does not match", retry=False)
                     return
                 pinger.payload, pinger.echo, pinger.fresh = None, b"", False
-                self._record_success(pinger.stats, now - pinger.sent_at)
+                rtt = now - pinger.sent_at
+                if pinger.direct is not None:
+                    # The kernel's arrival stamp, unless the wall clock was stepped meanwhile.
+                    arrived = pinger.direct.received_at - pinger.sent_wall
+                    if 0.0 < arrived < rtt:
+                        rtt = arrived
+                self._record_success(pinger.stats, rtt)
                 self._settled()
 
     def _settled(self) -> None:
@@ -646,7 +669,7 @@ class PingMonitor:
         the next answer). A ping in flight on a stream that had answered before (js-libp2p resets
         ping streams after 10 s) is sent again on a fresh stream within its deadline; else it counts
         as failed. With no ping in flight nothing is counted: the next one opens a fresh stream."""
-        stream, pinger.stream = pinger.stream, None
+        stream, pinger.stream, pinger.direct = pinger.stream, None, None
         if stream is not None:
             stream.set_watcher(None)
             stream.reset()

@@ -19,7 +19,7 @@ import nacl.exceptions
 import trio
 
 from physarum.errors import DecodeError, HandshakeError, PeerIdMismatchError, PhysarumError, StateError
-from physarum.nowait import direct_socket
+from physarum.nowait import DirectSocket, direct_socket
 from physarum.overlay import pb
 from physarum.overlay.identity import KeyPair, PeerId, PublicKey
 from physarum.overlay.streamio import BufferedStream, check_receive
@@ -382,6 +382,13 @@ class NoiseStream(trio.abc.HalfCloseableStream):
         else:
             assert self._lower_nowait is not None
             self._lower_nowait(out)
+
+    @property
+    def direct_socket(self) -> DirectSocket | None:
+        """The TCP socket under this stream (directly or under pnet), None over other streams."""
+        if self._direct is not None:
+            return self._direct
+        return getattr(self.transport_stream, "direct_socket", None)
 
     @property
     def unsent(self) -> int:

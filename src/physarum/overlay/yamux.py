@@ -35,6 +35,7 @@ from typing import NamedTuple
 import trio
 
 from physarum.errors import ConfigError, DecodeError, LimitError, ProtocolError
+from physarum.nowait import DirectSocket
 from physarum.overlay.identity import PeerId
 from physarum.overlay.resources import MemoryBudget
 from physarum.overlay.streamio import check_receive
@@ -145,6 +146,11 @@ class YamuxStream(trio.abc.HalfCloseableStream):
     @property
     def peer_id(self) -> PeerId | None:
         return self.session.peer_id
+
+    @property
+    def direct_socket(self) -> DirectSocket | None:
+        """The TCP socket under the session (see :mod:`physarum.nowait`), None over other transports."""
+        return getattr(self.session.transport, "direct_socket", None)
 
     @property
     def memory(self) -> MemoryBudget | None:

@@ -19,7 +19,7 @@ from typing import Final, NoReturn, overload
 import trio
 
 from physarum.errors import ConfigError, PhysarumError
-from physarum.nowait import direct_socket
+from physarum.nowait import DirectSocket, direct_socket
 from physarum.psk.keyfile import PSK_SIZE
 from physarum.psk.xsalsa20 import NONCE_SIZE, XSalsa20
 
@@ -136,6 +136,11 @@ class PskStream(trio.abc.Stream):
         self._receive_error: TruncatedNonceError | None = None
         self._send_guard = _Guard("another task is already sending on this PskStream")
         self._receive_guard = _Guard("another task is already receiving on this PskStream")
+
+    @property
+    def direct_socket(self) -> DirectSocket | None:
+        """The TCP socket under this stream, read and written directly (None over other streams)."""
+        return self._direct
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Encrypt ``data`` and send it (preceded by our nonce if it has not gone out yet).
