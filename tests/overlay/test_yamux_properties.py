@@ -304,7 +304,7 @@ def check_invariants(session: YamuxSession, seen: list[YamuxStream], budget: Mem
     assert 0 <= session._pending_pongs <= session.max_pending_pongs
     for stream in seen:
         assert stream._recv_window >= 0 and stream._send_window >= 0
-        buffered = sum(map(len, stream._buf))
+        buffered = stream.buffered
         assert buffered <= session.window
         if not (stream._closed or stream._reset):
             # flow control accounting: every byte granted is still grantable, buffered or read

@@ -107,7 +107,9 @@ def _addr(raw: bytes) -> Multiaddr | None:
 
 
 def _text(raw: bytes) -> str:
-    return raw.decode("utf-8", "replace")
+    # Interned: a thousand peers announce the same protocol ids and agent, kept once (an interned
+    # string still goes away with its last user).
+    return sys.intern(raw.decode("utf-8", "replace"))
 
 
 def decode(body: bytes, limits: IdentifyLimits | None = DEFAULT_LIMITS) -> IdentifyInfo:

@@ -319,7 +319,9 @@ class NoiseStream(trio.abc.HalfCloseableStream):
         self._recv = recv
         self._raw = bytearray(initial)
         # Decrypted messages, each handed on whole when it fits: no copy on the common path.
-        self._plain: deque[bytes] = deque()
+        # Decrypted messages not read yet; None while there are none (an empty deque is 760 bytes,
+        # and a node may hold thousands of idle connections).
+        self._plain: deque[bytes] | None = None
         self._sending = False
         self._receiving = False
         self._eof = False
@@ -438,6 +440,8 @@ class NoiseStream(trio.abc.HalfCloseableStream):
                 break
             message = decrypt(None, bytes(raw[pos + 2 : pos + 2 + length]))
             if message:  # an empty message is legal but carries nothing; b"" would read as end of stream
+                if plain is None:
+                    plain = self._plain = deque()
                 plain.append(message)
             pos += 2 + length
         if raw is self._raw:
@@ -478,11 +482,14 @@ class NoiseStream(trio.abc.HalfCloseableStream):
                     return b""
                 self._decrypt_or_break(bytes(data))
             plain = self._plain
+            assert plain
             first = plain[0]
             if max_bytes is None or max_bytes >= len(first):
                 plain.popleft()
                 if len(plain) == 1 and (max_bytes is None or len(first) + len(plain[0]) <= max_bytes):
                     first += plain.popleft()
+                if not plain:
+                    self._plain = None
                 return first
             plain[0] = first[max_bytes:]
             return first[:max_bytes]

@@ -124,7 +124,9 @@ class YamuxStream(trio.abc.HalfCloseableStream):
         self.session = session
         self.stream_id = stream_id
         self.protocol: str | None = None
-        self._buf: deque[bytes] = deque()  # received frames, handed on whole when they fit
+        # Received frames, handed on whole when they fit; None while there are none (an empty deque
+        # is 760 bytes, and a node may hold thousands of idle streams).
+        self._buf: deque[bytes] | None = None
         self._recv_window = session.window  # bytes the peer may still send us (granted on open)
         self._consumed = 0  # read by the app since our last window update
         self._send_window = INITIAL_WINDOW
@@ -161,7 +163,7 @@ class YamuxStream(trio.abc.HalfCloseableStream):
     @property
     def buffered(self) -> int:
         """Bytes received and not read yet."""
-        return sum(map(len, self._buf))
+        return sum(map(len, self._buf)) if self._buf else 0
 
     def __repr__(self) -> str:
         return f"<YamuxStream {self.stream_id} {self.protocol or ''} peer={self.session.peer_id}>"
@@ -193,6 +195,8 @@ class YamuxStream(trio.abc.HalfCloseableStream):
         they stay unaccounted (at most one negotiation read ahead) rather than be lost.
         """
         if data:
+            if self._buf is None:
+                self._buf = deque()
             self._buf.appendleft(bytes(data))
             session = self.session
             memory = session.memory
@@ -211,7 +215,7 @@ class YamuxStream(trio.abc.HalfCloseableStream):
             session.memory.release(n)
 
     def _drop_buffer(self) -> None:
-        self._buf.clear()
+        self._buf = None
         if self._reserved:
             self._release(self._reserved)
 
@@ -220,7 +224,10 @@ class YamuxStream(trio.abc.HalfCloseableStream):
     def _on_data(self, data: bytes) -> None:
         if self._closed:
             return
-        self._buf.append(data)
+        if self._buf is None:
+            self._buf = deque((data,))
+        else:
+            self._buf.append(data)
         self._recv_lot.unpark_all()
 
     def _on_fin(self) -> None:
@@ -339,9 +346,10 @@ class YamuxStream(trio.abc.HalfCloseableStream):
     def _take(self, max_bytes: int | None) -> bytes:
         """Hand on buffered data (there is some) and grant the peer window for what was read."""
         buf = self._buf
+        assert buf
         if max_bytes is None:
             out = b"".join(buf) if len(buf) > 1 else buf[0]
-            buf.clear()
+            self._buf = None
         else:
             out = buf[0]
             if len(out) > max_bytes:
@@ -349,6 +357,8 @@ class YamuxStream(trio.abc.HalfCloseableStream):
                 out = out[:max_bytes]
             else:
                 buf.popleft()
+                if not buf:
+                    self._buf = None
         if self._reserved:
             self._release(len(out))
         self._consumed += len(out)
