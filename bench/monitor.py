@@ -34,12 +34,16 @@ in system calls (a loopback send wakes the peer, which may preempt the sender), 
 breakdown of the samples outside system calls, which tracks the monitor's user CPU (/proc utime).
 The machine's other load is measured too (busy cores minus this benchmark's processes), and rows taken on a
 saturated machine are flagged: their RTTs include waiting for a CPU.
+At 1,000 peers, once the monitor has stopped, the floor under its CPU: a bare pinger on the same schedule
+(each peer once a second on its own phase) over plain TCP, in trio and in a plain ``selectors`` loop
+(bench/_pinger_floor.py): what any pinger pays on this machine for waking up twice per ping.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import re
 import resource
@@ -944,6 +948,23 @@ async def run_all(cfg: Config, tmp: Path, py_spy: str | None) -> dict[str, Any]:
     return info
 
 
+def pinger_floors(n: int, seconds: float) -> list[dict[str, Any]]:
+    """CPU of a bare pinger (trio, then a plain selectors loop) on the monitor's schedule for ``n``
+    connections: what any pinger pays on this machine before the stack's own work."""
+    out = []
+    for mode in ("trio", "selectors"):
+        progress(f"N={n}: floor, a bare {mode} pinger for {seconds:g} s")
+        done = subprocess.run(
+            [sys.executable, str(Path(__file__).with_name("_pinger_floor.py")), str(n), str(seconds), mode],
+            capture_output=True, text=True, timeout=seconds + 120, check=False,
+        )  # fmt: skip
+        try:
+            out.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        except (IndexError, ValueError):
+            out.append({"mode": mode, "error": (done.stderr.strip() or f"status {done.returncode}")[-300:]})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="100 and 300 peers, 8 s CPU window")
@@ -968,8 +989,9 @@ def main() -> None:
     run = Run()
     with tempfile.TemporaryDirectory(prefix="physarum-bench-monitor-") as tmp:
         info = trio.run(run_all, cfg, Path(tmp), find_py_spy(args.py_spy))
-    run.finish()
     rows: list[SizeResult] = info["rows"]
+    floors = pinger_floors(GOAL_PEERS, min(cfg.window, 10.0)) if any(r.peers == GOAL_PEERS for r in rows) else []
+    run.finish()
     goals = evaluate_goals(rows)
     print(
         run.title("physarum ping-monitor benchmark", "quick" if cfg.quick else "full", "loopback") + "\n"
@@ -997,6 +1019,12 @@ def main() -> None:
         f"SIGTERM with {rows[-1].peers if rows else 0} peers connected: exited in {fmt(shutdown, 2)} s,"
         f" status {info.get('monitor_exit_status')}"
     )
+    if floors:
+        print(f"\nFloor at {GOAL_PEERS:,} peers: a bare pinger on the monitor's schedule (each peer once a second on its"
+              " own phase; plain TCP, no pnet/Noise/yamux/metrics; bench/_pinger_floor.py), run after the monitor:")
+        for f in floors:
+            print(f"  {f.get('mode', '?'):<9} " + (f"{f['cpu_pct']:.1f}% of one core, {f['us_per_ping']:.0f} us/ping"
+                                                     if "cpu_pct" in f else f"failed: {f.get('error')}"))
     print("\nGoals:")
     print(goal_lines(goals, target_width=20))
     if "profile" in info:
@@ -1025,6 +1053,7 @@ def main() -> None:
         ],
         goals=[g.as_json() for g in goals],
     )
+    data["pinger_floors"] = floors
     if "profile" in info:
         data["profile"] = info["profile"]
     write_json(args.json, data)
