@@ -25,6 +25,7 @@ A benchmark, not a test: it never asserts a timing. Results go to bench/results/
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import statistics
@@ -123,6 +124,31 @@ async def started(nursery: trio.Nursery, name: str, *args: str) -> AsyncIterator
             if process.poll() is None:
                 process.kill()
                 await process.wait()
+
+
+@asynccontextmanager
+async def relay_pair(nursery: trio.Nursery, upstream_port: int) -> AsyncIterator[int]:
+    """Two bare trio + h11 relays (bench/_h11_relay.py) chained in front of ``upstream_port``: the
+    proxy pair's stack without the overlay. Yields the first one's port."""
+    port = upstream_port
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(2):
+            process = await trio.lowlevel.open_process(
+                [sys.executable, str(Path(__file__).with_name("_h11_relay.py")), str(port)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            )  # fmt: skip
+            stack.push_async_callback(_stop, process)
+            proc = Proc(process, "relay")
+            assert process.stdout is not None
+            nursery.start_soon(proc.pump, process.stdout, "stdout")
+            port = int((await proc.wait_for(r"(\d+)\n", "stdout")).group(1))
+        yield port
+
+
+async def _stop(process: trio.Process) -> None:
+    with trio.CancelScope(shield=True):
+        process.kill()
+        await process.wait()
 
 
 # ---------------------------------------------------------------------------------------------- HTTP
@@ -284,15 +310,19 @@ async def run_all(cfg: Config, tmp: Path) -> dict[str, Any]:
                 await proxied.request("GET", "/hello-0/")
                 hello_port = int(proxied.headers[b"x-served-by"].rpartition(b":")[2])
                 direct = await Client.open(hello_port)
-                d, p = [], []
-                for _ in range(cfg.latency_requests):
-                    d.append(await timed(lambda: direct.request("GET", "/")))
-                    p.append(await timed(lambda: proxied.request("GET", "/hello-0/")))
-                out["direct_get_s"], out["proxied_get_s"] = d, p
+                async with relay_pair(nursery, hello_port) as floor_port:
+                    floor = await Client.open(floor_port)
+                    d, p, f = [], [], []
+                    for _ in range(cfg.latency_requests):
+                        d.append(await timed(lambda: direct.request("GET", "/")))
+                        p.append(await timed(lambda: proxied.request("GET", "/hello-0/")))
+                        f.append(await timed(lambda: floor.request("GET", "/")))
+                    out["direct_get_s"], out["proxied_get_s"], out["floor_get_s"] = d, p, f
 
-                progress("requests/s")
-                out["rps_direct"] = await rps(hello_port, "/", cfg.rps_clients, cfg.rps_seconds)
-                out["rps_proxied"] = await rps(port, "/hello-0/", cfg.rps_clients, cfg.rps_seconds)
+                    progress("requests/s")
+                    out["rps_direct"] = await rps(hello_port, "/", cfg.rps_clients, cfg.rps_seconds)
+                    out["rps_proxied"] = await rps(port, "/hello-0/", cfg.rps_clients, cfg.rps_seconds)
+                    out["rps_floor"] = await rps(floor_port, "/", cfg.rps_clients, cfg.rps_seconds)
 
                 progress("streaming")
                 bulk_port = await nursery.start(bulk_service)
@@ -328,6 +358,8 @@ def main() -> None:
     d_us, p_us = med(r["direct_get_s"]) * 1e6, med(r["proxied_get_s"]) * 1e6
     added = p_us - d_us
     ratio = r["rps_proxied"] / r["rps_direct"]
+    f_us = med(r["floor_get_s"]) * 1e6
+    floor_ratio = r["rps_floor"] / r["rps_direct"]
     mb = r["stream_mb"]
     rates = {k: mb / r[f"{k}_s"] for k in ("direct_up", "proxied_up", "direct_down", "proxied_down")}
     stream = min(rates["proxied_up"], rates["proxied_down"])
@@ -337,9 +369,13 @@ def main() -> None:
         ["GET direct", f"{d_us:.0f} us", f"n={len(r['direct_get_s'])}", "keep-alive, to the instance's port"],
         ["GET through the proxy pair", f"{p_us:.0f} us", f"n={len(r['proxied_get_s'])}",
          f"added {added:.0f} us; PhysarumSM {PAPER_PROXY_US:.0f} us per proxy"],
+        ["GET through two bare h11 relays", f"{f_us:.0f} us", f"n={len(r['floor_get_s'])}",
+         f"added {f_us - d_us:.0f} us: the stack's floor, no overlay"],
         ["requests/s direct", fmt(r["rps_direct"], 0), f"{cfg.rps_clients} clients", ""],
         ["requests/s through the pair", fmt(r["rps_proxied"], 0), f"{cfg.rps_clients} clients",
          f"{ratio * 100:.0f}% of direct"],
+        ["requests/s through two bare h11 relays", fmt(r["rps_floor"], 0), f"{cfg.rps_clients} clients",
+         f"{floor_ratio * 100:.0f}% of direct: the stack's floor"],
         [f"{mb} MB up, direct / pair", f"{rates['direct_up']:.0f} / {rates['proxied_up']:.0f} MB/s", "", ""],
         [f"{mb} MB down, direct / pair", f"{rates['direct_down']:.0f} / {rates['proxied_down']:.0f} MB/s", "", ""],
     ]
