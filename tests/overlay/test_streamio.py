@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from physarum.errors import DecodeError
 from physarum.overlay import varint
-from physarum.overlay.streamio import BufferedStream, check_max_bytes
+from physarum.overlay.streamio import BufferedStream, check_max_bytes, json_frame, read_json
 
 
 class _Chunked(trio.abc.Stream):
@@ -202,3 +202,33 @@ def test_any_cut_of_a_message_sequence_reads_back_the_same(
         assert whole <= truncate
 
     trio.run(main)
+
+
+class _Reset(_Chunked):
+    """Hands out ``chunks``, then fails as a reset stream does."""
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self.chunks:
+            return await super().receive_some(max_bytes)
+        await trio.lowlevel.checkpoint()
+        raise trio.BrokenResourceError("stream reset by the peer")
+
+
+async def test_read_json_ends_cleanly_only_at_an_end_of_stream_not_at_a_reset() -> None:
+    one = json_frame({"a": 1})
+    assert await read_json(BufferedStream(_Chunked([one])), 1000) == {"a": 1}
+    stream = BufferedStream(_Chunked([one]))
+    assert await read_json(stream, 1000) == {"a": 1}
+    assert await read_json(stream, 1000) is None  # the peer closed between messages: a clean end
+    # A reset (or a broken connection) between messages is no end: a refused or broken exchange must
+    # not read as one that finished with no (more) answers.
+    for chunks in ([], [one]):
+        stream = BufferedStream(_Reset(chunks))
+        if chunks:
+            assert await read_json(stream, 1000) == {"a": 1}
+        with pytest.raises(trio.BrokenResourceError, match="reset"):
+            await read_json(stream, 1000)
+    with pytest.raises(DecodeError, match="cut short"):
+        await read_json(BufferedStream(_Chunked([one[:3]])), 1000)
+    with pytest.raises(trio.BrokenResourceError, match="reset"):
+        await read_json(BufferedStream(_Reset([one[:3]])), 1000)

@@ -51,6 +51,12 @@ def check_max_bytes(max_bytes: int | None) -> int | None:
     return check_receive(False, max_bytes)
 
 
+class StreamEnded(trio.BrokenResourceError):
+    """The stream ended (the peer closed its side) before the bytes a read needed: a
+    BrokenResourceError, so callers that only care that it broke need not know it, but told apart
+    from a reset or a broken connection by those to whom an end between messages is a clean end."""
+
+
 class BufferedStream(trio.abc.HalfCloseableStream):
     """``transport_stream`` with a read-ahead buffer and exact-size reads. ``received`` counts the
     bytes that came in (``initial`` included): 0 after a failure means the peer never sent any."""
@@ -68,7 +74,7 @@ class BufferedStream(trio.abc.HalfCloseableStream):
     async def _fill(self) -> None:
         data = await self.transport_stream.receive_some(_READ_SIZE)
         if not data:
-            raise trio.BrokenResourceError("peer closed the connection mid-message")
+            raise StreamEnded("peer closed the connection mid-message")
         self.received += len(data)
         self._buf += data
 
@@ -179,10 +185,12 @@ async def read_json(stream: BufferedStream, max_size: int) -> dict[str, Any] | N
         if length > max_size:
             raise DecodeError(f"message of {length} bytes exceeds the limit of {max_size}")
         data = await stream.receive_exactly(length)
-    except trio.BrokenResourceError:
+    except StreamEnded:
         if prefix:
             raise DecodeError("message cut short") from None
         return None
+    # Any other BrokenResourceError (a reset stream, a broken connection) is no end of the messages:
+    # it goes to the caller, which must not take a refused or broken exchange for a finished one.
     try:
         obj = json.loads(data)
     except (ValueError, RecursionError) as e:  # RecursionError: nested deeper than the parser goes
