@@ -1,6 +1,7 @@
 """Ping-monitor benchmark: one ``ping-monitor`` process pinging N peers at 1 Hz, beside the raw-TCP floor.
 
     .venv/bin/python bench/monitor.py [--quick] [--profile SECONDS] [--json PATH] [--sizes N ...] [--window S]
+    .venv/bin/python bench/monitor.py --path-ms 20 [--window S]
 
 Attaches N peers (100, 500, 1,000; ``--quick``: 100, 300) to ONE ping-monitor and prints, for each N: the
 monitor's CPU share of one core and RSS, the CPU of the processes holding the peers, and the RTT median/p99
@@ -37,6 +38,11 @@ saturated machine are flagged: their RTTs include waiting for a CPU.
 At 1,000 peers, once the monitor has stopped, the floor under its CPU: a bare pinger on the same schedule
 (each peer once a second on its own phase) over plain TCP, in trio and in a plain ``selectors`` loop
 (bench/_pinger_floor.py): what any pinger pays on this machine for waking up twice per ping.
+
+``--path-ms MS`` runs another scenario instead: one peer whose connection crosses a relay delaying
+MS/2 each way (bench/_delay_relay.py; this kernel has no netem) beside a raw TCP echo crossing
+another listener of the same relay, for ``--window`` seconds (default 30): the monitor's ``ping_rtt``
+median against the echo's (issue 8: within 0.3 ms on a 20 ms path). Results: results/monitor_path.json.
 """
 
 from __future__ import annotations
@@ -948,6 +954,84 @@ async def run_all(cfg: Config, tmp: Path, py_spy: str | None) -> dict[str, Any]:
     return info
 
 
+async def run_path(path_ms: float, seconds: float, tmp: Path) -> dict[str, Any]:
+    """One peer whose connection crosses a relay delaying ``path_ms / 2`` each way, beside a raw
+    TCP echo crossing another listener of the same relay: the monitor's ``ping_rtt`` (one sample a
+    second, scraped) against the echo's RTTs (timed as the floor is) over ``seconds``."""
+    passphrase = secrets.token_hex(16)
+    out: dict[str, Any] = {"path_ms": path_ms, "seconds": seconds}
+    async with AsyncExitStack() as stack:
+        progress(f"path: a ping-monitor, one peer and a raw TCP echo behind a {path_ms:g} ms relay")
+        monitor = await stack.enter_async_context(run_monitor(tmp, passphrase, 1))
+        peers = await stack.enter_async_context(open_partner(bench_argv(HELPER, role="peers", passphrase=passphrase)))
+        echo_server = await stack.enter_async_context(open_partner(bench_argv(HELPER, role="echo-server")))
+        echo_client = await stack.enter_async_context(open_partner(bench_argv(HELPER, role="echo-client")))
+        monitor_port = int(monitor.addr.split("/tcp/")[1].split("/")[0])
+        relay = await trio.lowlevel.open_process(
+            [sys.executable, str(Path(__file__).with_name("_delay_relay.py")), str(path_ms / 2), str(monitor_port),
+             str(echo_server.ready["servers"]["echo"])],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        )  # fmt: skip
+        stack.push_async_callback(_kill, relay)
+        assert relay.stdout is not None
+        line = b""
+        with trio.fail_after(30):
+            while not line.endswith(b"\n"):
+                chunk = await relay.stdout.receive_some(4096)
+                if not chunk:
+                    raise RuntimeError("the delay relay exited")
+                line += chunk
+        to_monitor, to_echo = json.loads(line)["ports"]
+        peer_id = monitor.addr.rsplit("/p2p/", 1)[1]
+        reply = await peers.call("attach", addr=f"/ip4/{LOOPBACK}/tcp/{to_monitor}/p2p/{peer_id}", count=1,
+                                 concurrency=1, timeout=60)  # fmt: skip
+        if reply.get("attached") != 1:
+            raise RuntimeError(f"the peer could not connect through the relay: {reply}")
+        await echo_client.call("start", ports={"path": to_echo}, period=0.1)
+        with trio.fail_after(30):  # the monitor's first RTT on the path
+            while not (await scrape(monitor.prom_port)).rtt_ms:
+                await trio.sleep(0.5)
+        await echo_client.call("take")
+        samples: list[float] = []
+        end = trio.current_time() + seconds
+        while trio.current_time() < end:
+            await trio.sleep(1.05)  # one sample a second: the gauge holds the latest
+            samples += [ms / 1000 for ms in (await scrape(monitor.prom_port)).rtt_ms.values()]
+        echo = (await echo_client.call("take"))["samples"].get("path", [])
+        out["monitor_rtt_s"] = samples
+        out["echo_rtt_s"] = echo
+        await monitor.stop()
+    return out
+
+
+async def _kill(process: trio.Process) -> None:
+    with trio.CancelScope(shield=True):
+        process.kill()
+        await process.wait()
+
+
+def path_main(path_ms: float, seconds: float) -> None:
+    run = Run()
+    with tempfile.TemporaryDirectory(prefix="physarum-bench-monitor-path-") as tmp:
+        info = trio.run(run_path, path_ms, seconds, Path(tmp))
+    run.finish()
+    mon, echo = info["monitor_rtt_s"], info["echo_rtt_s"]
+    mon_med = statistics.median(mon) * 1e6 if mon else None
+    echo_med = statistics.median(echo) * 1e6 if echo else None
+    diff = None if mon_med is None or echo_med is None else mon_med - echo_med
+    print(run.title("physarum ping-monitor on a long path", "path", f"{path_ms:g} ms relay on loopback"))
+    print(f"monitor ping_rtt median {fmt(mon_med, 0)} us (n={len(mon)}); raw TCP echo across the same relay"
+          f" median {fmt(echo_med, 0)} us (n={len(echo)}); difference {fmt(diff, 0)} us")  # fmt: skip
+    goals = [Goal(f"monitor median within 0.3 ms of a raw TCP echo on an identical {path_ms:g} ms path",
+                  "<= 300 us", "missing" if diff is None else f"{diff:+.0f} us",
+                  None if diff is None else abs(diff) <= 300)]  # fmt: skip
+    print(goal_lines(goals, target_width=12))
+    write_json(RESULTS / "monitor_path.json", run.record(
+        False, path_ms=path_ms, seconds=seconds, monitor_median_us=mon_med, echo_median_us=echo_med,
+        difference_us=diff, goals=[g.as_json() for g in goals], monitor_rtt_s=mon, echo_rtt_s=echo,
+    ))  # fmt: skip
+
+
 def pinger_floors(n: int, seconds: float) -> list[dict[str, Any]]:
     """CPU of a bare pinger (trio, then a plain selectors loop) on the monitor's schedule for ``n``
     connections: what any pinger pays on this machine before the stack's own work."""
@@ -976,7 +1060,13 @@ def main() -> None:
     )
     ap.add_argument("--window", type=float, metavar="S", help="CPU window seconds instead of the default")
     ap.add_argument("--json", type=Path, default=RESULTS_JSON, help=f"results file (default {RESULTS_JSON})")
+    ap.add_argument("--path-ms", type=float, metavar="MS",
+                    help="instead: one peer on a path of MS ms round trip (a delaying relay) beside a raw TCP echo"
+                         " on an identical one, for --window seconds (default 30); results/monitor_path.json")  # fmt: skip
     args = ap.parse_args()
+    if args.path_ms:
+        path_main(args.path_ms, args.window or 30.0)
+        return
     # Thousands of peers: a socket each in the monitor and in the peer processes (which inherit this).
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
