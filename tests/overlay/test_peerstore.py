@@ -103,21 +103,30 @@ def test_the_byte_budget_bounds_a_flood_of_fat_identities() -> None:
 
 
 def test_real_memory_stays_under_the_byte_budget() -> None:
+    """What the store holds is what goes when it goes: measured that way, memory that other code
+    caches meanwhile (imports, a first key generation, text forms of ids) does not count, so the
+    figure is the same run alone or after any other test."""
     budget = 1024 * 1024
+    gc.collect()
     tracemalloc.start()
     try:
-        before = tracemalloc.get_traced_memory()[0]
         store = PeerStore(max_bytes=budget)
         for i in range(30):  # 3.6 MiB of entries go through
             entry = store.info(_peer())
             _fill_worst(entry, i)
             for a in entry.addrs:
                 str(a)  # the text form, once printed, is cached in the address too
-        held = tracemalloc.get_traced_memory()[0] - before
+        del entry
+        used = store.bytes_used
+        gc.collect()
+        with_store = tracemalloc.get_traced_memory()[0]
+        del store
+        gc.collect()
+        held = with_store - tracemalloc.get_traced_memory()[0]
     finally:
         tracemalloc.stop()
-    assert store.bytes_used <= budget
-    assert held <= budget * 1.1
+    assert used <= budget
+    assert budget * 0.5 < held <= budget * 1.1, held
 
 
 def test_honest_entries_cost_what_the_docstring_says() -> None:
