@@ -6,19 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! command -v chromium >/dev/null 2>&1; then
-  SUDO=""
-  if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null 2>&1; then
-      SUDO="sudo"
-    else
-      echo "browser-setup: need root (or sudo) to apt-get install chromium" >&2
-      exit 1
-    fi
-  fi
-  $SUDO apt-get update -q >/dev/null
+  source scripts/apt-install.sh
   # fonts-dejavu-core: text in the screenshots (chromium only recommends fonts).
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
-    chromium fonts-dejavu-core >/dev/null
+  if ! apt_install browser-setup chromium fonts-dejavu-core; then
+    echo "browser-setup: $APT_ERROR" >&2
+    exit 1
+  fi
   if ! command -v chromium >/dev/null 2>&1; then
     echo "browser-setup: apt-get installed chromium but it is not on PATH" >&2
     exit 1

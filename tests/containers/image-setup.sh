@@ -93,20 +93,11 @@ if podman image exists "$BASE_IMAGE"; then
 fi
 
 if ! command -v debootstrap >/dev/null 2>&1; then
-  SUDO=""
-  if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null 2>&1 || fail "need root (or sudo) to apt-get install debootstrap"
-    SUDO="sudo"
-  fi
-  log="$(mktemp "${TMPDIR:-/tmp}/physarum-image-setup.XXXXXX")"
-  if ! { $SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q \
-         --no-install-recommends debootstrap; } >"$log" 2>&1 </dev/null; then
-    errs="$(grep -E '^(E|Err):' "$log" | head -n 3 | tr '\n' ' ' || true)"
-    rm -f "$log"
-    unavailable "apt-get install debootstrap failed: ${errs:-see apt-get}"
+  source "$ROOT/scripts/apt-install.sh"
+  if ! apt_install tests/containers/image-setup.sh debootstrap; then
+    unavailable "$APT_ERROR"
     exit 0
   fi
-  rm -f "$log"
 fi
 [ "$(id -u)" -eq 0 ] || fail "debootstrap needs root"
 

@@ -36,25 +36,15 @@ for pkg in podman runc catatonit busybox-static; do
   installed "$pkg" || missing+=("$pkg")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
-  SUDO=""
-  if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null 2>&1 || fail "need root (or sudo) to apt-get install ${missing[*]}"
-    SUDO="sudo"
-  fi
-  log="$(mktemp "${TMPDIR:-/tmp}/physarum-containers-setup.XXXXXX")"
+  source "$HERE/../../scripts/apt-install.sh"
   # No recommends: podman's (buildah, slirp4netns, fuse-overlayfs, ...) are for rootless and
   # bridge networks; the tests run rootful containers on the host's network.
-  if ! { $SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q \
-         --no-install-recommends "${missing[@]}"; } >"$log" 2>&1 </dev/null; then
-    errs="$(grep -E '^(E|Err):' "$log" | head -n 3 | tr '\n' ' ' || true)"
-    [ -n "$errs" ] || errs="$(tail -n 3 "$log" | tr '\n' ' ')"
-    reason="apt-get install ${missing[*]} failed: $errs"
-    rm -f "$log"
+  if ! apt_install tests/containers/setup.sh "${missing[@]}"; then
+    reason="$APT_ERROR"
     echo "$reason" >"$UNAVAILABLE"
     echo "tests/containers/setup.sh: WARNING: $reason; the container tests will skip" >&2
     exit 0
   fi
-  rm -f "$log"
 fi
 rm -f "$UNAVAILABLE"
 
