@@ -6,8 +6,9 @@ This is PhysarumSM's ping-monitor behaviour (its metric names and labels are kep
 * **One task sends every ping; the connection's reader takes every echo.** Each connected peer is
   pinged right after it connects, then every ``interval`` seconds on its own schedule, so pings to
   different peers spread over the interval in the order peers joined (not all 1,000 at the same
-  instant, which would queue them behind each other and inflate every RTT). Pings due within 0.1%
-  of the interval of each other go out together. A ping slower than the interval delays that
+  instant: peers that share a host, as in namespaced tests or many pods on one node, would answer
+  such a burst one after another and every RTT would include that queue; measured in the README).
+  Pings due within 0.1% of the interval of each other go out together. A ping slower than the interval delays that
   peer's next one (missed ticks are skipped, never bunched); it never delays other peers. Per ping
   there is no task, timer or cancel scope: one system call sends it (see :mod:`physarum.nowait`)
   and the echo is taken by the stream's watcher in the connection's reader task (PhysarumSM pings
