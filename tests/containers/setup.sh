@@ -40,9 +40,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
   # No recommends: podman's (buildah, slirp4netns, fuse-overlayfs, ...) are for rootless and
   # bridge networks; the tests run rootful containers on the host's network.
   if ! apt_install tests/containers/setup.sh "${missing[@]}"; then
-    reason="$APT_ERROR"
-    echo "$reason" >"$UNAVAILABLE"
-    echo "tests/containers/setup.sh: WARNING: $reason; the container tests will skip" >&2
+    echo "$APT_ERROR" >"$UNAVAILABLE"
+    echo "tests/containers/setup.sh: WARNING: $APT_ERROR; the container tests will skip" >&2
     exit 0
   fi
 fi

@@ -8,11 +8,12 @@ This is PhysarumSM's ping-monitor behaviour (its metric names and labels are kep
   different peers spread over the interval in the order peers joined (not all 1,000 at the same
   instant: peers that share a host, as in namespaced tests or many pods on one node, would answer
   such a burst one after another and every RTT would include that queue; measured in the README).
-  Pings due within 0.1% of the interval of each other go out together. A ping slower than the interval delays that
-  peer's next one (missed ticks are skipped, never bunched); it never delays other peers. Per ping
-  there is no task, timer or cancel scope: one system call sends it (see :mod:`physarum.nowait`)
-  and the echo is taken by the stream's watcher in the connection's reader task (PhysarumSM pings
-  every peer each second from one loop too). Opening a stream, rare, runs in a task of its own.
+  Pings due within 0.1% of the interval of each other go out together. A ping slower than the
+  interval delays that peer's next one (missed ticks are skipped, never bunched); it never delays
+  other peers. Per ping there is no task, timer or cancel scope: one system call sends it (see
+  :mod:`physarum.nowait`) and the echo is taken by the stream's watcher in the connection's reader
+  task (PhysarumSM pings every peer each second from one loop too). Opening a stream, rare, runs in
+  a task of its own.
 * **Each ping has its own deadline** (``timeout``, from the moment its stream is opened or, on an
   open stream, from the moment it is sent). A timeout, a broken stream, a bad echo, a peer without
   the ping protocol, a peer that stopped reading its ping stream: each is counted in
